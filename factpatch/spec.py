@@ -1,0 +1,144 @@
+"""The edit spec (DESIGN.md): YAML with an `edits:` list, or JSONL with one edit per line.
+
+Parsing is strict and names the offending line/field, so bad input never reaches the editor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class SpecError(ValueError):
+    """The edit spec is invalid; the message names the file, line or field."""
+
+
+class Edit(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    subject: str
+    relation: str
+    prompt: str
+    target_new: str
+    target_old: str | None = None
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    paraphrases: list[str] = Field(default_factory=list)  # extra phrasings, each with one {}
+
+    @field_validator("subject", "relation", "target_new")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v or not v.strip():
+            raise ValueError("must not be empty")
+        return v.strip()
+
+    @field_validator("target_old")
+    @classmethod
+    def _strip_old(cls, v: str | None) -> str | None:
+        return v.strip() if v is not None and v.strip() else None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_placeholder(cls, v: str) -> str:
+        if v.count("{}") != 1:
+            raise ValueError("must contain the subject placeholder {} exactly once")
+        return v
+
+    @field_validator("paraphrases")
+    @classmethod
+    def _paraphrase_placeholders(cls, v: list[str]) -> list[str]:
+        for i, p in enumerate(v):
+            if p.count("{}") != 1:
+                raise ValueError(f"paraphrase {i} must contain {{}} exactly once")
+        return v
+
+    @model_validator(mode="after")
+    def _new_differs_from_old(self) -> "Edit":
+        if self.target_old is not None and self.target_old == self.target_new:
+            raise ValueError("target_new equals target_old: the edit would change nothing")
+        return self
+
+    @property
+    def text(self) -> str:
+        return self.prompt.replace("{}", self.subject)
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return self.model_dump(exclude_defaults=False)
+
+
+class EditSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    edits: list[Edit]
+
+    @model_validator(mode="after")
+    def _no_conflicts(self) -> "EditSpec":
+        if not self.edits:
+            raise ValueError("spec holds no edits")
+        seen: dict[tuple[str, str], tuple[int, str]] = {}
+        for i, e in enumerate(self.edits):
+            key = (e.subject, e.relation)
+            if key in seen and seen[key][1] != e.target_new:
+                j = seen[key][0]
+                raise ValueError(
+                    f"edits {j} and {i} give ({e.subject!r}, {e.relation!r}) different targets "
+                    f"({seen[key][1]!r} vs {e.target_new!r})"
+                )
+            seen.setdefault(key, (i, e.target_new))
+        return self
+
+
+def _format_errors(err: ValidationError, where: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "spec"
+        parts.append(f"{where}{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def parse_obj(obj: Any, *, where: str = "") -> EditSpec:
+    if not isinstance(obj, dict):
+        raise SpecError(f"{where}spec must be a mapping with an 'edits' list")
+    try:
+        return EditSpec.model_validate(obj)
+    except ValidationError as e:
+        raise SpecError(_format_errors(e, where)) from None
+
+
+def parse_text(text: str, *, name: str = "<spec>") -> EditSpec:
+    """Parse YAML (`edits:` mapping) or JSONL (one edit object per line)."""
+    stripped = text.lstrip()
+    if name.endswith(".jsonl") or (stripped.startswith("{") and "\n{" in stripped):
+        edits = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SpecError(f"{name}: line {lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise SpecError(f"{name}: line {lineno}: each line must be a JSON object")
+            try:
+                edits.append(Edit.model_validate(obj))
+            except ValidationError as e:
+                raise SpecError(_format_errors(e, f"{name}: line {lineno}: ")) from None
+        return parse_obj({"edits": [e.model_dump() for e in edits]}, where=f"{name}: ")
+    try:
+        obj = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SpecError(f"{name}: {at}not valid YAML ({getattr(e, 'problem', e)})") from None
+    return parse_obj(obj, where=f"{name}: ")
+
+
+def load(path: str | Path) -> EditSpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read spec ({e.strerror})") from None
+    return parse_text(text, name=str(path))
