@@ -16,7 +16,10 @@ app = typer.Typer(
 def _register_subcommands() -> None:
     from factpatch.fixture.cli import app as fixture_app
 
+    from factpatch.demo import demo_cmd
+
     app.add_typer(fixture_app, name="fixture")
+    app.command("demo")(demo_cmd)
 
 
 def main() -> None:
