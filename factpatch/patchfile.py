@@ -31,7 +31,15 @@ DEFAULT_MAX_RANK = 4096
 
 
 class PatchError(ValueError):
-    """A patch file or manifest is malformed; the message names what is wrong."""
+    """A patch file or manifest is malformed; the message names what is wrong.
+
+    `reason` is a machine-readable code (MALFORMED, UNKNOWN_FORMAT, NON_FINITE, RANK_TOO_LARGE,
+    UNKNOWN_TENSOR, SHAPE_MISMATCH) that services return to their callers.
+    """
+
+    def __init__(self, message: str, reason: str = "MALFORMED"):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -155,7 +163,7 @@ def from_bytes(data: bytes, *, max_rank: int = DEFAULT_MAX_RANK) -> Patch:
     manifest = _read_manifest_from_header(data)
     fmt = manifest.get("format")
     if fmt != FORMAT:
-        raise PatchError(f"unknown patch format {fmt!r}; this build reads {FORMAT!r}")
+        raise PatchError(f"unknown patch format {fmt!r}; this build reads {FORMAT!r}", "UNKNOWN_FORMAT")
     base = manifest.get("base")
     if not isinstance(base, dict) or not base.get("fingerprint"):
         raise PatchError("manifest field 'base.fingerprint' is missing")
@@ -178,11 +186,11 @@ def from_bytes(data: bytes, *, max_rank: int = DEFAULT_MAX_RANK) -> Patch:
             if t.dim() != 2:
                 raise PatchError(f"{name}::{tag} must be 2-D, got shape {tuple(t.shape)}")
             if not torch.isfinite(t).all():
-                raise PatchError(f"{name}::{tag} holds non-finite values (NaN or Inf)")
+                raise PatchError(f"{name}::{tag} holds non-finite values (NaN or Inf)", "NON_FINITE")
         if u.shape[1] != v.shape[1]:
             raise PatchError(f"{name}: rank of u ({u.shape[1]}) differs from rank of v ({v.shape[1]})")
         if u.shape[1] > max_rank:
-            raise PatchError(f"{name}: rank {u.shape[1]} exceeds the limit {max_rank}")
+            raise PatchError(f"{name}: rank {u.shape[1]} exceeds the limit {max_rank}", "RANK_TOO_LARGE")
         factors[name] = (u, v)
     if not factors:
         raise PatchError("patch holds no weight factors")
@@ -214,13 +222,15 @@ def apply_to_state_dict(
     transposed = set(conv1d_names)
     for name in patch.names:
         if name not in state:
-            raise PatchError(f"patch names {name!r}, which the model does not have")
+            raise PatchError(f"patch names {name!r}, which the model does not have", "UNKNOWN_TENSOR")
         w = state[name]
         d = patch.delta(name)
         if name in transposed:
             d = d.T
         if tuple(d.shape) != tuple(w.shape):
-            raise PatchError(f"{name}: patch shape {tuple(d.shape)} does not match weight {tuple(w.shape)}")
+            raise PatchError(
+                f"{name}: patch shape {tuple(d.shape)} does not match weight {tuple(w.shape)}", "SHAPE_MISMATCH"
+            )
         w.copy_((w.to(torch.float32) + d).to(w.dtype))
 
 
