@@ -10,10 +10,11 @@ VLLM_EXTRA ?= cpu
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(wildcard proto/factpatch/v1/*.proto)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[$(VLLM_EXTRA),dev]'
+	$(BIN)/python -m factpatch.server.protos
 	@# PyPI's torchvision/torchaudio/torchcodec do not match the CPU torch and break transformers' imports.
 	@if [ "$(VLLM_EXTRA)" = cpu ]; then $(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec || true; fi
 	$(BIN)/python -c "import vllm, transformers; from transformers import LlamaConfig; print('vllm', vllm.__version__, '| transformers', transformers.__version__)"
