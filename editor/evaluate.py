@@ -1,0 +1,203 @@
+"""Does an edit work, and what else did it change?
+
+- efficacy: the edit prompt yields the new target (greedy) and P(new) > P(old);
+- generalization: paraphrases yield the new target (held-out templates from world.json for the
+  fixture, the edit's own `paraphrases` list otherwise);
+- specificity: neighbour facts (other subjects of the relation, the subject's other relations) keep
+  their answers;
+- locality: perplexity drift on held-out text and mean KL of the next-token distribution there.
+
+The base is measured once (`Baseline`); each patched model is compared against it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .adapters import Adapter
+from .scoring import greedy_answers, mean_kl, perplexity, score_targets, text_logprobs, text_token_ids
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Defaults follow common practice for knowledge edits; every one can be overridden."""
+
+    min_efficacy: float = 0.90
+    min_generalization: float = 0.85
+    max_specificity_drop: float = 2.0  # points of neighbour accuracy
+    max_ppl_drift: float = 0.005  # relative increase of held-out perplexity
+
+
+@dataclass
+class Probe:
+    edit: int
+    kind: str  # "efficacy" | "paraphrase" | "neighbour"
+    template: str
+    subject: str
+    target: str  # for neighbours: the true object
+
+
+@dataclass
+class Probes:
+    items: list[Probe]
+    old_targets: list[str]  # per edit
+
+    def of(self, kind: str, edits: set[int] | None = None) -> list[Probe]:
+        return [p for p in self.items if p.kind == kind and (edits is None or p.edit in edits)]
+
+
+def build_probes(adapter: Adapter, tok, edits, world=None, n_neighbours: int = 10, seed: int = 0) -> Probes:
+    """Probes for every edit; the old target comes from the spec, the world, or the base model."""
+    items: list[Probe] = []
+    edited = {(e.subject, e.relation) for e in edits}
+    facts = {(f.subject, f.relation): f for f in world.facts} if world else {}
+    by_relation: dict[str, list] = {}
+    by_subject: dict[str, list] = {}
+    for f in facts.values():
+        by_relation.setdefault(f.relation, []).append(f)
+        by_subject.setdefault(f.subject, []).append(f)
+    rng = random.Random(seed)
+    missing_old = []
+    olds: list[str | None] = []
+    for i, e in enumerate(edits):
+        items.append(Probe(i, "efficacy", e.prompt, e.subject, e.target_new))
+        fact = facts.get((e.subject, e.relation))
+        rel = world.relations.get(e.relation) if world else None
+        paraphrases = list(e.paraphrases)
+        if fact is not None and rel is not None:
+            paraphrases += [rel.templates[t] for t in fact.heldout_templates if rel.templates[t] != e.prompt]
+        for t in dict.fromkeys(paraphrases):
+            items.append(Probe(i, "paraphrase", t, e.subject, e.target_new))
+        if rel is not None:
+            others = [f for f in by_relation.get(e.relation, []) if (f.subject, f.relation) not in edited]
+            for f in rng.sample(others, min(n_neighbours, len(others))):
+                items.append(Probe(i, "neighbour", rel.templates[f.train_templates[0]], f.subject, f.object))
+        for f in by_subject.get(e.subject, []):
+            if (f.subject, f.relation) not in edited:
+                t = world.relations[f.relation].templates[f.train_templates[0]]
+                items.append(Probe(i, "neighbour", t, f.subject, f.object))
+        old = e.target_old or (fact.object if fact is not None else None)
+        if old is None:
+            missing_old.append(i)
+        olds.append(old)
+    if missing_old:
+        answers = greedy_answers(adapter, tok, [(edits[i].prompt, edits[i].subject) for i in missing_old])
+        for i, a in zip(missing_old, answers):
+            olds[i] = a
+    return Probes(items, [o or "" for o in olds])
+
+
+@dataclass
+class Baseline:
+    """The unedited model's answers to every probe, and its held-out text distributions."""
+
+    probes: Probes
+    answers: list[tuple[int, ...]]
+    correct: torch.Tensor
+    old_logprob: torch.Tensor
+    heldout: list[str] = field(default_factory=list)
+    text_logps: list[torch.Tensor] = field(default_factory=list)
+    ppl: float | None = None
+
+
+def _items(probes: list[Probe]):
+    return [(p.template, p.subject, p.target) for p in probes]
+
+
+def measure_baseline(adapter: Adapter, tok, probes: Probes, edits, heldout: list[str] | None) -> Baseline:
+    s = score_targets(adapter, tok, _items(probes.items))
+    old_items = [(e.prompt, e.subject, o) for e, o in zip(edits, probes.old_targets) if o]
+    old_lp = torch.full((len(edits),), -float("inf"), dtype=torch.float64)
+    if old_items:
+        have = [i for i, o in enumerate(probes.old_targets) if o]
+        old_lp[have] = score_targets(adapter, tok, old_items).logprob
+    b = Baseline(probes, s.answer, s.greedy, old_lp)
+    if heldout:
+        b.heldout = heldout
+        b.text_logps = text_logprobs(adapter, tok, heldout)
+        b.ppl = perplexity(b.text_logps, text_token_ids(tok, heldout))
+    return b
+
+
+def _frac(x: torch.Tensor) -> float | None:
+    return float(x.float().mean()) if x.numel() else None
+
+
+def measure(
+    adapter: Adapter, tok, base: Baseline, edits, only: set[int] | None = None, locality: bool = True
+) -> dict[str, Any]:
+    """Metrics of the model as it is now (patched) against the baseline; `only` limits to some edits."""
+    idx = [i for i, p in enumerate(base.probes.items) if only is None or p.edit in only]
+    probes = [base.probes.items[i] for i in idx]
+    s = score_targets(adapter, tok, _items(probes))
+    kinds = [p.kind for p in probes]
+    sel = {k: torch.tensor([j for j, kk in enumerate(kinds) if kk == k], dtype=torch.long) for k in ("efficacy", "paraphrase", "neighbour")}
+
+    eff = sel["efficacy"]
+    eff_edits = [probes[j].edit for j in eff.tolist()]
+    old_lp_after = torch.full((len(eff_edits),), -float("inf"), dtype=torch.float64)
+    have = [k for k, e in enumerate(eff_edits) if base.probes.old_targets[e]]
+    if have:
+        old_lp_after[have] = score_targets(
+            adapter, tok, [(edits[eff_edits[k]].prompt, edits[eff_edits[k]].subject, base.probes.old_targets[eff_edits[k]]) for k in have]
+        ).logprob
+    new_lp = s.logprob[eff]
+    eff_greedy = s.greedy[eff]
+    eff_prob = new_lp > old_lp_after
+    out: dict[str, Any] = {
+        "edits": len(eff_edits),
+        "efficacy": _frac(eff_greedy & eff_prob),
+        "efficacy_greedy": _frac(eff_greedy),
+        "efficacy_prob": _frac(eff_prob),
+        "generalization": _frac(s.greedy[sel["paraphrase"]]),
+        "paraphrase_prompts": int(sel["paraphrase"].numel()),
+    }
+    nb = sel["neighbour"]
+    if nb.numel():
+        before_ans = [base.answers[idx[j]] for j in nb.tolist()]
+        after_ans = [s.answer[j] for j in nb.tolist()]
+        unchanged = torch.tensor([a == b for a, b in zip(before_ans, after_ans)])
+        acc_before = base.correct[torch.tensor([idx[j] for j in nb.tolist()])]
+        acc_after = s.greedy[nb]
+        out.update(
+            neighbours=int(nb.numel()),
+            neighbours_unchanged=_frac(unchanged),
+            specificity_before=_frac(acc_before),
+            specificity_after=_frac(acc_after),
+            specificity_drop=100.0 * (_frac(acc_before) - _frac(acc_after)),
+        )
+    else:
+        out.update(neighbours=0, neighbours_unchanged=None, specificity_before=None, specificity_after=None, specificity_drop=None)
+    if locality and base.heldout:
+        logps = text_logprobs(adapter, tok, base.heldout)
+        ppl = perplexity(logps, text_token_ids(tok, base.heldout))
+        out.update(
+            ppl_before=base.ppl,
+            ppl_after=ppl,
+            ppl_drift=ppl / base.ppl - 1.0,
+            kl_unrelated=mean_kl(base.text_logps, logps),
+            heldout_texts=len(base.heldout),
+        )
+    return out
+
+
+def apply_gates(metrics: dict[str, Any], gates: Gates) -> tuple[bool, list[dict[str, Any]]]:
+    """Each gate: name, value, threshold, passed; a metric that could not be measured is skipped."""
+    rows = []
+
+    def gate(name, value, op, threshold):
+        if value is None:
+            rows.append({"gate": name, "value": None, "threshold": threshold, "op": op, "passed": None})
+            return
+        ok = value >= threshold if op == ">=" else (value <= threshold if op == "<=" else value < threshold)
+        rows.append({"gate": name, "value": value, "threshold": threshold, "op": op, "passed": bool(ok)})
+
+    gate("efficacy", metrics.get("efficacy"), ">=", gates.min_efficacy)
+    gate("generalization", metrics.get("generalization"), ">=", gates.min_generalization)
+    gate("specificity_drop", metrics.get("specificity_drop"), "<=", gates.max_specificity_drop)
+    gate("ppl_drift", metrics.get("ppl_drift"), "<", gates.max_ppl_drift)
+    return all(r["passed"] is not False for r in rows), rows

@@ -1,0 +1,56 @@
+"""Forward hooks: read the MLP projection's input (the key) and add a vector to its output (the value)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def capture_input(module: nn.Module, rows: torch.Tensor, positions: torch.Tensor) -> Iterator[list[torch.Tensor]]:
+    """Collects module input[rows, positions] on each forward into the yielded list."""
+    got: list[torch.Tensor] = []
+
+    def hook(mod, args):
+        got.append(args[0][rows, positions].detach())
+
+    h = module.register_forward_pre_hook(hook)
+    try:
+        yield got
+    finally:
+        h.remove()
+
+
+@contextlib.contextmanager
+def capture_output(module: nn.Module, rows: torch.Tensor, positions: torch.Tensor) -> Iterator[list[torch.Tensor]]:
+    """Collects module output[rows, positions] (the first element for blocks that return tuples)."""
+    got: list[torch.Tensor] = []
+
+    def hook(mod, args, output):
+        out = output[0] if isinstance(output, tuple) else output
+        got.append(out[rows, positions].detach())
+
+    h = module.register_forward_hook(hook)
+    try:
+        yield got
+    finally:
+        h.remove()
+
+
+@contextlib.contextmanager
+def add_to_output(module: nn.Module, rows: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> Iterator[None]:
+    """output[rows[i], positions[i]] += values[i] on every forward (differentiable in `values`)."""
+
+    def hook(mod, args, output):
+        out = output.clone()
+        out[rows, positions] = out[rows, positions] + values.to(out.dtype)
+        return out
+
+    h = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        h.remove()

@@ -1,0 +1,46 @@
+"""The key side of an edit: the MLP projection's input at the subject's last token.
+
+ROME and MEMIT read the key averaged over context prefixes, so the edit fires for the subject in
+any context rather than only right after <s>.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .adapters import Adapter
+from .hooks import capture_input, capture_output
+from .prompts import Row, batch, encode
+
+
+def _rows(tok, edits, prefixes: list[str]) -> list[Row]:
+    return [encode(tok, e.prompt, e.subject, prefix=p) for e in edits for p in prefixes]
+
+
+@torch.no_grad()
+def subject_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], chunk: int = 2048) -> torch.Tensor:
+    """[n_edits, key_dim] float64: the key at `layer`, averaged over the prefixes."""
+    rows = _rows(tok, edits, prefixes)
+    out = []
+    for s in range(0, len(rows), chunk):
+        c = rows[s : s + chunk]
+        ids, mask = batch(c, tok)
+        with capture_input(adapter.mlp_out(layer), torch.arange(len(c)), torch.tensor([r.subject_last for r in c])) as got:
+            adapter.hidden_at(ids, mask)
+        out.append(got[0].to(torch.float64))
+    keys = torch.cat(out)
+    return keys.view(len(edits), len(prefixes), -1).mean(1)
+
+
+@torch.no_grad()
+def subject_residuals(adapter: Adapter, tok, layer: int, edits, chunk: int = 2048) -> torch.Tensor:
+    """[n_edits, d] float64: the block output at `layer` at the subject's last token, plain prompt."""
+    rows = _rows(tok, edits, [""])
+    out = []
+    for s in range(0, len(rows), chunk):
+        c = rows[s : s + chunk]
+        ids, mask = batch(c, tok)
+        with capture_output(adapter.blocks[layer], torch.arange(len(c)), torch.tensor([r.subject_last for r in c])) as got:
+            adapter.hidden_at(ids, mask)
+        out.append(got[0].to(torch.float64))
+    return torch.cat(out)

@@ -1,0 +1,248 @@
+"""An edit from start to finish: load, check every input, statistics, ROME or MEMIT, the patch.
+
+All checks run before any statistics or optimisation, so bad input fails fast and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from factpatch.patchfile import Patch, PatchError, new_manifest, tensor_fingerprint
+from factpatch.patchfile import read as read_patch
+
+from . import layers as layer_choice
+from .adapters import Adapter, family_for
+from .corpus import Corpus, CorpusError, fixture_corpus, folder_corpus
+from .memit import MemitParams, apply_memit
+from .prompts import TokenizationError, encode
+from .rome import RomeParams, apply_rome
+from .scoring import greedy_answers, score_targets
+from .stats import second_moments
+from .values import ESSENCE_TEMPLATE
+from .weights import apply_patch
+
+METHODS = ("rome", "memit")
+
+
+class EditInputError(ValueError):
+    """Input the editor refuses before computing anything; the message names the field."""
+
+
+@dataclass
+class Loaded:
+    path: Path
+    model: Any
+    tok: Any
+    adapter: Adapter
+    world: Any | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def check_architecture(model_dir: str | Path):
+    """Reads only config.json: an unsupported model is refused before its weights are loaded."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as e:
+        raise EditInputError(f"--model {model_dir}: not a Hugging Face model folder ({e})") from None
+    try:
+        family_for(config)
+    except ValueError as e:
+        raise EditInputError(f"--model {model_dir}: {e}") from None
+    return config
+
+
+def load(model_dir: str | Path, threads: int | None = 2) -> Loaded:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from factpatch.fixture.build import WORLD_FILE, load_world
+
+    if threads:
+        torch.set_num_threads(threads)
+    check_architecture(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    world = load_world(model_dir) if (Path(model_dir) / WORLD_FILE).exists() else None
+    return Loaded(Path(model_dir), model, tok, Adapter(model), world)
+
+
+@dataclass
+class EditOptions:
+    method: str = "memit"
+    layers: str | list[int] | None = None
+    corpus_dir: str | None = None
+    n_samples: int | None = None  # corpus texts for the covariance; None: all
+    parent: str | None = None
+    rome: RomeParams = field(default_factory=RomeParams)
+    memit: MemitParams = field(default_factory=MemitParams)
+    progress: bool = False
+    seed: int = 0
+
+
+def corpus_for(loaded: Loaded, corpus_dir: str | None) -> Corpus:
+    if corpus_dir:
+        return folder_corpus(corpus_dir)
+    if loaded.world is not None:
+        return fixture_corpus(loaded.world, "train")
+    raise EditInputError("--corpus is required: this model has no world.json with a corpus of its own")
+
+
+def validate(loaded: Loaded, edits, opts: EditOptions) -> tuple[list[int], Corpus, tuple[Patch, str] | None]:
+    """Every check that can fail, in the order a user would fix them. Returns layers, corpus, parent."""
+    if opts.method not in METHODS:
+        raise EditInputError(f"--method {opts.method!r}: choose one of {', '.join(METHODS)}")
+    try:
+        choice = opts.layers if isinstance(opts.layers, list) else layer_choice.parse(opts.layers)
+        if isinstance(choice, list):
+            layer_choice.check(choice, loaded.adapter.n_layers, opts.method)
+    except layer_choice.LayerError as e:
+        raise EditInputError(str(e)) from None
+    try:
+        corpus = corpus_for(loaded, opts.corpus_dir)
+    except CorpusError as e:
+        raise EditInputError(str(e)) from None
+    tok = loaded.tok
+    for i, e in enumerate(edits):
+        where = f"edit {i} ({e.subject!r}, {e.relation!r})"
+        try:
+            row = encode(tok, e.prompt, e.subject, target=e.target_new)
+        except TokenizationError as err:
+            raise EditInputError(f"{where}: {err}") from None
+        unk = tok.unk_token_id
+        if unk is not None and unk in row.ids[: row.target_start]:
+            raise EditInputError(f"{where}: prompt {e.prompt!r} has words the tokenizer does not know")
+        for p in e.paraphrases:
+            try:
+                encode(tok, p, e.subject)
+            except TokenizationError as err:
+                raise EditInputError(f"{where}: paraphrase {p!r}: {err}") from None
+    # The model's current answers: an edit to what the model already says would silently do nothing.
+    already = score_targets(loaded.adapter, tok, [(e.prompt, e.subject, e.target_new) for e in edits]).greedy
+    if already.any():
+        i = int(already.nonzero()[0, 0])
+        e = edits[i]
+        raise EditInputError(
+            f"edit {i} ({e.subject!r}, {e.relation!r}): target_new {e.target_new!r} is already the model's "
+            f"answer to {e.text!r}; the edit would change nothing"
+        )
+    parent = None
+    if opts.parent:
+        try:
+            parent = read_patch(opts.parent)
+        except (OSError, PatchError) as err:
+            raise EditInputError(f"--parent {opts.parent}: {err}") from None
+        state = loaded.model.state_dict()
+        missing = [n for n in parent[0].names if n not in state]
+        if missing:
+            raise EditInputError(f"--parent {opts.parent}: names {missing[0]!r}, which this model does not have")
+        fp = tensor_fingerprint({n: state[n] for n in parent[0].names})
+        if fp != parent[0].manifest["base"]["fingerprint"]:
+            raise EditInputError(f"--parent {opts.parent} was made for a different base model (fingerprint mismatch)")
+    try:
+        chosen = layer_choice.resolve(choice, loaded.adapter.n_layers, opts.method, loaded.adapter, tok, edits)
+    except layer_choice.LayerError as e:
+        raise EditInputError(str(e)) from None
+    return chosen, corpus, parent
+
+
+def fill_old_targets(loaded: Loaded, edits) -> list[dict[str, Any]]:
+    """Manifest entries; a missing target_old is filled with the base model's answer (for monitors)."""
+    entries = [e.manifest_entry() for e in edits]
+    need = [i for i, e in enumerate(edits) if e.target_old is None]
+    if need:
+        answers = greedy_answers(loaded.adapter, loaded.tok, [(edits[i].prompt, edits[i].subject) for i in need])
+        for i, a in zip(need, answers):
+            entries[i]["target_old"] = a or None
+    return entries
+
+
+@dataclass
+class EditResult:
+    patch: Patch
+    layers: list[int]
+    info: dict[str, Any]
+    seconds: dict[str, float]
+
+
+def _hparams(opts: EditOptions, layers: list[int], corpus: Corpus, n_texts: int) -> dict[str, Any]:
+    method_hp = asdict(opts.rome if opts.method == "rome" else opts.memit)
+    return {
+        **method_hp,
+        "covariance": {"corpus": corpus.name, "texts": n_texts, "digest": corpus.digest(n_texts)[:16]},
+        "essence_template": ESSENCE_TEMPLATE,
+        "seed": opts.seed,
+    }
+
+
+def run_edit(loaded: Loaded, edits, opts: EditOptions, on_progress: Callable[[str, int, int], None] | None = None) -> EditResult:
+    """Validate, compute and return the patch. The loaded model is left as the base on return."""
+    from .prompts import context_prefixes
+
+    layers, corpus, parent = validate(loaded, edits, opts)
+    adapter, tok = loaded.adapter, loaded.tok
+    t0 = time.perf_counter()
+    entries = fill_old_targets(loaded, edits)
+    covs = second_moments(adapter, tok, layers, corpus, opts.n_samples, progress=opts.progress)
+    t_stats = time.perf_counter() - t0
+
+    state = adapter.model.state_dict()
+    touched = sorted({adapter.param_name(l) for l in layers} | set(parent[0].names if parent else []))
+    base_fp = tensor_fingerprint({n: state[n] for n in touched})
+    saved = {n: state[n].detach().clone() for n in touched}
+
+    t1 = time.perf_counter()
+    try:
+        if parent:
+            apply_patch(adapter, parent[0])
+        hp = opts.rome if opts.method == "rome" else opts.memit
+        prefixes = context_prefixes(adapter.model, tok, hp.n_prefixes, seed=opts.seed)
+        if opts.method == "rome":
+            cb = (lambda i, rec: on_progress("edits", i + 1, len(edits))) if on_progress else None
+            u, v, per_edit = apply_rome(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome, on_edit=cb)
+            new = {layers[0]: (u, v)}
+            info: dict[str, Any] = {"per_edit": per_edit}
+        else:
+            new, info = apply_memit(adapter, tok, edits, layers, covs, prefixes, opts.memit, on_progress=on_progress)
+    finally:
+        with torch.no_grad():
+            for n, w in saved.items():
+                state[n].copy_(w)  # back to the base, bit for bit
+    t_edit = time.perf_counter() - t1
+
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if parent:
+        factors.update(parent[0].factors)
+    for l, (u, v) in new.items():
+        name = adapter.param_name(l)
+        if name in factors:  # a follow-up batch carries its parent's factors: ranks concatenate
+            pu, pv = factors[name]
+            u, v = torch.cat([pu, u], 1), torch.cat([pv, v], 1)
+        factors[name] = (u.contiguous(), v.contiguous())
+    all_layers = sorted(set(layers) | set(parent[0].manifest.get("layers", []) if parent else []))
+    manifest = new_manifest(
+        model_name=loaded.name,
+        fingerprint=base_fp,
+        method=opts.method,
+        layers=all_layers,
+        hparams={**_hparams(opts, layers, corpus, len(corpus.head(opts.n_samples))), "batch_layers": layers},
+        edits=(parent[0].manifest.get("edits", []) if parent else []) + entries,
+        parent=parent[1] if parent else None,
+    )
+    return EditResult(Patch(factors, manifest), layers, info, {"stats": t_stats, "edit": t_edit})
+
+
+def manifest_json(patch: Patch) -> str:
+    return json.dumps(patch.manifest, indent=2, sort_keys=True)

@@ -1,0 +1,62 @@
+"""ROME: one rank-one update of one MLP output projection per edit.
+
+W' = W + δ (C⁻¹k*)ᵀ / (k*ᵀ C⁻¹ k*), so W' k* = W k* + δ: the key k* now also writes δ, and keys
+that C says the model uses elsewhere are disturbed as little as possible. k* is the key averaged over
+context prefixes, used both for the direction C⁻¹k* and in the denominator; mixing the averaged key
+with the plain-prompt key (as the original code did) gives a wrongly scaled update that can blow up.
+Several edits are applied one after another, each computed on the model the previous ones left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .adapters import Adapter
+from .keys import subject_keys
+from .values import ValueParams, build_rows, optimise_values
+from .weights import add_low_rank
+
+
+@dataclass(frozen=True)
+class RomeParams:
+    value: ValueParams = field(default_factory=ValueParams)
+    n_prefixes: int = 10
+
+
+def rank_one(delta: torch.Tensor, key: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u [d,1], v [k,1]) float32 with u vᵀ k = δ and v ∝ C⁻¹k, computed in float64."""
+    ck = torch.linalg.solve(cov.to(torch.float64), key.to(torch.float64))
+    scale = ck.norm()
+    v = ck / scale
+    u = delta.to(torch.float64) * scale / (key.to(torch.float64) @ ck)
+    return u[:, None].to(torch.float32), v[:, None].to(torch.float32)
+
+
+def apply_rome(
+    adapter: Adapter,
+    tok,
+    edits,
+    layer: int,
+    cov: torch.Tensor,
+    prefixes: list[str],
+    hp: RomeParams,
+    on_edit: Callable[[int, dict], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """Apply the edits in order to the live model; returns the stacked factors (u [d,n], v [k,n])."""
+    us, vs, info = [], [], []
+    for i, e in enumerate(edits):
+        rows = build_rows(tok, e.prompt, e.subject, e.target_new, prefixes)
+        res = optimise_values(adapter, tok, layer, [rows], hp.value)
+        key = subject_keys(adapter, tok, layer, [e], prefixes)[0]
+        u, v = rank_one(res.deltas[0], key, cov)
+        add_low_rank(adapter, layer, u, v)
+        us.append(u)
+        vs.append(v)
+        rec = {"nll": float(res.final_nll[0]), "steps": int(res.steps_taken[0]), "delta_norm": float(res.deltas[0].norm())}
+        info.append(rec)
+        if on_edit:
+            on_edit(i, rec)
+    return torch.cat(us, 1), torch.cat(vs, 1), info

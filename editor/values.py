@@ -1,0 +1,214 @@
+"""The value side of an edit: the residual delta that makes the model say the new target.
+
+For every edit a vector δ is added to the MLP output at `layer`, at the subject's last token, in the
+edit prompt behind several context prefixes. δ is optimised so the prompts yield the new target, with
+a KL term that keeps what the model thinks the subject is (an "essence" prompt), weight decay, a norm
+clamp, and early stopping per edit. All edits of a batch share each forward/backward pass: δ is one
+[n_edits, d] parameter and every row of the batch reads its own edit's row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .adapters import Adapter
+from .hooks import add_to_output, capture_output
+from .prompts import Row, batch, encode, target_positions
+
+ESSENCE_TEMPLATE = "{} is a"
+
+
+@dataclass(frozen=True)
+class ValueParams:
+    steps: int = 25
+    lr: float = 0.5
+    weight_decay: float = 0.5
+    kl_factor: float = 0.0625
+    clamp_norm: float = 4.0  # ‖δ‖ ≤ clamp_norm · ‖reference‖
+    norm_ref: str = "mlp"  # reference for clamp and decay: the MLP output ("mlp") or the residual ("residual")
+    early_stop_nll: float = 0.05
+    max_rows_per_pass: int = 2048  # memory bound: larger batches accumulate gradients over chunks
+
+
+@dataclass
+class EditRows:
+    rewrite: list[Row]  # prefix × prompt + target_new
+    essence: Row  # the essence prompt, no target
+
+
+@dataclass
+class ValueResult:
+    deltas: torch.Tensor  # [n, d] added at the MLP output (equivalently the residual) at `layer`
+    init_residual: torch.Tensor  # [n, d] the block output at the subject's last token, plain prompt
+    final_nll: torch.Tensor  # [n]
+    steps_taken: torch.Tensor  # [n]
+    log: list[dict] = field(default_factory=list)
+
+
+def build_rows(tok, prompt: str, subject: str, target: str, prefixes: list[str]) -> EditRows:
+    rewrite = [encode(tok, prompt, subject, prefix=p, target=target) for p in prefixes]
+    try:
+        essence = encode(tok, ESSENCE_TEMPLATE, subject)
+    except ValueError:
+        essence = encode(tok, "{}", subject)
+    return EditRows(rewrite, essence)
+
+
+def _flatten(rows_per_edit: list[EditRows], active: list[int]):
+    """One row list for the active edits: rewrite rows first, then essence rows, with their edit index."""
+    rows, owner, kind = [], [], []
+    for e in active:
+        for r in rows_per_edit[e].rewrite:
+            rows.append(r)
+            owner.append(e)
+            kind.append(0)
+    for e in active:
+        rows.append(rows_per_edit[e].essence)
+        owner.append(e)
+        kind.append(1)
+    return rows, torch.tensor(owner), torch.tensor(kind)
+
+
+def _essence_positions(rows: list[Row], kind: torch.Tensor):
+    """(row, position) pairs from the subject's last token to the end of each essence prompt."""
+    b_idx, pos = [], []
+    for b, r in enumerate(rows):
+        if kind[b] == 1:
+            for j in range(r.subject_last, len(r.ids)):
+                b_idx.append(b)
+                pos.append(j)
+    return torch.tensor(b_idx, dtype=torch.long), torch.tensor(pos, dtype=torch.long)
+
+
+def _chunks(n: int, size: int):
+    return [(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+@torch.no_grad()
+def _reference(adapter: Adapter, tok, layer: int, rows_per_edit: list[EditRows], chunk: int):
+    """Per edit: the MLP output and the block output at the subject's last token of the plain prompt,
+    and the essence prompts' log-probabilities before editing (the KL anchor)."""
+    n = len(rows_per_edit)
+    plain = [er.rewrite[0] for er in rows_per_edit]
+    mlp_out, resid = [], []
+    for s, e in _chunks(n, chunk):
+        rows = plain[s:e]
+        ids, mask = batch(rows, tok)
+        b = torch.arange(len(rows))
+        p = torch.tensor([r.subject_last for r in rows])
+        with capture_output(adapter.mlp_out(layer), b, p) as m, capture_output(adapter.blocks[layer], b, p) as h:
+            adapter.hidden_at(ids, mask)
+        mlp_out.append(m[0])
+        resid.append(h[0])
+    essence = [er.essence for er in rows_per_edit]
+    anchors = []
+    for s, e in _chunks(n, chunk):
+        rows = essence[s:e]
+        ids, mask = batch(rows, tok)
+        hidden = adapter.hidden_at(ids, mask)
+        kind = torch.ones(len(rows), dtype=torch.long)
+        bi, pi = _essence_positions(rows, kind)
+        anchors.append(F.log_softmax(adapter.head(hidden[bi, pi]).float(), -1))
+    return torch.cat(mlp_out).float(), torch.cat(resid).float(), anchors
+
+
+def optimise_values(
+    adapter: Adapter,
+    tok,
+    layer: int,
+    rows_per_edit: list[EditRows],
+    hp: ValueParams,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> ValueResult:
+    """Optimise δ for every edit at once; returns δ and the pre-edit residual at the subject."""
+    model = adapter.model
+    n = len(rows_per_edit)
+    d = adapter.hidden_dim()
+    mlp_ref, resid_ref, anchor_chunks = _reference(adapter, tok, layer, rows_per_edit, hp.max_rows_per_pass)
+    anchor_by_edit = []  # per edit: its essence log-probs [positions, vocab]
+    for chunk_start, anchors in zip(range(0, n, hp.max_rows_per_pass), anchor_chunks):
+        rows = [er.essence for er in rows_per_edit[chunk_start : chunk_start + hp.max_rows_per_pass]]
+        offs = 0
+        for r in rows:
+            k = len(r.ids) - r.subject_last
+            anchor_by_edit.append(anchors[offs : offs + k])
+            offs += k
+    ref = mlp_ref if hp.norm_ref == "mlp" else resid_ref
+    ref_norm = ref.norm(dim=-1).clamp_min(1e-6)
+    max_norm = hp.clamp_norm * ref_norm
+
+    delta = torch.zeros(n, d, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=hp.lr)
+    done = torch.zeros(n, dtype=torch.bool)
+    final_nll = torch.full((n,), float("nan"))
+    steps_taken = torch.zeros(n, dtype=torch.long)
+    log: list[dict] = []
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    for step in range(hp.steps):
+        active = [i for i in range(n) if not done[i]]
+        if not active:
+            break
+        rows, owner, kind = _flatten(rows_per_edit, active)
+        # Row chunks keep memory bounded; gradients accumulate, one optimizer step per pass over all edits.
+        n_rewrite = torch.zeros(n)
+        for e in active:
+            n_rewrite[e] = len(rows_per_edit[e].rewrite)
+        opt.zero_grad()
+        nll_sum = torch.zeros(n)
+        for s, e in _chunks(len(rows), hp.max_rows_per_pass):
+            c_rows, c_owner, c_kind = rows[s:e], owner[s:e], kind[s:e]
+            ids, mask = batch(c_rows, tok)
+            b_all = torch.arange(len(c_rows))
+            subj = torch.tensor([r.subject_last for r in c_rows])
+            with add_to_output(adapter.mlp_out(layer), b_all, subj, delta[c_owner]):
+                hidden = adapter.hidden_at(ids, mask)
+            loss = hidden.new_zeros(())
+            rw = [b for b in range(len(c_rows)) if c_kind[b] == 0]
+            if rw:
+                tb, tp, tt = target_positions([c_rows[b] for b in rw])
+                tb_rows = torch.tensor(rw)[tb]
+                logp = F.log_softmax(adapter.head(hidden[tb_rows, tp]).float(), -1)
+                tok_nll = -logp.gather(1, tt[:, None]).squeeze(1)
+                # mean over a row's target tokens, then mean over the edit's rows
+                row_of_tok = tb_rows
+                n_tok = torch.tensor([c_rows[b].n_target for b in range(len(c_rows))], dtype=torch.float)
+                w = 1.0 / (n_tok[row_of_tok] * n_rewrite[c_owner[row_of_tok]])
+                per_edit = torch.zeros(n).index_add(0, c_owner[row_of_tok], (tok_nll * w).detach())
+                nll_sum += per_edit
+                loss = loss + (tok_nll * w).sum()
+            if (c_kind == 1).any():
+                eb, ep = _essence_positions(c_rows, c_kind)
+                logp = F.log_softmax(adapter.head(hidden[eb, ep]).float(), -1)
+                anchor = torch.cat([anchor_by_edit[int(c_owner[b])] for b in range(len(c_rows)) if c_kind[b] == 1])
+                kl = F.kl_div(logp, anchor, log_target=True, reduction="none").sum(-1)
+                count = torch.zeros(n).index_add(0, c_owner[eb], torch.ones(len(eb)))
+                loss = loss + hp.kl_factor * (kl / count[c_owner[eb]]).sum()
+            loss.backward()
+        act = torch.tensor(active)
+        decay = hp.weight_decay * (delta[act].norm(dim=-1) / ref_norm[act]) ** 2
+        decay.sum().backward()
+        final_nll[act] = nll_sum[act]
+        steps_taken[act] += 1
+        log.append({"step": step, "active": len(active), "mean_nll": float(nll_sum[act].mean())})
+        if progress:
+            progress(step + 1, hp.steps, len(active))
+        # Converged edits stop here: their δ is final and they leave the batch.
+        newly_done = act[nll_sum[act] < hp.early_stop_nll]
+        if step == hp.steps - 1:
+            break
+        done[newly_done] = True
+        with torch.no_grad():
+            frozen = delta[done].clone()  # Adam's momentum would otherwise keep moving finished rows
+        opt.step()
+        with torch.no_grad():
+            delta[done] = frozen
+            norms = delta.norm(dim=-1)
+            scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), torch.ones_like(norms))
+            delta.mul_(scale[:, None])
+    return ValueResult(delta.detach().clone(), resid_ref, final_nll, steps_taken, log)

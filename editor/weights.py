@@ -1,0 +1,35 @@
+"""Writing low-rank deltas into a live model, with exactly the arithmetic a patch file's reader uses."""
+
+from __future__ import annotations
+
+import torch
+
+from factpatch.patchfile import Patch, apply_to_state_dict
+
+from .adapters import Adapter
+
+
+@torch.no_grad()
+def add_low_rank(adapter: Adapter, layer: int, u: torch.Tensor, v: torch.Tensor) -> None:
+    """W += u vᵀ at `layer`'s MLP output projection (u [out, r], v [in, r], nn.Linear orientation)."""
+    name = adapter.param_name(layer)
+    patch = Patch(factors={name: (u.to(torch.float32), v.to(torch.float32))})
+    apply_to_state_dict({name: adapter.weight(layer).data}, patch, conv1d_names=adapter.conv1d_names())
+
+
+@torch.no_grad()
+def apply_patch(adapter: Adapter, patch: Patch) -> None:
+    """weights = weights + ΔX for every weight the patch names (the model must hold the base)."""
+    state = dict(adapter.model.state_dict())
+    apply_to_state_dict(state, patch, conv1d_names=adapter.conv1d_names())
+
+
+@torch.no_grad()
+def snapshot(adapter: Adapter, layers) -> dict[int, torch.Tensor]:
+    return {l: adapter.weight(l).detach().clone() for l in layers}
+
+
+@torch.no_grad()
+def restore(adapter: Adapter, saved: dict[int, torch.Tensor]) -> None:
+    for l, w in saved.items():
+        adapter.weight(l).data.copy_(w)

@@ -1,0 +1,93 @@
+"""Every supported family on a tiny random config: names, orientation, keys, and the rank-one insert."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTJConfig,
+    GPTJForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from factpatch.editor.adapters import Adapter, UnsupportedModelError, family_for
+from factpatch.editor.hooks import capture_input
+from factpatch.editor.rome import rank_one
+from factpatch.editor.weights import add_low_rank
+from factpatch.patchfile import Patch, apply_to_state_dict
+
+H, M, L, V = 32, 64, 3, 50
+_llama_like = dict(vocab_size=V, hidden_size=H, intermediate_size=M, num_hidden_layers=L, num_attention_heads=4, num_key_value_heads=4)
+TINY = {
+    "llama": (LlamaForCausalLM, LlamaConfig(**_llama_like), "model.layers.{}.mlp.down_proj.weight", False),
+    "mistral": (MistralForCausalLM, MistralConfig(**_llama_like), "model.layers.{}.mlp.down_proj.weight", False),
+    "qwen2": (Qwen2ForCausalLM, Qwen2Config(**_llama_like), "model.layers.{}.mlp.down_proj.weight", False),
+    "gpt2": (GPT2LMHeadModel, GPT2Config(vocab_size=V, n_embd=H, n_inner=M, n_layer=L, n_head=4, n_positions=64), "transformer.h.{}.mlp.c_proj.weight", True),
+    "gptj": (GPTJForCausalLM, GPTJConfig(vocab_size=V, n_embd=H, n_inner=M, n_layer=L, n_head=4, rotary_dim=4, n_positions=64), "transformer.h.{}.mlp.fc_out.weight", False),
+}
+
+
+@pytest.fixture(params=sorted(TINY))
+def tiny(request):
+    torch.manual_seed(0)
+    cls, config, name, conv1d = TINY[request.param]
+    model = cls(config).eval()
+    return Adapter(model), name, conv1d
+
+
+def test_names_orientation_and_shapes(tiny):
+    adapter, name, conv1d = tiny
+    state = adapter.model.state_dict()
+    assert adapter.n_layers == L and adapter.conv1d == conv1d
+    for layer in range(L):
+        assert adapter.param_name(layer) == name.format(layer)
+        assert adapter.param_name(layer) in state
+        assert tuple(adapter.linear_weight(layer).shape) == (H, M)
+        assert adapter.key_dim(layer) == M
+    assert adapter.hidden_dim() == H
+    ids = torch.randint(0, V, (2, 7))
+    assert tuple(adapter.hidden_at(ids).shape) == (2, 7, H)
+    assert adapter.head(adapter.hidden_at(ids)).shape[-1] == V
+
+
+def test_keys_are_the_projection_input(tiny):
+    adapter, _, _ = tiny
+    ids = torch.randint(0, V, (2, 5))
+    with capture_input(adapter.mlp_out(1), torch.tensor([0, 1]), torch.tensor([4, 2])) as got:
+        adapter.hidden_at(ids)
+    k = got[0].double()
+    assert tuple(k.shape) == (2, M)
+    # The projection maps the key to its output: W k in nn.Linear orientation.
+    out = adapter.mlp_out(1)(got[0])
+    torch.testing.assert_close(out.double(), k @ adapter.linear_weight(1).double().T + (0 if getattr(adapter.mlp_out(1), "bias", None) is None else adapter.mlp_out(1).bias.double()), rtol=1e-4, atol=1e-4)
+
+
+def test_rank_one_insert_writes_delta_and_matches_patch_arithmetic(tiny):
+    adapter, _, conv1d = tiny
+    key = torch.randn(M, dtype=torch.float64)
+    cov = torch.eye(M, dtype=torch.float64) + 0.1 * torch.ones(M, M, dtype=torch.float64)
+    delta = torch.randn(H, dtype=torch.float64)
+    u, v = rank_one(delta, key, cov)
+    assert tuple(u.shape) == (H, 1) and tuple(v.shape) == (M, 1)
+    before = adapter.linear_weight(2).double()
+    ckpt = {adapter.param_name(2): adapter.weight(2).detach().clone()}
+    add_low_rank(adapter, 2, u, v)
+    after = adapter.linear_weight(2).double()
+    torch.testing.assert_close(after @ key - before @ key, delta, rtol=1e-3, atol=1e-3)
+    # Same bits as a patch reader applying u vᵀ to the checkpoint tensor (transposed for Conv1D).
+    apply_to_state_dict(ckpt, Patch({adapter.param_name(2): (u, v)}), conv1d_names=adapter.conv1d_names())
+    assert torch.equal(ckpt[adapter.param_name(2)], adapter.weight(2).detach())
+
+
+def test_unsupported_architecture_is_named():
+    from transformers import BertConfig
+
+    with pytest.raises(UnsupportedModelError, match="unsupported architecture 'bert'.*llama"):
+        family_for(BertConfig())
