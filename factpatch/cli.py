@@ -19,6 +19,9 @@ def _register_subcommands() -> None:
     from factpatch.demo import demo_cmd
 
     app.add_typer(fixture_app, name="fixture")
+    from factpatch.plugin.shard_cli import register as register_shard
+
+    register_shard(app)
     app.command("demo")(demo_cmd)
 
 
