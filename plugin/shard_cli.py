@@ -1,0 +1,88 @@
+"""`factpatch shard`: start stock vLLM's OpenAI server with the factpatch plugin wired in.
+
+Equivalent to, by hand:
+
+    VLLM_PLUGINS=factpatch,factpatch_agent FACTPATCH_AGENT_TOKEN_FILE=/path/token \\
+    python -m vllm.entrypoints.openai.api_server --model DIR \\
+        --worker-extension-cls factpatch.plugin.worker_ext.FactpatchWorkerExtension [--enforce-eager]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from .auth import TOKEN_ENV, TOKEN_FILE_ENV
+from .endpoint import NAME as ENDPOINT_PLUGIN
+from .general import NAME as GENERAL_PLUGIN
+from .general import WORKER_EXTENSION
+
+
+def _on_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def shard_command(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token_file: str | None = None,
+    extra: list[str] = (),
+    env: dict[str, str] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that start a patchable vLLM shard."""
+    env = dict(os.environ if env is None else env)
+    if token_file:
+        if not Path(token_file).is_file():
+            raise ValueError(f"--token-file {token_file} does not exist")
+        env[TOKEN_FILE_ENV] = str(Path(token_file).resolve())
+        env.pop(TOKEN_ENV, None)  # the file named on the command line wins
+    elif not env.get(TOKEN_ENV) and not env.get(TOKEN_FILE_ENV):
+        raise ValueError(f"no agent token: pass --token-file or set {TOKEN_ENV} / {TOKEN_FILE_ENV}")
+    # VLLM_PLUGINS is an allow-list for every plugin group: keep what the operator listed.
+    plugins = [p for p in env.get("VLLM_PLUGINS", "").split(",") if p]
+    for p in (GENERAL_PLUGIN, ENDPOINT_PLUGIN):
+        if p not in plugins:
+            plugins.append(p)
+    env["VLLM_PLUGINS"] = ",".join(plugins)
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+            "--host", host, "--port", str(port), "--worker-extension-cls", WORKER_EXTENSION]
+    extra = list(extra)
+    # The CPU backend traces its model unless eager, and a traced graph keeps the packed weights it saw.
+    if _on_cpu() and "--enforce-eager" not in extra:
+        argv.append("--enforce-eager")
+    return argv + extra, env
+
+
+def shard(
+    ctx: typer.Context,
+    model: str = typer.Option(..., "--model", help="Model folder (or cached hub id) to serve."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port of the OpenAI server and the agent routes."),
+    token_file: str = typer.Option(None, "--token-file", help=f"File holding the agent bearer token (else ${TOKEN_ENV})."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the command and environment, start nothing."),
+) -> None:
+    """Serve MODEL with vLLM and the factpatch agent; arguments after `--` go to vLLM."""
+    try:
+        argv, env = shard_command(model, host=host, port=port, token_file=token_file, extra=ctx.args)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    if dry_run:
+        for k in ("VLLM_PLUGINS", TOKEN_FILE_ENV):
+            if k in env:
+                typer.echo(f"{k}={env[k]}")
+        typer.echo(" ".join(argv))
+        return
+    # Replace this process so signals and the exit status belong to vLLM itself.
+    os.execve(argv[0], argv, env)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("shard", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(shard)

@@ -1,0 +1,160 @@
+"""The swap protocol: one weight version per response, every rank or none, one swap at a time.
+
+    lock → stage on all ranks (no writes) → pause: wait for in-flight requests (bounded)
+         → commit on all ranks → reset prefix cache → resume → unlock
+
+Drain policy, once `drain_timeout_s` passes with requests still running:
+- "abort" (default): the remaining requests are aborted (they end with finish_reason "abort" and never
+  continue on the new weights), then the swap goes ahead — a swap always finishes in bounded time.
+- "fail": generation resumes on the old weights and the swap is refused with DRAIN_TIMEOUT.
+Requests that arrive while paused wait in vLLM's queue and run entirely on the new version.
+
+Staging runs before the pause so the engine keeps serving while new weights are computed, and a
+patch that fails on any rank never pauses anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+log = logging.getLogger("factpatch.plugin.swap")
+
+POLICIES = ("abort", "fail")
+
+
+class Engine(Protocol):
+    async def pause_generation(self, *, mode: str = ..., clear_cache: bool = ...) -> None: ...
+    async def resume_generation(self) -> None: ...
+    async def reset_prefix_cache(self, *args: Any, **kwargs: Any) -> bool: ...
+    async def collective_rpc(self, method: str, timeout: float | None = ..., args: tuple = ..., kwargs: dict | None = ...) -> list[Any]: ...
+
+
+class SwapError(Exception):
+    def __init__(self, reason: str, message: str, status: int):
+        super().__init__(message)
+        self.reason, self.status = reason, status
+
+
+@dataclass
+class SwapState:
+    active_version: str | None = None
+    applied_at: str | None = None
+    swapping: bool = False
+    ranks: list[dict[str, Any]] = field(default_factory=list)
+    last_swap: dict[str, float] = field(default_factory=dict)  # timings of the last swap, seconds
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+
+
+class SwapCoordinator:
+    def __init__(self, engine: Engine, *, drain_timeout_s: float = 30.0, drain_policy: str = "abort",
+                 rpc_timeout_s: float | None = 300.0):
+        if drain_policy not in POLICIES:
+            raise ValueError(f"drain policy must be one of {POLICIES}, got {drain_policy!r}")
+        self.engine = engine
+        self.drain_timeout_s = drain_timeout_s
+        self.drain_policy = drain_policy
+        self.rpc_timeout_s = rpc_timeout_s
+        self.state = SwapState()
+        self._lock = asyncio.Lock()
+
+    async def _rpc(self, method: str, *args: Any) -> list[dict[str, Any]]:
+        return await self.engine.collective_rpc(method, timeout=self.rpc_timeout_s, args=args)
+
+    async def refresh(self) -> SwapState:
+        ranks = await self._rpc("factpatch_state")
+        self._absorb(ranks)
+        return self.state
+
+    def _absorb(self, ranks: list[dict[str, Any]]) -> None:
+        ranks = sorted(ranks, key=lambda r: r.get("rank", 0))
+        self.state.ranks = ranks
+        versions = {r.get("active_version") for r in ranks}
+        self.state.active_version = versions.pop() if len(versions) == 1 else None
+        at = ranks[0].get("applied_at") if ranks else None
+        self.state.applied_at = _iso(at) if at else None
+
+    async def swap(self, data: bytes | None, version: str | None) -> SwapState:
+        """Make `version` (patch bytes; None = base) active on every rank, or leave all as they were."""
+        async with self._lock:
+            if version == self.state.active_version:
+                return self.state  # already active: nothing to do
+            self.state.swapping = True
+            try:
+                return await self._swap_locked(data, version)
+            finally:
+                self.state.swapping = False
+
+    async def _swap_locked(self, data: bytes | None, version: str | None) -> SwapState:
+        t0 = time.perf_counter()
+        staged = await self._rpc("factpatch_stage", data, version)
+        bad = [r for r in staged if not r.get("ok")]
+        if bad:
+            await self._rpc("factpatch_discard")
+            r = bad[0]
+            raise SwapError(r.get("reason", "STAGE_FAILED"), r.get("message", ""), _status_for(r.get("reason")))
+        t_staged = time.perf_counter()
+
+        await self._pause()
+        t_paused = time.perf_counter()
+        try:
+            results = await self._rpc("factpatch_commit", version)
+            failed = [r for r in results if not r.get("ok")]
+            if failed:
+                # Ranks that committed go back to the previous version; the failed ones restored themselves.
+                rolled = await self._rpc("factpatch_rollback")
+                await self.refresh()
+                r = failed[0]
+                raise SwapError(r.get("reason", "WRITE_FAILED"),
+                                f"{r.get('message', '')}; rollback ok={all(x.get('ok') for x in rolled)}", 500)
+            t_written = time.perf_counter()
+            # KV computed with the old weights must never serve the new version.
+            if not await self.engine.reset_prefix_cache():
+                log.warning("reset_prefix_cache returned False after a weight change")
+            self._absorb(results)
+        finally:
+            await self.engine.resume_generation()
+        t_done = time.perf_counter()
+        self.state.last_swap = {
+            "stage_s": t_staged - t0,
+            "drain_s": t_paused - t_staged,
+            "write_s": t_written - t_paused,
+            "paused_s": t_done - t_staged,
+            "total_s": t_done - t0,
+        }
+        return self.state
+
+    async def _pause(self) -> None:
+        waiting = asyncio.ensure_future(self.engine.pause_generation(mode="wait", clear_cache=False))
+        done, _ = await asyncio.wait({waiting}, timeout=self.drain_timeout_s)
+        if done:
+            waiting.result()
+            return
+        if self.drain_policy == "fail":
+            waiting.cancel()
+            await self.engine.resume_generation()
+            await self._rpc("factpatch_discard")
+            raise SwapError("DRAIN_TIMEOUT",
+                            f"requests still running after {self.drain_timeout_s} s; weights unchanged", 503)
+        log.warning("drain timed out after %.1f s; aborting the requests still running", self.drain_timeout_s)
+        await self.engine.pause_generation(mode="abort", clear_cache=False)
+        waiting.cancel()
+
+
+_STATUS = {
+    "MALFORMED": 400, "UNKNOWN_FORMAT": 400, "DIGEST_MISMATCH": 400,
+    "BASE_MISMATCH": 409, "SWAP_IN_PROGRESS": 409,
+    "UNKNOWN_TENSOR": 422, "SHAPE_MISMATCH": 422, "NON_FINITE": 422, "RANK_TOO_LARGE": 422,
+    "UNSUPPORTED_TENSOR": 422, "ENGINE_UNSUPPORTED": 422,
+}
+
+
+def _status_for(reason: str | None) -> int:
+    return _STATUS.get(reason or "", 500)
