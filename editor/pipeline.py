@@ -246,3 +246,45 @@ def run_edit(loaded: Loaded, edits, opts: EditOptions, on_progress: Callable[[st
 
 def manifest_json(patch: Patch) -> str:
     return json.dumps(patch.manifest, indent=2, sort_keys=True)
+
+
+def heldout_texts(loaded: Loaded, heldout_dir: str | None) -> list[str]:
+    """General text the edit should not disturb: a folder the user gives, or the fixture's held-out corpus."""
+    if heldout_dir:
+        try:
+            return folder_corpus(heldout_dir).texts
+        except CorpusError as e:
+            raise EditInputError(str(e)) from None
+    if loaded.world is not None:
+        return fixture_corpus(loaded.world, "heldout").texts
+    return []
+
+
+def evaluate_patch(loaded: Loaded, patch: Patch, edits, heldout: list[str], gates=None) -> dict[str, Any]:
+    """Measure the base, apply the patch exactly as a reader would, measure again, restore the base."""
+    from .evaluate import Gates, apply_gates, build_probes, measure, measure_baseline
+
+    adapter, tok = loaded.adapter, loaded.tok
+    probes = build_probes(adapter, tok, edits, loaded.world)
+    base = measure_baseline(adapter, tok, probes, edits, heldout)
+    state = adapter.model.state_dict()
+    saved = {n: state[n].detach().clone() for n in patch.names}
+    try:
+        apply_patch(adapter, patch)
+        metrics = measure(adapter, tok, base, edits)
+    finally:
+        with torch.no_grad():
+            for n, w in saved.items():
+                state[n].copy_(w)
+    passed, gate_rows = apply_gates(metrics, gates or Gates())
+    return {"metrics": metrics, "gates": gate_rows, "passed": passed}
+
+
+def check_fingerprint(loaded: Loaded, patch: Patch) -> None:
+    state = loaded.model.state_dict()
+    missing = [n for n in patch.names if n not in state]
+    if missing:
+        raise EditInputError(f"the patch names {missing[0]!r}, which {loaded.path} does not have")
+    fp = tensor_fingerprint({n: state[n] for n in patch.names})
+    if fp != patch.manifest.get("base", {}).get("fingerprint"):
+        raise EditInputError(f"the patch was made for a different base than {loaded.path} (fingerprint mismatch)")

@@ -23,6 +23,9 @@ def _register_subcommands() -> None:
 
     register_shard(app)
     app.command("demo")(demo_cmd)
+    from factpatch.editor.cli import register as register_editor
+
+    register_editor(app)
 
 
 def main() -> None:

@@ -1,0 +1,251 @@
+"""`factpatch edit`, `factpatch eval` and `factpatch patch show`.
+
+Exit codes: 0 success, 1 an evaluation gate failed, 2 bad input (nothing was computed or written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from factpatch import patchfile
+from factpatch import spec as edit_spec
+
+console = Console(stderr=True)
+out = Console()
+
+patch_app = typer.Typer(help="Inspect patch files.", no_args_is_help=True)
+
+EXIT_GATE, EXIT_INPUT = 1, 2
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(EXIT_INPUT)
+
+
+def _check_out_path(path: Path) -> None:
+    if path.exists() and path.is_dir():
+        _fail(f"--out {path} is a folder; give a file name such as {path / 'edit.fpatch'}")
+    probe = path.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        _fail(f"--out {path}: {probe} is not writable")
+
+
+def _gates(min_efficacy, min_generalization, max_specificity_drop, max_ppl_drift):
+    from .evaluate import Gates
+
+    return Gates(min_efficacy, min_generalization, max_specificity_drop, max_ppl_drift)
+
+
+def _fmt(v: Any, pct: bool = True) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{100 * v:.1f} %" if pct else f"{v:.4g}"
+    return str(v)
+
+
+def _metrics_table(report: dict[str, Any], title: str) -> Table:
+    m = report["metrics"]
+    t = Table(title=title)
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_column("gate", justify="right")
+    t.add_column("", justify="center")
+    gates = {g["gate"]: g for g in report["gates"]}
+
+    def row(label, key, pct=True, gate=None, suffix=""):
+        g = gates.get(gate) if gate else None
+        gtxt = f"{g['op']} {_fmt(g['threshold'], pct) if gate != 'specificity_drop' else g['threshold']}" if g else ""
+        mark = "" if not g or g["passed"] is None else ("[green]pass[/green]" if g["passed"] else "[red]FAIL[/red]")
+        val = m.get(key)
+        t.add_row(label, (_fmt(val, pct) if key != "specificity_drop" or val is None else f"{val:.2f} pts") + suffix, gtxt, mark)
+
+    row("edits", "edits")
+    row("efficacy (greedy and P(new) > P(old))", "efficacy", gate="efficacy")
+    row("generalization (paraphrases)", "generalization", gate="generalization")
+    row("neighbours unchanged", "neighbours_unchanged")
+    row("specificity drop (neighbour accuracy)", "specificity_drop", gate="specificity_drop")
+    row("perplexity drift (held-out text)", "ppl_drift", gate="ppl_drift")
+    row("mean KL on unrelated text (nats/token)", "kl_unrelated", pct=False)
+    return t
+
+
+def _run_progress():
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def edit_cmd(
+    model: Path = typer.Option(..., "--model", help="Hugging Face model folder (the base)."),
+    spec: Path = typer.Option(..., "--spec", help="Edit spec, YAML or JSONL."),
+    out_path: Path = typer.Option(..., "--out", help="Patch file to write (.fpatch)."),
+    method: str = typer.Option("memit", "--method", help="rome (one layer, edits in sequence) or memit (a batch over several layers)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Layers to edit: 3,4,5 or 3-5; default: chosen by the model's depth."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Folder of .txt files for the covariance statistics; default: the fixture's corpus."),
+    samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Corpus texts used for the covariance statistics; default: all."),
+    parent: Optional[Path] = typer.Option(None, "--parent", help="Patch this batch follows; the new patch includes its factors."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the patch and record the metrics in its manifest."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the edit report (timings, metrics) as JSON."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Compute a ROME or MEMIT edit and write it as a patch file."""
+    from .pipeline import EditInputError, EditOptions, check_architecture, evaluate_patch, heldout_texts, load, run_edit
+
+    _check_out_path(out_path)
+    try:
+        parsed = edit_spec.load(spec)
+    except edit_spec.SpecError as e:
+        _fail(str(e))
+    try:
+        check_architecture(model)
+    except EditInputError as e:
+        _fail(str(e))
+    loaded = load(model)
+    opts = EditOptions(method=method, layers=layers, corpus_dir=str(corpus) if corpus else None, n_samples=samples, parent=str(parent) if parent else None, progress=True, seed=seed)
+    edits = parsed.edits
+    with _run_progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task({"values": "optimising values", "layers": "writing layers", "edits": "ROME edits"}.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        try:
+            result = run_edit(loaded, edits, opts, on_progress=on_progress)
+        except EditInputError as e:
+            _fail(str(e))
+        report: dict[str, Any] = {"layers": result.layers, "seconds": result.seconds, "details": result.info}
+        if evaluate:
+            try:
+                heldout = heldout_texts(loaded, None)
+            except EditInputError as e:
+                _fail(str(e))
+            bar.add_task("evaluating", total=None)
+            ev = evaluate_patch(loaded, result.patch, edits, heldout)
+            result.patch.manifest["eval"] = ev
+            report.update(ev)
+    digest = patchfile.write(result.patch, out_path)
+    report["digest"] = digest
+    t = Table(title=f"{method.upper()} · {len(edits)} edit(s) · layers {','.join(map(str, result.layers))}")
+    t.add_column("subject")
+    t.add_column("relation")
+    t.add_column("old → new")
+    for e in result.patch.manifest["edits"][-len(edits):][:20]:
+        t.add_row(e["subject"], e["relation"], f"{e.get('target_old') or '?'} → {e['target_new']}")
+    if len(edits) > 20:
+        t.add_row(f"… {len(edits) - 20} more", "", "")
+    out.print(t)
+    if evaluate:
+        out.print(_metrics_table(report, "evaluation"))
+    out.print(f"covariance {result.seconds['stats']:.1f} s · edit {result.seconds['edit']:.1f} s · wrote {out_path} ({digest})")
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2, default=str))
+
+
+def eval_cmd(
+    model: Path = typer.Option(..., "--model", help="Hugging Face model folder (the base the patch was made for)."),
+    patch: Path = typer.Option(..., "--patch", help="Patch file (.fpatch)."),
+    spec: Optional[Path] = typer.Option(None, "--spec", help="Edits to evaluate; default: the edits in the patch's manifest."),
+    heldout: Optional[Path] = typer.Option(None, "--heldout", help="Folder of .txt files for locality; default: the fixture's held-out corpus."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every number as JSON."),
+    min_efficacy: float = typer.Option(0.90, help="Gate: least share of edits that take."),
+    min_generalization: float = typer.Option(0.85, help="Gate: least share of paraphrases that take."),
+    max_specificity_drop: float = typer.Option(2.0, help="Gate: most points of neighbour accuracy lost."),
+    max_ppl_drift: float = typer.Option(0.005, help="Gate: largest relative increase of held-out perplexity."),
+) -> None:
+    """Evaluate a patch against its base: efficacy, generalization, specificity, locality; gates set the exit code."""
+    from .pipeline import EditInputError, check_architecture, check_fingerprint, evaluate_patch, heldout_texts, load
+
+    try:
+        p, digest = patchfile.read(patch)
+    except (OSError, patchfile.PatchError) as e:
+        _fail(f"--patch {patch}: {e}")
+    try:
+        edits = edit_spec.load(spec).edits if spec else edit_spec.parse_obj({"edits": p.manifest.get("edits", [])}).edits
+    except edit_spec.SpecError as e:
+        _fail(str(e))
+    try:
+        check_architecture(model)
+        loaded = load(model)
+        check_fingerprint(loaded, p)
+        texts = heldout_texts(loaded, str(heldout) if heldout else None)
+    except EditInputError as e:
+        _fail(str(e))
+    with _run_progress() as bar:
+        bar.add_task("evaluating", total=None)
+        report = evaluate_patch(loaded, p, edits, texts, _gates(min_efficacy, min_generalization, max_specificity_drop, max_ppl_drift))
+    report["patch"] = digest
+    out.print(_metrics_table(report, f"{patch.name} · {digest[:19]}…"))
+    out.print("[green]all gates passed[/green]" if report["passed"] else "[red]a gate failed[/red]")
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+    if not report["passed"]:
+        raise typer.Exit(EXIT_GATE)
+
+
+@patch_app.command("show")
+def show_cmd(
+    path: Path = typer.Argument(..., help="Patch file (.fpatch)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw manifest as JSON."),
+) -> None:
+    """Print a patch's manifest and factor shapes readably."""
+    try:
+        p, digest = patchfile.read(path)
+    except (OSError, patchfile.PatchError) as e:
+        _fail(f"{path}: {e}")
+    m = p.manifest
+    if as_json:
+        out.print_json(json.dumps({"digest": digest, **m}))
+        return
+    out.print(f"[bold]{path.name}[/bold]  {digest}")
+    out.print(f"format {m.get('format')} · method {m.get('method')} · layers {m.get('layers')} · created {m.get('created')}")
+    out.print(f"base {m['base'].get('model')} {m['base']['fingerprint']}")
+    out.print(f"parent {m.get('parent') or '— (first patch)'}")
+    w = Table(title="weights")
+    w.add_column("parameter")
+    w.add_column("rank", justify="right")
+    w.add_column("u", justify="right")
+    w.add_column("v", justify="right")
+    for name in p.names:
+        u, v = p.factors[name]
+        w.add_row(name, str(p.rank(name)), "×".join(map(str, u.shape)), "×".join(map(str, v.shape)))
+    out.print(w)
+    edits = m.get("edits", [])
+    t = Table(title=f"edits ({len(edits)})")
+    for c in ("subject", "relation", "prompt", "old → new", "provenance"):
+        t.add_column(c)
+    for e in edits[:50]:
+        prov = ", ".join(f"{k}={v}" for k, v in (e.get("provenance") or {}).items())
+        t.add_row(e["subject"], e["relation"], e["prompt"], f"{e.get('target_old') or '?'} → {e['target_new']}", prov)
+    if len(edits) > 50:
+        t.add_row(f"… {len(edits) - 50} more", "", "", "", "")
+    out.print(t)
+    hp = {k: v for k, v in (m.get("hparams") or {}).items()}
+    out.print("hparams " + json.dumps(hp, sort_keys=True))
+    ev = m.get("eval")
+    if ev and "metrics" in ev:
+        out.print(_metrics_table(ev, "evaluation recorded in the manifest"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("edit")(edit_cmd)
+    app.command("eval")(eval_cmd)
+    app.add_typer(patch_app, name="patch")
