@@ -26,6 +26,9 @@ def _register_subcommands() -> None:
     from factpatch.editor.cli import register as register_editor
 
     register_editor(app)
+    from factpatch.server.ctl import register as register_control_plane
+
+    register_control_plane(app)
 
 
 def main() -> None:

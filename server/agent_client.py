@@ -1,0 +1,101 @@
+"""Client for a shard's agent API (routes under /factpatch/v1/ on the shard's HTTP port).
+
+The control plane pushes the patch bytes in the apply request (with their digest), so shards never
+need a route back to the control plane. The shard agent token is a secret of its own, distinct from
+the tokens clients use against the control plane.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+# Refusals that say the patch itself can never land on this shard, as opposed to "try again later".
+PERMANENT_REASONS = frozenset(
+    {"BASE_MISMATCH", "DIGEST_MISMATCH", "UNKNOWN_FORMAT", "UNKNOWN_TENSOR", "SHAPE_MISMATCH",
+     "NON_FINITE", "RANK_TOO_LARGE", "MALFORMED"}
+)
+
+
+class AgentError(Exception):
+    """The shard answered with a refusal (4xx/5xx) or could not be reached (reason UNREACHABLE)."""
+
+    def __init__(self, reason: str, message: str, http_status: int | None = None):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+        self.http_status = http_status
+
+    @property
+    def permanent(self) -> bool:
+        return self.reason in PERMANENT_REASONS
+
+
+@dataclass
+class ShardStatus:
+    raw: dict[str, Any]
+
+    @property
+    def active_version(self) -> str | None:
+        return self.raw.get("active_version") or None
+
+    @property
+    def swapping(self) -> bool:
+        return bool(self.raw.get("swapping"))
+
+    @property
+    def base_fingerprint(self) -> str:
+        return self.raw.get("base_fingerprint") or ""
+
+    @property
+    def model(self) -> str:
+        return self.raw.get("model") or ""
+
+
+class AgentClient:
+    def __init__(self, address: str, token: str, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None):
+        self.address = address.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.address + "/factpatch/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, timeout: float | None = None, **kw) -> dict[str, Any]:
+        try:
+            resp = self._http.request(method, path, timeout=timeout or self._http.timeout, **kw)
+        except httpx.TimeoutException as e:
+            raise AgentError("UNREACHABLE", f"{self.address}: timed out ({type(e).__name__})") from None
+        except httpx.TransportError as e:
+            raise AgentError("UNREACHABLE", f"{self.address}: {type(e).__name__}: {e}") from None
+        if resp.status_code == 200:
+            return resp.json()
+        reason, message = f"HTTP_{resp.status_code}", resp.text[:500]
+        try:
+            err = resp.json().get("error") or {}
+            reason, message = err.get("reason") or reason, err.get("message") or message
+        except (ValueError, AttributeError):
+            pass
+        if resp.status_code == 401:
+            reason = "AGENT_UNAUTHORIZED"
+        raise AgentError(reason, message, resp.status_code)
+
+    def status(self, timeout: float | None = None) -> ShardStatus:
+        return ShardStatus(self._call("GET", "/status", timeout))
+
+    def apply(self, data: bytes, digest: str, timeout: float | None = None) -> ShardStatus:
+        return ShardStatus(
+            self._call(
+                "POST", "/apply", timeout, content=data,
+                headers={"Content-Type": "application/octet-stream", "X-Factpatch-Digest": digest},
+            )
+        )
+
+    def revert(self, timeout: float | None = None) -> ShardStatus:
+        return ShardStatus(self._call("POST", "/revert", timeout))

@@ -1,0 +1,137 @@
+"""Assembles the control plane: state, store, reconciler, servicers, health, reflection, TLS."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from factpatch.server.audit import AuditLog
+from factpatch.server.auth import TokenTable
+from factpatch.server.basecheck import BaseChecker
+from factpatch.server.context import ControlPlane
+from factpatch.server.db import Database
+from factpatch.server.idempotency import Idempotency
+from factpatch.server.interceptor import Pipeline
+from factpatch.server.operations import EditorOperations
+from factpatch.server.pb import fleet_pb2, fleet_pb2_grpc, patch_pb2, patch_pb2_grpc, rollout_pb2, rollout_pb2_grpc
+from factpatch.server.reconciler import Reconciler
+from factpatch.server.services.fleet import FleetService
+from factpatch.server.services.patches import PatchService
+from factpatch.server.services.rollouts import RolloutService
+from factpatch.server.store import PatchStore
+
+log = logging.getLogger("factpatch.server")
+
+SERVICE_NAMES = (
+    patch_pb2.DESCRIPTOR.services_by_name["PatchService"].full_name,
+    fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
+    rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
+)
+
+
+@dataclass
+class ServeConfig:
+    state_dir: Path
+    listen: str = "127.0.0.1:50051"
+    tokens_file: Path | None = None
+    agent_token: str = ""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # With a client CA, clients must present a certificate it signed (mTLS).
+    tls_client_ca: Path | None = None
+    base_dirs: list[Path] = field(default_factory=list)
+    editor_model: Path | None = None
+    reconcile_interval: float = 1.0
+    max_patch_bytes: int = 256 << 20
+    shards: dict[str, str] = field(default_factory=dict)  # registered at start if absent
+    workers: int = 32
+
+
+class ControlPlaneServer:
+    def __init__(self, cfg: ServeConfig):
+        if not cfg.agent_token:
+            raise ValueError("no shard agent token: set FACTPATCH_AGENT_TOKEN or pass --agent-token-file")
+        if cfg.tokens_file is None:
+            raise ValueError("no client tokens: pass --tokens-file (a list of {principal, role, token})")
+        self.cfg = cfg
+        tokens = TokenTable.from_file(cfg.tokens_file)
+        db = Database(cfg.state_dir / "state.db")
+        store = PatchStore(cfg.state_dir / "patches")
+        audit = AuditLog(db)
+        lock = threading.RLock()
+        reconciler = Reconciler(db, store, audit, cfg.agent_token, lock, interval=cfg.reconcile_interval)
+        self.cp = ControlPlane(
+            db=db, store=store, audit=audit, idempotency=Idempotency(db), reconciler=reconciler,
+            basecheck=BaseChecker(cfg.base_dirs), operations=None, mutation_lock=lock,  # type: ignore[arg-type]
+            max_patch_bytes=cfg.max_patch_bytes,
+        )
+        patches = PatchService(self.cp)
+        self.cp.operations = EditorOperations(cfg.editor_model, patches.store_patch)
+        for name, address in cfg.shards.items():
+            if db.shard(name) is None:
+                db.add_shard(name, address.rstrip("/"))
+
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="grpc"),
+            interceptors=[Pipeline(tokens, audit, self.cp.idempotency, lock)],
+            options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)],
+        )
+        patch_pb2_grpc.add_PatchServiceServicer_to_server(patches, self.server)
+        fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetService(self.cp), self.server)
+        rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutService(self.cp), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self._bind()
+
+    def _bind(self) -> int:
+        cfg = self.cfg
+        if cfg.tls_cert or cfg.tls_key:
+            if not (cfg.tls_cert and cfg.tls_key):
+                raise ValueError("TLS needs both --tls-cert and --tls-key")
+            ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None
+            creds = grpc.ssl_server_credentials(
+                [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())],
+                root_certificates=ca, require_client_auth=ca is not None,
+            )
+            port = self.server.add_secure_port(cfg.listen, creds)
+        else:
+            port = self.server.add_insecure_port(cfg.listen)
+        if not port:
+            raise OSError(f"could not listen on {cfg.listen}")
+        return port
+
+    def start(self) -> None:
+        self.cp.basecheck.warm()
+        self.server.start()
+        self.cp.reconciler.start()
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("control plane listening on port %d", self.port)
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.cp.reconciler.stop()
+        self.cp.operations.shutdown()
+        self.cp.db.close()
+
+    def serve_forever(self) -> None:
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        self.start()
+        port_file = os.environ.get("FACTPATCH_PORT_FILE")
+        if port_file:  # lets a supervisor (or a test) find a port chosen with :0
+            Path(port_file).write_text(str(self.port))
+        done.wait()
+        self.stop()

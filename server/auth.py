@@ -1,0 +1,91 @@
+"""Client authentication and roles.
+
+Tokens come from a YAML/JSON file: a list of `{principal, role, token}` or `{principal, role,
+token_sha256}` (so the file need not hold the secret itself). Roles: `viewer` may call read methods,
+`operator` may call everything. Shard agent tokens are a separate secret (see agent_client.py) and are
+never accepted here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+VIEWER = "viewer"
+OPERATOR = "operator"
+ROLES = {VIEWER: 0, OPERATOR: 1}
+
+# Open to anyone: probes and tooling discovery carry no secrets.
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+
+READ_METHODS = frozenset(
+    "/factpatch.v1." + m
+    for m in (
+        "PatchService/GetOperation",
+        "PatchService/GetPatch",
+        "PatchService/ListPatches",
+        "PatchService/GetPatchBlob",
+        "FleetService/ListShards",
+        "FleetService/GetShard",
+        "RolloutService/GetRollout",
+        "RolloutService/ListRollouts",
+        "RolloutService/WatchRollout",
+    )
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str
+
+
+ANONYMOUS = Principal("anonymous", "")
+
+
+def required_role(method: str) -> str | None:
+    """None for public methods; anything not known to be a read needs an operator."""
+    if method.startswith(PUBLIC_PREFIXES):
+        return None
+    return VIEWER if method in READ_METHODS else OPERATOR
+
+
+def allowed(principal: Principal, role: str) -> bool:
+    return principal.role in ROLES and ROLES[principal.role] >= ROLES[role]
+
+
+class TokenTable:
+    def __init__(self, entries: list[dict]):
+        self._by_hash: dict[str, Principal] = {}
+        for i, e in enumerate(entries):
+            role = e.get("role")
+            if role not in ROLES:
+                raise ValueError(f"token entry {i}: role must be one of {sorted(ROLES)}, got {role!r}")
+            name = e.get("principal") or f"token-{i}"
+            if e.get("token"):
+                h = hashlib.sha256(str(e["token"]).encode()).hexdigest()
+            elif e.get("token_sha256"):
+                h = str(e["token_sha256"]).lower()
+            else:
+                raise ValueError(f"token entry {i} ({name}): needs 'token' or 'token_sha256'")
+            self._by_hash[h] = Principal(name, role)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TokenTable":
+        data = yaml.safe_load(Path(path).read_text()) or []
+        if isinstance(data, dict):
+            data = data.get("tokens", [])
+        return cls(list(data))
+
+    def authenticate(self, authorization: str | None) -> Principal | None:
+        if not authorization or not authorization.startswith("Bearer "):
+            return None
+        h = hashlib.sha256(authorization[len("Bearer "):].strip().encode()).hexdigest()
+        for known, principal in self._by_hash.items():
+            if hmac.compare_digest(known, h):
+                return principal
+        return None

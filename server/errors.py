@@ -1,0 +1,77 @@
+"""API errors: a gRPC status code plus a machine-readable reason (google.rpc.ErrorInfo).
+
+Services raise `ApiError`; the interceptor turns it into the call's status with the ErrorInfo in
+`grpc-status-details-bin` and the reason again in the plain `factpatch-reason` trailer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+DOMAIN = "factpatch"
+REASON_KEY = "factpatch-reason"
+
+
+class ApiError(Exception):
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str, **metadata: str):
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata = {k: str(v) for k, v in metadata.items()}
+
+    def __str__(self) -> str:
+        return f"{self.code.name}/{self.reason}: {self.message}"
+
+
+def invalid(reason: str, message: str, **md: str) -> ApiError:
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, **md)
+
+
+def not_found(reason: str, message: str, **md: str) -> ApiError:
+    return ApiError(grpc.StatusCode.NOT_FOUND, reason, message, **md)
+
+
+def precondition(reason: str, message: str, **md: str) -> ApiError:
+    return ApiError(grpc.StatusCode.FAILED_PRECONDITION, reason, message, **md)
+
+
+@dataclass
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple = field(default=())
+
+
+def to_status(err: ApiError) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=err.metadata)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=err.code.value[0], message=err.message, details=[detail])
+    return _Status(
+        code=err.code,
+        details=err.message,
+        trailing_metadata=(
+            ("grpc-status-details-bin", status.SerializeToString()),
+            (REASON_KEY, err.reason),
+        ),
+    )
+
+
+def reason_of(exc: grpc.RpcError) -> str:
+    """The machine-readable reason of a failed call ('' when the server sent none)."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == REASON_KEY:
+            return value
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for d in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if d.Unpack(info):
+                    return info.reason
+    return ""

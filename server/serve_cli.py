@@ -1,0 +1,50 @@
+"""`factpatch serve`: run the control plane."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import typer
+
+
+def serve(
+    state_dir: Path = typer.Option(Path("./factpatch-state"), "--state-dir", help="Patch store and state database."),
+    listen: str = typer.Option("127.0.0.1:50051", help="gRPC address (host:port; port 0 picks one)."),
+    tokens_file: Path = typer.Option(..., "--tokens-file", exists=True, help="Client tokens: list of {principal, role, token|token_sha256}."),
+    agent_token_file: Path = typer.Option(None, "--agent-token-file", exists=True,
+                                          help="Shard agent token (else $FACTPATCH_AGENT_TOKEN)."),
+    shard: list[str] = typer.Option([], "--shard", help="NAME=URL of a shard to register at start (repeatable)."),
+    base_dir: list[Path] = typer.Option([], "--base-dir", help="Local copy of a base checkpoint, to refuse patches for "
+                                        "another base before touching shards (repeatable)."),
+    editor_model: Path = typer.Option(None, "--editor-model", help="Base checkpoint CreatePatch edits."),
+    tls_cert: Path = typer.Option(None, "--tls-cert", exists=True),
+    tls_key: Path = typer.Option(None, "--tls-key", exists=True),
+    tls_client_ca: Path = typer.Option(None, "--tls-client-ca", exists=True, help="Require client certificates from this CA (mTLS)."),
+    reconcile_interval: float = typer.Option(1.0, help="Seconds between reconcile passes."),
+    max_patch_mb: int = typer.Option(256, help="Largest patch ImportPatch accepts, in MiB."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Start the gRPC control plane (patch store, fleet, rollouts, reconciler)."""
+    from factpatch.server.app import ControlPlaneServer, ServeConfig
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    agent_token = agent_token_file.read_text().strip() if agent_token_file else os.environ.get("FACTPATCH_AGENT_TOKEN", "")
+    shards = {}
+    for s in shard:
+        name, sep, url = s.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--shard wants NAME=URL, got {s!r}")
+        shards[name] = url
+    try:
+        server = ControlPlaneServer(ServeConfig(
+            state_dir=state_dir, listen=listen, tokens_file=tokens_file, agent_token=agent_token,
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, base_dirs=list(base_dir),
+            editor_model=editor_model, reconcile_interval=reconcile_interval, max_patch_bytes=max_patch_mb << 20,
+            shards=shards,
+        ))
+    except (ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    server.serve_forever()
