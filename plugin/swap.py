@@ -110,6 +110,7 @@ class SwapCoordinator:
             if failed:
                 # Ranks that committed go back to the previous version; the failed ones restored themselves.
                 rolled = await self._rpc("factpatch_rollback")
+                await self.engine.reset_prefix_cache()  # cheap insurance: no KV from the aborted attempt
                 await self.refresh()
                 r = failed[0]
                 raise SwapError(r.get("reason", "WRITE_FAILED"),

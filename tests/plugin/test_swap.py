@@ -1,0 +1,129 @@
+"""The swap protocol against a fake engine: order of steps, all-or-none, drain policy, serialisation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from factpatch.plugin.swap import SwapCoordinator, SwapError
+
+
+class FakeEngine:
+    def __init__(self, ranks=2, *, fail_stage_rank=None, fail_commit_rank=None, drain_s=0.0):
+        self.calls: list[str] = []
+        self.ranks = ranks
+        self.version = [None] * ranks
+        self.fail_stage_rank, self.fail_commit_rank, self.drain_s = fail_stage_rank, fail_commit_rank, drain_s
+        self.previous = [None] * ranks
+        self.paused = False
+
+    async def pause_generation(self, *, mode="abort", clear_cache=True):
+        self.calls.append(f"pause:{mode}")
+        if mode == "wait":
+            await asyncio.sleep(self.drain_s)
+        self.paused = True
+
+    async def resume_generation(self):
+        self.calls.append("resume")
+        self.paused = False
+
+    async def reset_prefix_cache(self, *a, **k):
+        self.calls.append("reset_prefix_cache")
+        return True
+
+    async def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+        self.calls.append(method)
+        await asyncio.sleep(0.001)
+        out = []
+        for r in range(self.ranks):
+            if method == "factpatch_stage":
+                ok = r != self.fail_stage_rank
+                out.append({"ok": ok} if ok else {"ok": False, "reason": "UNKNOWN_TENSOR", "message": "x"})
+            elif method == "factpatch_commit":
+                assert self.paused, "writes happen only while paused"
+                if r == self.fail_commit_rank:
+                    out.append({"ok": False, "reason": "WRITE_FAILED", "message": "boom"})
+                else:
+                    self.previous[r], self.version[r] = self.version[r], args[0]
+                    out.append({"ok": True, "rank": r, "active_version": args[0], "applied_at": 1.0})
+            elif method == "factpatch_rollback":
+                if r != self.fail_commit_rank:
+                    self.version[r] = self.previous[r]
+                out.append({"ok": True})
+            elif method == "factpatch_state":
+                out.append({"rank": r, "active_version": self.version[r], "applied_at": None})
+            else:
+                out.append({"ok": True})
+        return out
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_order_is_stage_pause_write_reset_resume():
+    eng = FakeEngine()
+    st = run(SwapCoordinator(eng).swap(b"x", "sha256:a"))
+    assert eng.calls == ["factpatch_stage", "pause:wait", "factpatch_commit", "reset_prefix_cache", "resume"]
+    assert st.active_version == "sha256:a" and not st.swapping
+
+
+def test_same_version_again_is_a_no_op():
+    eng = FakeEngine()
+    co = SwapCoordinator(eng)
+
+    async def go():
+        await co.swap(b"x", "sha256:a")
+        n = len(eng.calls)
+        await co.swap(b"x", "sha256:a")
+        return n
+
+    n = run(go())
+    assert len(eng.calls) == n
+
+
+def test_a_rank_refusing_to_stage_pauses_nothing_and_writes_nothing():
+    eng = FakeEngine(fail_stage_rank=1)
+    with pytest.raises(SwapError) as e:
+        run(SwapCoordinator(eng).swap(b"x", "sha256:a"))
+    assert e.value.reason == "UNKNOWN_TENSOR" and e.value.status == 422
+    assert eng.calls == ["factpatch_stage", "factpatch_discard"]
+    assert eng.version == [None, None]
+
+
+def test_a_rank_failing_to_write_rolls_every_rank_back():
+    eng = FakeEngine(fail_commit_rank=1)
+    with pytest.raises(SwapError) as e:
+        run(SwapCoordinator(eng).swap(b"x", "sha256:a"))
+    assert e.value.reason == "WRITE_FAILED"
+    assert eng.version == [None, None]
+    assert eng.calls[-1] == "resume" and "factpatch_rollback" in eng.calls
+
+
+def test_drain_timeout_abort_policy_aborts_then_swaps():
+    eng = FakeEngine(drain_s=5)
+    st = run(SwapCoordinator(eng, drain_timeout_s=0.05, drain_policy="abort").swap(b"x", "sha256:a"))
+    assert "pause:abort" in eng.calls and st.active_version == "sha256:a"
+    assert eng.calls.index("pause:abort") < eng.calls.index("factpatch_commit")
+
+
+def test_drain_timeout_fail_policy_leaves_weights_alone():
+    eng = FakeEngine(drain_s=5)
+    with pytest.raises(SwapError) as e:
+        run(SwapCoordinator(eng, drain_timeout_s=0.05, drain_policy="fail").swap(b"x", "sha256:a"))
+    assert e.value.reason == "DRAIN_TIMEOUT" and e.value.status == 503
+    assert "factpatch_commit" not in eng.calls and not eng.paused
+
+
+def test_concurrent_swaps_are_serialised():
+    eng = FakeEngine()
+    co = SwapCoordinator(eng)
+
+    async def go():
+        await asyncio.gather(co.swap(b"x", "sha256:a"), co.swap(b"y", "sha256:b"), co.swap(None, None))
+
+    run(go())
+    # Each swap's steps are contiguous: no stage of one between the pause and resume of another.
+    seq = [c for c in eng.calls if c in ("factpatch_stage", "resume")]
+    assert seq == ["factpatch_stage", "resume"] * 3
