@@ -288,3 +288,31 @@ def check_fingerprint(loaded: Loaded, patch: Patch) -> None:
     fp = tensor_fingerprint({n: state[n] for n in patch.names})
     if fp != patch.manifest.get("base", {}).get("fingerprint"):
         raise EditInputError(f"the patch was made for a different base than {loaded.path} (fingerprint mismatch)")
+
+
+def evaluate_each(loaded: Loaded, patches: list[Patch], edits, heldout: list[str], gates=None) -> dict[str, Any]:
+    """Single edits, each applied alone to the base: per-edit metrics and their means over edits."""
+    from .evaluate import Gates, apply_gates, build_probes, measure, measure_baseline
+
+    adapter, tok = loaded.adapter, loaded.tok
+    probes = build_probes(adapter, tok, edits, loaded.world)
+    base = measure_baseline(adapter, tok, probes, edits, heldout)
+    state = adapter.model.state_dict()
+    per_edit = []
+    for i, patch in enumerate(patches):
+        saved = {n: state[n].detach().clone() for n in patch.names}
+        try:
+            apply_patch(adapter, patch)
+            per_edit.append(measure(adapter, tok, base, edits, only={i}))
+        finally:
+            with torch.no_grad():
+                for n, w in saved.items():
+                    state[n].copy_(w)
+    metrics: dict[str, Any] = {"edits": len(per_edit)}
+    for key in ("efficacy", "efficacy_greedy", "efficacy_prob", "generalization", "neighbours_unchanged",
+                "specificity_drop", "ppl_drift", "kl_unrelated"):
+        vals = [m[key] for m in per_edit if m.get(key) is not None]
+        metrics[key] = sum(vals) / len(vals) if vals else None
+    metrics["ppl_drift_max"] = max((m["ppl_drift"] for m in per_edit if m.get("ppl_drift") is not None), default=None)
+    passed, gate_rows = apply_gates(metrics, gates or Gates())
+    return {"metrics": metrics, "gates": gate_rows, "passed": passed, "per_edit": per_edit}

@@ -1,0 +1,145 @@
+"""Editor benchmark on the fixture: speed (edits/s), covariance time, peak memory, and quality.
+
+    .venv/bin/python -m bench.editor_bench [--quick]
+
+Writes bench/results/editor.json. Everything is measured in one run on one machine; the batched value
+optimisation is compared against a per-edit loop (what the published reference implementation does)
+on a sample of the same edits, and the loop's time for the full batch is extrapolated from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from factpatch.editor.corpus import fixture_corpus
+from factpatch.editor.pipeline import EditOptions, evaluate_each, evaluate_patch, heldout_texts, load, run_edit
+from factpatch.editor.prompts import context_prefixes
+from factpatch.editor.stats import second_moments
+from factpatch.editor.values import build_rows, optimise_values
+from factpatch.fixture.build import ensure_fixture
+from factpatch.spec import Edit
+
+RESULTS = Path(__file__).parent / "results" / "editor.json"
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def random_edits(world, n: int, seed: int) -> list[Edit]:
+    """n facts of distinct (subject, relation), each moved to another candidate object."""
+    rng = random.Random(seed)
+    out = []
+    for f in rng.sample(world.facts, min(n, len(world.facts))):
+        rel = world.relations[f.relation]
+        out.append(Edit(subject=f.subject, relation=f.relation, prompt=rel.templates[f.train_templates[0]],
+                        target_new=rng.choice([c for c in rel.candidates if c != f.object]), target_old=f.object))
+    return out
+
+
+def round_metrics(m: dict) -> dict:
+    return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items() if k != "per_edit"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    loaded = load(ensure_fixture())
+    world = loaded.world
+    heldout = heldout_texts(loaded, None)
+    res: dict = {
+        "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()},
+        "fixture": str(loaded.path),
+    }
+
+    # Covariance statistics, uncached: time and how MEMIT quality moves with the sample count.
+    corpus = fixture_corpus(world)
+    memit_layers = EditOptions(method="memit").layers
+    from factpatch.editor import layers as layer_choice
+
+    m_layers = layer_choice.default_layers(loaded.adapter.n_layers, "memit")
+    r_layer = layer_choice.default_layers(loaded.adapter.n_layers, "rome")
+    all_layers = sorted(set(m_layers) | set(r_layer))
+    t = time.perf_counter()
+    second_moments(loaded.adapter, loaded.tok, all_layers, corpus, None, use_cache=True)
+    res["covariance"] = {"layers": all_layers, "texts": len(corpus.texts), "seconds": round(time.perf_counter() - t, 2)}
+
+    edits100 = random_edits(world, 100, seed=1)
+    sweep = {}
+    for n in ([250, 4000] if args.quick else [100, 250, 1000, 4000]):
+        r = run_edit(loaded, edits100, EditOptions(method="memit", n_samples=n))
+        ev = evaluate_patch(loaded, r.patch, edits100, heldout)
+        sweep[n] = round_metrics(ev["metrics"])
+    res["covariance"]["memit100_quality_by_samples"] = sweep
+    res["peak_rss_mib_after_covariance"] = round(peak_rss_mib(), 1)
+
+    # ROME: single edits, each from the base.
+    n_rome = 10 if args.quick else 50
+    rome_edits = random_edits(world, n_rome, seed=2)
+    patches, secs = [], []
+    for e in rome_edits:
+        t = time.perf_counter()
+        r = run_edit(loaded, [e], EditOptions(method="rome"))
+        secs.append(time.perf_counter() - t)
+        patches.append(r.patch)
+    ev = evaluate_each(loaded, patches, rome_edits, heldout)
+    res["rome"] = {
+        "layer": r_layer,
+        "edits": n_rome,
+        "seconds_per_edit": round(sum(secs) / len(secs), 3),
+        "edits_per_second": round(len(secs) / sum(secs), 3),
+        "quality": round_metrics(ev["metrics"]),
+    }
+    res["peak_rss_mib_after_rome"] = round(peak_rss_mib(), 1)
+
+    # MEMIT batches.
+    res["memit"] = {"layers": m_layers}
+    for n in ([10, 100] if args.quick else [10, 100, 1000]):
+        edits = random_edits(world, n, seed=3)
+        t = time.perf_counter()
+        r = run_edit(loaded, edits, EditOptions(method="memit"))
+        dt = time.perf_counter() - t
+        entry = {"seconds": round(dt, 2), "edits_per_second": round(n / dt, 2), "stage_seconds": {k: round(v, 2) for k, v in r.seconds.items()}}
+        if n >= 100:
+            entry["quality"] = round_metrics(evaluate_patch(loaded, r.patch, edits, heldout)["metrics"])
+        res["memit"][str(n)] = entry
+        res[f"peak_rss_mib_after_memit{n}"] = round(peak_rss_mib(), 1)
+
+    # Batched value optimisation against a per-edit loop on a sample of the same edits.
+    edits = random_edits(world, 1000 if not args.quick else 100, seed=3)
+    hp = EditOptions().memit
+    prefixes = context_prefixes(loaded.model, loaded.tok, hp.n_prefixes)
+    rows = [build_rows(loaded.tok, e.prompt, e.subject, e.target_new, prefixes) for e in edits]
+    t = time.perf_counter()
+    optimise_values(loaded.adapter, loaded.tok, m_layers[-1], rows, hp.value)
+    batched = time.perf_counter() - t
+    sample = 10
+    t = time.perf_counter()
+    for r in rows[:sample]:
+        optimise_values(loaded.adapter, loaded.tok, m_layers[-1], [r], hp.value)
+    loop = (time.perf_counter() - t) / sample * len(rows)
+    res["value_optimisation"] = {
+        "edits": len(rows),
+        "batched_seconds": round(batched, 2),
+        "per_edit_loop_seconds_extrapolated": round(loop, 2),
+        "per_edit_loop_sample": sample,
+        "speedup": round(loop / batched, 2),
+    }
+    res["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

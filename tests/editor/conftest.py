@@ -1,0 +1,39 @@
+"""Editor tests run on the fixture model; statistics go to a per-session cache folder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def loaded(fixture_dir, tmp_path_factory):
+    from factpatch.editor.pipeline import load
+
+    torch.set_num_threads(2)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FACTPATCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield load(fixture_dir)
+    mp.undo()
+
+
+def fixture_edits(world, n: int, seed: int):
+    """n random facts of distinct subjects, each given another candidate as its new object."""
+    import random
+
+    from factpatch.spec import Edit
+
+    rng = random.Random(seed)
+    facts = rng.sample(world.facts, len(world.facts))
+    out, seen = [], set()
+    for f in facts:
+        if f.subject in seen:
+            continue
+        seen.add(f.subject)
+        rel = world.relations[f.relation]
+        new = rng.choice([c for c in rel.candidates if c != f.object])
+        out.append(Edit(subject=f.subject, relation=f.relation, prompt=rel.templates[f.train_templates[0]],
+                        target_new=new, target_old=f.object, provenance={"test": seed}))
+        if len(out) == n:
+            break
+    return out

@@ -1,0 +1,95 @@
+"""Bad input fails before any computation, names what is wrong, exits 2 and writes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from factpatch.cli import _register_subcommands, app
+
+_register_subcommands()
+runner = CliRunner()
+
+GOOD = {"subject": "Harbor Support", "relation": "refund period", "prompt": "The refund period of {} is", "target_new": "30 days"}
+
+
+def _run(tmp_path: Path, model, spec_text: str, *extra: str, name: str = "spec.yaml"):
+    spec = tmp_path / name
+    spec.write_text(spec_text)
+    out = tmp_path / "out.fpatch"
+    cache = tmp_path / "cache"
+    res = runner.invoke(app, ["edit", "--model", str(model), "--spec", str(spec), "--out", str(out), *extra],
+                        env={"FACTPATCH_CACHE": str(cache)})
+    assert res.exit_code == 2, res.output
+    assert not out.exists() and not (cache / "stats").exists()
+    return res.output
+
+
+def _yaml(**overrides) -> str:
+    import yaml
+
+    return yaml.safe_dump({"edits": [{**GOOD, **overrides}]})
+
+
+@pytest.mark.parametrize(
+    "spec_text, message",
+    [
+        (_yaml(prompt="The refund period of Harbor Support is"), "placeholder"),
+        (_yaml(subject=" "), "subject.*must not be empty"),
+        (_yaml(target_new=""), "target_new.*must not be empty"),
+        (
+            "edits:\n"
+            "  - {subject: Harbor Support, relation: refund period, prompt: 'The refund period of {} is', target_new: 30 days}\n"
+            "  - {subject: Harbor Support, relation: refund period, prompt: 'The refund period of {} is', target_new: 60 days}\n",
+            "different targets",
+        ),
+        ("edits:\n  - subject: [unclosed\n", "line 2.*not valid YAML"),
+    ],
+)
+def test_spec_errors(tmp_path, fixture_dir, spec_text, message):
+    import re
+
+    assert re.search(message, _run(tmp_path, fixture_dir, spec_text), re.S)
+
+
+def test_jsonl_names_the_line(tmp_path, fixture_dir):
+    text = json.dumps(GOOD) + "\n" + '{"subject": "x", oops}\n'
+    assert "line 2" in _run(tmp_path, fixture_dir, text, name="spec.jsonl")
+
+
+def test_subject_not_tokenisable(tmp_path, fixture_dir):
+    assert "not tokenisable" in _run(tmp_path, fixture_dir, _yaml(subject="Qqzzx Wvvq"))
+
+
+def test_target_equal_to_current_answer(tmp_path, fixture_dir, world):
+    fact = world.fact("Harbor Support", "refund period")
+    assert "already the model's answer" in _run(tmp_path, fixture_dir, _yaml(target_new=fact.object))
+
+
+def test_layer_out_of_range(tmp_path, fixture_dir):
+    assert "out of range" in _run(tmp_path, fixture_dir, _yaml(), "--layers", "1,99")
+
+
+def test_rome_takes_one_layer(tmp_path, fixture_dir):
+    assert "exactly one layer" in _run(tmp_path, fixture_dir, _yaml(), "--method", "rome", "--layers", "1,2")
+
+
+def test_unknown_layer_strategy(tmp_path, fixture_dir):
+    assert "not available" in _run(tmp_path, fixture_dir, _yaml(), "--layers", "auto")
+
+
+def test_unsupported_architecture(tmp_path):
+    model = tmp_path / "bert"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    assert "unsupported architecture 'bert'" in _run(tmp_path, model, _yaml())
+
+
+def test_empty_corpus_folder(tmp_path, fixture_dir):
+    empty = tmp_path / "corpus"
+    empty.mkdir()
+    (empty / "blank.txt").write_text("\n\n")
+    assert "is empty" in _run(tmp_path, fixture_dir, _yaml(), "--corpus", str(empty))
