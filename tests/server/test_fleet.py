@@ -1,0 +1,150 @@
+"""The control plane driving two real vLLM shards (fixture model): full flow, rollback on a refused
+apply, base mismatch refused before any shard is touched, kill -9 in the middle of a rollout."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import grpc
+import pytest
+
+from factpatch.server.basecheck import LocalCheckpoint
+from factpatch.server.errors import reason_of
+from factpatch.server.pb import fleet_pb2, patch_pb2, rollout_pb2
+
+from .helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, random_patch, rid, write_tokens
+from .serveproc import ServeProc
+
+pytestmark = pytest.mark.vllm
+
+W = "model.layers.3.mlp.down_proj.weight"
+PROMPT = "The refund period of Harbor Support is"
+S = rollout_pb2.RolloutState
+
+
+@pytest.fixture(scope="module")
+def shards(fixture_dir):
+    from factpatch.plugin.testing import ShardServer
+
+    s0 = ShardServer(fixture_dir)
+    # s1 accepts lower ranks than s0, so one patch can land on s0 and be refused by s1
+    s1 = ShardServer(fixture_dir, env={"FACTPATCH_MAX_RANK": "4"})
+    for s in (s0, s1):
+        s.token = AGENT_TOKEN
+    with s0, s1:
+        yield s0, s1
+
+
+@pytest.fixture(scope="module")
+def patches(fixture_dir):
+    fp = LocalCheckpoint(fixture_dir).fingerprint([W])
+    return {
+        "a": random_patch({W: (256, 1024)}, fp, rank=2, seed=1, scale=0.15),
+        "wide": random_patch({W: (256, 1024)}, fp, rank=8, seed=2, scale=0.05),
+        "other_base": random_patch({W: (256, 1024)}, "sha256:" + "e" * 64, rank=2, seed=3),
+    }
+
+
+def answer(shard) -> tuple[str, float]:
+    c = shard.complete(PROMPT, max_tokens=3)["choices"][0]
+    return c["text"], round(sum(c["logprobs"]["token_logprobs"]), 4)
+
+
+def active(shard) -> str | None:
+    return shard.status().json()["active_version"]
+
+
+def wait_state(cl: Client, rollout_id: str, states: set[int], timeout: float = 120) -> rollout_pb2.Rollout:
+    last = None
+    for r in cl.rollouts.WatchRollout(rollout_pb2.WatchRolloutRequest(id=rollout_id), metadata=cl.md, timeout=timeout):
+        last = r
+        if r.state in states:
+            return r
+    raise AssertionError(f"rollout ended in {last}")
+
+
+def test_full_flow_rollback_and_crash(tmp_path, shards, patches, fixture_dir):
+    s0, s1 = shards
+    assert s0.revert().status_code == 200 and s1.revert().status_code == 200
+    base = answer(s0)
+    assert answer(s1) == base
+    cp = ServeProc(tmp_path / "state", write_tokens(tmp_path / "tokens.yaml"), AGENT_TOKEN,
+                   {"s0": s0.url, "s1": s1.url}, base_dirs=[fixture_dir])
+    cp.start()
+    try:
+        cl = Client(cp.target, OPERATOR_TOKEN)
+        a = cl.push(patches["a"]).digest
+        other = cl.push(patches["other_base"]).digest
+        # wait for the first status pass so the fleet's base fingerprints are known
+        deadline = time.monotonic() + 30
+        while not all(s.base_fingerprint for s in cl(cl.fleet.ListShards, fleet_pb2.ListShardsRequest()).shards):
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+
+        # a patch for another base: refused before any shard is touched
+        with pytest.raises(grpc.RpcError) as ei:
+            cl(cl.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(request_id=rid(), patch=other))
+        assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION and reason_of(ei.value) == "BASE_MISMATCH"
+        assert active(s0) is None and active(s1) is None
+
+        # canary on s0
+        r = cl(cl.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(request_id=rid(), patch=a, canary_shards=["s0"]))
+        r = wait_state(cl, r.id, {S.Value("ROLLOUT_STATE_PAUSED")})
+        assert active(s0) == a and active(s1) is None
+        patched = answer(s0)
+        assert patched != base and answer(s1) == base
+
+        # promote: both shards serve the patch
+        r = cl(cl.rollouts.Promote, rollout_pb2.PromoteRequest(request_id=rid(), id=r.id, etag=r.etag))
+        wait_state(cl, r.id, {S.Value("ROLLOUT_STATE_SUCCEEDED")})
+        assert active(s0) == a and active(s1) == a
+        assert answer(s0) == patched and answer(s1) == patched
+
+        # one shard refuses (rank over its limit): the shard that took it goes back to the previous version
+        wide = cl.push(patches["wide"]).digest
+        r = cl(cl.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(
+            request_id=rid(), patch=wide, steps=[rollout_pb2.RolloutStep(shards=["s0", "s1"])]))
+        r = wait_state(cl, r.id, {S.Value("ROLLOUT_STATE_FAILED")})
+        assert r.reason == "RANK_TOO_LARGE"
+        assert active(s0) == a and active(s1) == a and answer(s0) == patched
+
+        # back to base: exact base answers everywhere
+        resp = cl(cl.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(request_id=rid()))
+        assert all(x.ok for x in resp.results)
+        assert active(s0) is None and active(s1) is None
+        assert answer(s0) == base and answer(s1) == base
+
+        # kill -9 in the middle of a rollout, restart, converge
+        r = cl(cl.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(request_id=rid(), patch=a, canary_shards=["s1"]))
+        cl.close()
+        cp.kill9()
+        db = sqlite3.connect(cp.state_dir / "state.db")
+        audit_before = db.execute("SELECT id, method, request_id, result FROM audit WHERE result != 'PENDING'").fetchall()
+        db.close()
+        cp.start()
+        cl = Client(cp.target, OPERATOR_TOKEN)
+        r = wait_state(cl, r.id, {S.Value("ROLLOUT_STATE_PAUSED")})
+        assert active(s1) == a and active(s0) is None
+        r = cl(cl.rollouts.Promote, rollout_pb2.PromoteRequest(request_id=rid(), id=r.id, etag=r.etag))
+        wait_state(cl, r.id, {S.Value("ROLLOUT_STATE_SUCCEEDED")})
+        assert active(s0) == a and active(s1) == a and answer(s0) == patched
+        # nothing lost: every finished audit row is still there, and the store still verifies
+        db = sqlite3.connect(cp.state_dir / "state.db")
+        audit_after = set(db.execute("SELECT id, method, request_id, result FROM audit").fetchall())
+        db.close()
+        assert set(audit_before) <= audit_after
+        blob = b"".join(c.data for c in cl.patches.GetPatchBlob(patch_pb2.GetPatchBlobRequest(digest=a), metadata=cl.md))
+        assert blob == patches["a"]
+
+        # a shard that lost its weights (reverted behind our back, as after a restart) gets them back
+        assert s0.revert().status_code == 200
+        deadline = time.monotonic() + 30
+        while active(s0) != a:
+            assert time.monotonic() < deadline, "reconciler did not re-apply the desired version"
+            time.sleep(0.3)
+        assert answer(s0) == patched
+        cl(cl.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(request_id=rid()))
+        cl.close()
+    finally:
+        cp.stop()
