@@ -1,0 +1,46 @@
+"""`factpatch ctl` against a real in-process control plane: output, --json and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from factpatch.server.ctl import app
+
+from .helpers import OPERATOR_TOKEN, VIEWER_TOKEN, random_patch
+
+W = "model.layers.1.mlp.down_proj.weight"
+
+
+def ctl(control_plane, *args, token=OPERATOR_TOKEN):
+    base = ["--address", f"127.0.0.1:{control_plane.port}", "--token", token, "--timeout", "10"]
+    return CliRunner().invoke(app, [*base, *args])
+
+
+def test_push_list_show_and_exit_codes(control_plane, tmp_path):
+    f = tmp_path / "p.fpatch"
+    f.write_bytes(random_patch({W: (64, 128)}, "sha256:" + "0" * 64))
+    r = ctl(control_plane, "--json", "patch", "push", str(f))
+    assert r.exit_code == 0, r.output
+    digest = json.loads(r.stdout)["digest"]
+    r = ctl(control_plane, "--json", "patch", "list", token=VIEWER_TOKEN)
+    assert r.exit_code == 0 and [p["digest"] for p in json.loads(r.stdout)["patches"]] == [digest]
+    r = ctl(control_plane, "patch", "show", digest)
+    assert r.exit_code == 0 and "30 days" in r.stdout
+    assert ctl(control_plane, "patch", "show", "sha256:" + "b" * 64).exit_code == 3
+    assert ctl(control_plane, "patch", "delete", digest, token=VIEWER_TOKEN).exit_code == 5
+    assert ctl(control_plane, "patch", "list", token="nope").exit_code == 5
+    assert ctl(control_plane, "rollout", "start", digest).exit_code == 4  # no shards registered
+    r = ctl(control_plane, "--json", "rollout", "status", "ro-missing")
+    assert r.exit_code == 3 and json.loads(r.stderr)["error"]["reason"] == "ROLLOUT_NOT_FOUND"
+    assert ctl(control_plane, "shards", "add", "s1", "not-a-url").exit_code == 2
+    assert ctl(control_plane, "shards", "add", "s1", "http://127.0.0.1:9").exit_code == 0
+    r = ctl(control_plane, "shards")
+    assert r.exit_code == 0 and "s1" in r.stdout
+    assert ctl(control_plane, "patch", "delete", digest).exit_code == 0
+
+
+def test_unreachable_control_plane_exit_code():
+    r = CliRunner().invoke(app, ["--address", "127.0.0.1:9", "--timeout", "1", "patch", "list"])
+    assert r.exit_code == 6
