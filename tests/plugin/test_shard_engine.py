@@ -1,0 +1,309 @@
+"""A real vLLM engine on the fixture model with the factpatch plugin: apply, switch, revert, refuse.
+
+One shard serves the whole module (see conftest.py). Patches are made two ways: by the editor (a real
+ROME edit of one fact, when the editor can edit this model) and from random low-rank factors.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+from factpatch import patchfile
+from factpatch.plugin.checkpoint import Checkpoint
+
+from .patches import random_patch
+from .reference import Reference
+
+pytestmark = pytest.mark.vllm
+
+# vLLM (oneDNN GEMMs, its own attention kernel) and transformers (float32 eager) on the same weights:
+# per-token log-probabilities agree within this many nats.
+LOGPROB_TOL = 2e-3
+
+
+def answers(shard, prompts: list[str], max_tokens: int = 4) -> list[dict]:
+    """Greedy completion per prompt: token ids, their log-probs and the top-5 alternatives, exactly."""
+    out = shard.complete(prompts, max_tokens=max_tokens, logprobs=5, return_token_ids=True)
+    res = sorted(out["choices"], key=lambda c: c["index"])
+    return [
+        {"text": c["text"], "ids": c["token_ids"], "logprobs": c["logprobs"]["token_logprobs"],
+         "top": c["logprobs"]["top_logprobs"]}
+        for c in res
+    ]
+
+
+def fact_prompts(world, n: int = 12, skip_subject: str | None = None) -> list[tuple[str, str]]:
+    rows = []
+    for f in world.facts:
+        if f.subject == skip_subject:
+            continue
+        t = world.relations[f.relation].templates[f.train_templates[0]]
+        rows.append((t.format(f.subject), f.object))
+        if len(rows) == n:
+            break
+    return rows
+
+
+@pytest.fixture(scope="module")
+def reference(fixture_dir):
+    return Reference(fixture_dir)
+
+
+@pytest.fixture(scope="module")
+def edit(fixture_dir, world):
+    """A real ROME patch rewriting one fact, made by the editor; skipped where it cannot edit."""
+    try:
+        from factpatch.editor.pipeline import EditOptions, load, run_edit
+        from factpatch.spec import Edit
+    except ImportError as e:
+        pytest.skip(f"editor unavailable: {e}")
+    fact = world.facts[0]
+    rel = world.relations[fact.relation]
+    new = next(c for c in rel.candidates if c != fact.object)
+    prompt = rel.templates[fact.train_templates[0]]
+    e = Edit(subject=fact.subject, relation=fact.relation, prompt=prompt, target_new=new, target_old=fact.object)
+    try:
+        loaded = load(fixture_dir)
+        result = run_edit(loaded, [e], EditOptions(method="rome", n_samples=400))
+    except Exception as err:  # e.g. the model already answers `new`, or an untrained checkpoint
+        pytest.skip(f"editor could not make the patch: {err}")
+    data = patchfile.to_bytes(result.patch)
+    return {"data": data, "patch": result.patch, "prompt": prompt.format(fact.subject), "new": new,
+            "old": fact.object, "subject": fact.subject}
+
+
+# --- authentication ------------------------------------------------------------------------------
+
+def test_every_route_wants_the_token_and_does_nothing_without_it(clean_shard, fixture_dir, world):
+    s = clean_shard
+    data, _ = random_patch(fixture_dir, {2: 1.0})
+    prompts = [p for p, _ in fact_prompts(world, 4)]
+    before = answers(s, prompts)
+    for token in (None, "wrong-token"):
+        assert s.status(token=token).status_code == 401
+        r = s.apply(data, token=token)
+        assert r.status_code == 401 and r.json()["error"]["reason"] == "UNAUTHENTICATED"
+        assert s.revert(token=token).status_code == 401
+    assert s.status().json()["active_version"] is None
+    assert answers(s, prompts) == before
+
+
+def test_status_reports_base_fingerprint_and_ranks(shard, fixture_dir):
+    deadline = time.monotonic() + 60
+    body = shard.status().json()
+    while body["base_fingerprint"] is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        body = shard.status().json()
+    assert body["base_fingerprint"] == Checkpoint(fixture_dir).fingerprint()
+    assert body["tensor_parallel_size"] == 1 and len(body["ranks"]) == 1
+    assert {"model", "active_version", "applied_at", "swapping", "bytes_held"} <= set(body)
+
+
+# --- apply, agreement with transformers, specificity, revert -------------------------------------
+
+def test_edited_fact_changes_and_logprobs_match_transformers(clean_shard, edit, reference, world):
+    s = clean_shard
+    others = [p for p, _ in fact_prompts(world, 12, skip_subject=edit["subject"])]
+    base_others = [a["text"] for a in answers(s, others)]
+    r = s.apply(edit["data"])
+    assert r.status_code == 200, r.text
+    after = answers(s, [edit["prompt"]])[0]
+    reference.set_patch(edit["patch"])
+    ref = reference.token_logprobs(edit["prompt"], after["ids"])
+    diff = max(abs(a - b) for a, b in zip(after["logprobs"], ref))
+    assert diff <= LOGPROB_TOL, (after["logprobs"], ref)
+    if not reference.greedy(edit["prompt"], 4).strip().startswith(edit["new"]):
+        pytest.skip("the editor's edit does not take on this checkpoint even in transformers")
+    assert after["text"].strip().startswith(edit["new"]), after["text"]
+    # Unrelated facts keep their answers.
+    assert [a["text"] for a in answers(s, others)] == base_others
+
+
+def test_random_patch_logprobs_match_transformers(clean_shard, fixture_dir, reference, world):
+    s = clean_shard
+    data, patch = random_patch(fixture_dir, {2: 0.6, 4: 0.6}, seed=3)
+    prompts = [p for p, _ in fact_prompts(world, 6)]
+    assert s.apply(data).status_code == 200
+    got = answers(s, prompts, max_tokens=6)
+    reference.set_patch(patch)
+    worst = 0.0
+    for p, a in zip(prompts, got):
+        ref = reference.token_logprobs(p, a["ids"])
+        worst = max(worst, max(abs(x - y) for x, y in zip(a["logprobs"], ref)))
+    assert worst <= LOGPROB_TOL
+
+
+def test_revert_is_bit_identical_and_frees_the_base_copies(clean_shard, fixture_dir, world):
+    s = clean_shard
+    prompts = [p for p, _ in fact_prompts(world, 8)]
+    before = answers(s, prompts, max_tokens=6)
+    data, _ = random_patch(fixture_dir, {1: 1.0, 3: 1.0}, seed=1)
+    body = s.apply(data).json()
+    assert body["bytes_held"] == 2 * 256 * 1024 * 4  # two float32 down_proj base copies
+    patched = answers(s, prompts, max_tokens=6)
+    assert patched != before
+    body = s.revert().json()
+    assert body["active_version"] is None and body["bytes_held"] == 0
+    assert answers(s, prompts, max_tokens=6) == before  # ids, log-probs and top-5, exactly
+
+
+def test_switch_x_to_y_equals_base_plus_y(clean_shard, fixture_dir, world):
+    s = clean_shard
+    prompts = [p for p, _ in fact_prompts(world, 8)]
+    x, _ = random_patch(fixture_dir, {1: 1.0, 3: 1.0}, seed=11)
+    y, _ = random_patch(fixture_dir, {3: 1.0, 4: 1.0}, seed=12)
+    assert s.apply(y).status_code == 200
+    base_plus_y = answers(s, prompts, max_tokens=6)
+    s.revert()
+    assert s.apply(x).status_code == 200
+    assert s.apply(y).status_code == 200
+    body = s.status().json()
+    assert body["active_version"] == patchfile.sha256_bytes(y)
+    assert body["ranks"][0]["patched_modules"] == ["model.layers.3.mlp.down_proj", "model.layers.4.mlp.down_proj"]
+    assert answers(s, prompts, max_tokens=6) == base_plus_y
+
+
+def test_same_version_again_is_a_no_op_and_request_ids_are_idempotent(clean_shard, fixture_dir):
+    s = clean_shard
+    data, _ = random_patch(fixture_dir, {2: 0.5})
+    first = s.apply(data, headers={"X-Request-Id": "req-1"}).json()
+    again = s.apply(data).json()
+    assert again["applied_at"] == first["applied_at"]
+    assert s.apply(data, headers={"X-Request-Id": "req-1"}).json() == first
+    other, _ = random_patch(fixture_dir, {2: 0.5}, seed=9)
+    r = s.apply(other, headers={"X-Request-Id": "req-1"})
+    assert r.status_code == 409 and r.json()["error"]["reason"] == "REQUEST_ID_REUSED"
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+def _bad_patches(fixture_dir):
+    ck = Checkpoint(fixture_dir)
+    good, patch = random_patch(fixture_dir, {2: 0.5}, seed=5)
+    name = patch.names[0]
+    u, v = patch.factors[name]
+
+    def build(factors, **manifest):
+        m = {**patch.manifest, **manifest}
+        if "fingerprint" not in manifest:
+            names = [n for n in factors if n in ck]
+            m["base"] = {"model": "x", "fingerprint": ck.fingerprint(names) if names else "sha256:0"}
+        return patchfile.to_bytes(patchfile.Patch(factors=factors, manifest=m))
+
+    nan_u = u.clone()
+    nan_u[0, 0] = float("nan")
+    q = "model.layers.0.self_attn.q_proj.weight"
+    return {
+        "DIGEST_MISMATCH": (good, {"X-Factpatch-Digest": "sha256:" + "0" * 64}),
+        "MALFORMED": (b"\x00garbage" * 10, {}),
+        "UNKNOWN_FORMAT": (build({name: (u, v)}, format="factpatch/v9"), {}),
+        "BASE_MISMATCH": (build({name: (u, v)}, fingerprint=True, base={"model": "x", "fingerprint": "sha256:" + "1" * 64}), {}),
+        "UNKNOWN_TENSOR": (build({"model.layers.99.mlp.down_proj.weight": (u, v)}), {}),
+        "SHAPE_MISMATCH": (build({name: (u[:-1], v)}), {}),
+        "NON_FINITE": (build({name: (nan_u, v)}), {}),
+        "RANK_TOO_LARGE": (build({name: (torch.randn(u.shape[0], 300), torch.randn(v.shape[0], 300))}), {}),
+        "UNSUPPORTED_TENSOR": (build({q: (torch.randn(256, 2), torch.randn(256, 2))}), {}),
+    }
+
+
+def test_each_bad_patch_is_refused_with_its_reason_and_changes_nothing(clean_shard, fixture_dir, world):
+    s = clean_shard
+    active, _ = random_patch(fixture_dir, {3: 0.8}, seed=4)
+    assert s.apply(active).status_code == 200
+    prompts = [p for p, _ in fact_prompts(world, 6)]
+    before = answers(s, prompts)
+    for reason, (data, headers) in _bad_patches(fixture_dir).items():
+        r = s.apply(data, headers=headers)
+        assert 400 <= r.status_code < 500, (reason, r.status_code, r.text)
+        assert r.json()["error"]["reason"] == reason, (reason, r.text)
+        assert s.status().json()["active_version"] == patchfile.sha256_bytes(active)
+    assert answers(s, prompts) == before
+
+
+# --- fetch from a patch store --------------------------------------------------------------------
+
+class _Store(http.server.BaseHTTPRequestHandler):
+    blobs: dict[str, bytes] = {}
+    seen_tokens: list[str | None] = []
+
+    def do_GET(self):
+        _Store.seen_tokens.append(self.headers.get("X-Factpatch-Store-Token"))
+        blob = self.blobs.get(self.path.lstrip("/"))
+        self.send_response(200 if blob is not None else 404)
+        self.end_headers()
+        if blob is not None:
+            self.wfile.write(blob)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_apply_by_digest_from_a_patch_store(clean_shard, fixture_dir):
+    s = clean_shard
+    data, _ = random_patch(fixture_dir, {2: 0.7}, seed=6)
+    digest = patchfile.sha256_bytes(data)
+    other, _ = random_patch(fixture_dir, {2: 0.7}, seed=7)
+    _Store.blobs = {digest: data, "sha256:" + "2" * 64: other}
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Store)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        r = s.apply_from_store(digest, url, store_token="st-1")
+        assert r.status_code == 200, r.text
+        assert r.json()["active_version"] == digest and _Store.seen_tokens[-1] == "st-1"
+        r = s.apply_from_store("sha256:" + "2" * 64, url)
+        assert r.status_code == 400 and r.json()["error"]["reason"] == "DIGEST_MISMATCH"
+        r = s.apply_from_store("sha256:" + "3" * 64, url)
+        assert r.status_code == 502 and r.json()["error"]["reason"] == "STORE_ERROR"
+        assert s.status().json()["active_version"] == digest
+    finally:
+        srv.shutdown()
+
+
+# --- a swap under streaming load -----------------------------------------------------------------
+
+def test_streams_during_a_swap_each_finish_on_one_version(clean_shard, fixture_dir, world):
+    s = clean_shard
+    prompt = fact_prompts(world, 1)[0][0]
+    n_tok = 48
+    kw = dict(max_tokens=n_tok, ignore_eos=True)
+    base_ref = s.complete(prompt, logprobs=None, **kw)["choices"][0]["text"]
+    data, _ = random_patch(fixture_dir, {1: 1.5, 2: 1.5, 3: 1.5}, seed=8)
+    assert s.apply(data).status_code == 200
+    new_ref = s.complete(prompt, logprobs=None, **kw)["choices"][0]["text"]
+    s.revert()
+    assert base_ref != new_ref
+
+    texts: dict[int, str] = {}
+    started = threading.Event()
+
+    def run(i):
+        parts = []
+        for chunk in s.stream(prompt, **kw):
+            parts.append(chunk["choices"][0]["text"])
+            started.set()
+        texts[i] = "".join(parts)
+
+    early = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in early:
+        t.start()
+    assert started.wait(60)
+    applier = threading.Thread(target=lambda: texts.setdefault(-1, s.apply(data).text))
+    applier.start()
+    late = [threading.Thread(target=run, args=(i,)) for i in range(3, 6)]
+    for t in late:
+        t.start()
+    for t in early + late + [applier]:
+        t.join(120)
+    versions = {i: ("base" if t == base_ref else "patched" if t == new_ref else "MIXED") for i, t in texts.items() if i >= 0}
+    assert "MIXED" not in versions.values(), (versions, texts)
+    assert versions[0] == "base"  # in flight when the swap began: drained on the old weights
+    assert len(versions) == 6
+    assert json.loads(texts[-1])["active_version"] == patchfile.sha256_bytes(data)
