@@ -1,0 +1,152 @@
+"""Control-plane benchmark on two real vLLM shards (fixture model).
+
+    .venv/bin/python -m bench.control_plane_bench [--rounds 5] [--read-seconds 3]
+
+Writes bench/results/control_plane.json:
+- RevertToBase for the whole fleet: from the call until every shard serves base weights (the call
+  answers after every shard confirmed, then one completion per shard is timed on top), against the
+  alternative of restarting the shards on their checkpoints (stop, start, first completion), both
+  shards in parallel in both cases.
+- Read-call rate: GetRollout, ListShards and GetPatch from 4 client threads for a fixed time.
+Measured in one run on one machine; the shards share the machine's cores with the control plane.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from factpatch.fixture.build import ensure_fixture
+from factpatch.plugin.testing import ShardServer
+from factpatch.server.app import ControlPlaneServer, ServeConfig
+from factpatch.server.basecheck import LocalCheckpoint
+from factpatch.server.pb import fleet_pb2, patch_pb2, rollout_pb2
+from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, random_patch, rid, write_tokens
+
+RESULTS = Path(__file__).parent / "results" / "control_plane.json"
+W = "model.layers.3.mlp.down_proj.weight"
+PROMPT = "The refund period of Harbor Support is"
+
+
+def roll_out(cl: Client, digest: str) -> None:
+    r = cl(cl.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(
+        request_id=rid(), patch=digest, steps=[rollout_pb2.RolloutStep(shards=["s0", "s1"])]))
+    for r in cl.rollouts.WatchRollout(rollout_pb2.WatchRolloutRequest(id=r.id), metadata=cl.md, timeout=120):
+        if r.state == rollout_pb2.ROLLOUT_STATE_SUCCEEDED:
+            return
+    raise RuntimeError(f"rollout ended {r}")
+
+
+def read_rate(target: str, digest: str, rollout_id: str, seconds: float, threads: int = 4) -> dict:
+    stop = time.monotonic() + seconds
+    counts = [0] * threads
+    lat: list[float] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        cl = Client(target, OPERATOR_TOKEN)
+        calls = [
+            (cl.rollouts.GetRollout, rollout_pb2.GetRolloutRequest(id=rollout_id)),
+            (cl.fleet.ListShards, fleet_pb2.ListShardsRequest()),
+            (cl.patches.GetPatch, patch_pb2.GetPatchRequest(digest=digest)),
+        ]
+        mine = []
+        while time.monotonic() < stop:
+            fn, req = calls[counts[i] % 3]
+            t0 = time.perf_counter()
+            cl(fn, req)
+            mine.append(time.perf_counter() - t0)
+            counts[i] += 1
+        cl.close()
+        with lock:
+            lat.extend(mine)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(worker, range(threads)))
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return {"threads": threads, "seconds": round(wall, 2), "calls": sum(counts),
+            "calls_per_s": round(sum(counts) / wall, 1), "p50_ms": round(lat[len(lat) // 2] * 1e3, 2),
+            "p99_ms": round(lat[int(len(lat) * 0.99)] * 1e3, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--read-seconds", type=float, default=3.0)
+    args = ap.parse_args()
+    fixture = ensure_fixture()
+    patch = random_patch({W: (256, 1024)}, LocalCheckpoint(fixture).fingerprint([W]), rank=2, seed=1, scale=0.15)
+    shards = [ShardServer(fixture), ShardServer(fixture)]
+    for s in shards:
+        s.token = AGENT_TOKEN
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda s: s.start(), shards))
+        base_answer = [s.complete(PROMPT)["choices"][0]["text"] for s in shards]
+        srv = ControlPlaneServer(ServeConfig(
+            state_dir=Path(tmp) / "state", listen="127.0.0.1:0", tokens_file=write_tokens(Path(tmp) / "t.yaml"),
+            agent_token=AGENT_TOKEN, reconcile_interval=0.5, shards={"s0": shards[0].url, "s1": shards[1].url}))
+        srv.start()
+        try:
+            cl = Client(f"127.0.0.1:{srv.port}", OPERATOR_TOKEN)
+            digest = cl.push(patch).digest
+            revert_s, serving_s = [], []
+            for _ in range(args.rounds):
+                roll_out(cl, digest)
+                t0 = time.perf_counter()
+                resp = cl(cl.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(request_id=rid()))
+                assert all(x.ok for x in resp.results), resp
+                revert_s.append(time.perf_counter() - t0)
+                answers = list(pool.map(lambda s: s.complete(PROMPT)["choices"][0]["text"], shards))
+                serving_s.append(time.perf_counter() - t0)
+                assert answers == base_answer
+            roll_out(cl, digest)
+            rollout_id = cl(cl.rollouts.ListRollouts, rollout_pb2.ListRolloutsRequest(page_size=1)).rollouts[0].id
+            reads = read_rate(f"127.0.0.1:{srv.port}", digest, rollout_id, args.read_seconds)
+            cl.close()
+        finally:
+            srv.stop(0)
+
+        # the alternative: restart both shards on their checkpoints
+        t0 = time.perf_counter()
+
+        def restart(s: ShardServer) -> str:
+            s.stop()
+            s.start()
+            return s.complete(PROMPT)["choices"][0]["text"]
+
+        answers = list(pool.map(restart, shards))
+        restart_s = time.perf_counter() - t0
+        assert answers == base_answer
+        for s in shards:
+            s.__exit__(None, None, None)
+
+    med = statistics.median(serving_s)
+    out = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "fleet": {"shards": 2, "model": "fixture (Llama, 6 layers x 256)", "patch": f"rank 2 on {W}"},
+        "revert_to_base": {
+            "rounds": args.rounds,
+            "call_s_median": round(statistics.median(revert_s), 4),
+            "until_serving_base_s_median": round(med, 4),
+            "until_serving_base_s_all": [round(x, 4) for x in serving_s],
+        },
+        "restart_shards": {"until_serving_base_s": round(restart_s, 2)},
+        "speedup_revert_vs_restart": round(restart_s / med, 1),
+        "read_calls": reads,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
