@@ -1,0 +1,47 @@
+"""The commands end to end on the fixture: edit writes a patch, show prints it, eval gates on it."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from factpatch.cli import _register_subcommands, app
+from factpatch.patchfile import read
+
+from .conftest import fixture_edits
+
+_register_subcommands()
+runner = CliRunner()
+
+
+def test_edit_show_eval(tmp_path, fixture_dir, world):
+    edits = fixture_edits(world, 3, seed=21)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"edits": [e.model_dump(exclude_defaults=True) for e in edits]}))
+    out = tmp_path / "e.fpatch"
+    env = {"FACTPATCH_CACHE": str(tmp_path / "cache")}
+
+    res = runner.invoke(app, ["edit", "--model", str(fixture_dir), "--spec", str(spec), "--out", str(out),
+                              "--method", "rome", "--json", str(tmp_path / "edit.json")], env=env)
+    assert res.exit_code == 0, res.output
+    patch, digest = read(out)
+    assert patch.manifest["method"] == "rome" and len(patch.manifest["edits"]) == 3
+    assert patch.manifest["eval"]["metrics"]["efficacy"] is not None
+    assert (tmp_path / "cache" / "stats").exists()
+
+    res = runner.invoke(app, ["patch", "show", str(out)], env=env)
+    assert res.exit_code == 0, res.output
+    assert edits[0].subject in res.output and digest in res.output and "down_proj" in res.output
+
+    res = runner.invoke(app, ["eval", "--model", str(fixture_dir), "--patch", str(out), "--spec", str(spec),
+                              "--json", str(tmp_path / "eval.json"), "--max-ppl-drift", "0.05"], env=env)
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["passed"] and report["patch"] == digest
+    assert {"efficacy", "generalization", "neighbours_unchanged", "ppl_drift", "kl_unrelated"} <= set(report["metrics"])
+
+    # A gate the patch cannot meet fails the command.
+    res = runner.invoke(app, ["eval", "--model", str(fixture_dir), "--patch", str(out), "--min-efficacy", "1.01"], env=env)
+    assert res.exit_code == 1, res.output

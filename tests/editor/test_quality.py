@@ -1,0 +1,70 @@
+"""Quality on the fixture, with floors a little below the targets (the note gives measured numbers).
+
+ROME: 50 random single edits, each from the base. MEMIT: one batch of 100. The 1,000-edit batch is
+measured by bench/editor_bench.py, not here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from factpatch import patchfile
+from factpatch.editor.pipeline import EditOptions, evaluate_each, evaluate_patch, heldout_texts, load, run_edit
+from factpatch.editor.weights import apply_patch
+
+from .conftest import fixture_edits
+
+
+def test_rome_single_edits_from_the_base(loaded, world):
+    edits = fixture_edits(world, 50, seed=11)
+    patches = [run_edit(loaded, [e], EditOptions(method="rome")).patch for e in edits]
+    m = evaluate_each(loaded, patches, edits, heldout_texts(loaded, None))["metrics"]
+    assert m["efficacy"] >= 0.97, m
+    assert m["generalization"] >= 0.85, m
+    assert m["neighbours_unchanged"] >= 0.96, m
+
+
+def test_memit_batch_of_100_and_exact_reproduction(loaded, world, fixture_dir, tmp_path):
+    edits = fixture_edits(world, 100, seed=12)
+    result = run_edit(loaded, edits, EditOptions(method="memit"))
+    m = evaluate_patch(loaded, result.patch, edits, heldout_texts(loaded, None))["metrics"]
+    assert m["efficacy"] >= 0.96, m
+    assert m["generalization"] >= 0.80, m
+    assert m["neighbours_unchanged"] >= 0.93, m
+    assert m["ppl_drift"] < 0.01, m
+
+    # The patch file applied to a fresh copy of the base is bit for bit the model evaluated above.
+    path = tmp_path / "batch.fpatch"
+    digest = patchfile.write(result.patch, path)
+    assert digest == patchfile.sha256_file(path)
+    from_file, _ = patchfile.read(path)
+    fresh = load(fixture_dir)
+    state = fresh.model.state_dict()
+    patchfile.apply_to_state_dict(state, from_file, conv1d_names=fresh.adapter.conv1d_names())
+    evaluated = loaded.model.state_dict()
+    saved = {n: evaluated[n].clone() for n in result.patch.names}
+    try:
+        apply_patch(loaded.adapter, result.patch)  # what evaluate_patch measured
+        for name, t in evaluated.items():
+            assert torch.equal(t, state[name]), name
+    finally:
+        with torch.no_grad():
+            for n, w in saved.items():
+                evaluated[n].copy_(w)
+
+
+def test_follow_up_batch_carries_its_parent(loaded, world, tmp_path):
+    edits = fixture_edits(world, 12, seed=13)
+    first, second = edits[:6], edits[6:]
+    p1 = run_edit(loaded, first, EditOptions(method="memit")).patch
+    d1 = patchfile.write(p1, tmp_path / "v1.fpatch")
+    p2 = run_edit(loaded, second, EditOptions(method="memit", parent=str(tmp_path / "v1.fpatch"))).patch
+    assert p2.manifest["parent"] == d1
+    assert p2.manifest["base"]["fingerprint"] == p1.manifest["base"]["fingerprint"]
+    assert [e["subject"] for e in p2.manifest["edits"]] == [e.subject for e in edits]
+    for name in p1.names:
+        assert p2.rank(name) == p1.rank(name) + 6
+        assert torch.equal(p2.factors[name][0][:, :6], p1.factors[name][0])
+    # Complete against the base: both batches hold when only v2 is applied.
+    m = evaluate_patch(loaded, p2, edits, heldout_texts(loaded, None))["metrics"]
+    assert m["efficacy"] >= 0.9, m
