@@ -1,0 +1,26 @@
+"""`factpatch shard` wires the plugin: worker extension, both plugin names, the token, eager on CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from factpatch.plugin.shard_cli import shard_command
+
+
+def test_command_and_environment(tmp_path):
+    tok = tmp_path / "token"
+    tok.write_text("s3cret")
+    argv, env = shard_command("/m", port=9001, token_file=str(tok), extra=["--max-model-len", "128"],
+                              env={"VLLM_PLUGINS": "other", "FACTPATCH_AGENT_TOKEN": "old"})
+    assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert argv[argv.index("--worker-extension-cls") + 1] == "factpatch.plugin.worker_ext.FactpatchWorkerExtension"
+    assert argv[argv.index("--port") + 1] == "9001" and argv[-2:] == ["--max-model-len", "128"]
+    assert env["VLLM_PLUGINS"] == "other,factpatch,factpatch_agent"
+    assert env["FACTPATCH_AGENT_TOKEN_FILE"] == str(tok.resolve()) and "FACTPATCH_AGENT_TOKEN" not in env
+
+
+def test_a_token_is_required():
+    with pytest.raises(ValueError, match="token"):
+        shard_command("/m", env={})
+    argv, env = shard_command("/m", env={"FACTPATCH_AGENT_TOKEN": "t"})
+    assert env["FACTPATCH_AGENT_TOKEN"] == "t"
