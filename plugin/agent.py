@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ PREFIX = "/factpatch/v1"
 MAX_PATCH_BYTES = int(os.environ.get("FACTPATCH_MAX_PATCH_BYTES", str(1 << 30)))
 MAX_RANK = int(os.environ.get("FACTPATCH_MAX_RANK", "256"))
 _REQUEST_IDS_KEPT = 1024
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass
@@ -99,7 +101,9 @@ async def _read_patch(request: Request) -> tuple[bytes, str | None, str | None] 
         if not isinstance(body, dict) or not isinstance(body.get("digest"), str) or not isinstance(body.get("store_url"), str):
             return error(400, "MALFORMED", "JSON body needs string fields 'digest' and 'store_url'")
         request_id = body.get("request_id") or request_id
-        digest = body["digest"]
+        digest = body["digest"].strip().lower()
+        if not _DIGEST.fullmatch(digest):
+            return error(400, "MALFORMED", "digest must be 'sha256:' followed by 64 hex digits")
         store_token = body.get("store_token") or request.headers.get("x-factpatch-store-token")
         fetched = await _fetch(body["store_url"], digest, store_token)
         if isinstance(fetched, JSONResponse):
