@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+DRAIN_TIMEOUT_S = 1.0
+
 
 @pytest.fixture(scope="session")
 def shard(fixture_dir):
     from factpatch.plugin.testing import ShardServer
 
-    with ShardServer(fixture_dir) as s:
+    # A short drain timeout lets one test reach the "abort the stragglers" policy in seconds.
+    with ShardServer(fixture_dir, env={"FACTPATCH_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S)}) as s:
         yield s
 
 

@@ -291,12 +291,15 @@ def test_streams_during_a_swap_each_finish_on_one_version(clean_shard, fixture_d
     assert base_ref != new_ref
 
     texts: dict[int, str] = {}
+    aborted: set[int] = set()
     started = threading.Event()
 
     def run(i):
         parts = []
         for chunk in s.stream(prompt, **kw):
             parts.append(chunk["choices"][0]["text"])
+            if chunk["choices"][0].get("finish_reason") == "abort":
+                aborted.add(i)  # cut off by the drain timeout on a slow machine: still one version
             started.set()
         texts[i] = "".join(parts)
 
@@ -311,8 +314,51 @@ def test_streams_during_a_swap_each_finish_on_one_version(clean_shard, fixture_d
         t.start()
     for t in early + late + [applier]:
         t.join(120)
-    versions = {i: ("base" if t == base_ref else "patched" if t == new_ref else "MIXED") for i, t in texts.items() if i >= 0}
+    def version(i, t):
+        if t == base_ref or (i in aborted and base_ref.startswith(t)):
+            return "base"
+        return "patched" if t == new_ref else "MIXED"
+
+    versions = {i: version(i, t) for i, t in texts.items() if i >= 0}
     assert "MIXED" not in versions.values(), (versions, texts)
     assert versions[0] == "base"  # in flight when the swap began: drained on the old weights
     assert len(versions) == 6
     assert json.loads(texts[-1])["active_version"] == patchfile.sha256_bytes(data)
+
+
+def test_requests_still_running_at_the_drain_timeout_are_aborted_never_mixed(clean_shard, fixture_dir, world):
+    from .conftest import DRAIN_TIMEOUT_S
+
+    s = clean_shard
+    prompt = fact_prompts(world, 1)[0][0]
+    kw = dict(max_tokens=110, ignore_eos=True)
+    base_ref = s.complete(prompt, logprobs=None, **kw)["choices"][0]["text"]
+    data, _ = random_patch(fixture_dir, {1: 1.5, 2: 1.5, 3: 1.5}, seed=8)
+    results: dict[int, tuple[str, str | None]] = {}
+    started = threading.Event()
+
+    def run(i):
+        parts, reason = [], None
+        for chunk in s.stream(prompt, **kw):
+            c = chunk["choices"][0]
+            parts.append(c["text"])
+            reason = c.get("finish_reason") or reason
+            started.set()
+        results[i] = ("".join(parts), reason)
+
+    # Enough decoding queued that it cannot drain within the timeout on this machine.
+    streams = [threading.Thread(target=run, args=(i,)) for i in range(48)]
+    for t in streams:
+        t.start()
+    assert started.wait(60)
+    t0 = time.perf_counter()
+    r = s.apply(data)
+    took = time.perf_counter() - t0
+    for t in streams:
+        t.join(120)
+    assert r.status_code == 200, r.text
+    assert DRAIN_TIMEOUT_S <= took < DRAIN_TIMEOUT_S + 10, took
+    aborted = [text for text, reason in results.values() if reason == "abort"]
+    assert aborted, "expected some requests to be cut off by the abort policy"
+    for text, reason in results.values():
+        assert base_ref.startswith(text), (reason, text)  # every token came from the base weights
