@@ -1,4 +1,5 @@
-"""Assembles the control plane: state, store, reconciler, servicers, health, reflection, TLS."""
+"""Assembles the control plane: state, store, reconciler, servicers, health, reflection, TLS, and
+the gateway with its monitors, metrics and canary analysis."""
 
 from __future__ import annotations
 
@@ -14,17 +15,26 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from factpatch.server.analysis import Analyzer, Observations
 from factpatch.server.audit import AuditLog
 from factpatch.server.auth import TokenTable
 from factpatch.server.basecheck import BaseChecker
 from factpatch.server.context import ControlPlane
 from factpatch.server.db import Database
+from factpatch.server.gateway.app import Gateway, GatewayConfig
+from factpatch.server.gateway.routing import SwapTracker
 from factpatch.server.idempotency import Idempotency
 from factpatch.server.interceptor import Pipeline
+from factpatch.server.metrics import Metrics
+from factpatch.server.monitors import config as monitors_config
+from factpatch.server.monitors.registry import MonitorRegistry
 from factpatch.server.operations import EditorOperations
-from factpatch.server.pb import fleet_pb2, fleet_pb2_grpc, patch_pb2, patch_pb2_grpc, rollout_pb2, rollout_pb2_grpc
+from factpatch.server.pb import (
+    fleet_pb2, fleet_pb2_grpc, monitor_pb2, monitor_pb2_grpc, patch_pb2, patch_pb2_grpc, rollout_pb2, rollout_pb2_grpc,
+)
 from factpatch.server.reconciler import Reconciler
 from factpatch.server.services.fleet import FleetService
+from factpatch.server.services.monitors import MonitorService
 from factpatch.server.services.patches import PatchService
 from factpatch.server.services.rollouts import RolloutService
 from factpatch.server.store import PatchStore
@@ -35,6 +45,7 @@ SERVICE_NAMES = (
     patch_pb2.DESCRIPTOR.services_by_name["PatchService"].full_name,
     fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
     rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
+    monitor_pb2.DESCRIPTOR.services_by_name["MonitorService"].full_name,
 )
 
 
@@ -54,6 +65,9 @@ class ServeConfig:
     max_patch_bytes: int = 256 << 20
     shards: dict[str, str] = field(default_factory=dict)  # registered at start if absent
     workers: int = 32
+    # the OpenAI gateway (None: no gateway; canary analysis then has no data and pauses)
+    gateway: GatewayConfig | None = None
+    monitors_file: Path | None = None
 
 
 class ControlPlaneServer:
@@ -80,6 +94,22 @@ class ControlPlaneServer:
             if db.shard(name) is None:
                 db.add_shard(name, address.rstrip("/"))
 
+        self.metrics = Metrics()
+        self.monitors = MonitorRegistry(
+            db, monitors_config.load(cfg.monitors_file),
+            on_change=lambda c: self.metrics.monitor_counts.activate((m.name, m.scope_subject.lower()) for m in c.monitors),
+        )
+        self.observations = Observations()
+        swaps = SwapTracker()
+        reconciler.swaps, reconciler.metrics = swaps, self.metrics
+        reconciler.analyzer = Analyzer(db, self.observations if cfg.gateway else None, self._stale_scopes, self.metrics)
+        self.gateway = Gateway(cfg.gateway, db, self.monitors, self.metrics, swaps, self.observations) if cfg.gateway else None
+        self.metrics.sources(
+            shards=self.gateway.router.shards if self.gateway else None,
+            rollouts=lambda: [(r, self._canary_share(r)) for r in db.rollouts(limit=50)],
+            monitor_count=lambda: len(self.monitors.compiled),
+        )
+
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="grpc"),
             interceptors=[Pipeline(tokens, audit, self.cp.idempotency, lock)],
@@ -88,10 +118,18 @@ class ControlPlaneServer:
         patch_pb2_grpc.add_PatchServiceServicer_to_server(patches, self.server)
         fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetService(self.cp), self.server)
         rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutService(self.cp), self.server)
+        monitor_pb2_grpc.add_MonitorServiceServicer_to_server(MonitorService(self.monitors), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = self._bind()
+
+    def _stale_scopes(self, digest: str) -> dict[str, str]:
+        return {m.name: m.scope_subject.lower() for m in self.monitors.stale_for_patch(digest)}
+
+    def _canary_share(self, r) -> float | None:
+        split = self.gateway.router.table.split if self.gateway else None
+        return split.canary_share if split is not None and split.rollout_id == r.id else None
 
     def _bind(self) -> int:
         cfg = self.cfg
@@ -112,6 +150,9 @@ class ControlPlaneServer:
 
     def start(self) -> None:
         self.cp.basecheck.warm()
+        if self.gateway:
+            self.gateway.start()
+            log.info("gateway listening on port %d", self.gateway.port)
         self.server.start()
         self.cp.reconciler.start()
         for name in ("", *SERVICE_NAMES):
@@ -122,6 +163,8 @@ class ControlPlaneServer:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.cp.reconciler.stop()
+        if self.gateway:
+            self.gateway.stop()
         self.cp.operations.shutdown()
         self.cp.db.close()
 
@@ -133,5 +176,8 @@ class ControlPlaneServer:
         port_file = os.environ.get("FACTPATCH_PORT_FILE")
         if port_file:  # lets a supervisor (or a test) find a port chosen with :0
             Path(port_file).write_text(str(self.port))
+        gateway_port_file = os.environ.get("FACTPATCH_GATEWAY_PORT_FILE")
+        if gateway_port_file and self.gateway:
+            Path(gateway_port_file).write_text(str(self.gateway.port))
         done.wait()
         self.stop()

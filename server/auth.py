@@ -34,6 +34,7 @@ READ_METHODS = frozenset(
         "RolloutService/GetRollout",
         "RolloutService/ListRollouts",
         "RolloutService/WatchRollout",
+        "MonitorService/ListMonitors",
     )
 )
 

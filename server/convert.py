@@ -58,8 +58,28 @@ def shard(s: dbm.Shard) -> fleet_pb2.Shard:
     )
 
 
-def rollout(r: dbm.Rollout, shards: dict[str, dbm.Shard] | None = None) -> rollout_pb2.Rollout:
+def analysis_run(run: dict) -> rollout_pb2.AnalysisRun:
+    D = rollout_pb2.AnalysisDecision
+    return rollout_pb2.AnalysisRun(
+        step=run["step"], decision=D.Value("ANALYSIS_DECISION_" + run["decision"]),
+        window_start=ts(run["window_start"]), window_end=ts(run["window_end"]),
+        canary_version=run.get("canary_version") or "", base_versions=run.get("base_versions") or [],
+        gates=[
+            rollout_pb2.GateResult(
+                gate=rollout_pb2.AnalysisGate(**g["gate"]), canary_value=g["canary_value"], base_value=g["base_value"],
+                canary_samples=g["canary_samples"], base_samples=g["base_samples"],
+                outcome=D.Value("ANALYSIS_DECISION_" + g["outcome"]), detail=g["detail"],
+            )
+            for g in run.get("gates") or []
+        ],
+        message=run.get("message") or "",
+    )
+
+
+def rollout(r: dbm.Rollout, shards: dict[str, dbm.Shard] | None = None,
+            analysis: tuple[float, list[dict]] | None = None) -> rollout_pb2.Rollout:
     shards = shards or {}
+    window_s, runs = analysis or (0, [])
     return rollout_pb2.Rollout(
         id=r.id, patch=r.patch, state=rollout_pb2.RolloutState.Value("ROLLOUT_STATE_" + r.state),
         steps=[rollout_pb2.RolloutStep(shards=s["shards"], traffic_percent=s.get("traffic_percent", 0)) for s in r.steps],
@@ -75,4 +95,5 @@ def rollout(r: dbm.Rollout, shards: dict[str, dbm.Shard] | None = None) -> rollo
         gates=[rollout_pb2.AnalysisGate(**g) for g in r.gates],
         progress_deadline_seconds=r.progress_deadline_s, created_by=r.created_by,
         created=ts(r.created), updated=ts(r.updated),
+        analysis=[analysis_run(x) for x in runs], analysis_seconds=int(window_s) if r.gates else 0,
     )

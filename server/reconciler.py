@@ -62,6 +62,11 @@ class Reconciler:
         # shard -> (desired version, shard base fingerprint, retry-not-before): a refused version is
         # not pushed again in a tight loop
         self._held: dict[str, tuple[str | None, str, float]] = {}
+        # set by the server when it runs a gateway: swap marks (keep traffic off a shard being
+        # changed), apply/revert timings, and canary analysis for rollouts with gates
+        self.swaps = None
+        self.metrics = None
+        self.analyzer = None
 
     # lifecycle
 
@@ -131,33 +136,50 @@ class Reconciler:
             if held and held[:2] == (desired, st.base_fingerprint) and time.time() < held[2]:
                 self.db.observe(name, st.raw, "ERROR", shard.last_error_reason, shard.last_error)
                 return None
-            action = "revert" if desired is None else "apply"
-            t0 = time.perf_counter()
+            self._swap_begin(name)
             try:
-                if desired is None:
-                    after = agent.revert()
-                else:
-                    after = agent.apply(self.store.get(desired), desired)
-            except (StoreCorrupt, FileNotFoundError) as e:
-                self.db.observe(name, st.raw, "ERROR", "STORE_CORRUPT", str(e))
-                return None
-            except AgentError as e:
-                if not e.permanent:  # unreachable, swap in progress, 5xx: try again next pass
-                    self.db.observe(name, st.raw, "SYNCING", e.reason, e.message)
-                    return None
-                self.db.observe(name, st.raw, "ERROR", e.reason, e.message)
-                self._learn_compat(desired, st.base_fingerprint, e.reason)
-                self._held[name] = (desired, st.base_fingerprint, time.time() + 30.0)
-                self.audit.record(SYSTEM, f"agent/{action}", f"shard={name} version={desired}", f"REFUSED/{e.reason}", e.message)
-                return Refusal(name, desired, e)
-            dt = time.perf_counter() - t0
-            self._held.pop(name, None)
-            if desired is not None:
-                self._learn_compat(desired, st.base_fingerprint, None)
-            ok = after.active_version == desired
-            self.db.observe(name, after.raw, "SERVING" if ok else "SYNCING")
-            self.audit.record(SYSTEM, f"agent/{action}", f"shard={name} version={desired or 'base'}", "OK", f"{dt:.3f}s")
+                return self._swap(name, agent, st, desired)
+            finally:
+                self._swap_end(name)  # after the shard's new state is recorded
+
+    def _swap(self, name: str, agent: AgentClient, st, desired: str | None) -> Refusal | None:
+        action = "revert" if desired is None else "apply"
+        t0 = time.perf_counter()
+        try:
+            if desired is None:
+                after = agent.revert()
+            else:
+                after = agent.apply(self.store.get(desired), desired)
+        except (StoreCorrupt, FileNotFoundError) as e:
+            self.db.observe(name, st.raw, "ERROR", "STORE_CORRUPT", str(e))
             return None
+        except AgentError as e:
+            if not e.permanent:  # unreachable, swap in progress, 5xx: try again next pass
+                self.db.observe(name, st.raw, "SYNCING", e.reason, e.message)
+                return None
+            self.db.observe(name, st.raw, "ERROR", e.reason, e.message)
+            self._learn_compat(desired, st.base_fingerprint, e.reason)
+            self._held[name] = (desired, st.base_fingerprint, time.time() + 30.0)
+            self.audit.record(SYSTEM, f"agent/{action}", f"shard={name} version={desired}", f"REFUSED/{e.reason}", e.message)
+            return Refusal(name, desired, e)
+        dt = time.perf_counter() - t0
+        if self.metrics is not None:
+            (self.metrics.revert_seconds if desired is None else self.metrics.apply_seconds).labels(name).observe(dt)
+        self._held.pop(name, None)
+        if desired is not None:
+            self._learn_compat(desired, st.base_fingerprint, None)
+        ok = after.active_version == desired
+        self.db.observe(name, after.raw, "SERVING" if ok else "SYNCING")
+        self.audit.record(SYSTEM, f"agent/{action}", f"shard={name} version={desired or 'base'}", "OK", f"{dt:.3f}s")
+        return None
+
+    def _swap_begin(self, name: str) -> None:
+        if self.swaps is not None:
+            self.swaps.begin(name)
+
+    def _swap_end(self, name: str) -> None:
+        if self.swaps is not None:
+            self.swaps.end(name, self.db.generation)
 
     def _learn_compat(self, digest: str | None, shard_fp: str, reason: str | None) -> None:
         if not digest or not shard_fp:
@@ -218,14 +240,43 @@ class Reconciler:
                 if all(at(n, r.patch) for n in step):
                     last = r.current_step == len(r.steps) - 1
                     with self.db.tx() as c:
-                        self._transition(c, r, "SUCCEEDED" if last else "PAUSED", "", "")
+                        if not last and r.gates and self.analyzer is not None:
+                            self.analyzer.begin(c, r)
+                            self._transition(c, r, "ANALYZING", "", "canary analysis running")
+                        else:
+                            self._transition(c, r, "SUCCEEDED" if last else "PAUSED", "", "")
                 elif time.time() - r.step_started > r.progress_deadline_s:
                     self.start_rollback(r, "ROLLING_BACK", "PROGRESS_DEADLINE",
                                         f"step {r.current_step} did not converge within {r.progress_deadline_s}s")
+            elif r.state == "ANALYZING":
+                self._analyse(r)
             elif r.state in ("ROLLING_BACK", "ABORTING"):
                 if all(at(rs.shard, shards[rs.shard].desired_version) for rs in r.shards if rs.shard in shards):
                     with self.db.tx() as c:
                         self._transition(c, r, "FAILED" if r.state == "ROLLING_BACK" else "ABORTED")
+
+    def _analyse(self, r: Rollout) -> None:
+        """Acts on the analysis of an ANALYZING rollout: fail rolls back, pass promotes, no data pauses."""
+        decision, run = self.analyzer.step(r)
+        if decision == "FAIL":
+            self.start_rollback(r, "ROLLING_BACK", "ANALYSIS_FAILED", "canary analysis failed: " + run["message"])
+        elif decision == "PASS":
+            r.current_step += 1
+            step = set(r.steps[r.current_step]["shards"])
+            with self.db.tx() as c:
+                for rs in r.shards:
+                    if rs.shard in step:
+                        rs.desired_version = r.patch
+                        self.db.upsert_rollout_shard(c, r.id, rs)
+                        self.db.set_desired(c, rs.shard, r.patch)
+                r.step_started = time.time()
+                self._transition(c, r, "PROGRESSING", "", f"canary analysis passed; promoted to step {r.current_step}")
+            self.audit.record(SYSTEM, "rollout/promote", f"rollout={r.id}", "ANALYSIS_PASSED", run["message"])
+            self.kick()
+        elif decision == "INCONCLUSIVE":
+            with self.db.tx() as c:
+                self._transition(c, r, "PAUSED", "ANALYSIS_INCONCLUSIVE", run["message"])
+            self.audit.record(SYSTEM, "rollout/pause", f"rollout={r.id}", "ANALYSIS_INCONCLUSIVE", run["message"])
 
     # the fast path back to base
 
@@ -237,13 +288,18 @@ class Reconciler:
             timeout = self.agent_timeout if deadline is None else max(0.1, min(self.agent_timeout, deadline - time.time()))
             with self.shard_locks[name]:
                 shard = self.db.shard(name)
+                self._swap_begin(name)
                 try:
                     after = self.client(name, shard.address).revert(timeout=timeout)
+                    if self.metrics is not None:
+                        self.metrics.revert_seconds.labels(name).observe(time.perf_counter() - t0)
+                    self.db.observe(name, after.raw, "SERVING" if after.active_version is None else "SYNCING")
                 except AgentError as e:
                     self.db.observe(name, None, "UNREACHABLE" if e.reason == "UNREACHABLE" else "ERROR", e.reason, e.message)
                     return {"shard": name, "ok": False, "error_reason": e.reason, "error": e.message,
                             "seconds": time.perf_counter() - t0}
-                self.db.observe(name, after.raw, "SERVING" if after.active_version is None else "SYNCING")
+                finally:
+                    self._swap_end(name)
             return {"shard": name, "ok": after.active_version is None, "error_reason": "", "error": "",
                     "seconds": time.perf_counter() - t0}
 

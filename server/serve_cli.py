@@ -24,10 +24,15 @@ def serve(
     tls_client_ca: Path = typer.Option(None, "--tls-client-ca", exists=True, help="Require client certificates from this CA (mTLS)."),
     reconcile_interval: float = typer.Option(1.0, help="Seconds between reconcile passes."),
     max_patch_mb: int = typer.Option(256, help="Largest patch ImportPatch accepts, in MiB."),
+    gateway_listen: str = typer.Option("127.0.0.1:8080", "--gateway-listen",
+                                       help="OpenAI gateway and /metrics address (host:port; port 0 picks one; 'off' for none)."),
+    monitors: Path = typer.Option(None, "--monitors", exists=True, help="Output monitors file (YAML/JSON)."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
-    """Start the gRPC control plane (patch store, fleet, rollouts, reconciler)."""
+    """Start the gRPC control plane (patch store, fleet, rollouts, reconciler) and the OpenAI gateway."""
     from factpatch.server.app import ControlPlaneServer, ServeConfig
+    from factpatch.server.gateway.app import GatewayConfig
+    from factpatch.server.monitors.config import MonitorError
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
     agent_token = agent_token_file.read_text().strip() if agent_token_file else os.environ.get("FACTPATCH_AGENT_TOKEN", "")
@@ -42,9 +47,10 @@ def serve(
             state_dir=state_dir, listen=listen, tokens_file=tokens_file, agent_token=agent_token,
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, base_dirs=list(base_dir),
             editor_model=editor_model, reconcile_interval=reconcile_interval, max_patch_bytes=max_patch_mb << 20,
-            shards=shards,
+            shards=shards, monitors_file=monitors,
+            gateway=None if gateway_listen == "off" else GatewayConfig(listen=gateway_listen),
         ))
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, MonitorError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
     server.serve_forever()

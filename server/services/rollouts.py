@@ -12,7 +12,7 @@ import uuid
 
 import grpc
 
-from factpatch.server import convert
+from factpatch.server import analysis, convert
 from factpatch.server.context import ControlPlane
 from factpatch.server.db import FINAL_STATES, Rollout, RolloutShard
 from factpatch.server.errors import ApiError, invalid, not_found, precondition
@@ -29,7 +29,7 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
         self.cp = cp
 
     def _msg(self, r: Rollout) -> rollout_pb2.Rollout:
-        return convert.rollout(r, {s.name: s for s in self.cp.db.shards()})
+        return convert.rollout(r, {s.name: s for s in self.cp.db.shards()}, analysis.load(self.cp.db, r.id))
 
     def _rollout(self, rollout_id: str) -> Rollout:
         r = self.cp.db.rollout(rollout_id)
@@ -112,16 +112,28 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
         deadline = request.progress_deadline_seconds or DEFAULT_DEADLINE_S
         if deadline < 0:
             raise invalid("BAD_DEADLINE", "progress_deadline_seconds must be positive", field="progress_deadline_seconds")
+        for i, g in enumerate(request.gates):
+            if g.metric not in analysis.METRICS:
+                raise invalid("BAD_GATE", f"gates[{i}].metric must be one of {', '.join(analysis.METRICS)}, got {g.metric!r}",
+                              field=f"gates[{i}].metric")
+            if g.max_ratio < 0 or g.min_samples < 0 or g.max_value < 0:
+                raise invalid("BAD_GATE", f"gates[{i}]: max_ratio, min_samples and max_value must not be negative",
+                              field=f"gates[{i}]")
+        if request.analysis_seconds < 0:
+            raise invalid("BAD_ANALYSIS_WINDOW", "analysis_seconds must not be negative", field="analysis_seconds")
         now = time.time()
         r = Rollout(
             id="ro-" + uuid.uuid4().hex[:12], patch=request.patch, state="PROGRESSING", steps=steps, current_step=0,
             etag=new_etag(), reason="", message="", progress_deadline_s=deadline, created_by=call_principal(),
             created=now, updated=now, step_started=now,
-            gates=[{"metric": g.metric, "max_ratio": g.max_ratio, "min_samples": g.min_samples} for g in request.gates],
+            gates=[{"metric": g.metric, "max_ratio": g.max_ratio, "min_samples": g.min_samples, "max_value": g.max_value}
+                   for g in request.gates],
         )
         first = set(steps[0]["shards"])
         with db.tx() as c:
             db.insert_rollout(c, r)
+            if r.gates:
+                analysis.set_window(c, r.id, request.analysis_seconds or analysis.DEFAULT_WINDOW_S)
             for name in targets:
                 prev = known[name].desired_version
                 rs = RolloutShard(name, prev, request.patch if name in first else prev)

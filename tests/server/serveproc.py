@@ -19,7 +19,7 @@ class ServeProc:
         self.state_dir = Path(state_dir)
         self.argv = [sys.executable, "-c", "from factpatch.cli import main; main()", "serve",
                      "--state-dir", str(state_dir), "--listen", "127.0.0.1:0", "--tokens-file", str(tokens_file),
-                     "--reconcile-interval", str(interval)]
+                     "--reconcile-interval", str(interval), "--gateway-listen", "127.0.0.1:0"]
         for name, url in shards.items():
             self.argv += ["--shard", f"{name}={url}"]
         for d in base_dirs:

@@ -1,0 +1,113 @@
+"""Forwarding one OpenAI request to a shard: retries on a refused connection, streaming pass-through,
+and the text each response carries, fed to the monitors as it arrives.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import aiohttp
+
+# Request headers worth passing on; everything else (hop-by-hop, Host, our routing headers) stays here.
+FORWARD_HEADERS = ("authorization", "content-type", "accept", "x-request-id", "traceparent", "tracestate")
+
+
+def forward_headers(headers) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() in FORWARD_HEADERS}
+
+
+def prompt_text(body: dict[str, Any], chat: bool) -> str:
+    """The text of a request's prompt, for scoping monitors to the subjects it mentions."""
+    if chat:
+        parts = []
+        for m in body.get("messages") or []:
+            c = m.get("content") if isinstance(m, dict) else None
+            if isinstance(c, str):
+                parts.append(c)
+            elif isinstance(c, list):
+                parts += [p.get("text", "") for p in c if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        return "\n".join(parts)
+    p = body.get("prompt")
+    if isinstance(p, str):
+        return p
+    if isinstance(p, list):
+        return "\n".join(x for x in p if isinstance(x, str))
+    return ""
+
+
+def choice_texts(obj: dict[str, Any]) -> Iterator[tuple[int, str]]:
+    """(choice index, text) in a completion, chat completion, or one streamed chunk of either."""
+    for ch in obj.get("choices") or ():
+        if not isinstance(ch, dict):
+            continue
+        idx = ch.get("index", 0)
+        text = ch.get("text")
+        if text is None:
+            msg = ch.get("delta") or ch.get("message") or {}
+            text = msg.get("content") if isinstance(msg, dict) else None
+        if isinstance(text, str) and text:
+            yield idx, text
+
+
+class SSEReader:
+    """Splits a server-sent-events byte stream into JSON payloads, whatever the chunking."""
+
+    def __init__(self):
+        self._buf = b""
+        self.error = False
+
+    def feed(self, data: bytes) -> Iterator[dict[str, Any]]:
+        self._buf += data
+        while True:
+            cut = self._buf.find(b"\n\n")
+            if cut < 0:
+                return
+            event, self._buf = self._buf[:cut], self._buf[cut + 2:]
+            for line in event.split(b"\n"):
+                if not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == b"[DONE]" or not payload:
+                    continue
+                try:
+                    obj = json.loads(payload)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict):
+                    if "error" in obj:
+                        self.error = True
+                    yield obj
+
+
+class NoShard(Exception):
+    def __init__(self, message: str, status: int = 503, code: str = "no_shard_available"):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+async def send(session: aiohttp.ClientSession, router, route: str, cands, path: str, raw: bytes,
+               headers: dict[str, str], metrics, timeout: aiohttp.ClientTimeout):
+    """Posts to the least busy candidate; a connection that cannot be made is tried on another shard
+    of the same version. Returns (shard, response); the caller releases the response."""
+    tried: set[str] = set()
+    shard = router.pick(cands)
+    while True:
+        tried.add(shard.name)
+        router.inflight[shard.name] = router.inflight.get(shard.name, 0) + 1
+        try:
+            resp = await session.post(shard.url + path, data=raw, headers=headers, timeout=timeout)
+            return shard, resp
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as e:
+            # nothing was generated: the shard is down or restarting
+            router.inflight[shard.name] -= 1
+            metrics.errors.labels(shard.version or "base", shard.name, "connect").inc()
+            same = [c for c in cands if c.version == shard.version and c.name not in tried]
+            if not same:
+                raise NoShard(f"no shard serving version {shard.version or 'base'} could be reached ({e})", 502,
+                              "shard_unreachable") from e
+            metrics.retries.labels(shard.version or "base", shard.name).inc()
+            shard = router.pick(same)
+        except BaseException:
+            router.inflight[shard.name] -= 1
+            raise

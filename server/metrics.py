@@ -1,0 +1,151 @@
+"""Prometheus metrics of the gateway, the monitors and the control plane (names as DESIGN.md says).
+
+Each server owns a CollectorRegistry, so several can live in one process (tests). Labels are
+bounded: version (patch digest or "base"), shard, monitor, rollout, never anything per request.
+
+`factpatch_monitor_evaluated_total` is not a counter per monitor in memory: a response is evaluated
+by every unscoped monitor and by the monitors scoped to the subjects its prompt mentions, so the
+gateway counts responses per (scope, version, shard) and the collector derives each monitor's count,
+less what was counted before the monitor existed. Thousands of monitors then cost one increment per
+response, not thousands.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+BASE = "base"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+SWAP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def version_label(version: str | None) -> str:
+    return version or BASE
+
+
+class MonitorCounts:
+    """Responses evaluated per (scope, version, shard), and each monitor's starting point."""
+
+    def __init__(self):
+        self.groups: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self._baselines: dict[str, tuple[str, dict[tuple[str, str], int]]] = {}
+        self._monitors: list[tuple[str, str]] = []  # (name, scope key)
+        self._lock = threading.Lock()
+
+    def record(self, scopes: Iterable[str], version: str, shard: str) -> None:
+        for scope in scopes:
+            self.groups[(scope, version, shard)] += 1
+
+    def activate(self, monitors: Iterable[tuple[str, str]]) -> None:
+        """A new monitor set is live: monitors new (or rescoped) from now on start counting at zero."""
+        snapshot = dict(self.groups)
+        with self._lock:
+            old = self._baselines
+            new = {}
+            monitors = list(monitors)
+            for name, scope in monitors:
+                if name in old and old[name][0] == scope:
+                    new[name] = old[name]
+                else:
+                    new[name] = (scope, {(v, s): n for (sc, v, s), n in snapshot.items() if sc == scope})
+            self._baselines, self._monitors = new, monitors
+
+    def evaluated(self) -> Iterable[tuple[str, str, str, int]]:
+        snapshot = dict(self.groups)
+        by_scope: defaultdict[str, list[tuple[str, str, int]]] = defaultdict(list)
+        for (scope, v, s), n in snapshot.items():
+            by_scope[scope].append((v, s, n))
+        with self._lock:
+            monitors, baselines = self._monitors, self._baselines
+        for name, scope in monitors:
+            base = baselines.get(name, (scope, {}))[1]
+            for v, s, n in by_scope.get(scope, ()):
+                yield name, v, s, n - base.get((v, s), 0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("factpatch_gateway_requests", "Requests the gateway forwarded, by served version and shard.",
+                                ["version", "shard"], registry=r)
+        self.errors = Counter("factpatch_gateway_errors",
+                              "Failed requests by cause: connect (shard unreachable), upstream_5xx, stream_broken.",
+                              ["version", "shard", "reason"], registry=r)
+        self.retries = Counter("factpatch_gateway_retries", "Requests sent again to another shard of the same version "
+                               "after a failed connection.", ["version", "shard"], registry=r)
+        self.latency = Histogram("factpatch_gateway_request_duration_seconds",
+                                 "Time from receiving a request to the last byte of its response.",
+                                 ["version", "shard"], buckets=LATENCY_BUCKETS, registry=r)
+        self.matches = Counter("factpatch_monitor_matches", "Responses in which an output monitor matched (once per response).",
+                               ["monitor", "version", "shard"], registry=r)
+        self.apply_seconds = Histogram("factpatch_patch_apply_duration_seconds", "Applying a patch on a shard (agent call).",
+                                       ["shard"], buckets=SWAP_BUCKETS, registry=r)
+        self.revert_seconds = Histogram("factpatch_patch_revert_duration_seconds", "Reverting a shard to base (agent call).",
+                                        ["shard"], buckets=SWAP_BUCKETS, registry=r)
+        self.analysis_decisions = Counter("factpatch_analysis_decisions", "Canary analysis decisions.",
+                                          ["decision"], registry=r)
+        self.monitor_counts = MonitorCounts()
+        self._state = _StateCollector(self.monitor_counts)
+        r.register(self._state)
+
+    def sources(self, shards: Callable[[], list] | None = None, rollouts: Callable[[], list] | None = None,
+                monitor_count: Callable[[], int] | None = None) -> None:
+        """Where the state gauges read from (set once the gateway and the database exist)."""
+        self._state.shards, self._state.rollouts, self._state.monitor_count = shards, rollouts, monitor_count
+
+
+class _StateCollector:
+    """Gauges read at scrape time: monitors evaluated, shard versions, rollout state."""
+
+    def __init__(self, counts: MonitorCounts):
+        self.counts = counts
+        self.shards: Callable[[], list] | None = None
+        self.rollouts: Callable[[], list] | None = None
+        self.monitor_count: Callable[[], int] | None = None
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        ev = CounterMetricFamily("factpatch_monitor_evaluated", "Responses each output monitor looked at (once per response).",
+                                 labels=["monitor", "version", "shard"])
+        for name, v, s, n in self.counts.evaluated():
+            ev.add_metric([name, v, s], n)
+        yield ev
+        if self.monitor_count:
+            g = GaugeMetricFamily("factpatch_monitors", "Output monitors loaded in the matching engine.")
+            g.add_metric([], self.monitor_count())
+            yield g
+        if self.shards:
+            active = GaugeMetricFamily("factpatch_shard_active_version", "1 for the version each shard reports serving.",
+                                       labels=["shard", "version"])
+            desired = GaugeMetricFamily("factpatch_shard_desired_version", "1 for the version the control plane wants on each shard.",
+                                        labels=["shard", "version"])
+            at = GaugeMetricFamily("factpatch_shard_at_desired_version", "1 when the shard serves its desired version and is healthy.",
+                                   labels=["shard"])
+            up = GaugeMetricFamily("factpatch_shard_routable", "1 when the gateway may send the shard traffic.", labels=["shard"])
+            for s in self.shards():
+                active.add_metric([s.name, version_label(s.version)], 1)
+                desired.add_metric([s.name, version_label(s.desired)], 1)
+                at.add_metric([s.name], float(s.healthy and s.version == s.desired))
+                up.add_metric([s.name], float(s.available))
+            yield from (active, desired, at, up)
+        if self.rollouts:
+            state = GaugeMetricFamily("factpatch_rollout_state", "1 for the state of each rollout active or ended in the last hour.",
+                                      labels=["rollout", "patch", "state"])
+            share = GaugeMetricFamily("factpatch_rollout_canary_traffic_ratio",
+                                      "Share of traffic the gateway sends to the rollout's patched shards.", labels=["rollout"])
+            cutoff = time.time() - 3600
+            for r, canary_share in self.rollouts():
+                if r.active or r.updated >= cutoff:
+                    state.add_metric([r.id, r.patch, r.state], 1)
+                if canary_share is not None:
+                    share.add_metric([r.id], canary_share)
+            yield from (state, share)
