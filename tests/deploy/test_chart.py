@@ -1,0 +1,216 @@
+"""The Helm chart: rendered by Helm's engine, values checked by values.schema.json, manifests checked
+against the Kubernetes OpenAPI schemas (strict) and the Prometheus Operator's CRD models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import CHART, DASHBOARD, ROOT, RULES, helm_template
+
+K8S_VERSIONS = ("1.27.0", "1.37.0")  # the chart's kubeVersion floor and the newest schemas shipped
+
+EVERYTHING_ON = {
+    "agentToken": {"existingSecret": "factpatch-agent"},
+    "shards": {"replicas": 3, "vllmArgs": ["--max-model-len", "4096", "--tensor-parallel-size", 2],
+               "resources": {"limits": {"nvidia.com/gpu": 2}}, "extraEnv": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+               "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+    "controlPlane": {
+        "tokens": [{"principal": "release-bot", "role": "operator", "token_sha256": "a" * 64},
+                   {"principal": "grafana", "role": "viewer", "token": "not-a-real-token"}],
+        "monitors": {"max_monitors": 5000, "stale_values": {"enabled": True, "scope": "subject"},
+                     "monitors": [{"name": "competitor", "kind": "literal", "pattern": "Acme Corp"}]},
+        "baseCheck": True, "extraShards": {"edge-0": "http://10.0.0.5:8000"},
+        "tls": {"secretName": "factpatch-tls", "clientCASecret": "factpatch-client-ca"},
+        "persistence": {"enabled": True, "existingClaim": "factpatch-state"},
+    },
+    "metrics": {"serviceMonitor": {"labels": {"release": "kube-prometheus-stack"}},
+                "prometheusRule": {"labels": {"release": "kube-prometheus-stack"}}},
+    "grafana": {"dashboard": {"folder": "LLM"}},
+}
+MINIMAL = {"metrics": {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}},
+           "grafana": {"dashboard": {"enabled": False}}, "controlPlane": {"persistence": {"enabled": False}},
+           "shards": {"podDisruptionBudget": {"enabled": False}}}
+
+
+def manifests(values: dict | None = None) -> list[dict]:
+    rendered = helm_template.render(CHART, values, name="fp", namespace="llm")
+    return [d for text in rendered.values() for d in yaml.safe_load_all(text) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _unknown_keys(given, kept, path="") -> list[str]:
+    """Keys in `given` that the model dropped: fields the CRD does not define."""
+    if isinstance(given, dict):
+        if not isinstance(kept, dict):
+            return [path or "/"]
+        return [p for k, v in given.items()
+                for p in ([f"{path}/{k}"] if k not in kept else _unknown_keys(v, kept[k], f"{path}/{k}"))]
+    if isinstance(given, list):
+        return [p for i, (g, k) in enumerate(zip(given, kept)) for p in _unknown_keys(g, k, f"{path}/{i}")]
+    return []
+
+
+def validate_crd(doc: dict) -> None:
+    from cloudcoil.models.prometheus_operator import v1
+
+    model = getattr(v1, doc["kind"]).model_validate(doc)
+    dumped = model.model_dump(by_alias=True, exclude_none=True, mode="json")
+    unknown = _unknown_keys(doc, dumped)
+    assert not unknown, f"{doc['kind']}: fields the CRD does not define: {unknown}"
+
+
+def validate_all(docs: list[dict]) -> None:
+    import kubernetes_validate
+
+    for d in docs:
+        if d["apiVersion"] == "monitoring.coreos.com/v1":
+            validate_crd(d)
+            continue
+        for v in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(d, v, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                pytest.fail(f"{d['kind']} {d['metadata']['name']} against Kubernetes {v}: {e}")
+
+
+def test_default_values_pass_the_values_schema():
+    import helm_python as helm
+
+    import jsonschema
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    # Helm's validator (what install/upgrade run) and an independent draft-07 one.
+    with helm.Chart.load(str(CHART)) as c:
+        assert c.schema == schema
+        c.validate_schema({})
+        c.validate_schema(EVERYTHING_ON)
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.Draft7Validator(schema).validate(defaults)
+    jsonschema.Draft7Validator(schema).validate(helm_template.merge(defaults, EVERYTHING_ON))
+
+
+@pytest.mark.parametrize("bad, where", [
+    ({"shards": {"replicas": -1}}, "/shards/replicas"),
+    ({"controlPlane": {"tokens": [{"role": "admin", "token": "x"}]}}, "/controlPlane/tokens/0/role"),
+    ({"shards": {"env": {"FACTPATCH_DRAIN_POLICY": "wait"}}}, "FACTPATCH_DRAIN_POLICY"),
+    ({"controlPlane": {"extraShards": {"s9": "10.0.0.9:8000"}}}, "/controlPlane/extraShards/s9"),
+    ({"shardz": {}}, "shardz"),
+])
+def test_values_schema_refuses_bad_values(bad, where):
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError, match=where):
+        helm_template.render(CHART, bad)
+
+
+@pytest.mark.parametrize("values", [None, EVERYTHING_ON, MINIMAL], ids=["defaults", "everything-on", "minimal"])
+def test_rendered_manifests_validate(values):
+    docs = manifests(values)
+    assert by_kind(docs, "StatefulSet") and by_kind(docs, "Deployment") and len(by_kind(docs, "Service")) == 2
+    validate_all(docs)
+
+
+def test_validation_catches_a_broken_manifest():
+    import kubernetes_validate
+
+    docs = manifests()
+    sts = by_kind(docs, "StatefulSet")[0]
+    sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGett"] = {"path": "/health"}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(sts, K8S_VERSIONS[0], strict=True)
+    sm = by_kind(docs, "ServiceMonitor")[0]
+    sm["spec"]["endpoints"][0]["intervall"] = "15s"
+    with pytest.raises(AssertionError, match="intervall"):
+        validate_crd(sm)
+
+
+def test_shards_run_the_plugin_with_token_and_health_probes():
+    docs = manifests({"shards": {"replicas": 2, "vllmArgs": ["--max-model-len", "2048"]}})
+    sts = by_kind(docs, "StatefulSet")[0]
+    pod = sts["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["command"] == ["factpatch", "shard"]
+    args = c["args"]
+    assert args[:2] == ["--model", "/models/base"]
+    assert args[args.index("--token-file") + 1] == "/etc/factpatch/agent/token"
+    assert args[args.index("--") + 1:] == ["--max-model-len", "2048"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    secret = {v["name"]: v for v in pod["volumes"]}["agent-token"]["secret"]["secretName"]
+    assert secret == "fp-factpatch-agent-token"
+    assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/models", "/etc/factpatch/agent"}
+
+
+def test_control_plane_registers_every_shard_and_opens_the_gateway():
+    docs = manifests({"shards": {"replicas": 3}, "controlPlane": {"monitors": {"monitors": []}}})
+    dep = by_kind(docs, "Deployment")[0]
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    args = c["args"]
+    assert c["command"] == ["factpatch", "serve"]
+    shards = [args[i + 1] for i, a in enumerate(args) if a == "--shard"]
+    assert shards == [f"fp-factpatch-shard-{i}=http://fp-factpatch-shard-{i}.fp-factpatch-shard.llm.svc:8000" for i in range(3)]
+    assert args[args.index("--gateway-listen") + 1] == "0.0.0.0:8080"
+    assert args[args.index("--listen") + 1] == "0.0.0.0:50051"
+    assert args[args.index("--monitors") + 1] == "/etc/factpatch/monitors/monitors.yaml"
+    assert dep["spec"]["strategy"]["type"] == "Recreate" and dep["spec"]["replicas"] == 1
+    assert c["readinessProbe"]["grpc"]["port"] == 50051
+
+
+def test_control_plane_flags_exist_in_the_cli():
+    """Every flag the chart passes to `factpatch serve` / `factpatch shard` is one the command knows."""
+    docs = manifests(EVERYTHING_ON)
+    for kind, sub in (("Deployment", "serve"), ("StatefulSet", "shard")):
+        c = by_kind(docs, kind)[0]["spec"]["template"]["spec"]["containers"][0]
+        args = c["args"][: c["args"].index("--")] if "--" in c["args"] else c["args"]
+        help_text = subprocess.run([str(Path(sys.executable).parent / "factpatch"), sub, "--help"], capture_output=True,
+                                   text=True, env={**os.environ, "COLUMNS": "300", "TERM": "dumb"}, cwd=ROOT).stdout
+        for flag in (a for a in args if a.startswith("--")):
+            assert flag in help_text, f"`factpatch {sub}` has no {flag}"
+
+
+def test_prometheus_rule_and_dashboard_are_the_plain_files():
+    docs = manifests()
+    rule = by_kind(docs, "PrometheusRule")[0]
+    assert rule["spec"] == yaml.safe_load(RULES.read_text())
+    dash = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")][0]
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dash["data"]["factpatch.json"]) == json.loads(DASHBOARD.read_text())
+
+
+def test_prometheus_rule_passes_promtool(promtool, tmp_path):
+    rule = by_kind(manifests(), "PrometheusRule")[0]
+    f = tmp_path / "rule.yml"
+    f.write_text(yaml.safe_dump(rule["spec"]))
+    r = subprocess.run([promtool, "check", "rules", str(f)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_helm_lint_is_clean():
+    import helm_python as helm
+
+    report = helm.lint(str(CHART), strict=True)
+    # Helm's severities: 1 info, 2 warning, 3 error; strict lint fails on warnings too.
+    errors = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not errors, errors
+
+
+def test_helm_template_script_prints_a_stream(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "helm-template"), "--set-json", '{"shards": {"replicas": 1}}'],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    kinds = [d["kind"] for d in yaml.safe_load_all(r.stdout) if d]
+    assert "StatefulSet" in kinds and "PrometheusRule" in kinds
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "helm-template"), "--set-json", '{"shards": {"replicas": -1}}'],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 1 and "/shards/replicas" in bad.stderr
