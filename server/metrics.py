@@ -7,7 +7,11 @@ bounded: version (patch digest or "base"), shard, monitor, rollout, never anythi
 by every unscoped monitor and by the monitors scoped to the subjects its prompt mentions, so the
 gateway counts responses per (scope, version, shard) and the collector derives each monitor's count,
 less what was counted before the monitor existed. Thousands of monitors then cost one increment per
-response, not thousands.
+response, not thousands. Matches are emitted for every evaluated series, zero included, so the
+stale-value rate per version is one PromQL line:
+
+    sum by (version) (rate(factpatch_monitor_matches_total{monitor=~"stale:.*"}[5m]))
+      / sum by (version) (rate(factpatch_monitor_evaluated_total{monitor=~"stale:.*"}[5m]))
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class MonitorCounts:
 
     def __init__(self):
         self.groups: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self.matched: defaultdict[tuple[str, str, str], int] = defaultdict(int)  # (monitor, version, shard)
         self._baselines: dict[str, tuple[str, dict[tuple[str, str], int]]] = {}
         self._monitors: list[tuple[str, str]] = []  # (name, scope key)
         self._lock = threading.Lock()
@@ -41,6 +46,10 @@ class MonitorCounts:
     def record(self, scopes: Iterable[str], version: str, shard: str) -> None:
         for scope in scopes:
             self.groups[(scope, version, shard)] += 1
+
+    def match(self, names: Iterable[str], version: str, shard: str) -> None:
+        for name in names:
+            self.matched[(name, version, shard)] += 1
 
     def activate(self, monitors: Iterable[tuple[str, str]]) -> None:
         """A new monitor set is live: monitors new (or rescoped) from now on start counting at zero."""
@@ -54,10 +63,16 @@ class MonitorCounts:
                     new[name] = old[name]
                 else:
                     new[name] = (scope, {(v, s): n for (sc, v, s), n in snapshot.items() if sc == scope})
+            gone = set(old) - set(new)
+            fresh = {n for n in new if n not in old}
+            for key in [k for k in list(self.matched) if k[0] in gone or k[0] in fresh]:
+                self.matched.pop(key, None)  # a monitor that comes back starts again from zero
             self._baselines, self._monitors = new, monitors
 
-    def evaluated(self) -> Iterable[tuple[str, str, str, int]]:
+    def evaluated(self) -> Iterable[tuple[str, str, str, int, int]]:
+        """(monitor, version, shard, evaluated, matched) for every series with responses."""
         snapshot = dict(self.groups)
+        matched = dict(self.matched)
         by_scope: defaultdict[str, list[tuple[str, str, int]]] = defaultdict(list)
         for (scope, v, s), n in snapshot.items():
             by_scope[scope].append((v, s, n))
@@ -66,7 +81,9 @@ class MonitorCounts:
         for name, scope in monitors:
             base = baselines.get(name, (scope, {}))[1]
             for v, s, n in by_scope.get(scope, ()):
-                yield name, v, s, n - base.get((v, s), 0)
+                n -= base.get((v, s), 0)
+                if n > 0:
+                    yield name, v, s, n, matched.get((name, v, s), 0)
 
 
 class Metrics:
@@ -83,8 +100,6 @@ class Metrics:
         self.latency = Histogram("factpatch_gateway_request_duration_seconds",
                                  "Time from receiving a request to the last byte of its response.",
                                  ["version", "shard"], buckets=LATENCY_BUCKETS, registry=r)
-        self.matches = Counter("factpatch_monitor_matches", "Responses in which an output monitor matched (once per response).",
-                               ["monitor", "version", "shard"], registry=r)
         self.apply_seconds = Histogram("factpatch_patch_apply_duration_seconds", "Applying a patch on a shard (agent call).",
                                        ["shard"], buckets=SWAP_BUCKETS, registry=r)
         self.revert_seconds = Histogram("factpatch_patch_revert_duration_seconds", "Reverting a shard to base (agent call).",
@@ -116,9 +131,13 @@ class _StateCollector:
     def collect(self):
         ev = CounterMetricFamily("factpatch_monitor_evaluated", "Responses each output monitor looked at (once per response).",
                                  labels=["monitor", "version", "shard"])
-        for name, v, s, n in self.counts.evaluated():
+        hits = CounterMetricFamily("factpatch_monitor_matches", "Responses in which an output monitor matched (once per response).",
+                                   labels=["monitor", "version", "shard"])
+        for name, v, s, n, k in self.counts.evaluated():
             ev.add_metric([name, v, s], n)
+            hits.add_metric([name, v, s], k)
         yield ev
+        yield hits
         if self.monitor_count:
             g = GaugeMetricFamily("factpatch_monitors", "Output monitors loaded in the matching engine.")
             g.add_metric([], self.monitor_count())

@@ -272,11 +272,9 @@ class Gateway:
         names: frozenset[str] = frozenset()
         if status == 200 and not failed:
             evaluated = compiled.evaluated(mentioned)
-            m.monitor_counts.record(("", *(k for k in mentioned if k in compiled.scoped)), v, s)
-            hit = matched & evaluated
-            names = frozenset(compiled.monitors[i].name for i in hit)
-            for name in names:
-                m.matches.labels(name, v, s).inc()
+            m.monitor_counts.record(("", *mentioned), v, s)
+            names = frozenset(compiled.monitors[i].name for i in matched & evaluated)
+            m.monitor_counts.match(names, v, s)
         # 4xx are the client's doing: neither an error of the version nor a sample for it
         if failed or status < 400:
             self.observations.add(Observation(time.time(), shard.version, s, bool(failed), latency, names, mentioned))
