@@ -13,12 +13,15 @@ PY_TOOLS=(
   "cloudcoil-models-prometheus-operator==0.80.1.0"  # ServiceMonitor / PrometheusRule models from the operator's CRDs
 )
 
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+APT=()
+command -v promtool >/dev/null && command -v prometheus >/dev/null || APT+=(prometheus)
+command -v systemd-analyze >/dev/null || APT+=(systemd)
+if [ ${#APT[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
   # The package list may be missing or old on a fresh machine.
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${APT[@]}" >/dev/null
   # The package starts a system Prometheus on :9090; tests start their own on free ports.
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
     $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
