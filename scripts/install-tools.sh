@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Tools the tests run for real, beside the Python project: Prometheus (server + promtool, Debian)
-# and the deployment checkers (PyPI, into the project venv). Idempotent; a few checks when present.
+# Tools the tests run for real, beside the Python project: Prometheus (server + promtool) and
+# systemd-analyze from Debian, and the deployment checkers from PyPI (into the project venv).
+# Idempotent: only a few checks when everything is present.
 #   scripts/install-tools.sh [VENV]        (default .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
