@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from pathlib import Path
 
-import grpc
 import torch
 
 from factpatch import patchfile
-from factpatch.server.pb import fleet_pb2_grpc, patch_pb2, patch_pb2_grpc, rollout_pb2_grpc
+from factpatch.server.client import Client, new_request_id  # noqa: F401  (tests import Client from here)
 
 OPERATOR_TOKEN = "op-" + "x" * 29
 VIEWER_TOKEN = "view-" + "y" * 27
@@ -44,34 +42,4 @@ def random_patch(
 
 
 def rid() -> str:
-    return uuid.uuid4().hex
-
-
-class Client:
-    def __init__(self, target: str, token: str | None):
-        self.channel = grpc.insecure_channel(target)
-        self.md = (("authorization", f"Bearer {token}"),) if token else ()
-        self.patches = patch_pb2_grpc.PatchServiceStub(self.channel)
-        self.fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
-        self.rollouts = rollout_pb2_grpc.RolloutServiceStub(self.channel)
-
-    def __call__(self, method, request, timeout: float = 30):
-        return method(request, metadata=self.md, timeout=timeout)
-
-    def push(self, data: bytes, expected: str | None = None, request_id: str | None = None, size: int | None = None,
-             chunk: int = 1 << 16):
-        header = patch_pb2.ImportPatchHeader(
-            request_id=request_id or rid(),
-            expected_digest="sha256:" + hashlib.sha256(data).hexdigest() if expected is None else expected,
-            size_bytes=len(data) if size is None else size,
-        )
-
-        def parts():
-            yield patch_pb2.ImportPatchRequest(header=header)
-            for i in range(0, len(data), chunk):
-                yield patch_pb2.ImportPatchRequest(chunk=data[i:i + chunk])
-
-        return self.patches.ImportPatch(parts(), metadata=self.md, timeout=30)
-
-    def close(self):
-        self.channel.close()
+    return new_request_id()

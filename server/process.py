@@ -1,0 +1,87 @@
+"""`factpatch serve` as a child process: for the demo, benchmarks and tests that must kill -9 it.
+
+The control plane writes the ports it bound (gRPC and gateway, either may be :0) to files named by
+FACTPATCH_PORT_FILE / FACTPATCH_GATEWAY_PORT_FILE; the launcher waits for those and for gRPC health.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+class ControlPlaneProcess:
+    def __init__(self, state_dir: Path, tokens_file: Path, agent_token: str, shards: dict[str, str],
+                 base_dirs: list[str] = (), interval: float = 0.3, gateway: bool = True,
+                 extra_args: list[str] = ()):
+        self.state_dir = Path(state_dir)
+        self.argv = [sys.executable, "-c", "from factpatch.cli import main; main()", "serve",
+                     "--state-dir", str(state_dir), "--listen", "127.0.0.1:0", "--tokens-file", str(tokens_file),
+                     "--reconcile-interval", str(interval),
+                     "--gateway-listen", "127.0.0.1:0" if gateway else "off", *extra_args]
+        for name, url in shards.items():
+            self.argv += ["--shard", f"{name}={url}"]
+        for d in base_dirs:
+            self.argv += ["--base-dir", str(d)]
+        self.agent_token = agent_token
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+        self.gateway_port: int | None = None
+        self.log_path = self.state_dir.parent / "serve.log"
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def start(self, timeout: float = 60) -> "ControlPlaneProcess":
+        self.state_dir.parent.mkdir(parents=True, exist_ok=True)
+        port_file = self.state_dir.parent / "serve.port"
+        gw_file = self.state_dir.parent / "gateway.port"
+        for f in (port_file, gw_file):
+            f.unlink(missing_ok=True)
+        env = {**os.environ, "FACTPATCH_AGENT_TOKEN": self.agent_token, "FACTPATCH_PORT_FILE": str(port_file),
+               "FACTPATCH_GATEWAY_PORT_FILE": str(gw_file)}
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
+            if port_file.exists() and port_file.read_text():
+                self.port = int(port_file.read_text())
+                if gw_file.exists() and gw_file.read_text():
+                    self.gateway_port = int(gw_file.read_text())
+                with grpc.insecure_channel(self.target) as ch:
+                    st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                if st == health_pb2.HealthCheckResponse.SERVING:
+                    return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("serve did not come up")
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        if getattr(self, "_log", None) and not self._log.closed:
+            self._log.close()
