@@ -138,6 +138,15 @@ async def _fetch(store_url: str, digest: str, store_token: str | None) -> bytes 
     return r.content
 
 
+async def _internal(st: AgentState, e: Exception) -> JSONResponse:
+    log.exception("swap failed")
+    try:
+        await st.swap.refresh()
+    except Exception:
+        pass
+    return error(500, "INTERNAL", f"{type(e).__name__}: {e}; see status for the ranks' state")
+
+
 def build_router() -> APIRouter:
     router = APIRouter(prefix=PREFIX)
 
@@ -173,6 +182,8 @@ def build_router() -> APIRouter:
             await st.swap.swap(data, digest)
         except SwapError as e:
             return error(e.status, e.reason, str(e))
+        except Exception as e:  # an RPC that timed out or a worker that died: state is re-read
+            return await _internal(st, e)
         body = status_body(st)
         _remember(st, request_id, digest, body)
         return body
@@ -192,6 +203,8 @@ def build_router() -> APIRouter:
             await st.swap.swap(None, None)
         except SwapError as e:
             return error(e.status, e.reason, str(e))
+        except Exception as e:
+            return await _internal(st, e)
         body = status_body(st)
         _remember(st, request_id, None, body)
         return body

@@ -84,8 +84,9 @@ class SwapCoordinator:
     async def swap(self, data: bytes | None, version: str | None) -> SwapState:
         """Make `version` (patch bytes; None = base) active on every rank, or leave all as they were."""
         async with self._lock:
-            if version == self.state.active_version:
-                return self.state  # already active: nothing to do
+            ranks = self.state.ranks
+            if ranks and all(r.get("active_version") == version for r in ranks):
+                return self.state  # already active on every rank: nothing to do
             self.state.swapping = True
             try:
                 return await self._swap_locked(data, version)

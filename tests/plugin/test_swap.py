@@ -127,3 +127,17 @@ def test_concurrent_swaps_are_serialised():
     # Each swap's steps are contiguous: no stage of one between the pause and resume of another.
     seq = [c for c in eng.calls if c in ("factpatch_stage", "resume")]
     assert seq == ["factpatch_stage", "resume"] * 3
+
+
+def test_revert_is_not_skipped_when_ranks_disagree():
+    eng = FakeEngine()
+    eng.version = ["sha256:a", None]  # e.g. after a rank was restarted
+    co = SwapCoordinator(eng)
+
+    async def go():
+        await co.refresh()
+        assert co.state.active_version is None
+        await co.swap(None, None)
+
+    run(go())
+    assert "factpatch_commit" in eng.calls and eng.version == [None, None]
