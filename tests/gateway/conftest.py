@@ -1,0 +1,156 @@
+"""Gateway tests on two real vLLM shards (fixture model) behind a real control plane and gateway.
+
+The shards and the test patches are made once for the package; each test gets a fresh control
+plane (state, gateway, metrics) and leaves the shards on base.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from factpatch.server.pb import rollout_pb2
+
+from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, rid, write_tokens
+
+S = rollout_pb2.RolloutState
+
+
+@dataclass(frozen=True)
+class Fact:
+    subject: str
+    relation: str
+    old: str
+    new: str
+    prompts: tuple[str, ...]  # every phrasing of the relation, subject filled in
+
+
+@pytest.fixture(scope="package")
+def fact(world) -> Fact:
+    f = next(f for f in world.facts if f.subject == "Harbor Support" and f.relation == "refund period")
+    rel = world.relations[f.relation]
+    new = next(c for c in rel.candidates if c != f.object)
+    return Fact(f.subject, f.relation, f.object, new, tuple(t.replace("{}", f.subject) for t in rel.templates))
+
+
+@pytest.fixture(scope="package")
+def fix_patch(fixture_dir, fact) -> bytes:
+    """Makes the canary answer the new value for the fact's prompts (see patches.py)."""
+    from .patches import push_token_patch
+
+    return push_token_patch(fixture_dir, fact)
+
+
+@pytest.fixture(scope="package")
+def weak_patch(fixture_dir, fact) -> bytes:
+    """The same edit claimed, with a change too small to alter any answer: it must fail analysis."""
+    from .patches import push_token_patch
+
+    return push_token_patch(fixture_dir, fact, weaken=1e-6)
+
+
+# the fixture model has no chat template of its own
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+@pytest.fixture(scope="package")
+def shards(fixture_dir, tmp_path_factory):
+    from factpatch.plugin.testing import ShardServer
+
+    template = tmp_path_factory.mktemp("chat") / "template.jinja"
+    template.write_text(CHAT_TEMPLATE)
+    args = ["--max-model-len", "128", "--dtype", "float32", "--seed", "0", "--chat-template", str(template)]
+    s0, s1 = ShardServer(fixture_dir, vllm_args=args), ShardServer(fixture_dir, vllm_args=args)
+    for s in (s0, s1):
+        s.token = AGENT_TOKEN
+    with s0, s1:
+        yield {"s0": s0, "s1": s1}
+
+
+class Stack:
+    """A control plane with its gateway over the package's shards."""
+
+    def __init__(self, srv, model: str):
+        self.srv = srv
+        self.model = model
+        self.url = f"http://127.0.0.1:{srv.gateway.port}"
+        self.cl = Client(f"127.0.0.1:{srv.port}", OPERATOR_TOKEN)
+        self.http = httpx.Client(base_url=self.url, timeout=120)
+
+    def wait_routable(self, names=("s0", "s1"), timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            ok = {v.name for v in self.srv.gateway.router.shards() if v.available}
+            if set(names) <= ok:
+                return
+            assert time.monotonic() < deadline, f"shards not routable: {self.srv.gateway.router.shards()}"
+            time.sleep(0.1)
+
+    def wait_split(self, rollout_id: str, canary: tuple[str, ...], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            sp = self.srv.gateway.router.table.split
+            if sp and sp.rollout_id == rollout_id and sp.canary == canary:
+                self.wait_routable()
+                return
+            assert time.monotonic() < deadline, f"split not in place: {sp}"
+            time.sleep(0.1)
+
+    def complete(self, prompt: str, *, key: str | None = None, route: str | None = None, max_tokens: int = 4,
+                 **body) -> httpx.Response:
+        headers = {}
+        if key:
+            headers["X-Factpatch-Route-Key"] = key
+        if route:
+            headers["X-Factpatch-Route"] = route
+        return self.http.post("/v1/completions", headers=headers, json={
+            "model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, **body})
+
+    def start(self, patch: str, **kw) -> rollout_pb2.Rollout:
+        return self.cl(self.cl.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(request_id=rid(), patch=patch, **kw))
+
+    def wait_state(self, rollout_id: str, states: set[str], timeout: float = 180) -> rollout_pb2.Rollout:
+        want = {S.Value("ROLLOUT_STATE_" + s) for s in states}
+        last = None
+        for r in self.cl.rollouts.WatchRollout(rollout_pb2.WatchRolloutRequest(id=rollout_id), metadata=self.cl.md,
+                                               timeout=timeout):
+            last = r
+            if r.state in want:
+                return r
+        raise AssertionError(f"rollout ended as {last}")
+
+    def metric(self, name: str, **labels) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total = 0.0
+        for fam in text_string_to_metric_families(self.http.get("/metrics").text):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total += s.value
+        return total
+
+
+@pytest.fixture
+def stack(tmp_path, shards, fixture_dir):
+    from factpatch.server.app import ControlPlaneServer, ServeConfig
+    from factpatch.server.gateway.app import GatewayConfig
+
+    for s in shards.values():  # every test starts on base
+        assert s.revert().status_code == 200
+    srv = ControlPlaneServer(ServeConfig(
+        state_dir=tmp_path / "state", listen="127.0.0.1:0", tokens_file=write_tokens(tmp_path / "tokens.yaml"),
+        agent_token=AGENT_TOKEN, reconcile_interval=0.2, shards={n: s.url for n, s in shards.items()},
+        gateway=GatewayConfig(listen="127.0.0.1:0"),
+    ))
+    srv.start()
+    st = Stack(srv, str(fixture_dir))
+    try:
+        st.wait_routable()
+        yield st
+    finally:
+        st.http.close()
+        st.cl.close()
+        srv.stop(0)

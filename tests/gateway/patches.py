@@ -1,0 +1,43 @@
+"""A patch the tests build in seconds: a rank-1 change of the last MLP's output that pushes the
+new object's first token for prompts like the fact's. Crude next to ROME, but deterministic and
+enough to make the canary's answers lose the stale value (edit quality is the editor's tests' job).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from factpatch import patchfile
+from factpatch.server.basecheck import LocalCheckpoint
+
+
+def push_token_patch(model_dir, fact, *, strength: float = 8.0, weaken: float = 1.0) -> bytes:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(2)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    last = len(model.model.layers) - 1
+    down = model.model.layers[last].mlp.down_proj
+    name = f"model.layers.{last}.mlp.down_proj.weight"
+
+    keys, hidden = [], []
+    hook = down.register_forward_hook(lambda m, inp, out: keys.append(inp[0][0, -1].detach()))
+    with torch.no_grad():
+        for p in fact.prompts:
+            out = model(**tok(p, return_tensors="pt"), output_hidden_states=True)
+            hidden.append(out.hidden_states[-1][0, -1].norm())
+    hook.remove()
+    k = torch.stack(keys).mean(0)
+    v = k / k.dot(k)  # v . k = 1 for the mean key
+    target = tok(" " + fact.new, add_special_tokens=False).input_ids[0]
+    u = model.lm_head.weight[target].detach().clone()
+    u = u / u.norm() * float(torch.stack(hidden).mean()) * strength * weaken
+    fp = LocalCheckpoint(model_dir).fingerprint([name])
+    manifest = patchfile.new_manifest(
+        model_name=str(model_dir), fingerprint=fp, method="test-push-token", layers=[last],
+        hparams={"strength": strength, "weaken": weaken},
+        edits=[{"subject": fact.subject, "relation": fact.relation, "prompt": fact.prompts[0].replace(fact.subject, "{}"),
+                "target_new": fact.new, "target_old": fact.old, "provenance": {"ticket": "TEST-GW"}}],
+    )
+    return patchfile.to_bytes(patchfile.Patch({name: (u[:, None].contiguous(), v[:, None].contiguous())}, manifest))
