@@ -6,7 +6,10 @@ plane (state, gateway, metrics) and leaves the shards on base.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -108,6 +111,29 @@ class Stack:
             headers["X-Factpatch-Route"] = route
         return self.http.post("/v1/completions", headers=headers, json={
             "model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, **body})
+
+    @contextmanager
+    def traffic(self, prompts: tuple[str, ...], max_tokens: int = 4):
+        """Requests with distinct sticky keys in the background; yields counts per served version."""
+        stop, counts = threading.Event(), Counter()
+
+        def run():
+            i = 0
+            with httpx.Client(base_url=self.url, timeout=120) as h:
+                while not stop.is_set():
+                    r = h.post("/v1/completions", headers={"X-Factpatch-Route-Key": f"traffic-{i}"}, json={
+                        "model": self.model, "prompt": prompts[i % len(prompts)], "max_tokens": max_tokens,
+                        "temperature": 0.0})
+                    counts[r.headers.get("X-Factpatch-Version", str(r.status_code))] += 1
+                    i += 1
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        try:
+            yield counts
+        finally:
+            stop.set()
+            t.join(timeout=120)
 
     def start(self, patch: str, **kw) -> rollout_pb2.Rollout:
         return self.cl(self.cl.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(request_id=rid(), patch=patch, **kw))
