@@ -108,13 +108,19 @@ def main() -> None:
         res["checkpoint_bytes"] = sum(f.stat().st_size for f in model.glob("*.safetensors"))
 
         base_tps, patched_tps = [], []
-        for _ in range(3):  # interleaved so drift hits both sides alike
-            base_tps.append(decode_tps(shard, prompt))
-            shard.apply(data).raise_for_status()
-            patched_tps.append(decode_tps(shard, prompt))
-            shard.revert().raise_for_status()
+        for i in range(6):  # interleaved, alternating which side goes first, so drift hits both alike
+            order = ("base", "patched") if i % 2 == 0 else ("patched", "base")
+            for side in order:
+                if side == "patched":
+                    shard.apply(data).raise_for_status()
+                    patched_tps.append(decode_tps(shard, prompt))
+                    shard.revert().raise_for_status()
+                else:
+                    base_tps.append(decode_tps(shard, prompt))
+        ratios = [p / b for p, b in zip(patched_tps, base_tps)]
         res["decode_tokens_per_s"] = {"base": statistics.median(base_tps), "patched": statistics.median(patched_tps)}
-        res["decode_throughput_ratio_patched_over_base"] = statistics.median(patched_tps) / statistics.median(base_tps)
+        res["decode_throughput_ratio_patched_over_base"] = statistics.median(ratios)
+        res["decode_throughput_ratios_per_pair"] = ratios
         t0 = time.perf_counter()
     # The alternative: stop the server, bake the edit into a checkpoint copy, start vLLM on it.
     stop_s = time.perf_counter() - t0
