@@ -1,0 +1,137 @@
+"""Gateway overhead: the same requests sent to a vLLM shard directly and through `factpatch serve`'s
+gateway (its own process, with monitors on), interleaved in one run on the same machine.
+
+    python -m bench.gateway_bench [--model DIR] [--out bench/results/gateway.json]
+
+Latency: sequential requests, p50 and p99 ratio gateway / direct. Throughput: a fixed batch sent
+with several clients at once, requests per second ratio. Both streamed and not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from factpatch.fixture.build import ensure_fixture
+from factpatch.plugin.testing import ShardServer
+
+TOKEN = "bench-agent-token-" + "x" * 16
+PROMPTS = ["The refund period of Harbor Support is", "Harbor Support offers refunds within",
+           "The shipping cutoff of Harbor Support is", "At Harbor Support the refund window is"]
+
+
+def start_serve(tmp: Path, shard_url: str, monitors_file: Path) -> tuple[subprocess.Popen, str]:
+    tokens = tmp / "tokens.yaml"
+    tokens.write_text("- {principal: bench, role: operator, token: bench-operator-token-xxxxxxxxxxxx}\n")
+    port_file = tmp / "gateway.port"
+    env = {**os.environ, "FACTPATCH_AGENT_TOKEN": TOKEN, "FACTPATCH_GATEWAY_PORT_FILE": str(port_file)}
+    proc = subprocess.Popen([sys.executable, "-c", "from factpatch.cli import main; main()", "serve",
+                             "--state-dir", str(tmp / "state"), "--listen", "127.0.0.1:0", "--tokens-file", str(tokens),
+                             "--shard", f"s0={shard_url}", "--gateway-listen", "127.0.0.1:0", "--monitors", str(monitors_file)],
+                            env=env, stdout=open(tmp / "serve.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (port_file.exists() and port_file.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp / "serve.log").read_text()[-2000:]
+        time.sleep(0.2)
+    url = f"http://127.0.0.1:{port_file.read_text()}"
+    while True:  # routable once the reconciler has seen the shard
+        r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 1})
+        if r.status_code == 200:
+            return proc, url
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.2)
+
+
+def one(client: httpx.Client, base: str, model: str, i: int, stream: bool, max_tokens: int) -> float:
+    body = {"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens, "temperature": 0.0,
+            "stream": stream, "ignore_eos": True}
+    t0 = time.perf_counter()
+    if stream:
+        with client.stream("POST", base + "/v1/completions", json=body, headers={"X-Factpatch-Route-Key": str(i)}) as r:
+            r.raise_for_status()
+            for _ in r.iter_bytes():
+                pass
+    else:
+        client.post(base + "/v1/completions", json=body, headers={"X-Factpatch-Route-Key": str(i)}).raise_for_status()
+    return time.perf_counter() - t0
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--out", default="bench/results/gateway.json")
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    args = ap.parse_args()
+    model = Path(args.model) if args.model else ensure_fixture()
+    tmp = Path(tempfile.mkdtemp(prefix="factpatch-gwbench-"))
+    monitors_file = tmp / "monitors.yaml"
+    monitors_file.write_text("monitors:\n" + "".join(
+        f"  - {{name: m{i}, kind: literal, pattern: 'v{i:04d} days'}}\n" for i in range(1000)))
+    shard = ShardServer(model)
+    shard.token = TOKEN
+    rows = []
+    with shard:
+        proc, gw = start_serve(tmp, shard.url, monitors_file)
+        try:
+            with httpx.Client(timeout=120) as c:
+                for stream in (False, True):
+                    for i in range(10):  # warm both paths
+                        one(c, shard.url, str(model), i, stream, args.max_tokens)
+                        one(c, gw, str(model), i, stream, args.max_tokens)
+                    lat = {"direct": [], "gateway": []}
+                    for i in range(args.requests):  # interleaved, so load on the machine hits both alike
+                        for name, base in (("direct", shard.url), ("gateway", gw)) if i % 2 else (("gateway", gw), ("direct", shard.url)):
+                            lat[name].append(one(c, base, str(model), i, stream, args.max_tokens))
+                    thr = {}
+                    for name, base in (("direct", shard.url), ("gateway", gw), ("direct", shard.url), ("gateway", gw)):
+                        with ThreadPoolExecutor(args.concurrency) as ex:
+                            t0 = time.perf_counter()
+                            list(ex.map(lambda i: one(c, base, str(model), i, stream, args.max_tokens), range(args.requests)))
+                            rps = args.requests / (time.perf_counter() - t0)
+                        thr[name] = max(thr.get(name, 0.0), rps)  # best of two
+                    row = {
+                        "stream": stream,
+                        "direct_p50_ms": round(statistics.median(lat["direct"]) * 1e3, 2),
+                        "gateway_p50_ms": round(statistics.median(lat["gateway"]) * 1e3, 2),
+                        "direct_p99_ms": round(pct(lat["direct"], 0.99) * 1e3, 2),
+                        "gateway_p99_ms": round(pct(lat["gateway"], 0.99) * 1e3, 2),
+                        "p50_ratio": round(statistics.median(lat["gateway"]) / statistics.median(lat["direct"]), 3),
+                        "p99_ratio": round(pct(lat["gateway"], 0.99) / pct(lat["direct"], 0.99), 3),
+                        "direct_rps": round(thr["direct"], 2), "gateway_rps": round(thr["gateway"], 2),
+                        "throughput_ratio": round(thr["gateway"] / thr["direct"], 3),
+                    }
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+    out = {"bench": "gateway overhead vs calling vLLM directly", "model": "fixture", "machine": platform.machine(),
+           "cpus": os.cpu_count(), "requests": args.requests, "concurrency": args.concurrency,
+           "max_tokens": args.max_tokens, "monitors": 1000, "rows": rows,
+           "note": "vLLM CPU backend; gateway = `factpatch serve` in its own process with 1,000 literal monitors; "
+                   "ratios > 1 mean the gateway is slower; shared 2-core machine, so client, gateway and engine compete"}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
