@@ -131,7 +131,7 @@ def test_edited_fact_changes_and_logprobs_match_transformers(clean_shard, edit, 
 def test_random_patch_logprobs_match_transformers(clean_shard, fixture_dir, reference, world, module):
     # down_proj / o_proj are row-parallel; gate_proj and up_proj live in vLLM's merged gate_up_proj.
     s = clean_shard
-    data, patch = random_patch(fixture_dir, {2: 0.6, 4: 0.6}, seed=3, module=module)
+    data, patch = random_patch(fixture_dir, {2: 2.0, 4: 2.0}, seed=3, module=module)
     prompts = [p for p, _ in fact_prompts(world, 6)]
     assert s.apply(data).status_code == 200
     got = answers(s, prompts, max_tokens=6)
