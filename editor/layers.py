@@ -14,10 +14,11 @@ from .adapters import Adapter
 Strategy = Callable[[Adapter, object, list, str], list[int]]
 STRATEGIES: dict[str, Strategy] = {}
 
-# Relative depth of the edited layers, chosen by a sweep on the fixture (6 layers; see
-# bench/results/layer_sweep.json): ROME writes one early-middle layer, MEMIT a window ending there.
-ROME_DEPTH = 0.2
-MEMIT_WINDOW = (0.0, 0.4)
+# Relative depth of the edited layers, from a small sweep on the fixture (6 layers, 6 single ROME
+# edits each): layer 1 lost 7.9 points of neighbour accuracy, layer 2 3.0 points, both 100 % efficacy;
+# layer 0 keys are little more than token embeddings. MEMIT takes the window ending at the ROME layer.
+ROME_DEPTH = 0.4
+MEMIT_WINDOW = (0.2, 0.4)
 
 
 class LayerError(ValueError):

@@ -21,7 +21,7 @@ from .weights import add_low_rank
 
 @dataclass(frozen=True)
 class MemitParams:
-    value: ValueParams = field(default_factory=lambda: ValueParams(norm_ref="residual", clamp_norm=0.75))
+    value: ValueParams = field(default_factory=lambda: ValueParams(lr=1.0, weight_decay=0.1, clamp_norm=1.5, norm_ref="residual", steps=20))
     n_prefixes: int = 5
     mom2_weight: float = 15000.0  # λ: how much the corpus keys weigh against the new ones
 

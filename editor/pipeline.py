@@ -152,7 +152,12 @@ def validate(loaded: Loaded, edits, opts: EditOptions) -> tuple[list[int], Corpu
         if fp != parent[0].manifest["base"]["fingerprint"]:
             raise EditInputError(f"--parent {opts.parent} was made for a different base model (fingerprint mismatch)")
     try:
-        chosen = layer_choice.resolve(choice, loaded.adapter.n_layers, opts.method, loaded.adapter, tok, edits)
+        if choice == "auto":  # trace + validation sweep; needs the loaded model, the corpus and the options
+            from .auto_layers import choose_layers
+
+            chosen = layer_choice.check(choose_layers(loaded, edits, opts), loaded.adapter.n_layers, opts.method)
+        else:
+            chosen = layer_choice.resolve(choice, loaded.adapter.n_layers, opts.method, loaded.adapter, tok, edits)
     except layer_choice.LayerError as e:
         raise EditInputError(str(e)) from None
     return chosen, corpus, parent
@@ -237,7 +242,8 @@ def run_edit(loaded: Loaded, edits, opts: EditOptions, on_progress: Callable[[st
         fingerprint=base_fp,
         method=opts.method,
         layers=all_layers,
-        hparams={**_hparams(opts, layers, corpus, len(corpus.head(opts.n_samples))), "batch_layers": layers},
+        hparams={**_hparams(opts, layers, corpus, len(corpus.head(opts.n_samples))), "batch_layers": list(layers),
+                 **({"layer_choice": layers.report} if hasattr(layers, "report") else {})},
         edits=(parent[0].manifest.get("edits", []) if parent else []) + entries,
         parent=parent[1] if parent else None,
     )

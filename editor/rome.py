@@ -22,8 +22,10 @@ from .weights import add_low_rank
 
 @dataclass(frozen=True)
 class RomeParams:
-    value: ValueParams = field(default_factory=ValueParams)
-    n_prefixes: int = 10
+    # The residual is the reference scale: in a small RMSNorm model the MLP output of a middle layer
+    # is a tenth of the residual, and a clamp relative to it stops the edit from ever taking.
+    value: ValueParams = field(default_factory=lambda: ValueParams(lr=1.0, weight_decay=0.1, clamp_norm=1.5, norm_ref="residual", steps=20))
+    n_prefixes: int = 6
 
 
 def rank_one(delta: torch.Tensor, key: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
