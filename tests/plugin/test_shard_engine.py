@@ -58,22 +58,17 @@ def reference(fixture_dir):
 
 @pytest.fixture(scope="module")
 def edit(fixture_dir, world):
-    """A real ROME patch rewriting one fact, made by the editor; skipped where it cannot edit."""
-    try:
-        from factpatch.editor.pipeline import EditOptions, load, run_edit
-        from factpatch.spec import Edit
-    except ImportError as e:
-        pytest.skip(f"editor unavailable: {e}")
+    """A real ROME patch rewriting one fact, made by the editor."""
+    from factpatch.editor.pipeline import EditOptions, load, run_edit
+    from factpatch.spec import Edit
+
     fact = world.facts[0]
     rel = world.relations[fact.relation]
     new = next(c for c in rel.candidates if c != fact.object)
     prompt = rel.templates[fact.train_templates[0]]
     e = Edit(subject=fact.subject, relation=fact.relation, prompt=prompt, target_new=new, target_old=fact.object)
-    try:
-        loaded = load(fixture_dir)
-        result = run_edit(loaded, [e], EditOptions(method="rome", n_samples=400))
-    except Exception as err:  # e.g. the model already answers `new`, or an untrained checkpoint
-        pytest.skip(f"editor could not make the patch: {err}")
+    loaded = load(fixture_dir)
+    result = run_edit(loaded, [e], EditOptions(method="rome", n_samples=400))
     data = patchfile.to_bytes(result.patch)
     return {"data": data, "patch": result.patch, "prompt": prompt.format(fact.subject), "new": new,
             "old": fact.object, "subject": fact.subject}
@@ -119,9 +114,8 @@ def test_edited_fact_changes_and_logprobs_match_transformers(clean_shard, edit, 
     ref = reference.token_logprobs(edit["prompt"], after["ids"])
     diff = max(abs(a - b) for a, b in zip(after["logprobs"], ref))
     assert diff <= LOGPROB_TOL, (after["logprobs"], ref)
-    ref_answer = reference.greedy(edit["prompt"], 4)
-    if not ref_answer.strip().startswith(edit["new"]):
-        pytest.skip(f"the editor's edit does not take on this checkpoint even in transformers: {ref_answer!r}")
+    # The edit takes in transformers, and vLLM says the same.
+    assert reference.greedy(edit["prompt"], 4).strip().startswith(edit["new"])
     assert after["text"].strip().startswith(edit["new"]), after["text"]
     # Unrelated facts keep their answers.
     assert [a["text"] for a in answers(s, others)] == base_others

@@ -40,7 +40,7 @@ def shards(fixture_dir):
 def patches(fixture_dir):
     fp = LocalCheckpoint(fixture_dir).fingerprint([W])
     return {
-        "a": random_patch({W: (256, 1024)}, fp, rank=2, seed=1, scale=0.15),
+        "a": random_patch({W: (256, 1024)}, fp, rank=2, seed=1, scale=0.5),  # moves the answer's log-prob
         "wide": random_patch({W: (256, 1024)}, fp, rank=8, seed=2, scale=0.05),
         "other_base": random_patch({W: (256, 1024)}, "sha256:" + "e" * 64, rank=2, seed=3),
     }
