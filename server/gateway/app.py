@@ -215,6 +215,8 @@ class Gateway:
                                      forward_headers(request.headers), self.metrics, timeout)
         except NoShard as e:
             return openai_error(e.status, str(e), type_="server_error", code=e.code)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:  # sent, but no answer came back
+            return openai_error(502, f"the shard failed to answer: {e!r}", type_="server_error", code="upstream_error")
         scanner = compiled.scanner()
         failed: str | None = None
         try:
@@ -241,7 +243,12 @@ class Gateway:
                 if failed != "client_gone":
                     await out.write_eof()
                 return out
-            data = await resp.read()
+            try:
+                data = await resp.read()
+            except aiohttp.ClientError as e:
+                failed = "upstream_broken"
+                return openai_error(502, f"shard {shard.name} broke off its answer: {e!r}", type_="server_error",
+                                    code="upstream_error")
             if resp.status == 200:
                 try:
                     for _, text in choice_texts(json.loads(data)):

@@ -98,7 +98,7 @@ async def send(session: aiohttp.ClientSession, router, route: str, cands, path: 
         try:
             resp = await session.post(shard.url + path, data=raw, headers=headers, timeout=timeout)
             return shard, resp
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as e:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.ServerDisconnectedError) as e:
             # nothing was generated: the shard is down or restarting
             router.inflight[shard.name] -= 1
             metrics.errors.labels(shard.version or "base", shard.name, "connect").inc()
@@ -108,6 +108,8 @@ async def send(session: aiohttp.ClientSession, router, route: str, cands, path: 
                               "shard_unreachable") from e
             metrics.retries.labels(shard.version or "base", shard.name).inc()
             shard = router.pick(same)
-        except BaseException:
+        except BaseException as e:
             router.inflight[shard.name] -= 1
+            if isinstance(e, (aiohttp.ClientError, TimeoutError)):
+                metrics.errors.labels(shard.version or "base", shard.name, "upstream_error").inc()
             raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -25,14 +26,17 @@ def test_split_sticky_keys_and_override(stack, fix_patch, fact):
     r = stack.wait_state(r.id, {"PAUSED"})
     stack.wait_split(r.id, ("s0",))
 
-    n, served = 400, {}
-    for i in range(n):
+    def send(i: int):
         key = f"customer-{i}"
         # half the keys as a header, half as the OpenAI `user` field
         resp = stack.complete(fact.prompts[0], key=key, max_tokens=1) if i % 2 else \
             stack.complete(fact.prompts[0], max_tokens=1, user=key)
         assert resp.status_code == 200, resp.text
-        served[key] = (resp.headers["X-Factpatch-Version"], resp.headers["X-Factpatch-Shard"])
+        return key, (resp.headers["X-Factpatch-Version"], resp.headers["X-Factpatch-Shard"])
+
+    n = 400
+    with ThreadPoolExecutor(4) as ex:
+        served = dict(ex.map(send, range(n)))
     canary = sum(v == patch for v, _ in served.values())
     sd = math.sqrt(n * 0.25 * 0.75)
     assert abs(canary - n * 0.25) <= 4.5 * sd, f"{canary} of {n} on the canary"
