@@ -188,6 +188,26 @@ def _rollout_detail(r) -> None:
         t.add_row(s.shard, s.previous_version[:19] or "base", s.desired_version[:19] or "base",
                   s.active_version[:19] or "base", f"{s.error_reason} {s.error}".strip())
     c.print(t)
+    decisions = {v: k.replace("ANALYSIS_DECISION_", "") for k, v in rollout_pb2.AnalysisDecision.items()}
+    for run in r.analysis:
+        c.print(f"analysis step {run.step + 1}: {decisions[run.decision]}  {run.message}")
+        g = Table("gate", "canary", "base", "samples (canary/base)", "outcome")
+        for x in run.gates:
+            g.add_row(f"{x.gate.metric} <= {x.gate.max_ratio:g}x", f"{x.canary_value:.4g}", f"{x.base_value:.4g}",
+                      f"{x.canary_samples}/{x.base_samples}", decisions[x.outcome])
+        c.print(g)
+
+
+def _parse_gate(text: str) -> rollout_pb2.AnalysisGate:
+    parts = text.split(":")
+    try:
+        if not 2 <= len(parts) <= 4:
+            raise ValueError
+        return rollout_pb2.AnalysisGate(metric=parts[0], max_ratio=float(parts[1]),
+                                        min_samples=int(parts[2]) if len(parts) > 2 else 0,
+                                        max_value=float(parts[3]) if len(parts) > 3 else 0.0)
+    except ValueError:
+        raise typer.BadParameter(f"--gate wants METRIC:MAX_RATIO[:MIN_SAMPLES[:MAX_VALUE]], got {text!r}") from None
 
 
 def _wait(c: Ctx, rollout_id: str, until: set[str], timeout: float) -> rollout_pb2.Rollout:
@@ -220,13 +240,17 @@ def rollout_start(
     traffic: int = typer.Option(0, help="Canary traffic share in percent (for the gateway)."),
     deadline: int = typer.Option(300, help="Seconds a step may take before the rollout rolls back."),
     wait: bool = typer.Option(False, "--wait", help="Wait until the canary is live (PAUSED) or the rollout ends."),
+    gate: list[str] = typer.Option([], "--gate", help="Canary analysis gate METRIC:MAX_RATIO[:MIN_SAMPLES[:MAX_VALUE]], "
+                                   "e.g. stale_value_rate:0.5:50 (repeatable)."),
+    analysis_seconds: int = typer.Option(0, "--analysis-seconds", help="Analysis window per step (default 60)."),
 ) -> None:
     c: Ctx = ctx.obj
+    gates = [_parse_gate(g) for g in gate]
     r = c.call(c.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(
         request_id=rid(), patch=patch, canary_shards=canary, shards=shard, canary_traffic_percent=traffic,
-        progress_deadline_seconds=deadline))
+        progress_deadline_seconds=deadline, gates=gates, analysis_seconds=analysis_seconds))
     if wait:
-        r = _wait(c, r.id, {"PAUSED", "SUCCEEDED", "FAILED", "ABORTED"}, deadline + 30)
+        r = _wait(c, r.id, {"PAUSED", "SUCCEEDED", "FAILED", "ABORTED"}, deadline + 30 + (analysis_seconds or 60) * bool(gates))
     _finish(c, r)
 
 
