@@ -34,6 +34,7 @@ class AutoParams:
     val_edits: int = 8  # edits in the held-out validation slice
     rome_candidates: int = 3  # single layers tried for ROME
     memit_lengths: tuple[int, ...] = (1, 2, 3, 5, 8)  # window lengths tried for MEMIT (≤ half the depth)
+    windows_per_length: int = 2
     efficacy_tolerance: float = 0.01
 
 
@@ -56,9 +57,10 @@ def candidates(profile: list[float], method: str, params: AutoParams = AutoParam
     for length in params.memit_lengths:
         if length > max(1, (n + 1) // 2):
             continue
-        # The strongest window of this length; on ties the earliest (edits low in the stack spread further).
-        start = max(range(n - length + 1), key=lambda s: (sum(p[s : s + length]), -s))
-        out.append(list(range(start, start + length)))
+        # The two strongest windows of this length: the trace peak is not always the best place to
+        # write (a first-layer peak is mostly the token embedding), so its neighbour is tried too.
+        starts = sorted(range(n - length + 1), key=lambda s: (-sum(p[s : s + length]), s))
+        out += [list(range(s, s + length)) for s in starts[: params.windows_per_length]]
     return out
 
 
@@ -94,7 +96,8 @@ def _rank_key(row: dict[str, Any], best_eff: float, tol: float):
 
 def choose_layers(loaded, edits, opts, params: AutoParams = AutoParams()) -> ChosenLayers:
     """Trace, sweep the candidates on a held-out slice, return the best layers with the report."""
-    from .pipeline import evaluate_patch, run_edit
+    from .pipeline import corpus_for, evaluate_patch, run_edit
+    from .stats import second_moments
 
     t0 = time.perf_counter()
     adapter, tok = loaded.adapter, loaded.tok
@@ -110,6 +113,9 @@ def choose_layers(loaded, edits, opts, params: AutoParams = AutoParams()) -> Cho
 
         cands = candidates(profile, opts.method, params)
         val = [edits[i] for i in val_idx]
+        # One corpus pass for every candidate layer; the sweep's edits then read them from the cache.
+        second_moments(adapter, tok, sorted({l for c in cands for l in c}), corpus_for(loaded, opts.corpus_dir),
+                       opts.n_samples, progress=opts.progress)
         vtask = bar.add_task("validating layer windows", total=len(cands)) if bar else None
         rows = []
         for c in cands:

@@ -97,7 +97,7 @@ def edit_cmd(
     spec: Path = typer.Option(..., "--spec", help="Edit spec, YAML or JSONL."),
     out_path: Path = typer.Option(..., "--out", help="Patch file to write (.fpatch)."),
     method: str = typer.Option("memit", "--method", help="rome (one layer, edits in sequence) or memit (a batch over several layers)."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Layers to edit: 3,4,5 or 3-5; default: chosen by the model's depth."),
+    layers: Optional[str] = typer.Option("auto", "--layers", help="Layers to edit: 3,4,5 or 3-5; auto: chosen by causal trace and a validation sweep; default: by the model's depth."),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Folder of .txt files for the covariance statistics; default: the fixture's corpus."),
     samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Corpus texts used for the covariance statistics; default: all."),
     parent: Optional[Path] = typer.Option(None, "--parent", help="Patch this batch follows; the new patch includes its factors."),
@@ -248,4 +248,7 @@ def show_cmd(
 def register(app: typer.Typer) -> None:
     app.command("edit")(edit_cmd)
     app.command("eval")(eval_cmd)
+    from .trace_cli import trace_cmd
+
+    app.command("trace")(trace_cmd)
     app.add_typer(patch_app, name="patch")
