@@ -18,7 +18,7 @@ from rich.table import Table
 from factpatch import patchfile
 from factpatch import spec as edit_spec
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # error text stays greppable, unwrapped
 out = Console()
 
 patch_app = typer.Typer(help="Inspect patch files.", no_args_is_help=True)
