@@ -2,8 +2,9 @@
 
 1. Trace a slice of the edits (their current answers) and read the MLP indirect effect at the subject's
    last token per layer: the layers whose MLP carries the fact are where ROME and MEMIT should write.
-2. Turn that profile into a few candidates: for ROME the strongest single layers, for MEMIT the
-   strongest contiguous window of each of a few lengths.
+2. Turn that profile into a few candidates around its peak: for ROME the peak layer and its
+   neighbours, for MEMIT the two strongest windows of each of a few lengths that hold the peak or
+   start just after it.
 3. Edit a held-out slice of the edits with each candidate and measure efficacy and specificity
    (neighbour facts keep their answers). Keep the candidates within one point of the best efficacy,
    then take the best specificity; generalization, fewer layers and the trace break ties.
@@ -50,16 +51,19 @@ def candidates(profile: list[float], method: str, params: AutoParams = AutoParam
     """Layer sets to validate, best trace score first."""
     n = len(profile)
     p = [max(0.0, x) for x in profile]
+    peak = max(range(n), key=lambda l: (p[l], -l))
     if method == "rome":
-        order = sorted(range(n), key=lambda l: (-p[l], l))
+        # The peak and the layers just after and before it: the peak is not always the best place to
+        # write (a first-layer peak is mostly the token embedding), and away from it the profile is noise.
+        order = [peak + d for d in (0, 1, -1, 2, -2) if 0 <= peak + d < n]
         return [[l] for l in order[: params.rome_candidates]]
     out = []
     for length in params.memit_lengths:
         if length > max(1, (n + 1) // 2):
             continue
-        # The two strongest windows of this length: the trace peak is not always the best place to
-        # write (a first-layer peak is mostly the token embedding), so its neighbour is tried too.
-        starts = sorted(range(n - length + 1), key=lambda s: (-sum(p[s : s + length]), s))
+        # Windows that hold the peak or start just after it; the strongest by trace score first.
+        starts = [s for s in range(n - length + 1) if s <= peak + 1 and s + length - 1 >= min(peak, n - 1)]
+        starts.sort(key=lambda s: (-sum(p[s : s + length]), s))
         out += [list(range(s, s + length)) for s in starts[: params.windows_per_length]]
     return out
 
