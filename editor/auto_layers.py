@@ -23,7 +23,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .trace import TraceSettings, items_for_edits, trace
+from .layers import LayerError
+from .trace import TraceError, TraceSettings, items_for_edits, trace
 
 AUTO = "auto"
 
@@ -109,9 +110,12 @@ def choose_layers(loaded, edits, opts, params: AutoParams = AutoParams()) -> Cho
     settings = TraceSettings(samples=params.trace_samples, seed=opts.seed, kinds=("mlp",))
     with _progress(opts.progress) as bar:
         task = bar.add_task("causal trace", total=None) if bar else None
-        items = items_for_edits(adapter, tok, [edits[i] for i in trace_idx])
-        result = trace(adapter, tok, items, settings,
-                       on_progress=(lambda d, t: bar.update(task, completed=d, total=t)) if bar else None)
+        try:
+            items = items_for_edits(adapter, tok, [edits[i] for i in trace_idx])
+            result = trace(adapter, tok, items, settings,
+                           on_progress=(lambda d, t: bar.update(task, completed=d, total=t)) if bar else None)
+        except TraceError as e:  # the pipeline reports a LayerError as bad input, exit code 2
+            raise LayerError(f"--layers auto: {e}") from None
         profile = result.subject_last_profile("mlp")
         t_trace = time.perf_counter() - t0
 
