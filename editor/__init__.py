@@ -10,11 +10,15 @@ One concern per module:
   rome       rank-one update per edit
   memit      batch update spread over several layers
   layers     the --layers argument: lists, defaults, pluggable strategies
+  trace      causal tracing: indirect effect of restoring residual, MLP and attention states
+  trace_plot the trace's heat map (PNG)
+  auto_layers  --layers auto: trace, candidate windows, validation sweep on a held-out slice
   weights    writing low-rank deltas into a live model
   scoring    batched read-outs: target log-probs, greedy answers, text statistics
   evaluate   efficacy, generalization, specificity, locality, gates
   pipeline   load → check inputs → statistics → edit → patch; evaluation of a patch
   cli        `factpatch edit`, `factpatch eval`, `factpatch patch show`
+  trace_cli  `factpatch trace`
 
 It never imports vLLM.
 """
