@@ -29,6 +29,8 @@ def render(result: TraceResult, path: str | Path) -> None:
         ax.set_xlabel("layer" + (f" (window of {result.window} restored)" if kind != "residual" and result.window > 1 else ""))
         ax.set_yticks(range(len(roles)))
         ax.set_yticklabels([f"{r} ({c})" if c != n else r for r, c in zip(roles, counts)] if ax is axes[0][0] else [])
+        if ax is axes[0][0] and any(c != n for c in counts):
+            ax.set_ylabel("token role  (n): prompts that have it", fontsize=8)
         ax.set_title(f"restoring the {KIND_LABELS[kind]}", fontsize=10)
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
