@@ -14,20 +14,17 @@ app = typer.Typer(
 
 
 def _register_subcommands() -> None:
-    from factpatch.fixture.cli import app as fixture_app
-
-    from factpatch.demo import demo_cmd
-
-    app.add_typer(fixture_app, name="fixture")
-    from factpatch.plugin.shard_cli import register as register_shard
-
-    register_shard(app)
-    app.command("demo")(demo_cmd)
+    # Imported here so `factpatch --help` stays quick and each component owns its commands.
+    from factpatch.demo.cli import demo_cmd
     from factpatch.editor.cli import register as register_editor
-
-    register_editor(app)
+    from factpatch.fixture.cli import app as fixture_app
+    from factpatch.plugin.shard_cli import register as register_shard
     from factpatch.server.ctl import register as register_control_plane
 
+    app.command("demo")(demo_cmd)
+    app.add_typer(fixture_app, name="fixture")
+    register_editor(app)
+    register_shard(app)
     register_control_plane(app)
 
 
