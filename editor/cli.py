@@ -220,7 +220,7 @@ def show_cmd(
     out.print(f"base {m['base'].get('model')} {m['base']['fingerprint']}")
     out.print(f"parent {m.get('parent') or '— (first patch)'}")
     w = Table(title="weights")
-    w.add_column("parameter")
+    w.add_column("parameter", no_wrap=True)
     w.add_column("rank", justify="right")
     w.add_column("u", justify="right")
     w.add_column("v", justify="right")
@@ -231,7 +231,7 @@ def show_cmd(
     edits = m.get("edits", [])
     t = Table(title=f"edits ({len(edits)})")
     for c in ("subject", "relation", "prompt", "old → new", "provenance"):
-        t.add_column(c)
+        t.add_column(c, no_wrap=c == "subject")  # names stay whole on narrow terminals and in logs
     for e in edits[:50]:
         prov = ", ".join(f"{k}={v}" for k, v in (e.get("provenance") or {}).items())
         t.add_row(e["subject"], e["relation"], e["prompt"], f"{e.get('target_old') or '?'} → {e['target_new']}", prov)
