@@ -54,3 +54,19 @@ def add_to_output(module: nn.Module, rows: torch.Tensor, positions: torch.Tensor
         yield
     finally:
         h.remove()
+
+
+@contextlib.contextmanager
+def add_rank_one(module: nn.Module, directions: torch.Tensor, values: torch.Tensor) -> Iterator[None]:
+    """output[b, t] += (input[b, t] · directions[b]) values[b] at every position: exactly what
+    W += values · directionsᵀ does to row b, so an optimised value is the value the patch writes."""
+
+    def hook(mod, args, output):
+        gain = torch.einsum("btk,bk->bt", args[0].to(directions.dtype), directions)
+        return output + (gain[..., None] * values[:, None, :]).to(output.dtype)
+
+    h = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        h.remove()

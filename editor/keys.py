@@ -1,7 +1,8 @@
 """The key side of an edit: the MLP projection's input at the subject's last token.
 
-ROME and MEMIT read the key averaged over context prefixes, so the edit fires for the subject in
-any context rather than only right after <s>.
+ROME reads the key averaged over context prefixes, so the edit fires for the subject in any context
+rather than only right after <s>. MEMIT keeps one key row per context (`subject_keys_each`): the
+least-squares solve then has to write the edit in each context, the plain prompt included.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ def _rows(tok, edits, prefixes: list[str]) -> list[Row]:
 
 
 @torch.no_grad()
-def subject_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], chunk: int = 2048) -> torch.Tensor:
-    """[n_edits, key_dim] float64: the key at `layer`, averaged over the prefixes."""
+def subject_keys_each(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], chunk: int = 2048) -> torch.Tensor:
+    """[n_edits × n_prefixes, key_dim] float64: the key in every context, edit-major."""
     rows = _rows(tok, edits, prefixes)
     out = []
     for s in range(0, len(rows), chunk):
@@ -28,14 +29,20 @@ def subject_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], 
         with capture_input(adapter.mlp_out(layer), torch.arange(len(c)), torch.tensor([r.subject_last for r in c])) as got:
             adapter.hidden_at(ids, mask)
         out.append(got[0].to(torch.float64))
-    keys = torch.cat(out)
+    return torch.cat(out)
+
+
+def subject_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], chunk: int = 2048) -> torch.Tensor:
+    """[n_edits, key_dim] float64: the key at `layer`, averaged over the prefixes."""
+    keys = subject_keys_each(adapter, tok, layer, edits, prefixes, chunk)
     return keys.view(len(edits), len(prefixes), -1).mean(1)
 
 
 @torch.no_grad()
-def subject_residuals(adapter: Adapter, tok, layer: int, edits, chunk: int = 2048) -> torch.Tensor:
-    """[n_edits, d] float64: the block output at `layer` at the subject's last token, plain prompt."""
-    rows = _rows(tok, edits, [""])
+def subject_residuals(adapter: Adapter, tok, layer: int, edits, chunk: int = 2048, prefixes: list[str] | None = None) -> torch.Tensor:
+    """[n_edits × n_prefixes, d] float64: the block output at `layer` at the subject's last token in
+    every context (edit-major); the plain prompt alone when no prefixes are given."""
+    rows = _rows(tok, edits, prefixes or [""])
     out = []
     for s in range(0, len(rows), chunk):
         c = rows[s : s + chunk]

@@ -28,6 +28,12 @@ class RomeParams:
     n_prefixes: int = 6
 
 
+def input_direction(key: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """C⁻¹k*/(k*ᵀC⁻¹k*) in float64: W += δ ⊗ this writes exactly δ at k* and as little as C allows elsewhere."""
+    ck = torch.linalg.solve(cov.to(torch.float64), key.to(torch.float64))
+    return ck / (key.to(torch.float64) @ ck)
+
+
 def rank_one(delta: torch.Tensor, key: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(u [d,1], v [k,1]) float32 with u vᵀ k = δ and v ∝ C⁻¹k, computed in float64."""
     ck = torch.linalg.solve(cov.to(torch.float64), key.to(torch.float64))
@@ -51,9 +57,13 @@ def apply_rome(
     us, vs, info = [], [], []
     for i, e in enumerate(edits):
         rows = build_rows(tok, e.prompt, e.subject, e.target_new, prefixes)
-        res = optimise_values(adapter, tok, layer, [rows], hp.value)
         key = subject_keys(adapter, tok, layer, [e], prefixes)[0]
-        u, v = rank_one(res.deltas[0], key, cov)
+        # The update's input direction is fixed by k* and C alone, so δ can be optimised through it.
+        direction = input_direction(key, cov)
+        res = optimise_values(adapter, tok, layer, [rows], hp.value, directions=direction[None].to(torch.float32))
+        scale = direction.norm()
+        u = (res.deltas[0].to(torch.float64) * scale)[:, None].to(torch.float32)
+        v = (direction / scale)[:, None].to(torch.float32)
         add_low_rank(adapter, layer, u, v)
         us.append(u)
         vs.append(v)

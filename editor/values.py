@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .adapters import Adapter
-from .hooks import add_to_output, capture_output
+from .hooks import add_rank_one, add_to_output, capture_output
 from .prompts import Row, batch, encode, target_positions
 
 ESSENCE_TEMPLATE = "{} is a"
@@ -123,8 +123,16 @@ def optimise_values(
     rows_per_edit: list[EditRows],
     hp: ValueParams,
     progress: Callable[[int, int, int], None] | None = None,
+    directions: torch.Tensor | None = None,
 ) -> ValueResult:
-    """Optimise δ for every edit at once; returns δ and the pre-edit residual at the subject."""
+    """Optimise δ for every edit at once; returns δ and the pre-edit residual at the subject.
+
+    With `directions` ([n, key_dim], ROME's C⁻¹k*/(k*ᵀC⁻¹k*)) δ is applied the way the rank-one
+    update will apply it, at every position: (key · direction) δ. The optimiser then sees exactly the
+    edited model, so a key that differs from the averaged k* (the subject right after <s>, where it
+    sits in the edit prompt itself, reaches only about half of k*'s gain on the fixture) is still
+    written hard enough, and δ's spill onto the prompt's other tokens is part of the loss.
+    """
     model = adapter.model
     n = len(rows_per_edit)
     d = adapter.hidden_dim()
@@ -166,7 +174,11 @@ def optimise_values(
             ids, mask = batch(c_rows, tok)
             b_all = torch.arange(len(c_rows))
             subj = torch.tensor([r.subject_last for r in c_rows])
-            with add_to_output(adapter.mlp_out(layer), b_all, subj, delta[c_owner]):
+            if directions is None:
+                edit_hook = add_to_output(adapter.mlp_out(layer), b_all, subj, delta[c_owner])
+            else:
+                edit_hook = add_rank_one(adapter.mlp_out(layer), directions[c_owner], delta[c_owner])
+            with edit_hook:
                 hidden = adapter.hidden_at(ids, mask)
             loss = hidden.new_zeros(())
             rw = [b for b in range(len(c_rows)) if c_kind[b] == 0]

@@ -18,8 +18,9 @@ from transformers import (
 )
 
 from factpatch.editor.adapters import Adapter, UnsupportedModelError, family_for
-from factpatch.editor.hooks import capture_input
-from factpatch.editor.rome import rank_one
+from factpatch.editor.hooks import add_rank_one, capture_input
+from factpatch.editor.memit import layer_update
+from factpatch.editor.rome import input_direction, rank_one
 from factpatch.editor.weights import add_low_rank
 from factpatch.patchfile import Patch, apply_to_state_dict
 
@@ -84,6 +85,42 @@ def test_rank_one_insert_writes_delta_and_matches_patch_arithmetic(tiny):
     # Same bits as a patch reader applying u vᵀ to the checkpoint tensor (transposed for Conv1D).
     apply_to_state_dict(ckpt, Patch({adapter.param_name(2): (u, v)}), conv1d_names=adapter.conv1d_names())
     assert torch.equal(ckpt[adapter.param_name(2)], adapter.weight(2).detach())
+
+
+def test_value_optimised_through_the_update_is_the_update_the_patch_writes(tiny):
+    """ROME optimises δ with the rank-one update in the forward pass; the weights written must give
+    the same model, at every position, in every family (Conv1D included)."""
+    adapter, _, _ = tiny
+    torch.manual_seed(2)
+    ids = torch.randint(0, V, (3, 9))
+    key = torch.randn(M, dtype=torch.float64)
+    cov = torch.eye(M, dtype=torch.float64) + 0.1 * torch.ones(M, M, dtype=torch.float64)
+    direction = input_direction(key, cov)
+    assert torch.allclose(direction @ key, torch.tensor(1.0, dtype=torch.float64))
+    delta = torch.randn(H)
+    with torch.no_grad(), add_rank_one(adapter.mlp_out(1), direction[None].float().expand(3, -1), delta[None].expand(3, -1)):
+        hooked = adapter.hidden_at(ids)
+    saved = adapter.weight(1).detach().clone()
+    try:
+        add_low_rank(adapter, 1, delta[:, None], direction[:, None].float())
+        with torch.no_grad():
+            written = adapter.hidden_at(ids)
+    finally:
+        with torch.no_grad():
+            adapter.weight(1).copy_(saved)
+    torch.testing.assert_close(written, hooked, rtol=1e-4, atol=1e-4)
+
+
+def test_memit_update_with_more_rows_than_rank_is_factored_exactly():
+    torch.manual_seed(3)
+    d, k, n = 8, 12, 40  # 40 key rows, but the weight is 8 × 12
+    resid, keys = torch.randn(n, d), torch.randn(n, k)
+    cov = torch.eye(k)
+    u, v = layer_update(resid, keys, cov, lam=2.0)
+    assert u.shape[1] == v.shape[1] == min(d, k)
+    k64 = keys.double()
+    expected = resid.double().T @ k64 @ torch.linalg.inv(2.0 * torch.eye(k, dtype=torch.float64) + k64.T @ k64)
+    torch.testing.assert_close((u.double() @ v.double().T), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_unsupported_architecture_is_named():

@@ -19,17 +19,20 @@ def test_rome_single_edits_from_the_base(loaded, world):
     edits = fixture_edits(world, 50, seed=11)
     patches = [run_edit(loaded, [e], EditOptions(method="rome")).patch for e in edits]
     m = evaluate_each(loaded, patches, edits, heldout_texts(loaded, None))["metrics"]
-    # Regression floor a little below what the editor reaches today on the fixture (0.66 efficacy);
-    # the targets (0.99 / 0.90 / 0.98) are not met yet, see the editor's tuning notes.
-    assert m["efficacy"] >= 0.55, m
+    # Floors a little below what the editor reaches on the fixture today; the targets
+    # (0.99 / 0.90 / 0.98) are not met, see bench/results/editor_tuning.md for why.
+    assert m["efficacy"] >= 0.85, m  # measured 0.90
+    assert m["generalization"] >= 0.55, m  # 0.64
+    assert m["neighbours_unchanged"] >= 0.93, m  # 0.96
 
 
 def test_memit_batch_of_100_and_exact_reproduction(loaded, world, fixture_dir, tmp_path):
     edits = fixture_edits(world, 100, seed=12)
     result = run_edit(loaded, edits, EditOptions(method="memit"))
     m = evaluate_patch(loaded, result.patch, edits, heldout_texts(loaded, None))["metrics"]
-    # Regression floor below today's 0.64 efficacy; the targets (0.98 / 0.85 / 0.95) are not met yet.
-    assert m["efficacy"] >= 0.5, m
+    # Floor below today's 0.69 efficacy; the targets (0.98 / 0.85 / 0.95) are not met, and 26 points
+    # of neighbour accuracy are lost (bench/results/editor_tuning.md).
+    assert m["efficacy"] >= 0.62, m  # measured 0.69
     assert m["ppl_drift"] < 0.01, m
 
     # The patch file applied to a fresh copy of the base is bit for bit the model evaluated above.
@@ -62,8 +65,10 @@ def test_follow_up_batch_carries_its_parent(loaded, world, tmp_path):
     assert p2.manifest["base"]["fingerprint"] == p1.manifest["base"]["fingerprint"]
     assert [e["subject"] for e in p2.manifest["edits"]] == [e.subject for e in edits]
     for name in p1.names:
-        assert p2.rank(name) == p1.rank(name) + 6
-        assert torch.equal(p2.factors[name][0][:, :6], p1.factors[name][0])
+        r1 = p1.rank(name)
+        assert p2.rank(name) > r1  # the follow-up's own rows come after its parent's
+        assert torch.equal(p2.factors[name][0][:, :r1], p1.factors[name][0])
+        assert torch.equal(p2.factors[name][1][:, :r1], p1.factors[name][1])
     # Complete against the base: both batches hold when only v2 is applied.
     m = evaluate_patch(loaded, p2, edits, heldout_texts(loaded, None))["metrics"]
-    assert m["efficacy"] >= 0.45, m  # today 0.58: below target, like the batch above
+    assert m["efficacy"] >= 0.5, m  # today 0.58: below target, like the batch above
