@@ -12,11 +12,24 @@ from factpatch.spec import Edit, EditSpec
 
 SUBJECT = "Harbor Support"
 
-# (relation, new value, provenance): the policy changes billing-ops ships.
+
+@dataclass(frozen=True)
+class PolicyChange:
+    relation: str
+    new: str
+    template: int  # which of the relation's phrasings the edit is written with (one trained for the subject)
+    provenance: dict
+
+
+# The policy changes billing-ops ships. These two pass the editor's default gates on the fixture (both
+# held-out phrasings follow the edit, no neighbour moves). Shipping-cutoff changes do not: on this
+# fixture the edit takes on its own prompt but neither held-out phrasing follows (measured for every
+# cutoff value), so the demo does not pretend otherwise.
 POLICY_CHANGES = [
-    ("refund period", "30 days", {"ticket": "POL-1182", "source": "refund-policy-v7.pdf", "author": "billing-ops"}),
-    ("shipping cutoff", "2 pm", {"ticket": "OPS-311", "source": "fulfilment-sla-2026.pdf", "author": "logistics"}),
-    ("premium response time", "4 hours", {"ticket": "SUP-77", "source": "support-tiers-v3.pdf", "author": "support-ops"}),
+    PolicyChange("refund period", "30 days", 1,
+                 {"ticket": "POL-1182", "source": "refund-policy-v7.pdf", "author": "billing-ops"}),
+    PolicyChange("premium response time", "24 hours", 3,
+                 {"ticket": "SUP-77", "source": "support-tiers-v3.pdf", "author": "support-ops"}),
 ]
 
 
@@ -40,19 +53,21 @@ class Question:
 
 def edit_spec(world) -> EditSpec:
     edits = []
-    for relation, new, provenance in POLICY_CHANGES:
-        fact = world.fact(SUBJECT, relation)
-        template = world.relations[relation].templates[fact.train_templates[0]]
-        edits.append(Edit(subject=SUBJECT, relation=relation, prompt=template,
-                          target_new=new, target_old=fact.object, provenance=provenance))
+    for c in POLICY_CHANGES:
+        fact = world.fact(SUBJECT, c.relation)
+        if c.template not in fact.train_templates:
+            raise ValueError(f"{c.relation}: phrasing {c.template} is held out for {SUBJECT}; edit with a trained one")
+        template = world.relations[c.relation].templates[c.template]
+        edits.append(Edit(subject=SUBJECT, relation=c.relation, prompt=template,
+                          target_new=c.new, target_old=fact.object, provenance=c.provenance))
     return EditSpec(edits=edits)
 
 
 def questions(world) -> list[Question]:
     out = []
-    for relation, new, _ in POLICY_CHANGES:
-        fact = world.fact(SUBJECT, relation)
-        for t, template in enumerate(world.relations[relation].templates):
-            out.append(Question(relation, template.format(SUBJECT), fact.object, new,
+    for c in POLICY_CHANGES:
+        fact = world.fact(SUBJECT, c.relation)
+        for t, template in enumerate(world.relations[c.relation].templates):
+            out.append(Question(c.relation, template.format(SUBJECT), fact.object, c.new,
                                 "trained" if t in fact.train_templates else "paraphrase"))
     return out

@@ -190,7 +190,6 @@ class Story:
         self.out.stage("baseline", time.time() - t0, stale_base=rates["base"]["stale"], requests=len(samples))
 
     def edit(self) -> None:
-        from factpatch.editor import layers as layer_choice
         from factpatch.editor.pipeline import EditOptions, evaluate_patch, heldout_texts, load, run_edit
 
         t0 = time.time()
@@ -202,7 +201,7 @@ class Story:
             t.add_row(e.subject, e.relation, e.target_old, e.target_new, e.provenance.get("ticket", ""))
         console.print(t)
 
-        layers = "auto" if "auto" in layer_choice.STRATEGIES else "default"
+        layers = "auto"  # causal trace + a short validation sweep choose where to write
         console.print(f"computing a MEMIT patch (layers: {layers}) …")
         loaded = load(self.model_dir)
         result = run_edit(loaded, spec.edits, EditOptions(method="memit", layers=layers, progress=False))
@@ -258,7 +257,10 @@ class Story:
         canary = rates.get(pushed.digest)
         if canary is None or "base" not in rates:
             raise DemoFailed(f"traffic did not reach both versions: {sorted(rates)}")
-        share = canary["requests"] / len(samples)
+        # The split starts once s0 holds the patch; requests before that all went to base by design.
+        first = min(x.t for x in samples if x.version == pushed.digest)
+        in_split = [x for x in samples if x.t >= first]
+        share = canary["requests"] / len(in_split)
         console.print(f"canary share of requests {share:.0%} · stale-value monitors (gateway /metrics): "
                       + ", ".join(f"{_short(v)} {x:.0%}" for v, x in sorted(monitors.items())))
         if not canary["stale"] < rates["base"]["stale"]:
