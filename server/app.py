@@ -30,12 +30,18 @@ from factpatch.server.monitors import config as monitors_config
 from factpatch.server.monitors.registry import MonitorRegistry
 from factpatch.server.operations import EditorOperations
 from factpatch.server.pb import (
-    fleet_pb2, fleet_pb2_grpc, monitor_pb2, monitor_pb2_grpc, patch_pb2, patch_pb2_grpc, rollout_pb2, rollout_pb2_grpc,
+    fleet_pb2, fleet_pb2_grpc, monitor_pb2, monitor_pb2_grpc, patch_pb2, patch_pb2_grpc, probe_pb2, probe_pb2_grpc,
+    rollout_pb2, rollout_pb2_grpc,
 )
+from factpatch.server.probes import config as probes_config
+from factpatch.server.probes.metrics import ProbeMetrics
+from factpatch.server.probes.runner import Prober
+from factpatch.server.probes.weight_change import PatchSizes
 from factpatch.server.reconciler import Reconciler
 from factpatch.server.services.fleet import FleetService
 from factpatch.server.services.monitors import MonitorService
 from factpatch.server.services.patches import PatchService
+from factpatch.server.services.probes import ProbeService
 from factpatch.server.services.rollouts import RolloutService
 from factpatch.server.store import PatchStore
 
@@ -46,6 +52,7 @@ SERVICE_NAMES = (
     fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
     rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
     monitor_pb2.DESCRIPTOR.services_by_name["MonitorService"].full_name,
+    probe_pb2.DESCRIPTOR.services_by_name["ProbeService"].full_name,
 )
 
 
@@ -68,6 +75,8 @@ class ServeConfig:
     # the OpenAI gateway (None: no gateway; canary analysis then has no data and pauses)
     gateway: GatewayConfig | None = None
     monitors_file: Path | None = None
+    # live edit probes (None: off; the ProbeService then answers FAILED_PRECONDITION / PROBES_DISABLED)
+    probes_file: Path | None = None
 
 
 class ControlPlaneServer:
@@ -99,9 +108,17 @@ class ControlPlaneServer:
             db, monitors_config.load(cfg.monitors_file),
             on_change=lambda c: self.metrics.monitor_counts.activate((m.name, m.scope_subject.lower()) for m in c.monitors),
         )
+        self.prober: Prober | None = None
+        if cfg.probes_file:
+            probe_metrics = ProbeMetrics(self.metrics.registry)
+            self.prober = Prober(db, probes_config.load(cfg.probes_file), PatchSizes(store, self.cp.basecheck),
+                                 reconciler.client, on_result=probe_metrics.record)
+            probe_metrics.attach(self.prober)
         self.observations = Observations()
         swaps = SwapTracker()
         reconciler.swaps, reconciler.metrics = swaps, self.metrics
+        if self.prober:
+            self.prober.swaps = swaps
         reconciler.analyzer = Analyzer(db, self.observations if cfg.gateway else None, self._stale_scopes, self.metrics)
         self.gateway = Gateway(cfg.gateway, db, self.monitors, self.metrics, swaps, self.observations) if cfg.gateway else None
         self.metrics.sources(
@@ -119,6 +136,7 @@ class ControlPlaneServer:
         fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetService(self.cp), self.server)
         rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutService(self.cp), self.server)
         monitor_pb2_grpc.add_MonitorServiceServicer_to_server(MonitorService(self.monitors), self.server)
+        probe_pb2_grpc.add_ProbeServiceServicer_to_server(ProbeService(self.prober), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -155,6 +173,8 @@ class ControlPlaneServer:
             log.info("gateway listening on port %d", self.gateway.port)
         self.server.start()
         self.cp.reconciler.start()
+        if self.prober:
+            self.prober.start()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("control plane listening on port %d", self.port)
@@ -163,6 +183,8 @@ class ControlPlaneServer:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.cp.reconciler.stop()
+        if self.prober:
+            self.prober.stop()
         if self.gateway:
             self.gateway.stop()
         self.cp.operations.shutdown()

@@ -35,8 +35,15 @@ READ_METHODS = frozenset(
         "RolloutService/ListRollouts",
         "RolloutService/WatchRollout",
         "MonitorService/ListMonitors",
+        "ProbeService/GetProbeReport",
+        "ProbeService/GetProbeSet",
     )
 )
+
+
+# Operator methods that change no state: audited, but run outside the mutation lock (a probe run
+# takes seconds and must not hold up rollouts).
+UNLOCKED_METHODS = frozenset({"/factpatch.v1.ProbeService/RunProbes"})
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,10 @@ class BaseChecker:
     def warm(self) -> None:
         self._index()
 
+    def checkpoint(self, shard_fingerprint: str) -> LocalCheckpoint | None:
+        """The local copy of the base a shard reports, when one was given with --base-dir."""
+        return self._index().get(shard_fingerprint)
+
     def check(self, shard_fingerprint: str, patch_fingerprint: str, tensors: tuple[str, ...]) -> bool | None:
         """True/False when a local copy of the shard's base decides it, None when none does."""
         ckpt = self._index().get(shard_fingerprint)

@@ -7,7 +7,7 @@ import uuid
 
 import grpc
 
-from factpatch.server.pb import fleet_pb2_grpc, patch_pb2, patch_pb2_grpc, rollout_pb2_grpc
+from factpatch.server.pb import fleet_pb2_grpc, patch_pb2, patch_pb2_grpc, probe_pb2_grpc, rollout_pb2_grpc
 
 
 def new_request_id() -> str:
@@ -21,6 +21,7 @@ class Client:
         self.patches = patch_pb2_grpc.PatchServiceStub(self.channel)
         self.fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
         self.rollouts = rollout_pb2_grpc.RolloutServiceStub(self.channel)
+        self.probes = probe_pb2_grpc.ProbeServiceStub(self.channel)
 
     def __call__(self, method, request, timeout: float = 30):
         return method(request, metadata=self.md, timeout=timeout)

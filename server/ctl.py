@@ -354,6 +354,11 @@ def shards_remove(ctx: typer.Context, name: str) -> None:
           lambda r: print(f"removed {r.name}"))
 
 
+from factpatch.server.ctl_probe import probe_app  # noqa: E402  (it builds on Ctx above)
+
+app.add_typer(probe_app, name="probe")
+
+
 def register(root: typer.Typer) -> None:
     from factpatch.server.serve_cli import serve
 

@@ -42,6 +42,9 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE TABLE IF NOT EXISTS base_compat (
   patch_fingerprint TEXT NOT NULL, shard_fingerprint TEXT NOT NULL, compatible INTEGER NOT NULL,
   reason TEXT NOT NULL DEFAULT '', PRIMARY KEY (patch_fingerprint, shard_fingerprint));
+CREATE TABLE IF NOT EXISTS probe_sets (
+  patch TEXT PRIMARY KEY, edits TEXT NOT NULL, updated REAL NOT NULL, updated_by TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
   id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, principal TEXT NOT NULL,
   method TEXT NOT NULL, request_id TEXT NOT NULL DEFAULT '', target TEXT NOT NULL DEFAULT '',
@@ -319,3 +322,22 @@ class Database:
             c.execute(
                 "INSERT OR REPLACE INTO base_compat VALUES (?,?,?,?)", (patch_fp, shard_fp, int(compatible), reason)
             )
+
+    # probes
+
+    def probe_set(self, patch: str) -> list[dict]:
+        rows = self.q("SELECT edits FROM probe_sets WHERE patch=?", (patch,))
+        return json.loads(rows[0]["edits"]) if rows else []
+
+    def set_probe_set(self, patch: str, edits: list[dict], principal: str) -> None:
+        with self.tx() as c:
+            c.execute("INSERT OR REPLACE INTO probe_sets (patch, edits, updated, updated_by) VALUES (?,?,?,?)",
+                      (patch, json.dumps(edits), time.time(), principal))
+
+    def setting(self, key: str) -> Any:
+        rows = self.q("SELECT value FROM settings WHERE key=?", (key,))
+        return json.loads(rows[0]["value"]) if rows else None
+
+    def set_setting(self, key: str, value: Any) -> None:
+        with self.tx() as c:
+            c.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?,?)", (key, json.dumps(value)))

@@ -27,12 +27,15 @@ def serve(
     gateway_listen: str = typer.Option("127.0.0.1:8080", "--gateway-listen",
                                        help="OpenAI gateway and /metrics address (host:port; port 0 picks one; 'off' for none)."),
     monitors: Path = typer.Option(None, "--monitors", exists=True, help="Output monitors file (YAML/JSON)."),
+    probes: Path = typer.Option(None, "--probes", exists=True,
+                                help="Live edit probes: schedule, thresholds and the frozen regression set (YAML/JSON)."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Start the gRPC control plane (patch store, fleet, rollouts, reconciler) and the OpenAI gateway."""
     from factpatch.server.app import ControlPlaneServer, ServeConfig
     from factpatch.server.gateway.app import GatewayConfig
     from factpatch.server.monitors.config import MonitorError
+    from factpatch.server.probes.config import ProbeConfigError
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
     agent_token = agent_token_file.read_text().strip() if agent_token_file else os.environ.get("FACTPATCH_AGENT_TOKEN", "")
@@ -42,15 +45,23 @@ def serve(
         if not sep:
             raise typer.BadParameter(f"--shard wants NAME=URL, got {s!r}")
         shards[name] = url
+    if probes:  # refused before anything (state folder included) is created
+        from factpatch.server.probes.config import load as load_probes
+
+        try:
+            load_probes(probes)
+        except ProbeConfigError as e:
+            typer.echo(f"error: --probes {probes}: {e}", err=True)
+            raise typer.Exit(2)
     try:
         server = ControlPlaneServer(ServeConfig(
             state_dir=state_dir, listen=listen, tokens_file=tokens_file, agent_token=agent_token,
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, base_dirs=list(base_dir),
             editor_model=editor_model, reconcile_interval=reconcile_interval, max_patch_bytes=max_patch_mb << 20,
-            shards=shards, monitors_file=monitors,
+            shards=shards, monitors_file=monitors, probes_file=probes,
             gateway=None if gateway_listen == "off" else GatewayConfig(listen=gateway_listen),
         ))
-    except (ValueError, OSError, MonitorError) as e:
+    except (ValueError, OSError, MonitorError, ProbeConfigError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
     server.serve_forever()

@@ -65,6 +65,11 @@ class SwapTracker:
         with self._lock:
             self._busy[shard] = generation
 
+    def swapping(self, shard: str) -> bool:
+        """True while the reconciler is inside a swap of this shard."""
+        with self._lock:
+            return self._busy.get(shard) == 0
+
     def blocked(self, shard: str, table_generation: int) -> bool:
         g = self._busy.get(shard)
         if g is None:

@@ -34,12 +34,27 @@ def promtool() -> str:
 
 def exported_metric_names() -> set[str]:
     """Every sample name the control plane's /metrics can carry, read from a real registry."""
+    import tempfile
+
+    from factpatch.server.basecheck import BaseChecker
+    from factpatch.server.db import Database
     from factpatch.server.metrics import Metrics
+    from factpatch.server.probes.config import parse
+    from factpatch.server.probes.metrics import ProbeMetrics
+    from factpatch.server.probes.runner import Prober
+    from factpatch.server.probes.weight_change import PatchSizes
 
     m = Metrics()
     m.sources(shards=lambda: [], rollouts=lambda: [], monitor_count=lambda: 0)
+    with tempfile.TemporaryDirectory() as state:
+        db = Database(Path(state) / "state.db")
+        probes = ProbeMetrics(m.registry)
+        probes.attach(Prober(db, parse({"regression": [{"prompt": "Oslo is a city in", "expect": "Norway"}]}),
+                             PatchSizes(None, BaseChecker()), agent=lambda name, address: None))
+        families = list(m.registry.collect())
+        db.close()
     names: set[str] = set()
-    for fam in m.registry.collect():
+    for fam in families:
         if fam.type == "counter":
             names.add(fam.name + "_total")
         elif fam.type == "histogram":

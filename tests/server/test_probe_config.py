@@ -1,0 +1,62 @@
+"""The probes file: every refusal names its reason and field, and `factpatch serve` stops on it
+before creating anything."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from factpatch.server.probes.config import ProbeConfigError, load, parse
+
+from .helpers import write_tokens
+
+GOOD = {"regression": [{"prompt": "Oslo is a city in", "expect": "Norway"}]}
+
+
+@pytest.mark.parametrize("doc, reason, field", [
+    ({}, "EMPTY_REGRESSION_SET", "regression"),
+    ({"regression": []}, "EMPTY_REGRESSION_SET", "regression"),
+    ({**GOOD, "schedule": {"interval_seconds": 5}}, "PROBE_SCHEDULE_TOO_FAST", "schedule.interval_seconds"),
+    ({**GOOD, "min_interval_seconds": 60, "schedule": {"interval_seconds": 30}}, "PROBE_SCHEDULE_TOO_FAST",
+     "schedule.interval_seconds"),
+    ({**GOOD, "schedule": {"max_busy_share": 0.9}}, "BAD_PROBE_SCHEDULE", "schedule.max_busy_share"),
+    ({**GOOD, "schedule": {"concurrency": 0}}, "BAD_PROBE_SCHEDULE", "schedule.concurrency"),
+    ({**GOOD, "thresholds": {"min_probe_efficacy": 1.5}}, "BAD_PROBE_CONFIG", "thresholds.min_probe_efficacy"),
+    ({"regression": [{"prompt": "Oslo is a city in"}]}, "BAD_PROBE_CONFIG", "regression.0.expect"),
+    ({**GOOD, "regresion": []}, "BAD_PROBE_CONFIG", "regresion"),
+])
+def test_refusals_name_reason_and_field(doc, reason, field):
+    with pytest.raises(ProbeConfigError) as e:
+        parse(doc)
+    assert (e.value.reason, e.value.field) == (reason, field)
+
+
+def test_defaults_and_off_switch(tmp_path):
+    cfg = parse({**GOOD, "schedule": {"interval_seconds": 0}})
+    assert cfg.schedule.interval_seconds == 0 and cfg.thresholds.min_probe_efficacy == 0.9
+    f = tmp_path / "probes.json"
+    f.write_text('{"regression": [{"prompt": "a", "expect": "b"}]}')
+    assert load(f).regression[0].expect == "b"
+    f.write_text("{not json")
+    with pytest.raises(ProbeConfigError, match="not valid JSON"):
+        load(f)
+
+
+def test_serve_stops_on_a_refused_probes_file(tmp_path):
+    import typer
+
+    from factpatch.server.serve_cli import serve
+
+    app = typer.Typer()
+    app.command("serve")(serve)
+    app.command("noop")(lambda: None)  # two commands, so "serve" stays a sub-command
+    probes = tmp_path / "probes.yaml"
+    probes.write_text(yaml.safe_dump({"regression": [], "schedule": {"interval_seconds": 60}}))
+    state = tmp_path / "state"
+    r = CliRunner().invoke(app, ["serve", "--state-dir", str(state), "--tokens-file", str(write_tokens(tmp_path / "t.yaml")),
+                                 "--probes", str(probes), "--gateway-listen", "off"],
+                           env={"FACTPATCH_AGENT_TOKEN": "agent-" + "z" * 26})
+    assert r.exit_code == 2, r.output
+    assert "EMPTY_REGRESSION_SET" in r.output
+    assert not state.exists()
