@@ -28,6 +28,8 @@ from safetensors.torch import save as st_save
 FORMAT = "factpatch/v1"
 METADATA_KEY = "factpatch"
 DEFAULT_MAX_RANK = 4096
+# safetensors refuses larger headers; checked before parsing so a huge one costs nothing
+MAX_HEADER_BYTES = 100_000_000
 
 
 class PatchError(ValueError):
@@ -136,26 +138,63 @@ def write(patch: Patch, path: str | os.PathLike) -> str:
     return sha256_bytes(data)
 
 
+def _json(text: str | bytes, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser's stack
+        raise PatchError(f"{what} is not valid JSON: {str(e)[:200]}") from None
+
+
 def _read_manifest_from_header(data: bytes) -> dict[str, Any]:
     if len(data) < 8:
         raise PatchError("patch file is truncated: shorter than the safetensors header length")
     n = int.from_bytes(data[:8], "little")
     if n <= 0 or 8 + n > len(data):
         raise PatchError("patch file is truncated or not safetensors: header length out of range")
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except ValueError as e:
-        raise PatchError(f"patch header is not valid JSON: {e}") from None
+    if n > MAX_HEADER_BYTES:
+        raise PatchError(f"patch header is {n} bytes, more than the {MAX_HEADER_BYTES} safetensors allows")
+    header = _json(data[8 : 8 + n], "patch header")
+    if not isinstance(header, dict):
+        raise PatchError("patch header must be a JSON object")
     meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise PatchError("patch header field '__metadata__' must map names to strings")
     if METADATA_KEY not in meta:
         raise PatchError(f"patch has no '{METADATA_KEY}' manifest in its safetensors metadata")
-    try:
-        manifest = json.loads(meta[METADATA_KEY])
-    except ValueError as e:
-        raise PatchError(f"manifest is not valid JSON: {e}") from None
+    manifest = _json(meta[METADATA_KEY], "manifest")
     if not isinstance(manifest, dict):
         raise PatchError("manifest must be a JSON object")
     return manifest
+
+
+def _check_manifest(manifest: dict[str, Any]) -> None:
+    """Types of the fields the store, the API and the monitors read (DESIGN.md), so a patch that
+    passes here can always be listed and served."""
+    base = manifest["base"]
+    if not isinstance(base.get("fingerprint"), str):
+        raise PatchError("manifest field 'base.fingerprint' must be a string")
+    if not isinstance(base.get("model"), (str, type(None))):
+        raise PatchError("manifest field 'base.model' must be a string")
+    layers = manifest.get("layers")
+    if layers is not None and not (
+        isinstance(layers, list) and all(type(x) is int and 0 <= x < 2**31 for x in layers)
+    ):
+        raise PatchError("manifest field 'layers' must be a list of layer indices (0 <= n < 2^31)")
+    edits = manifest.get("edits")
+    if edits is not None and not (isinstance(edits, list) and all(isinstance(e, dict) for e in edits)):
+        raise PatchError("manifest field 'edits' must be a list of objects")
+    for i, e in enumerate(edits or []):
+        for key in ("subject", "relation", "prompt", "target_new", "target_old"):
+            if not isinstance(e.get(key), (str, type(None))):
+                raise PatchError(f"manifest field 'edits[{i}].{key}' must be a string")
+        if not isinstance(e.get("provenance"), (dict, type(None))):
+            raise PatchError(f"manifest field 'edits[{i}].provenance' must be an object")
+    if not isinstance(manifest.get("parent"), (str, type(None))):
+        raise PatchError("manifest field 'parent' must be a digest string or null")
+    try:  # JSON may escape lone surrogates, which no protobuf string or UTF-8 writer accepts
+        json.dumps(manifest, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PatchError("manifest holds text that is not valid Unicode (a lone surrogate)") from None
 
 
 def from_bytes(data: bytes, *, max_rank: int = DEFAULT_MAX_RANK) -> Patch:
@@ -167,6 +206,7 @@ def from_bytes(data: bytes, *, max_rank: int = DEFAULT_MAX_RANK) -> Patch:
     base = manifest.get("base")
     if not isinstance(base, dict) or not base.get("fingerprint"):
         raise PatchError("manifest field 'base.fingerprint' is missing")
+    _check_manifest(manifest)
     try:
         tensors = st_load(data)
     except Exception as e:  # safetensors raises its own error types
@@ -174,7 +214,7 @@ def from_bytes(data: bytes, *, max_rank: int = DEFAULT_MAX_RANK) -> Patch:
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     names = {k.rsplit("::", 1)[0] for k in tensors}
     for key in tensors:
-        if not (key.endswith("::u") or key.endswith("::v")):
+        if not (key.endswith("::u") or key.endswith("::v")) or key in ("::u", "::v"):
             raise PatchError(f"tensor {key!r} is neither '<param>::u' nor '<param>::v'")
     for name in sorted(names):
         u, v = tensors.get(f"{name}::u"), tensors.get(f"{name}::v")

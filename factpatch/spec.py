@@ -17,6 +17,26 @@ class SpecError(ValueError):
     """The edit spec is invalid; the message names the file, line or field."""
 
 
+# YAML aliases let a few hundred bytes stand for billions of nodes once expanded (by validation
+# or by writing the manifest); no real spec comes near this many.
+MAX_NODES = 1_000_000
+
+
+def _check_size(obj: Any, name: str) -> None:
+    """Counts nodes as if every alias were expanded, and stops at MAX_NODES."""
+    stack, seen = [obj], 0
+    while stack:
+        o = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise SpecError(f"{name}: spec expands to more than {MAX_NODES} values (YAML aliases?)")
+        if isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set)):
+            stack.extend(o)
+
+
 class Edit(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -119,6 +139,8 @@ def parse_text(text: str, *, name: str = "<spec>") -> EditSpec:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise SpecError(f"{name}: line {lineno}: not valid JSON ({e.msg})") from None
+            except (ValueError, RecursionError) as e:  # an integer too long to convert; nesting too deep
+                raise SpecError(f"{name}: line {lineno}: not valid JSON ({str(e)[:100]})") from None
             if not isinstance(obj, dict):
                 raise SpecError(f"{name}: line {lineno}: each line must be a JSON object")
             try:
@@ -132,13 +154,18 @@ def parse_text(text: str, *, name: str = "<spec>") -> EditSpec:
         mark = getattr(e, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise SpecError(f"{name}: {at}not valid YAML ({getattr(e, 'problem', e)})") from None
+    except RecursionError:  # the YAML parser recurses once per nesting level
+        raise SpecError(f"{name}: not valid YAML (nested too deeply)") from None
+    _check_size(obj, name)
     return parse_obj(obj, where=f"{name}: ")
 
 
 def load(path: str | Path) -> EditSpec:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError(f"{path}: cannot read spec ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text (byte {e.start})") from None
     return parse_text(text, name=str(path))

@@ -57,23 +57,34 @@ class ShardStatus:
 class AgentClient:
     def __init__(self, address: str, token: str, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None):
         self.address = address.rstrip("/")
-        self._http = httpx.Client(
-            base_url=self.address + "/factpatch/v1",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
-            transport=transport,
-        )
+        # An address no request can use (registered before it was checked, or given to `serve
+        # --shard`) makes this shard unreachable; it must not fail the reconcile pass of every shard.
+        self._unusable = ""
+        try:
+            self._http = httpx.Client(
+                base_url=self.address + "/factpatch/v1",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=timeout,
+                transport=transport,
+            )
+        except httpx.InvalidURL as e:
+            self._http, self._unusable = None, str(e)
 
     def close(self) -> None:
-        self._http.close()
+        if self._http is not None:
+            self._http.close()
 
     def _call(self, method: str, path: str, timeout: float | None = None, **kw) -> dict[str, Any]:
+        if self._http is None:
+            raise AgentError("UNREACHABLE", f"{self.address}: not a usable URL ({self._unusable})")
         try:
             resp = self._http.request(method, path, timeout=timeout or self._http.timeout, **kw)
         except httpx.TimeoutException as e:
             raise AgentError("UNREACHABLE", f"{self.address}: timed out ({type(e).__name__})") from None
         except httpx.TransportError as e:
             raise AgentError("UNREACHABLE", f"{self.address}: {type(e).__name__}: {e}") from None
+        except (httpx.InvalidURL, UnicodeError) as e:  # a host name DNS cannot encode (empty or long label)
+            raise AgentError("UNREACHABLE", f"{self.address}: not a usable URL ({e})") from None
         if resp.status_code == 200:
             return resp.json()
         reason, message = f"HTTP_{resp.status_code}", resp.text[:500]

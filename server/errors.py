@@ -14,6 +14,16 @@ from google.rpc import error_details_pb2, status_pb2
 
 DOMAIN = "factpatch"
 REASON_KEY = "factpatch-reason"
+# Messages echo request fields; gRPC drops a call whose trailers pass 8 KiB (the client then sees
+# RESOURCE_EXHAUSTED with no reason), so what goes into them is capped, in UTF-8 bytes (the
+# message travels twice: percent-encoded and inside the base64 status details).
+MAX_MESSAGE_BYTES = 1024
+MAX_METADATA_BYTES = 128
+
+
+def _cap(text: str, limit: int) -> str:
+    data = text.encode("utf-8", "replace")
+    return text if len(data) <= limit else data[: limit - 3].decode("utf-8", "ignore") + "…"
 
 
 class ApiError(Exception):
@@ -48,13 +58,15 @@ class _Status(grpc.Status):
 
 
 def to_status(err: ApiError) -> grpc.Status:
-    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=err.metadata)
+    message = _cap(err.message, MAX_MESSAGE_BYTES)
+    metadata = {k: _cap(v, MAX_METADATA_BYTES) for k, v in err.metadata.items()}
+    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=err.code.value[0], message=err.message, details=[detail])
+    status = status_pb2.Status(code=err.code.value[0], message=message, details=[detail])
     return _Status(
         code=err.code,
-        details=err.message,
+        details=message,
         trailing_metadata=(
             ("grpc-status-details-bin", status.SerializeToString()),
             (REASON_KEY, err.reason),

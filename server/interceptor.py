@@ -4,6 +4,7 @@ answer retried request ids, serialise mutations, and turn ApiError into a status
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 from dataclasses import dataclass
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 import grpc
 
 from factpatch.server.audit import AuditLog
-from factpatch.server.auth import ANONYMOUS, OPERATOR, Principal, TokenTable, allowed, required_role
-from factpatch.server.errors import ApiError, to_status
+from factpatch.server.auth import ANONYMOUS, OPERATOR, UNLOCKED_METHODS, Principal, TokenTable, allowed, required_role
+from factpatch.server.errors import ApiError, invalid, to_status
 from factpatch.server.idempotency import Idempotency, request_hash
 
 
@@ -37,6 +38,30 @@ def target_of(request) -> str:
     return " ".join(parts)
 
 
+@dataclass
+class Malformed:
+    """Request bytes that are not the method's message. gRPC would answer INTERNAL before any
+    check ran; kept as a value, they are refused after authentication as the caller's error."""
+
+    error: str
+
+
+def lenient(deserialize):
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception as e:  # protobuf's DecodeError, strings that are not UTF-8
+            return Malformed(f"{type(e).__name__}: {e}")
+
+    return parse
+
+
+def well_formed(request, method: str):
+    if isinstance(request, Malformed):
+        raise invalid("MALFORMED_REQUEST", f"the request is not a valid message for {method} ({request.error})")
+    return request
+
+
 class Pipeline(grpc.ServerInterceptor):
     def __init__(self, tokens: TokenTable, audit: AuditLog, idempotency: Idempotency, mutation_lock: threading.RLock):
         self.tokens = tokens
@@ -53,21 +78,28 @@ class Pipeline(grpc.ServerInterceptor):
         md = dict(details.invocation_metadata or ())
         principal = self.tokens.authenticate(md.get("authorization"))
 
-        def admit(context) -> Call:
-            if principal is None:
-                raise ApiError(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED",
-                               "missing or unknown bearer token (metadata 'authorization: Bearer <token>')")
-            if not allowed(principal, role):
-                raise ApiError(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED",
-                               f"{principal.name} ({principal.role}) may not call {method}; it needs {role}")
-            return Call(method, principal)
-
         mutating = role == OPERATOR
+
+        def admit(context) -> Call:
+            err = None
+            if principal is None:
+                err = ApiError(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED",
+                               "missing or unknown bearer token (metadata 'authorization: Bearer <token>')")
+            elif not allowed(principal, role):
+                err = ApiError(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED",
+                               f"{principal.name} ({principal.role}) may not call {method}; it needs {role}")
+            if err is None:
+                return Call(method, principal)
+            if mutating:  # every attempt to change something is on record, refused ones included
+                self.audit.record((principal or ANONYMOUS).name, method, "", f"{err.code.name}/{err.reason}")
+            raise err
 
         if handler.unary_unary:
             def unary(request, context):
                 try:
                     call = admit(context)
+                    if not mutating:  # _mutate checks inside its audit entry
+                        well_formed(request, method)
                     token = current_call.set(call)
                     try:
                         return self._mutate(handler.unary_unary, request, context, call) if mutating \
@@ -78,19 +110,20 @@ class Pipeline(grpc.ServerInterceptor):
                     context.abort_with_status(to_status(e))
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer)
+                unary, lenient(handler.request_deserializer), handler.response_serializer)
 
         if handler.unary_stream:
             def unary_stream(request, context):
                 try:
                     call = admit(context)
+                    well_formed(request, method)
                     current_call.set(call)
                     yield from handler.unary_stream(request, context)
                 except ApiError as e:
                     context.abort_with_status(to_status(e))
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer)
+                unary_stream, lenient(handler.request_deserializer), handler.response_serializer)
 
         if handler.stream_unary:
             # Streamed upload (ImportPatch): the service reads its request id from the stream and
@@ -101,12 +134,14 @@ class Pipeline(grpc.ServerInterceptor):
                     token = current_call.set(call)
                     audit_id = self.audit.begin(principal.name, method)
                     try:
-                        resp = handler.stream_unary(request_iter, context)
+                        resp = handler.stream_unary((well_formed(r, method) for r in request_iter), context)
                     except ApiError as e:
                         self.audit.finish(audit_id, f"{e.code.name}/{e.reason}", e.message, call.target, call.request_id)
                         raise
                     except Exception as e:
-                        self.audit.finish(audit_id, "INTERNAL", repr(e), call.target, call.request_id)
+                        # the upload stream fails this way when the client cancels or goes away
+                        result = "INTERNAL" if context.is_active() else "CANCELLED"
+                        self.audit.finish(audit_id, result, repr(e), call.target, call.request_id)
                         raise
                     finally:
                         current_call.reset(token)
@@ -116,7 +151,7 @@ class Pipeline(grpc.ServerInterceptor):
                     context.abort_with_status(to_status(e))
 
             return grpc.stream_unary_rpc_method_handler(
-                stream_unary, handler.request_deserializer, handler.response_serializer)
+                stream_unary, lenient(handler.request_deserializer), handler.response_serializer)
         return handler
 
     def _mutate(self, behavior, request, context, call: Call):
@@ -124,7 +159,8 @@ class Pipeline(grpc.ServerInterceptor):
         call.target = target_of(request)
         audit_id = self.audit.begin(call.principal.name, call.method, call.request_id, call.target)
         try:
-            with self.lock:
+            well_formed(request, call.method)
+            with (contextlib.nullcontext() if call.method in UNLOCKED_METHODS else self.lock):
                 h = request_hash(request) if call.request_id else ""
                 if call.request_id:
                     replay = self.idem.replay(call.request_id, call.method, h)

@@ -92,6 +92,12 @@ def validate(m: Monitor) -> Monitor:
         err = regex_error(m.pattern)
         if err:
             raise err
+    else:  # a literal hyperscan cannot take (a NUL, too many bytes) would fail every later compile
+        from factpatch.server.monitors.engine import hyperscan_error
+
+        msg = hyperscan_error(m.expression(), m.ignore_case)
+        if msg is not None:
+            raise MonitorError("BAD_MONITOR", f"pattern cannot be matched: {msg}", "pattern")
     return m
 
 

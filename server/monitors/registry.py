@@ -11,10 +11,12 @@ import threading
 import time
 from typing import Callable
 
+import hyperscan
+
 from factpatch.server.db import Database
 from factpatch.server.monitors import stale
 from factpatch.server.monitors.config import API, PATCH, Monitor, MonitorError, MonitorsConfig, validate
-from factpatch.server.monitors.engine import CompiledMonitors
+from factpatch.server.monitors.engine import CompiledMonitors, hyperscan_error
 
 log = logging.getLogger("factpatch.monitors")
 
@@ -64,7 +66,15 @@ class MonitorRegistry:
             taken = {m.name for m in user}
             monitors = user + [m for m in stale_mons if m.name not in taken]
             t0 = time.perf_counter()
-            compiled = CompiledMonitors(monitors)
+            try:
+                compiled = CompiledMonitors(monitors)
+            except hyperscan.error:
+                # one pattern hyperscan refuses (a stale value from a stored patch: any text) must not
+                # stop every other monitor, nor the next start
+                bad = {m.name for m in monitors if hyperscan_error(m.expression(), m.ignore_case)}
+                log.error("monitors left out, hyperscan cannot compile them: %s", sorted(bad))
+                monitors = [m for m in monitors if m.name not in bad]
+                compiled = CompiledMonitors(monitors)
             log.info("compiled %d monitors in %.3f s", len(monitors), time.perf_counter() - t0)
             self._patches = digests
             self.compiled = compiled

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import httpx
 
 from factpatch.server import convert
 from factpatch.server.context import ControlPlane
@@ -16,7 +17,16 @@ def _check_name(name: str) -> None:
 
 
 def _check_address(address: str) -> None:
-    if not address.startswith(("http://", "https://")) or len(address) < 10:
+    # Parsed as the agent client will parse it: an address it cannot use would fail every
+    # reconcile pass, for every shard, and every RevertToBase.
+    try:
+        url = httpx.URL(address.rstrip("/") + "/factpatch/v1")
+        usable = (url.scheme in ("http", "https") and bool(url.host) and (url.port is None or 0 < url.port < 65536)
+                  and not url.query and not url.fragment and len(url.host.encode("idna")) <= 253)
+    except (httpx.InvalidURL, TypeError, ValueError):  # UnicodeError: a DNS label empty or over 63
+        usable = False
+    usable = usable and len(address) <= 2048 and not any(c.isspace() for c in address)
+    if not address.startswith(("http://", "https://")) or len(address) < 10 or not usable:
         raise invalid("BAD_ADDRESS", f"address must be the shard's http(s) base URL, got {address!r}", field="address")
 
 

@@ -25,8 +25,8 @@ def to_pb(m: Monitor) -> monitor_pb2.Monitor:
     )
 
 
-def to_api_error(e: MonitorError) -> ApiError:
-    md = {"field": e.field} if e.field else {}
+def to_api_error(e: MonitorError, within: str = "") -> ApiError:
+    md = {"field": within + e.field} if e.field else {}
     if e.position is not None:
         md["position"] = str(e.position)
     if e.reason == "TOO_MANY_MONITORS":
@@ -54,8 +54,8 @@ class MonitorService(monitor_pb2_grpc.MonitorServiceServicer):
             created = self.registry.create(
                 Monitor(name=m.name, kind=kind, pattern=m.pattern, ignore_case=m.ignore_case,
                         scope_subject=m.scope_subject.strip()), call_principal())
-        except MonitorError as e:
-            raise to_api_error(e) from None
+        except MonitorError as e:  # the fields are the request's monitor's
+            raise to_api_error(e, "monitor.") from None
         return to_pb(created)
 
     def ListMonitors(self, request, context):

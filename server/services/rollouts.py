@@ -116,8 +116,8 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
             if g.metric not in analysis.METRICS:
                 raise invalid("BAD_GATE", f"gates[{i}].metric must be one of {', '.join(analysis.METRICS)}, got {g.metric!r}",
                               field=f"gates[{i}].metric")
-            if g.max_ratio < 0 or g.min_samples < 0 or g.max_value < 0:
-                raise invalid("BAD_GATE", f"gates[{i}]: max_ratio, min_samples and max_value must not be negative",
+            if not (g.max_ratio >= 0 and g.max_value >= 0) or g.min_samples < 0:  # NaN fails ">= 0"
+                raise invalid("BAD_GATE", f"gates[{i}]: max_ratio, min_samples and max_value must be numbers, not negative",
                               field=f"gates[{i}]")
         if request.analysis_seconds < 0:
             raise invalid("BAD_ANALYSIS_WINDOW", "analysis_seconds must not be negative", field="analysis_seconds")
@@ -150,6 +150,8 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
         return self._msg(self._rollout(request.id))
 
     def ListRollouts(self, request, context):
+        if request.page_size < 0:  # SQLite reads a negative LIMIT as "no limit"
+            raise invalid("BAD_PAGE_SIZE", "page_size must not be negative", field="page_size")
         limit = request.page_size or 100
         return rollout_pb2.ListRolloutsResponse(
             rollouts=[self._msg(r) for r in self.cp.db.rollouts(active_only=request.active_only, limit=limit)]
