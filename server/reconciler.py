@@ -52,6 +52,7 @@ class Reconciler:
         self.interval = interval
         self.agent_timeout = agent_timeout
         self.status_timeout = status_timeout
+        self.gateway_drain_timeout = 30.0
         self._clients: dict[str, AgentClient] = {}
         self._clients_lock = threading.Lock()
         self.shard_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
@@ -176,6 +177,10 @@ class Reconciler:
     def _swap_begin(self, name: str) -> None:
         if self.swaps is not None:
             self.swaps.begin(name)
+            # Requests the gateway already sent finish on the weights their header names.
+            if not self.swaps.drain(name, self.gateway_drain_timeout):
+                log.warning("shard %s: gateway requests still running after %.0f s; swapping anyway",
+                            name, self.gateway_drain_timeout)
 
     def _swap_end(self, name: str) -> None:
         if self.swaps is not None:

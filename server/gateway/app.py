@@ -42,6 +42,9 @@ class GatewayConfig:
     listen: str = "127.0.0.1:8080"
     upstream_timeout_s: float = 600.0
     connect_timeout_s: float = 5.0
+    # When every shard a request could go to is in the middle of a weight swap, hold the request up
+    # to this long for one to come back instead of failing it (a fleet-wide revert swaps all at once).
+    swap_wait_s: float = 30.0
 
 
 def openai_error(status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
@@ -203,20 +206,28 @@ class Gateway:
         if err is not None:
             return err
         key = request.headers.get(KEY_HEADER) or body.get("user") or None
-        route, cands = self.router.choose(key, request.headers.get(ROUTE_HEADER))
-        if not cands:
-            return openai_error(503, f"no {route} shard is available (all busy swapping, unhealthy or none registered)",
-                                type_="server_error", code="no_shard_available")
         compiled = self.monitors.compiled  # the set this response is judged by, even if monitors change meanwhile
         mentioned = compiled.mentioned(prompt_text(body, chat))
         timeout = aiohttp.ClientTimeout(total=self.cfg.upstream_timeout_s, sock_connect=self.cfg.connect_timeout_s)
-        try:
-            shard, resp = await send(self.session, self.router, route, cands, path, raw,
-                                     forward_headers(request.headers), self.metrics, timeout)
-        except NoShard as e:
-            return openai_error(e.status, str(e), type_="server_error", code=e.code)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:  # sent, but no answer came back
-            return openai_error(502, f"the shard failed to answer: {e!r}", type_="server_error", code="upstream_error")
+        deadline = time.monotonic() + self.cfg.swap_wait_s
+        while True:
+            route, cands = self.router.choose(key, request.headers.get(ROUTE_HEADER))
+            if not cands:
+                if self.router.changing() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)  # a shard is mid-swap: it will be back shortly
+                    continue
+                return openai_error(503, f"no {route} shard is available (all busy swapping, unhealthy or none registered)",
+                                    type_="server_error", code="no_shard_available")
+            try:
+                shard, resp = await send(self.session, self.router, route, cands, path, raw,
+                                         forward_headers(request.headers), self.metrics, timeout)
+                break
+            except NoShard as e:
+                if e.code == "no_shard_available" and time.monotonic() < deadline:
+                    continue  # every candidate began a swap after it was chosen: choose again
+                return openai_error(e.status, str(e), type_="server_error", code=e.code)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:  # sent, but no answer came back
+                return openai_error(502, f"the shard failed to answer: {e!r}", type_="server_error", code="upstream_error")
         scanner = compiled.scanner()
         failed: str | None = None
         try:
@@ -264,7 +275,7 @@ class Gateway:
             return openai_error(504, f"shard {shard.name} did not answer in time", type_="server_error", code="timeout")
         finally:
             resp.release()
-            self.router.inflight[shard.name] -= 1
+            self.router.swaps.leave(shard.name)
             matched = scanner.close()
             if failed != "client_gone":
                 self._record(shard, resp.status, failed, time.perf_counter() - t0, compiled, mentioned, matched)

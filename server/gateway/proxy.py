@@ -94,13 +94,18 @@ async def send(session: aiohttp.ClientSession, router, route: str, cands, path: 
     shard = router.pick(cands)
     while True:
         tried.add(shard.name)
-        router.inflight[shard.name] = router.inflight.get(shard.name, 0) + 1
+        if not router.swaps.enter(shard.name):  # its swap began since the route was chosen
+            rest = [c for c in cands if c.name not in tried]
+            if not rest:
+                raise NoShard("every candidate shard began a weight swap", 503, "no_shard_available")
+            shard = router.pick(rest)
+            continue
         try:
             resp = await session.post(shard.url + path, data=raw, headers=headers, timeout=timeout)
             return shard, resp
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.ServerDisconnectedError) as e:
             # nothing was generated: the shard is down or restarting
-            router.inflight[shard.name] -= 1
+            router.swaps.leave(shard.name)
             metrics.errors.labels(shard.version or "base", shard.name, "connect").inc()
             same = [c for c in cands if c.version == shard.version and c.name not in tried]
             if not same:
@@ -109,7 +114,7 @@ async def send(session: aiohttp.ClientSession, router, route: str, cands, path: 
             metrics.retries.labels(shard.version or "base", shard.name).inc()
             shard = router.pick(same)
         except BaseException as e:
-            router.inflight[shard.name] -= 1
+            router.swaps.leave(shard.name)
             if isinstance(e, (aiohttp.ClientError, TimeoutError)):
                 metrics.errors.labels(shard.version or "base", shard.name, "upstream_error").inc()
             raise

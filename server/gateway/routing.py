@@ -51,19 +51,46 @@ class Table:
 
 
 class SwapTracker:
-    """Shards the reconciler is changing now; the gateway keeps traffic away from them."""
+    """Shards the reconciler is changing now, and the gateway's requests in flight per shard.
+
+    The gateway takes a slot (`enter`) before sending a request to a shard and gives it back when the
+    response has ended; the reconciler, having marked a shard as swapping (`begin`), waits for its
+    slots to drain before it changes the weights. Both happen under one lock, so a request either
+    got its slot before the swap began (and finishes on the old weights, which its version header
+    names) or is kept off the shard: a response is never tagged with a version it was not made by.
+    """
 
     def __init__(self):
         self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
         self._busy: dict[str, int] = {}  # shard -> 0 while swapping, else the db generation after the swap
+        self.inflight: dict[str, int] = {}
 
     def begin(self, shard: str) -> None:
         with self._lock:
             self._busy[shard] = 0
 
+    def drain(self, shard: str, timeout: float) -> bool:
+        """Waits until no gateway request is in flight on the shard; False if `timeout` passed first."""
+        with self._drained:
+            return self._drained.wait_for(lambda: self.inflight.get(shard, 0) == 0, timeout)
+
     def end(self, shard: str, generation: int) -> None:
         with self._lock:
             self._busy[shard] = generation
+
+    def enter(self, shard: str) -> bool:
+        with self._lock:
+            if self._busy.get(shard) == 0:
+                return False
+            self.inflight[shard] = self.inflight.get(shard, 0) + 1
+            return True
+
+    def leave(self, shard: str) -> None:
+        with self._drained:
+            self.inflight[shard] -= 1
+            if self.inflight[shard] == 0:
+                self._drained.notify_all()
 
     def swapping(self, shard: str) -> bool:
         """True while the reconciler is inside a swap of this shard."""
@@ -93,8 +120,13 @@ class Router:
         self.db = db
         self.swaps = swaps
         self.table = Table(generation=-1)
-        self.inflight: dict[str, int] = {}
         self._rng = random.Random()
+
+    def changing(self) -> bool:
+        """True while some shard is being moved to another version (desired ≠ served, or mid-swap):
+        a request with nowhere to go now will have somewhere shortly."""
+        t = self.table
+        return any(v.desired != v.version or self.swaps.blocked(n, t.generation) for n, v in t.shards.items())
 
     def refresh(self) -> Table:
         gen = self.db.generation  # read first: a change during the build makes the next refresh run again
@@ -140,6 +172,10 @@ class Router:
             route = BASE if route == CANARY else CANARY
             cands = self.available(t, s.canary if route == CANARY else s.base)
         return route, cands
+
+    @property
+    def inflight(self) -> dict[str, int]:
+        return self.swaps.inflight
 
     def pick(self, cands: list[ShardView]) -> ShardView:
         """The least busy candidate, ties broken at random."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 
 import grpc
@@ -42,9 +43,16 @@ class PatchService(patch_pb2_grpc.PatchServiceServicer):
         try:
             patch = patchfile.from_bytes(data)
         except patchfile.PatchError as e:
-            raise invalid("MALFORMED_PATCH", str(e)) from None
+            raise invalid("MALFORMED_PATCH", str(e), field="chunk") from None
         with self.cp.mutation_lock:
-            digest = self.cp.store.put(data)
+            try:
+                digest = self.cp.store.put(data)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                    # The store wrote to a temporary file and removed it: nothing half-stored remains.
+                    raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "STORE_FULL",
+                                   f"the patch store has no room for {len(data)} bytes ({e.strerror})") from None
+                raise
             self.cp.db.add_patch(digest, len(data), patch.manifest, patch.names, principal)
         return digest
 
@@ -88,28 +96,31 @@ class PatchService(patch_pb2_grpc.PatchServiceServicer):
         call = current_call.get()
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "header":
-            raise invalid("MISSING_HEADER", "the first ImportPatch message must be the header")
+            raise invalid("MISSING_HEADER", "the first ImportPatch message must be the header", field="header")
         header = first.header
         call.request_id = header.request_id
         limit = self.cp.max_patch_bytes
         if header.size_bytes > limit:
             raise invalid("PATCH_TOO_LARGE", f"size_bytes {header.size_bytes} exceeds the limit of {limit} bytes",
-                          limit=str(limit))
+                          limit=str(limit), field="header.size_bytes")
         if header.expected_digest:
             check_digest(header.expected_digest, "header.expected_digest")
         buf, h = bytearray(), hashlib.sha256()
         for msg in request_iterator:
             if msg.WhichOneof("part") != "chunk":
-                raise invalid("DUPLICATE_HEADER", "only the first ImportPatch message may be a header")
+                raise invalid("DUPLICATE_HEADER", "only the first ImportPatch message may be a header", field="header")
             if len(buf) + len(msg.chunk) > limit:
-                raise invalid("PATCH_TOO_LARGE", f"upload exceeds the limit of {limit} bytes", limit=str(limit))
+                raise invalid("PATCH_TOO_LARGE", f"upload exceeds the limit of {limit} bytes", limit=str(limit), field="chunk")
             buf += msg.chunk
             h.update(msg.chunk)
         digest = "sha256:" + h.hexdigest()
         call.target = f"digest={digest}"
         if header.expected_digest and header.expected_digest != digest:
             raise invalid("DIGEST_MISMATCH", f"received bytes hash to {digest}, the header says {header.expected_digest}",
-                          received=digest)
+                          received=digest, field="header.expected_digest")
+        if header.size_bytes and header.size_bytes != len(buf):  # a cut-short or overlong upload
+            raise invalid("SIZE_MISMATCH", f"received {len(buf)} bytes, the header says size_bytes {header.size_bytes}",
+                          field="header.size_bytes")
         # The request is identified by the header and the bytes' digest, not by the whole upload.
         req_hash = request_hash(header.SerializeToString(deterministic=True) + digest.encode())
         idem = self.cp.idempotency
@@ -138,7 +149,9 @@ class PatchService(patch_pb2_grpc.PatchServiceServicer):
         try:
             offset = int(request.page_token or 0)
         except ValueError:
-            raise invalid("BAD_PAGE_TOKEN", "page_token is not one this server gave", field="page_token") from None
+            offset = -1
+        if not 0 <= offset < 2**62:  # SQLite's OFFSET is a signed 64-bit integer
+            raise invalid("BAD_PAGE_TOKEN", "page_token is not one this server gave", field="page_token")
         rows = self.cp.db.patches(size + 1, offset)
         patches = [self._patch(r["digest"]) for r in rows[:size]]
         return patch_pb2.ListPatchesResponse(

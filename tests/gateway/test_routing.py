@@ -68,3 +68,22 @@ def test_swaps_and_split(tmp_path):
     assert router.choose(key, None)[0] == BASE
     assert router.choose(key, CANARY) == (CANARY, [])
     db.close()
+
+
+def test_a_request_that_got_its_slot_holds_off_the_swap():
+    """The gateway's slot and the reconciler's swap share one lock: a swap waits for the requests
+    already sent to the shard, and no new request gets a slot once the swap has begun."""
+    import threading
+
+    swaps = SwapTracker()
+    assert swaps.enter("s0")
+    swaps.begin("s0")
+    assert not swaps.enter("s0")  # kept off the shard from now on
+    assert not swaps.drain("s0", timeout=0.05)  # the first request is still running
+    done = threading.Event()
+    threading.Thread(target=lambda: (swaps.drain("s0", timeout=5) and done.set())).start()
+    swaps.leave("s0")
+    assert done.wait(5)
+    swaps.end("s0", generation=3)
+    assert swaps.enter("s0")  # after the swap, the shard takes requests again
+    swaps.leave("s0")

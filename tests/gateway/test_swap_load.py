@@ -1,0 +1,47 @@
+"""Streaming clients through the gateway while a patch is rolled out, promoted and reverted again
+and again: no request fails, and every response is exactly its tagged version's answer."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from factpatch.server.loadcheck import Churn, Clients, judge, reference_texts
+
+pytestmark = pytest.mark.vllm
+
+
+def fleet_settled(stack):
+    def settled(expect: dict[str, str]) -> bool:
+        views = {v.name: v for v in stack.srv.gateway.router.shards()}
+        return all(n in views and views[n].available and (views[n].version or "base") == want
+                   for n, want in expect.items())
+    return settled
+
+
+def test_no_failed_or_mixed_responses_while_weights_change(stack, fix_patch, fact, world):
+    prompts = list(fact.prompts) + [world.relations[f.relation].templates[f.train_templates[0]].format(f.subject)
+                                    for f in world.facts[400:404]]
+    digest = stack.cl.push(fix_patch).digest
+    settled = fleet_settled(stack)
+    churn = Churn(stack.cl, digest, ["s0"], 50, settled)
+
+    refs = {"base": reference_texts(stack.url, stack.model, prompts, 8)}
+    churn.promote_all(["s0", "s1"])
+    assert churn.settle_within({"s0": digest, "s1": digest})
+    refs[digest] = reference_texts(stack.url, stack.model, prompts, 8)
+    assert refs[digest][fact.prompts[0]] != refs["base"][fact.prompts[0]]  # the two versions answer differently
+    churn.revert()
+    assert churn.settle_within({"s0": "base", "s1": "base"})
+
+    with Clients(stack.url, stack.model, prompts, n=6) as clients:
+        time.sleep(2)
+        for _ in range(3):
+            churn.cycle(["s0", "s1"])
+        time.sleep(1)
+    v = judge(clients.outcomes, refs, churn.windows)
+    assert v.sent >= 50 and v.during_swaps >= 10, v
+    assert v.failed == 0 and v.mismatched == 0 and v.untagged == 0, v.examples
+    versions = {o.version for o in clients.outcomes}
+    assert versions == {"base", digest}

@@ -1,0 +1,134 @@
+"""Faults around the patch store, on a real `factpatch serve` process: the disk fills during an upload,
+the process is killed -9 in the middle of one, a stored file is corrupted. Each time nothing
+half-written stays, nothing already stored or audited is lost, and the API says what happened."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from factpatch.server.db import Database
+from factpatch.server.errors import reason_of
+from factpatch.server.pb import patch_pb2
+from factpatch.server.process import ControlPlaneProcess
+
+from .helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, random_patch, rid, write_tokens
+
+W = "model.layers.0.mlp.down_proj.weight"
+FP = "sha256:" + "0" * 64
+
+
+def _serve(tmp_path, **kw) -> ControlPlaneProcess:
+    tokens = tmp_path / "tokens.yaml"
+    if not tokens.exists():
+        write_tokens(tokens)
+    return ControlPlaneProcess(tmp_path / "state", tokens, AGENT_TOKEN, shards={}, gateway=False,
+                               extra_args=["--max-patch-mb", "64"], **kw).start()
+
+
+def _store_files(tmp_path) -> list:
+    return sorted(p.name for p in (tmp_path / "state" / "patches").rglob("*") if p.is_file())
+
+
+def _audit(tmp_path) -> list:
+    db = Database(tmp_path / "state" / "state.db")
+    try:
+        return [dict(r) for r in db.q("SELECT method, result, target FROM audit ORDER BY id")]
+    finally:
+        db.close()
+
+
+def test_full_disk_during_upload(tmp_path):
+    cp = _serve(tmp_path, file_size_limit=3 << 20)  # no file of the process may grow past 3 MiB
+    cl = Client(cp.target, OPERATOR_TOKEN)
+    try:
+        small = cl.push(random_patch({W: (64, 128)}, FP)).digest
+        big = random_patch({W: (4096, 4096)}, FP, rank=128, seed=1)  # about 4 MiB
+        assert len(big) > 3 << 20
+        with pytest.raises(grpc.RpcError) as e:
+            cl.push(big)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason_of(e.value) == "STORE_FULL"
+        assert "no room" in e.value.details()
+        # nothing half-stored; what was stored before is intact and still listed
+        assert _store_files(tmp_path) == [small.split(":")[1]]
+        listed = cl(cl.patches.ListPatches, patch_pb2.ListPatchesRequest()).patches
+        assert [p.digest for p in listed] == [small]
+        # the server stays up and takes patches that fit
+        again = cl.push(random_patch({W: (64, 128)}, FP, seed=2)).digest
+        assert again != small
+    finally:
+        cl.close()
+        cp.stop()
+    results = [(a["method"].rsplit("/", 1)[1], a["result"]) for a in _audit(tmp_path)]
+    assert results == [("ImportPatch", "OK"), ("ImportPatch", "RESOURCE_EXHAUSTED/STORE_FULL"), ("ImportPatch", "OK")]
+
+
+def test_kill9_in_the_middle_of_an_upload(tmp_path):
+    cp = _serve(tmp_path)
+    cl = Client(cp.target, OPERATOR_TOKEN)
+    stored = cl.push(random_patch({W: (64, 128)}, FP)).digest
+    data = random_patch({W: (1024, 1024)}, FP, rank=64, seed=3)
+    sent = threading.Event()
+
+    def slow_parts():
+        import hashlib
+
+        yield patch_pb2.ImportPatchRequest(header=patch_pb2.ImportPatchHeader(
+            request_id=rid(), expected_digest="sha256:" + hashlib.sha256(data).hexdigest(), size_bytes=len(data)))
+        for i in range(0, len(data), 1 << 16):
+            yield patch_pb2.ImportPatchRequest(chunk=data[i : i + (1 << 16)])
+            sent.set()
+            time.sleep(0.05)
+
+    errors = []
+
+    def upload():
+        try:
+            cl.patches.ImportPatch(slow_parts(), metadata=cl.md, timeout=60)
+        except grpc.RpcError as e:
+            errors.append(e.code())
+
+    t = threading.Thread(target=upload)
+    t.start()
+    assert sent.wait(10)
+    time.sleep(0.3)
+    cp.kill9()
+    t.join(timeout=30)
+    cl.close()
+    assert errors == [grpc.StatusCode.UNAVAILABLE]
+
+    cp = _serve(tmp_path)  # restart on the same state
+    cl = Client(cp.target, OPERATOR_TOKEN)
+    try:
+        assert [p.digest for p in cl(cl.patches.ListPatches, patch_pb2.ListPatchesRequest()).patches] == [stored]
+        assert _store_files(tmp_path) == [stored.split(":")[1]]
+        # the retry with the same bytes goes through
+        assert cl.push(data).digest.startswith("sha256:")
+    finally:
+        cl.close()
+        cp.stop()
+    # every call is in the audit log; the one cut short stays PENDING (it never finished)
+    results = [a["result"] for a in _audit(tmp_path)]
+    assert results.count("OK") == 2 and results.count("PENDING") <= 1 and len(results) >= 2
+
+
+def test_corrupted_stored_patch_is_reported_not_served(tmp_path):
+    cp = _serve(tmp_path)
+    cl = Client(cp.target, OPERATOR_TOKEN)
+    try:
+        digest = cl.push(random_patch({W: (64, 128)}, FP)).digest
+        path = next(p for p in (tmp_path / "state" / "patches").rglob(digest.split(":")[1]))
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        path.write_bytes(bytes(raw))
+        with pytest.raises(grpc.RpcError) as e:
+            list(cl.patches.GetPatchBlob(patch_pb2.GetPatchBlobRequest(digest=digest), metadata=cl.md, timeout=10))
+        assert e.value.code() == grpc.StatusCode.DATA_LOSS and reason_of(e.value) == "STORE_CORRUPT"
+        # the record is still there to see and delete; the bytes never leave the store
+        assert cl(cl.patches.GetPatch, patch_pb2.GetPatchRequest(digest=digest)).digest == digest
+    finally:
+        cl.close()
+        cp.stop()
