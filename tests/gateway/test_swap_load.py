@@ -43,5 +43,8 @@ def test_no_failed_or_mixed_responses_while_weights_change(stack, fix_patch, fac
     v = judge(clients.outcomes, refs, churn.windows)
     assert v.sent >= 50 and v.during_swaps >= 10, v
     assert v.failed == 0 and v.mismatched == 0 and v.untagged == 0, v.examples
+    from tests.reliability.results import merge_section
+
+    merge_section("load_during_change_test", {key: val for key, val in v.to_json().items() if key != "examples"} | {"cycles": 3, "clients": 6})
     versions = {o.version for o in clients.outcomes}
     assert versions == {"base", digest}

@@ -15,6 +15,8 @@ from factpatch.server.errors import reason_of
 from factpatch.server.pb import patch_pb2
 from factpatch.server.process import ControlPlaneProcess
 
+from tests.reliability.results import merge_section
+
 from .helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, random_patch, rid, write_tokens
 
 W = "model.layers.0.mlp.down_proj.weight"
@@ -64,6 +66,7 @@ def test_full_disk_during_upload(tmp_path):
         cp.stop()
     results = [(a["method"].rsplit("/", 1)[1], a["result"]) for a in _audit(tmp_path)]
     assert results == [("ImportPatch", "OK"), ("ImportPatch", "RESOURCE_EXHAUSTED/STORE_FULL"), ("ImportPatch", "OK")]
+    merge_section("faults", {"store_disk_full_during_upload": "survived: STORE_FULL, nothing half-stored, audit complete"})
 
 
 def test_kill9_in_the_middle_of_an_upload(tmp_path):
@@ -113,6 +116,7 @@ def test_kill9_in_the_middle_of_an_upload(tmp_path):
     # every call is in the audit log; the one cut short stays PENDING (it never finished)
     results = [a["result"] for a in _audit(tmp_path)]
     assert results.count("OK") == 2 and results.count("PENDING") <= 1 and len(results) >= 2
+    merge_section("faults", {"control_plane_kill9_mid_upload": "survived: no partial file or record, retry stored"})
 
 
 def test_corrupted_stored_patch_is_reported_not_served(tmp_path):
@@ -129,6 +133,7 @@ def test_corrupted_stored_patch_is_reported_not_served(tmp_path):
         assert e.value.code() == grpc.StatusCode.DATA_LOSS and reason_of(e.value) == "STORE_CORRUPT"
         # the record is still there to see and delete; the bytes never leave the store
         assert cl(cl.patches.GetPatch, patch_pb2.GetPatchRequest(digest=digest)).digest == digest
+        merge_section("faults", {"corrupted_stored_patch": "detected: DATA_LOSS / STORE_CORRUPT, never served"})
     finally:
         cl.close()
         cp.stop()
