@@ -3,6 +3,7 @@ rate per version, asked over Prometheus's HTTP API, is lower on the canary than 
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -72,7 +73,8 @@ def test_prometheus_sees_canary_stale_rate_below_base(stack, fix_patch, fact, pr
     rates: dict[str, float] = {}
     with stack.traffic(fact.prompts) as counts:
         deadline = time.monotonic() + 120
-        while not (patch in rates and "base" in rates):  # both series with two scrapes of traffic
+        # both series, each with traffic between two scrapes (0/0 reads NaN when one version got none yet)
+        while not (patch in rates and "base" in rates and not any(math.isnan(x) for x in rates.values())):
             assert time.monotonic() < deadline, f"no stale rate for both versions in Prometheus: {rates}, {counts}"
             time.sleep(1)
             rates = query(prom, STALE_RATE)
