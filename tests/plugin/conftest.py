@@ -1,19 +1,10 @@
-"""One real shard per test session for the plugin tests (each start costs 20–60 s here)."""
+"""The plugin tests use the session's shard (tests/conftest.py), at base around each test."""
 
 from __future__ import annotations
 
 import pytest
 
-DRAIN_TIMEOUT_S = 1.0
-
-
-@pytest.fixture(scope="session")
-def shard(fixture_dir):
-    from factpatch.plugin.testing import ShardServer
-
-    # A short drain timeout lets one test reach the "abort the stragglers" policy in seconds.
-    with ShardServer(fixture_dir, env={"FACTPATCH_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S)}) as s:
-        yield s
+from tests.conftest import SHARD_DRAIN_TIMEOUT_S as DRAIN_TIMEOUT_S  # noqa: F401  (tests import it from here)
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""The agent routes of a real vLLM shard (one engine for this module): who may call them, and what
+"""The agent routes of a real vLLM shard (the session's shard): who may call them, and what
 hostile patch bodies get. Only 'Bearer <the shard's token>' is let in (the scheme in any case, as HTTP
 allows); no token, another token, a control-plane client token or another scheme get 401
 UNAUTHENTICATED and change nothing. Bad bodies get a 4xx with a reason and leave the weights alone;
@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from factpatch import patchfile
 from factpatch.plugin.agent import PREFIX
-from factpatch.plugin.testing import ShardServer
 from tests.plugin.patches import random_patch
 from tests.server.helpers import OPERATOR_TOKEN
 
@@ -43,14 +42,6 @@ def callers(token: str) -> dict[str, dict[str, str]]:
 
 
 ALLOWED = {"lower-case scheme", "shard token"}
-
-
-@pytest.fixture(scope="module")
-def shard(fixture_dir):
-    """One engine for the whole module, stopped when it ends (the plugin tests' shard lives for the
-    session, and is not visible from here)."""
-    with ShardServer(fixture_dir) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
