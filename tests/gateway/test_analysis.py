@@ -39,7 +39,9 @@ def test_failing_gate_rolls_back_automatically(stack, shards, weak_patch, fact):
 
 def test_passing_gates_promote(stack, shards, fix_patch, fact):
     patch = stack.cl.push(fix_patch).digest
-    r = stack.start(patch, canary_shards=["s0"], canary_traffic_percent=50, analysis_seconds=8, gates=[
+    # 20 s of traffic gives each side its 8 samples even when the machine is loaded (with 8 s a slow
+    # run could end inconclusive and pause instead of promoting)
+    r = stack.start(patch, canary_shards=["s0"], canary_traffic_percent=50, analysis_seconds=20, gates=[
         Gate(metric="stale_value_rate", max_ratio=0.5, min_samples=8),
         Gate(metric="error_rate", max_ratio=1.0, max_value=0.01, min_samples=8),
     ])
