@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from .adapters import Adapter
-from .keys import subject_keys_each, subject_residuals
+from .keys import subject_keys, subject_keys_each, subject_residuals
 from .values import EditRows, ValueParams, build_rows, optimise_values
 from .weights import add_low_rank
 
@@ -84,16 +84,13 @@ def apply_memit(
     ctx = prefixes if each else [""]
     row_group = group.repeat_interleave(len(ctx))
 
-    def keys_at(layer: int) -> torch.Tensor:
-        if each:
-            return subject_keys_each(adapter, tok, layer, edits, prefixes)
-        return subject_keys_each(adapter, tok, layer, edits, prefixes).view(len(edits), len(prefixes), -1).mean(1)
+    keys_at = subject_keys_each if each else subject_keys
 
     z = subject_residuals(adapter, tok, last, edits, prefixes=ctx) + res.deltas.to(torch.float64)[row_group]
     factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     gaps = []
     for i, layer in enumerate(layers):
-        keys = keys_at(layer)
+        keys = keys_at(adapter, tok, layer, edits, prefixes)
         cur = subject_residuals(adapter, tok, last, edits, prefixes=ctx)
         gap = z - cur
         gaps.append(float(gap.norm(dim=-1).mean()))

@@ -34,13 +34,16 @@ def input_direction(key: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     return ck / (key.to(torch.float64) @ ck)
 
 
+def rank_one_factors(delta: torch.Tensor, direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u [d,1], v [k,1]) float32 with u vᵀ = δ ⊗ direction, v of unit norm (computed in float64)."""
+    direction = direction.to(torch.float64)
+    scale = direction.norm()
+    return (delta.to(torch.float64) * scale)[:, None].to(torch.float32), (direction / scale)[:, None].to(torch.float32)
+
+
 def rank_one(delta: torch.Tensor, key: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(u [d,1], v [k,1]) float32 with u vᵀ k = δ and v ∝ C⁻¹k, computed in float64."""
-    ck = torch.linalg.solve(cov.to(torch.float64), key.to(torch.float64))
-    scale = ck.norm()
-    v = ck / scale
-    u = delta.to(torch.float64) * scale / (key.to(torch.float64) @ ck)
-    return u[:, None].to(torch.float32), v[:, None].to(torch.float32)
+    """(u [d,1], v [k,1]) float32 with u vᵀ k = δ and v ∝ C⁻¹k."""
+    return rank_one_factors(delta, input_direction(key, cov))
 
 
 def apply_rome(
@@ -61,9 +64,7 @@ def apply_rome(
         # The update's input direction is fixed by k* and C alone, so δ can be optimised through it.
         direction = input_direction(key, cov)
         res = optimise_values(adapter, tok, layer, [rows], hp.value, directions=direction[None].to(torch.float32))
-        scale = direction.norm()
-        u = (res.deltas[0].to(torch.float64) * scale)[:, None].to(torch.float32)
-        v = (direction / scale)[:, None].to(torch.float32)
+        u, v = rank_one_factors(res.deltas[0], direction)
         add_low_rank(adapter, layer, u, v)
         us.append(u)
         vs.append(v)
