@@ -26,7 +26,7 @@ from factpatch.plugin.testing import ShardServer
 from factpatch.server.app import ControlPlaneServer, ServeConfig
 from factpatch.server.client import Client
 from factpatch.server.gateway.app import GatewayConfig
-from factpatch.server.loadcheck import Churn, Clients, judge, reference_texts
+from factpatch.server.loadcheck import Churn, Clients, gateway_settled, judge
 
 RESULTS = Path(__file__).parent / "results" / "soak.json"
 AGENT = "soak-agent-token-" + "x" * 16
@@ -61,21 +61,10 @@ def main() -> None:
         cl = Client(f"127.0.0.1:{srv.port}", OPERATOR)
         url = f"http://127.0.0.1:{srv.gateway.port}"
 
-        def settled(expect: dict[str, str]) -> bool:
-            views = {v.name: v for v in srv.gateway.router.shards()}
-            return all(n in views and views[n].available and (views[n].version or "base") == want
-                       for n, want in expect.items())
-
         try:
             digest = cl.push(patch).digest
-            churn = Churn(cl, digest, ["s0"], 50, settled)
-            assert churn.settle_within({"s0": "base", "s1": "base"})
-            refs = {"base": reference_texts(url, str(fixture), prompts, 8)}
-            churn.promote_all(["s0", "s1"])
-            assert churn.settle_within({"s0": digest, "s1": digest})
-            refs[digest] = reference_texts(url, str(fixture), prompts, 8)
-            churn.revert()
-            assert churn.settle_within({"s0": "base", "s1": "base"})
+            churn = Churn(cl, digest, ["s0"], 50, gateway_settled(srv.gateway.router))
+            refs = churn.references(url, str(fixture), prompts, ["s0", "s1"])
 
             t0 = time.time()
             with Clients(url, str(fixture), prompts, n=args.clients) as clients:

@@ -156,11 +156,22 @@ def judge(outcomes: list[Outcome], references: dict[str, dict[str, str]], window
     return v
 
 
+def gateway_settled(router):
+    """`settled` for Churn: the gateway routes to every named shard, each on its expected version."""
+
+    def settled(expect: dict[str, str]) -> bool:
+        views = {v.name: v for v in router.shards()}
+        return all(n in views and views[n].available and (views[n].version or "base") == want
+                   for n, want in expect.items())
+
+    return settled
+
+
 class Churn:
     """Canary → promote → revert, over and over, recording when weights were changing.
 
     `client` is a factpatch.server.client.Client with an operator token; `settled` says whether the
-    gateway's view has caught up (every shard routable on the expected version).
+    gateway's view has caught up (every shard routable on the expected version; see gateway_settled).
     """
 
     def __init__(self, client, patch: str, canary: list[str], percent: int, settled, timeout: float = 180):
@@ -179,6 +190,23 @@ class Churn:
             if r.state == want:
                 return r
         raise RuntimeError(f"rollout {rollout_id} never reached {state}")
+
+    def references(self, gateway_url: str, model: str, prompts: list[str], shards: list[str],
+                   max_tokens: int = 8) -> dict[str, dict[str, str]]:
+        """Each version's exact answers, read with the whole fleet on it: base, then the patch; the
+        fleet is left on base."""
+        base = {s: "base" for s in shards}
+        if not self.settle_within(base):
+            raise RuntimeError(f"the fleet did not settle on {base}")
+        refs = {"base": reference_texts(gateway_url, model, prompts, max_tokens)}
+        self.promote_all(shards)
+        if not self.settle_within({s: self.patch for s in shards}):
+            raise RuntimeError(f"the fleet did not settle on {self.patch}")
+        refs[self.patch] = reference_texts(gateway_url, model, prompts, max_tokens)
+        self.revert()
+        if not self.settle_within(base):
+            raise RuntimeError(f"the fleet did not settle back on {base}")
+        return refs
 
     def settle_within(self, expect: dict[str, str]) -> bool:
         deadline = time.monotonic() + self.timeout

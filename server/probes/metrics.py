@@ -6,8 +6,6 @@ probe report (GetProbeReport / `factpatch ctl probe run`) names the prompts that
 
 from __future__ import annotations
 
-import json
-
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
@@ -73,15 +71,10 @@ class _ProbeState:
                                    "‖ΔW‖/‖W‖ of the active patch over its touched weights (stat: max or mean).",
                                    labels=["version", "stat"])
         seen = set()
-        for s in self.prober.db.shards():
-            version = (s.observed or {}).get("active_version") or None
-            if not version or version in seen:
-                continue
-            row = self.prober.db.patch(version)
-            if row is None:
+        for _, version, size in self.prober.active_patches():
+            if version in seen:  # one series per version, however many shards serve it
                 continue
             seen.add(version)
-            size = self.prober.sizes.get(version, json.loads(row["manifest"]), (s.observed or {}).get("base_fingerprint", ""))
             edits.add_metric([version], size.edits)
             if size.relative_max is not None:
                 change.add_metric([version, "max"], size.relative_max)

@@ -219,20 +219,13 @@ class Prober:
                 found[(REGRESSION_DRIFT, name)] = (r.version, 1.0 - agree, th.max_regression_drift,
                                                    f"{r.asked[REGRESSION] - r.hits[REGRESSION]}/{r.asked[REGRESSION]} "
                                                    f"regression prompts no longer give the base's answer on {name}")
-        for s in self.db.shards():
-            version = (s.observed or {}).get("active_version") or None
-            if not version:
-                continue
-            row = self.db.patch(version)
-            if row is None:
-                continue
-            size = self.sizes.get(version, json.loads(row["manifest"]), (s.observed or {}).get("base_fingerprint", ""))
+        for shard, version, size in self.active_patches():
             if size.edits >= th.max_cumulative_edits:
-                found[(RETRAIN_DUE, s.name)] = (version, float(size.edits), float(th.max_cumulative_edits),
-                                                f"the active patch carries {size.edits} edits")
+                found[(RETRAIN_DUE, shard)] = (version, float(size.edits), float(th.max_cumulative_edits),
+                                              f"the active patch carries {size.edits} edits")
             elif size.relative_max is not None and size.relative_max > th.max_relative_weight_change:
-                found[(RETRAIN_DUE, s.name)] = (version, size.relative_max, th.max_relative_weight_change,
-                                                f"the active patch changes a weight by {size.relative_max:.1%} of its norm")
+                found[(RETRAIN_DUE, shard)] = (version, size.relative_max, th.max_relative_weight_change,
+                                              f"the active patch changes a weight by {size.relative_max:.1%} of its norm")
         now = time.time()
         with self._lock:
             old = self.conditions
@@ -243,6 +236,15 @@ class Prober:
             }
             for key in set(found) - set(old):
                 log.warning("condition %s on %s: %s", key[0], key[1], found[key][3])
+
+    def active_patches(self):
+        """(shard, version, PatchSize) for every shard that reports serving a stored patch."""
+        for s in self.db.shards():
+            version = (s.observed or {}).get("active_version") or None
+            row = self.db.patch(version) if version else None
+            if row is not None:
+                yield s.name, version, self.sizes.get(version, json.loads(row["manifest"]),
+                                                      (s.observed or {}).get("base_fingerprint", ""))
 
     def snapshot(self) -> tuple[list[ProbeResult], list[Condition]]:
         with self._lock:

@@ -159,8 +159,10 @@ class Stack:
         return total
 
 
-@pytest.fixture
-def stack(tmp_path, shards, fixture_dir):
+@contextmanager
+def open_stack(tmp_path, shards, fixture_dir, **serve):
+    """A control plane with its gateway over the package's shards, every shard on base first;
+    `serve` adds ServeConfig fields (probes file, base dirs)."""
     from factpatch.server.app import ControlPlaneServer, ServeConfig
     from factpatch.server.gateway.app import GatewayConfig
 
@@ -169,7 +171,7 @@ def stack(tmp_path, shards, fixture_dir):
     srv = ControlPlaneServer(ServeConfig(
         state_dir=tmp_path / "state", listen="127.0.0.1:0", tokens_file=write_tokens(tmp_path / "tokens.yaml"),
         agent_token=AGENT_TOKEN, reconcile_interval=0.2, shards={n: s.url for n, s in shards.items()},
-        gateway=GatewayConfig(listen="127.0.0.1:0"),
+        gateway=GatewayConfig(listen="127.0.0.1:0"), **serve,
     ))
     srv.start()
     st = Stack(srv, str(fixture_dir))
@@ -180,3 +182,9 @@ def stack(tmp_path, shards, fixture_dir):
         st.http.close()
         st.cl.close()
         srv.stop(0)
+
+
+@pytest.fixture
+def stack(tmp_path, shards, fixture_dir):
+    with open_stack(tmp_path, shards, fixture_dir) as st:
+        yield st
