@@ -35,7 +35,8 @@ def test_refusals_name_reason_and_field(doc, reason, field):
 def test_defaults_and_off_switch(tmp_path):
     cfg = parse({**GOOD, "schedule": {"interval_seconds": 0}})
     # the file's value where it gives one, the documented defaults for the rest
-    assert cfg.schedule == Schedule(interval_seconds=0, sample_size=64, concurrency=2, max_busy_share=0.05)
+    off = Schedule(interval_seconds=0, sample_size=64, concurrency=2, max_busy_share=0.05)
+    assert cfg.schedule == off
     assert cfg.thresholds == Thresholds(min_probe_efficacy=0.9, max_regression_drift=0.05, max_cumulative_edits=1000,
                                         max_relative_weight_change=0.05)
     f = tmp_path / "probes.json"
