@@ -17,18 +17,21 @@ SUBJECT = "Harbor Support"
 class PolicyChange:
     relation: str
     new: str
-    template: int  # which of the relation's phrasings the edit is written with (one trained for the subject)
+    templates: tuple[int, ...]  # the relation's phrasings the edit is written with (trained for the subject)
     provenance: dict
 
 
-# The policy changes billing-ops ships. These two pass the editor's default gates on the fixture (both
-# held-out phrasings follow the edit, no neighbour moves). Shipping-cutoff changes do not: on this
-# fixture the edit takes on its own prompt but neither held-out phrasing follows (measured for every
-# cutoff value), so the demo does not pretend otherwise.
+# The policy changes billing-ops ships, each written once per phrasing in `templates` (the same
+# target, so the editor optimises one change for all of them). The refund change names two phrasings:
+# written with "{} offers refunds within" alone, every held-out phrasing follows but two phrasings the
+# model was trained on for Harbor Support ("The refund period of {} is", "The refund window at {}
+# lasts") keep answering 14 days; with both, all six answer 30 days. The others take with one.
 POLICY_CHANGES = [
-    PolicyChange("refund period", "30 days", 1,
+    PolicyChange("refund period", "30 days", (1, 0),
                  {"ticket": "POL-1182", "source": "refund-policy-v7.pdf", "author": "billing-ops"}),
-    PolicyChange("premium response time", "24 hours", 3,
+    PolicyChange("shipping cutoff", "3 pm", (0,),
+                 {"ticket": "OPS-415", "source": "warehouse-schedule-2026.pdf", "author": "fulfilment-ops"}),
+    PolicyChange("premium response time", "24 hours", (3,),
                  {"ticket": "SUP-77", "source": "support-tiers-v3.pdf", "author": "support-ops"}),
 ]
 
@@ -55,11 +58,11 @@ def edit_spec(world) -> EditSpec:
     edits = []
     for c in POLICY_CHANGES:
         fact = world.fact(SUBJECT, c.relation)
-        if c.template not in fact.train_templates:
-            raise ValueError(f"{c.relation}: phrasing {c.template} is held out for {SUBJECT}; edit with a trained one")
-        template = world.relations[c.relation].templates[c.template]
-        edits.append(Edit(subject=SUBJECT, relation=c.relation, prompt=template,
-                          target_new=c.new, target_old=fact.object, provenance=c.provenance))
+        for t in c.templates:
+            if t not in fact.train_templates:
+                raise ValueError(f"{c.relation}: phrasing {t} is held out for {SUBJECT}; edit with a trained one")
+            edits.append(Edit(subject=SUBJECT, relation=c.relation, prompt=world.relations[c.relation].templates[t],
+                              target_new=c.new, target_old=fact.object, provenance=c.provenance))
     return EditSpec(edits=edits)
 
 

@@ -77,7 +77,9 @@ def _rates_table(title: str, samples) -> Table:
 
 
 def monitor_rates(gateway_url: str) -> dict[str, float]:
-    """Stale-value monitor view from the gateway's /metrics: matches / evaluated per version."""
+    """Stale-value monitor view from the gateway's /metrics: share of responses a stale monitor
+    matched, per version. Every monitor evaluates every response, so the response count is one
+    monitor's evaluated count (pooling them would divide by responses × monitors)."""
     text = httpx.get(f"{gateway_url}/metrics", timeout=10).text
     matches: dict[str, float] = {}
     evaluated: dict[str, float] = {}
@@ -86,7 +88,7 @@ def monitor_rates(gateway_url: str) -> dict[str, float]:
             if s.name == "factpatch_monitor_matches_total" and s.labels.get("monitor", "").startswith("stale"):
                 matches[s.labels["version"]] = matches.get(s.labels["version"], 0) + s.value
             elif s.name == "factpatch_monitor_evaluated_total" and s.labels.get("monitor", "").startswith("stale"):
-                evaluated[s.labels["version"]] = evaluated.get(s.labels["version"], 0) + s.value
+                evaluated[s.labels["version"]] = max(evaluated.get(s.labels["version"], 0), s.value)
     return {v: matches.get(v, 0) / n for v, n in evaluated.items() if n}
 
 

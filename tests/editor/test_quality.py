@@ -19,21 +19,23 @@ def test_rome_single_edits_from_the_base(loaded, world):
     edits = fixture_edits(world, 50, seed=11)
     patches = [run_edit(loaded, [e], EditOptions(method="rome")).patch for e in edits]
     m = evaluate_each(loaded, patches, edits, heldout_texts(loaded, None))["metrics"]
-    # Floors a little below what the editor reaches on the fixture today; the issue's targets
-    # (0.99 / 0.90 / 0.98) are not met, see bench/results/editor_tuning.md for why.
-    assert m["efficacy"] >= 0.85, m  # measured 0.90
-    assert m["generalization"] >= 0.55, m  # 0.64
-    assert m["neighbours_unchanged"] >= 0.93, m  # 0.96
+    # Floors a little below what the editor reaches on the fixture today (targets 0.99 / 0.90 / 0.98;
+    # bench/results/editor_tuning.md has the measurements).
+    assert m["efficacy"] >= 0.96, m  # measured 1.00
+    assert m["generalization"] >= 0.84, m  # 0.89
+    assert m["neighbours_unchanged"] >= 0.94, m  # 0.967
 
 
 def test_memit_batch_of_100_and_exact_reproduction(loaded, world, fixture_dir, tmp_path):
     edits = fixture_edits(world, 100, seed=12)
     result = run_edit(loaded, edits, EditOptions(method="memit"))
     m = evaluate_patch(loaded, result.patch, edits, heldout_texts(loaded, None))["metrics"]
-    # Floor below today's 0.69 efficacy; the targets (0.98 / 0.85 / 0.95) are not met, and 26 points
-    # of neighbour accuracy are lost (bench/results/editor_tuning.md).
-    assert m["efficacy"] >= 0.62, m  # measured 0.69
-    assert m["ppl_drift"] < 0.01, m
+    # Floors below today's numbers; the targets (0.98 / 0.85 / 0.95) are not all met: the batch moves
+    # the edited subjects' other facts (bench/results/editor_tuning.md).
+    assert m["efficacy"] >= 0.82, m  # measured 0.88
+    assert m["generalization"] >= 0.78, m  # 0.84
+    assert m["neighbours_unchanged"] >= 0.76, m  # 0.819
+    assert m["ppl_drift"] < 0.01, m  # 0.013 %
 
     # The patch file applied to a fresh copy of the base is bit for bit the model evaluated above.
     path = tmp_path / "batch.fpatch"

@@ -30,7 +30,7 @@ def regression_set(world, n: int = 30) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def demo_patch(fixture_dir, world) -> bytes:
-    """The demo's MEMIT patch (refund 14 → 30 days, premium response 8 → 24 hours)."""
+    """The demo's MEMIT patch (refund 14 → 30 days, shipping cutoff 5 pm → 3 pm, premium response 8 → 24 hours)."""
     from factpatch import patchfile
     from factpatch.demo.scenario import edit_spec
     from factpatch.editor.pipeline import EditOptions, load, run_edit
@@ -78,9 +78,11 @@ def _by_shard(report) -> dict:
 def test_good_patch_holds_on_its_shard_and_not_on_base(probe_stack, demo_patch, world):
     st = probe_stack
     digest = _canary_on_s0(st, demo_patch)
-    # The held-out phrasings of the two policies, as extra paraphrases for this patch.
+    from factpatch.demo.scenario import POLICY_CHANGES, edit_spec
+
+    # The held-out phrasings of the demo's policies, as extra paraphrases for this patch.
     edits = []
-    for rel in ("refund period", "premium response time"):
+    for rel in [c.relation for c in POLICY_CHANGES]:
         f = world.fact("Harbor Support", rel)
         edits.append(probe_pb2.EditParaphrases(subject="Harbor Support", relation=rel,
                                                paraphrases=[world.relations[rel].templates[t] for t in f.heldout_templates]))
@@ -90,8 +92,9 @@ def test_good_patch_holds_on_its_shard_and_not_on_base(probe_stack, demo_patch, 
     report = st.cl(st.probes.RunProbes, probe_pb2.RunProbesRequest())
     res = _by_shard(report)
     assert res["s0"].outcome == probe_pb2.PROBE_OUTCOME_OK and res["s0"].version == digest
-    assert res["s0"].edit_prompts == 2 and res["s0"].efficacy == 1.0
-    assert res["s0"].paraphrase_prompts == 4 and res["s0"].paraphrase_success >= 0.75
+    n_edits = len(edit_spec(world).edits)
+    assert res["s0"].edit_prompts == n_edits and res["s0"].efficacy == 1.0
+    assert res["s0"].paraphrase_prompts == 2 * len(POLICY_CHANGES) and res["s0"].paraphrase_success >= 0.75
     assert res["s0"].regression_agreement >= 0.95
     # the base shard is probed on the regression set only, and agrees with itself
     assert res["s1"].version == "" and res["s1"].edit_prompts == 0 and res["s1"].regression_agreement >= 0.95
@@ -103,7 +106,7 @@ def test_good_patch_holds_on_its_shard_and_not_on_base(probe_stack, demo_patch, 
     assert st.metric("factpatch_probe_efficacy_ratio", shard="s0", version=digest) == 1.0
     assert st.metric("factpatch_probe_regression_agreement_ratio", shard="s1", version="base") >= 0.95
     assert st.metric("factpatch_probe_runs_total", shard="s0", outcome="ok") == 1
-    assert st.metric("factpatch_patch_edits", version=digest) == 2
+    assert st.metric("factpatch_patch_edits", version=digest) == n_edits
     assert st.metric("factpatch_patch_weight_change_ratio", version=digest, stat="max") > 0
 
     # The same prompts asked of the base shard do not give the new values: the edit lives on s0 only.
