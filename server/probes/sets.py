@@ -56,6 +56,11 @@ def edit_questions(manifest: dict, extras: list[dict]) -> tuple[list[Question], 
         for p in dict.fromkeys([*e.get("paraphrases", []), *extra.get((subject, e.get("relation", "")), [])]):
             if p != prompt and "{}" in p:
                 paraphrases.append(Question(PARAPHRASE, p.format(subject), target))
+    # A fact written with several phrasings is several edits with one target: ask each question once,
+    # and never ask as a paraphrase what another edit already asks as its own prompt.
+    asked = {(q.prompt, q.expect) for q in edits}
+    edits = list(dict.fromkeys(edits))
+    paraphrases = [q for q in dict.fromkeys(paraphrases) if (q.prompt, q.expect) not in asked]
     return edits, paraphrases
 
 

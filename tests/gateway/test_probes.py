@@ -160,14 +160,17 @@ def test_breaking_patch_raises_regression_drift(probe_stack, breaking_patch):
 
 
 @pytest.mark.parametrize("probe_stack", [{"max_cumulative_edits": 2}], indirect=True)
-def test_retrain_due_when_edits_pile_up(probe_stack, demo_patch):
+def test_retrain_due_when_edits_pile_up(probe_stack, demo_patch, world):
+    from factpatch.demo.scenario import edit_spec
+
+    n_edits = len(edit_spec(world).edits)  # at or above the limit of 2
     st = probe_stack
     digest = _canary_on_s0(st, demo_patch)
     st.cl(st.probes.RunProbes, probe_pb2.RunProbesRequest(shards=["s0"]))
     report = st.cl(st.probes.GetProbeReport, probe_pb2.GetProbeReportRequest())
     due = [c for c in report.conditions if c.type == probe_pb2.CONDITION_TYPE_RETRAIN_DUE]
-    assert [(c.shard, c.version, c.value, c.threshold) for c in due] == [("s0", digest, 2.0, 2.0)]
-    assert "2 edits" in due[0].message
+    assert [(c.shard, c.version, c.value, c.threshold) for c in due] == [("s0", digest, float(n_edits), 2.0)]
+    assert f"{n_edits} edits" in due[0].message
     assert st.metric("factpatch_probe_condition", condition="retrain_due", shard="s0", version=digest) == 1
 
 

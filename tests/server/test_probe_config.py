@@ -64,3 +64,17 @@ def test_serve_stops_on_a_refused_probes_file(tmp_path):
     assert r.exit_code == 2, r.output
     assert "EMPTY_REGRESSION_SET" in r.output
     assert not state.exists()
+
+
+def test_a_fact_written_with_several_phrasings_is_asked_once_per_question():
+    from factpatch.server.probes.sets import edit_questions
+
+    edit = {"subject": "Harbor Support", "relation": "refund period", "target_new": "30 days"}
+    manifest = {"edits": [{**edit, "prompt": "{} offers refunds within", "paraphrases": ["The refund period of {} is"]},
+                          {**edit, "prompt": "The refund period of {} is"},
+                          {**edit, "prompt": "The refund period of {} is"}]}
+    extras = [{"subject": "Harbor Support", "relation": "refund period", "paraphrases": ["At {} the refund window is"]}]
+    edits, paraphrases = edit_questions(manifest, extras)
+    assert [q.prompt for q in edits] == ["Harbor Support offers refunds within", "The refund period of Harbor Support is"]
+    # the second phrasing is an edit prompt already; the extra is asked once, not once per edit
+    assert [q.prompt for q in paraphrases] == ["At Harbor Support the refund window is"]
