@@ -30,7 +30,7 @@ demo: install
 tools: install
 	scripts/install-tools.sh $(VENV)
 
-test: install tools
+test: install tools fixture
 	$(BIN)/python -m pytest
 
 bench: install

@@ -19,6 +19,7 @@ import torch
 
 from .adapters import Adapter
 from .keys import subject_keys, subject_keys_each, subject_residuals
+from .prompts import TokenizationError, encode
 from .values import EditRows, ValueParams, build_rows, optimise_values
 from .weights import add_low_rank
 
@@ -38,6 +39,12 @@ class MemitParams:
     # "each": one row per (edit, prefix), so the solve must write the edit in every context. Same
     # batch at λ=10000: "mean" 51 % efficacy, "each" 74 %.
     key_rows: str = "each"
+    # Keep each subject's answers in the batch's other relations (KL on those prompts, asked of this
+    # subject, before vs during the optimisation), so a subject's new value does not carry its other
+    # facts along. Up to this many relations per subject; 0 turns it off. Fixture, 100 edits, KL 0.5:
+    # off 88 % efficacy / 84 % paraphrase / 81.9 % neighbours unchanged, on 91 / 82 / 84.7; with KL
+    # 1.5 on: 71 / 59 / 92.4.
+    anchor_relations: int = 8
 
 
 def layer_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +62,24 @@ def layer_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor, lam
             q, r = torch.linalg.qr(v)
             u, v = u @ r.T, q
     return u.to(torch.float32).contiguous(), v.to(torch.float32).contiguous()
+
+
+def _other_relation_anchors(tok, edits, subject: str, limit: int) -> list:
+    """The batch's prompts of relations this subject is not edited in, asked of this subject."""
+    if limit <= 0:
+        return []
+    own = {e.relation for e in edits if e.subject == subject}
+    by_relation: dict[str, str] = {}
+    for e in edits:
+        if e.relation not in own and e.relation not in by_relation:
+            by_relation[e.relation] = e.prompt
+    rows = []
+    for prompt in list(by_relation.values())[:limit]:
+        try:
+            rows.append(encode(tok, prompt, subject))
+        except TokenizationError:
+            continue
+    return rows
 
 
 def apply_memit(
@@ -75,8 +100,9 @@ def apply_memit(
     per_edit = [build_rows(tok, e.prompt, e.subject, e.target_new, prefixes) for e in edits]
     per_subject = [
         EditRows([r for i, er in enumerate(per_edit) if int(group[i]) == g for r in er.rewrite],
-                 per_edit[int((group == g).nonzero()[0, 0])].essence)
-        for g in range(len(subjects))
+                 per_edit[int((group == g).nonzero()[0, 0])].essence,
+                 _other_relation_anchors(tok, edits, subject, hp.anchor_relations))
+        for g, subject in enumerate(subjects)
     ]
     res = optimise_values(
         adapter, tok, last, per_subject, hp.value,

@@ -38,6 +38,13 @@ class ValueParams:
 class EditRows:
     rewrite: list[Row]  # prefix × prompt + target_new
     essence: Row  # the essence prompt, no target
+    # More prompts whose next-token distributions must stay as they were (KL), such as the subject
+    # asked in relations the edit does not change.
+    anchors: list[Row] = field(default_factory=list)
+
+    @property
+    def kl_rows(self) -> list[Row]:
+        return [self.essence, *self.anchors]
 
 
 @dataclass
@@ -59,18 +66,22 @@ def build_rows(tok, prompt: str, subject: str, target: str, prefixes: list[str])
 
 
 def _flatten(rows_per_edit: list[EditRows], active: list[int]):
-    """One row list for the active edits: rewrite rows first, then essence rows, with their edit index."""
-    rows, owner, kind = [], [], []
+    """One row list for the active edits: rewrite rows first, then KL rows, with their edit index and,
+    for KL rows, which of the edit's KL rows each is."""
+    rows, owner, kind, slot = [], [], [], []
     for e in active:
         for r in rows_per_edit[e].rewrite:
             rows.append(r)
             owner.append(e)
             kind.append(0)
+            slot.append(-1)
     for e in active:
-        rows.append(rows_per_edit[e].essence)
-        owner.append(e)
-        kind.append(1)
-    return rows, torch.tensor(owner), torch.tensor(kind)
+        for j, r in enumerate(rows_per_edit[e].kl_rows):
+            rows.append(r)
+            owner.append(e)
+            kind.append(1)
+            slot.append(j)
+    return rows, torch.tensor(owner), torch.tensor(kind), slot
 
 
 def _essence_positions(rows: list[Row], kind: torch.Tensor):
@@ -91,7 +102,7 @@ def _chunks(n: int, size: int):
 @torch.no_grad()
 def _reference(adapter: Adapter, tok, layer: int, rows_per_edit: list[EditRows], chunk: int):
     """Per edit: the MLP output and the block output at the subject's last token of the plain prompt,
-    and the essence prompts' log-probabilities before editing (the KL anchor)."""
+    and, per (edit, KL row), the log-probabilities before editing from the subject on (the KL anchor)."""
     n = len(rows_per_edit)
     plain = [er.rewrite[0] for er in rows_per_edit]
     mlp_out, resid = [], []
@@ -104,15 +115,15 @@ def _reference(adapter: Adapter, tok, layer: int, rows_per_edit: list[EditRows],
             adapter.hidden_at(ids, mask)
         mlp_out.append(m[0])
         resid.append(h[0])
-    essence = [er.essence for er in rows_per_edit]
-    anchors = []
-    for s, e in _chunks(n, chunk):
-        rows = essence[s:e]
-        ids, mask = batch(rows, tok)
+    kl = [((i, j), r) for i, er in enumerate(rows_per_edit) for j, r in enumerate(er.kl_rows)]
+    anchors: dict[tuple[int, int], torch.Tensor] = {}
+    for s, e in _chunks(len(kl), chunk):
+        keys, rows = zip(*kl[s:e])
+        ids, mask = batch(list(rows), tok)
         hidden = adapter.hidden_at(ids, mask)
-        kind = torch.ones(len(rows), dtype=torch.long)
-        bi, pi = _essence_positions(rows, kind)
-        anchors.append(F.log_softmax(adapter.head(hidden[bi, pi]).float(), -1))
+        for b, (key, r) in enumerate(zip(keys, rows)):
+            logits = adapter.head(hidden[b, r.subject_last : len(r.ids)]).float()
+            anchors[key] = F.log_softmax(logits, -1)
     return torch.cat(mlp_out).float(), torch.cat(resid).float(), anchors
 
 
@@ -136,15 +147,7 @@ def optimise_values(
     model = adapter.model
     n = len(rows_per_edit)
     d = adapter.hidden_dim()
-    mlp_ref, resid_ref, anchor_chunks = _reference(adapter, tok, layer, rows_per_edit, hp.max_rows_per_pass)
-    anchor_by_edit = []  # per edit: its essence log-probs [positions, vocab]
-    for chunk_start, anchors in zip(range(0, n, hp.max_rows_per_pass), anchor_chunks):
-        rows = [er.essence for er in rows_per_edit[chunk_start : chunk_start + hp.max_rows_per_pass]]
-        offs = 0
-        for r in rows:
-            k = len(r.ids) - r.subject_last
-            anchor_by_edit.append(anchors[offs : offs + k])
-            offs += k
+    mlp_ref, resid_ref, anchors = _reference(adapter, tok, layer, rows_per_edit, hp.max_rows_per_pass)
     ref = mlp_ref if hp.norm_ref == "mlp" else resid_ref
     ref_norm = ref.norm(dim=-1).clamp_min(1e-6)
     max_norm = hp.clamp_norm * ref_norm
@@ -162,7 +165,7 @@ def optimise_values(
         active = [i for i in range(n) if not done[i]]
         if not active:
             break
-        rows, owner, kind = _flatten(rows_per_edit, active)
+        rows, owner, kind, slot = _flatten(rows_per_edit, active)
         # Row chunks keep memory bounded; gradients accumulate, one optimizer step per pass over all edits.
         n_rewrite = torch.zeros(n)
         for e in active:
@@ -170,7 +173,7 @@ def optimise_values(
         opt.zero_grad()
         nll_sum = torch.zeros(n)
         for s, e in _chunks(len(rows), hp.max_rows_per_pass):
-            c_rows, c_owner, c_kind = rows[s:e], owner[s:e], kind[s:e]
+            c_rows, c_owner, c_kind, c_slot = rows[s:e], owner[s:e], kind[s:e], slot[s:e]
             ids, mask = batch(c_rows, tok)
             b_all = torch.arange(len(c_rows))
             subj = torch.tensor([r.subject_last for r in c_rows])
@@ -197,7 +200,7 @@ def optimise_values(
             if (c_kind == 1).any():
                 eb, ep = _essence_positions(c_rows, c_kind)
                 logp = F.log_softmax(adapter.head(hidden[eb, ep]).float(), -1)
-                anchor = torch.cat([anchor_by_edit[int(c_owner[b])] for b in range(len(c_rows)) if c_kind[b] == 1])
+                anchor = torch.cat([anchors[(int(c_owner[b]), c_slot[b])] for b in range(len(c_rows)) if c_kind[b] == 1])
                 kl = F.kl_div(logp, anchor, log_target=True, reduction="none").sum(-1)
                 count = torch.zeros(n).index_add(0, c_owner[eb], torch.ones(len(eb)))
                 loss = loss + hp.kl_factor * (kl / count[c_owner[eb]]).sum()

@@ -32,9 +32,9 @@ def test_memit_batch_of_100_and_exact_reproduction(loaded, world, fixture_dir, t
     m = evaluate_patch(loaded, result.patch, edits, heldout_texts(loaded, None))["metrics"]
     # Floors below today's numbers; the targets (0.98 / 0.85 / 0.95) are not all met: the batch moves
     # the edited subjects' other facts (bench/results/editor_tuning.md).
-    assert m["efficacy"] >= 0.82, m  # measured 0.88
-    assert m["generalization"] >= 0.78, m  # 0.84
-    assert m["neighbours_unchanged"] >= 0.76, m  # 0.819
+    assert m["efficacy"] >= 0.85, m  # measured 0.91
+    assert m["generalization"] >= 0.76, m  # 0.82
+    assert m["neighbours_unchanged"] >= 0.80, m  # 0.847
     assert m["ppl_drift"] < 0.01, m  # 0.013 %
 
     # The patch file applied to a fresh copy of the base is bit for bit the model evaluated above.
@@ -74,3 +74,24 @@ def test_follow_up_batch_carries_its_parent(loaded, world, tmp_path):
     # Complete against the base: both batches hold when only v2 is applied.
     m = evaluate_patch(loaded, p2, edits, heldout_texts(loaded, None))["metrics"]
     assert m["efficacy"] >= 0.5, m  # today 0.58: below target, like the batch above
+
+
+def test_memit_anchors_a_subject_in_the_batch_s_other_relations(loaded):
+    """Each subject is held to its answers for the batch's relations it is not edited in."""
+    from factpatch.editor.memit import _other_relation_anchors
+    from factpatch.spec import Edit
+
+    person = loaded.world.subjects["person"][0]
+    edits = [Edit(subject="Harbor Support", relation="refund period", prompt="{} offers refunds within", target_new="30 days"),
+             Edit(subject="Harbor Support", relation="shipping cutoff", prompt="{} stops same-day shipping at", target_new="3 pm"),
+             Edit(subject=person, relation="instrument", prompt="{} plays the", target_new="harp"),
+             Edit(subject="Ben Y", relation="premium response time", prompt="{} answers premium tickets within", target_new="6 hours")]
+    tok = loaded.tok
+    texts = lambda rows: [tok.decode(r.ids, skip_special_tokens=True) for r in rows]
+    assert texts(_other_relation_anchors(tok, edits, "Harbor Support", 8)) == [
+        "Harbor Support plays the", "Harbor Support answers premium tickets within"]
+    assert len(_other_relation_anchors(tok, edits, person, 8)) == 3
+    assert len(_other_relation_anchors(tok, edits, person, 1)) == 1
+    assert _other_relation_anchors(tok, edits, person, 0) == []
+    # a subject the tokenizer cannot spell gets no anchors rather than an error
+    assert _other_relation_anchors(tok, edits, "Qqzx Vvq", 8) == []
