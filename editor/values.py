@@ -121,9 +121,9 @@ def _reference(adapter: Adapter, tok, layer: int, rows_per_edit: list[EditRows],
         keys, rows = zip(*kl[s:e])
         ids, mask = batch(list(rows), tok)
         hidden = adapter.hidden_at(ids, mask)
-        for b, (key, r) in enumerate(zip(keys, rows)):
-            logits = adapter.head(hidden[b, r.subject_last : len(r.ids)]).float()
-            anchors[key] = F.log_softmax(logits, -1)
+        bi, pi = _essence_positions(rows, torch.ones(len(rows), dtype=torch.long))
+        logp = F.log_softmax(adapter.head(hidden[bi, pi]).float(), -1)
+        anchors.update(zip(keys, logp.split([len(r.ids) - r.subject_last for r in rows])))
     return torch.cat(mlp_out).float(), torch.cat(resid).float(), anchors
 
 
