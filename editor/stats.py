@@ -2,7 +2,9 @@
 
 C tells ROME and MEMIT which key directions the model already uses, so an edit can land where it
 disturbs them least. It costs one pass over a corpus, so it is cached under
-`cache_root()/stats/<model fingerprint>/<weight name>/<corpus digest>-n<samples>.safetensors`.
+`cache_root()/stats/<model fingerprint>/<weight name>/<corpus digest>-n<samples>.safetensors`;
+`FACTPATCH_STATS_CACHE` moves that folder on its own (say, to a larger disk) and leaves the fixture
+where it is.
 """
 
 from __future__ import annotations
@@ -29,10 +31,15 @@ def model_fingerprint(model) -> str:
     return tensor_fingerprint(dict(model.state_dict()))
 
 
+def stats_root() -> Path:
+    env = os.environ.get("FACTPATCH_STATS_CACHE")
+    return Path(env) if env else cache_root() / "stats"
+
+
 def stats_path(fingerprint: str, weight_name: str, corpus: Corpus, n_samples: int | None, max_len: int) -> Path:
     n = len(corpus.head(n_samples))
     fp = fingerprint.split(":")[-1][:16]
-    return cache_root() / "stats" / fp / weight_name / f"{corpus.digest(n)[:16]}-n{n}-t{max_len}.safetensors"
+    return stats_root() / fp / weight_name / f"{corpus.digest(n)[:16]}-n{n}-t{max_len}.safetensors"
 
 
 def _progress(enabled: bool, what: str) -> Progress | contextlib.nullcontext:

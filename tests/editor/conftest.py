@@ -1,4 +1,8 @@
-"""Editor tests run on the fixture model; statistics go to a per-session cache folder."""
+"""Editor tests run on the fixture model; statistics go to a per-session folder.
+
+Only the statistics move: the fixture cache stays put, so a later test that builds or finds the
+fixture finds the same one.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ def loaded(fixture_dir, tmp_path_factory):
 
     torch.set_num_threads(2)
     mp = pytest.MonkeyPatch()
-    mp.setenv("FACTPATCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    mp.setenv("FACTPATCH_STATS_CACHE", str(tmp_path_factory.mktemp("stats")))
     yield load(fixture_dir)
     mp.undo()
 

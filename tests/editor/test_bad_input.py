@@ -22,7 +22,7 @@ def _run(tmp_path: Path, model, spec_text: str, *extra: str, name: str = "spec.y
     out = tmp_path / "out.fpatch"
     cache = tmp_path / "cache"
     res = runner.invoke(app, ["edit", "--model", str(model), "--spec", str(spec), "--out", str(out), *extra],
-                        env={"FACTPATCH_CACHE": str(cache)})
+                        env={"FACTPATCH_CACHE": str(cache), "FACTPATCH_STATS_CACHE": None})
     assert res.exit_code == 2, res.output
     assert not out.exists() and not (cache / "stats").exists()
     return res.output

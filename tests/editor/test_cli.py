@@ -21,7 +21,7 @@ def test_edit_show_eval(tmp_path, fixture_dir, world):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"edits": [e.model_dump(exclude_defaults=True) for e in edits]}))
     out = tmp_path / "e.fpatch"
-    env = {"FACTPATCH_CACHE": str(tmp_path / "cache")}
+    env = {"FACTPATCH_CACHE": str(tmp_path / "cache"), "FACTPATCH_STATS_CACHE": None}  # None: unset for the call
 
     res = runner.invoke(app, ["edit", "--model", str(fixture_dir), "--spec", str(spec), "--out", str(out),
                               "--method", "rome", "--no-eval", "--json", str(tmp_path / "edit.json")], env=env)
