@@ -26,7 +26,11 @@ class RomeParams:
     # is a tenth of the residual, and a clamp relative to it stops the edit from ever taking.
     # Fixture, 50 single edits at layer 0: 20 steps with clamp 1.5 reached 86 % efficacy; 40 steps /
     # clamp 3 96 %; 80 steps / clamp 4 100 % (early stopping ends most edits well before that).
-    value: ValueParams = field(default_factory=lambda: ValueParams(lr=1.0, weight_decay=0.1, clamp_norm=4.0, norm_ref="residual", steps=80))
+    # An edit stops once it says the target *and* its essence prompt has moved less than KL 0.05: 90 %
+    # paraphrase and 97.2 % neighbours unchanged, against 89 / 96.7 when the target alone stopped it
+    # (0.03 with 100 steps: 87 / 97.9; 0.02 with 120: 85 / 98.4).
+    value: ValueParams = field(default_factory=lambda: ValueParams(lr=1.0, weight_decay=0.1, clamp_norm=4.0, norm_ref="residual",
+                                                                  steps=80, early_stop_kl=0.05))
     n_prefixes: int = 6
 
 
@@ -70,7 +74,7 @@ def apply_rome(
         add_low_rank(adapter, layer, u, v)
         us.append(u)
         vs.append(v)
-        rec = {"nll": float(res.final_nll[0]), "steps": int(res.steps_taken[0]), "delta_norm": float(res.deltas[0].norm())}
+        rec = {"nll": float(res.final_nll[0]), "kl": float(res.final_kl[0]), "steps": int(res.steps_taken[0]), "delta_norm": float(res.deltas[0].norm())}
         info.append(rec)
         if on_edit:
             on_edit(i, rec)

@@ -31,6 +31,9 @@ class ValueParams:
     clamp_norm: float = 4.0  # ‖δ‖ ≤ clamp_norm · ‖reference‖
     norm_ref: str = "mlp"  # reference for clamp and decay: the MLP output ("mlp") or the residual ("residual")
     early_stop_nll: float = 0.05
+    # An edit also stops only once its KL rows have moved less than this (mean KL per position);
+    # None: the NLL alone decides, and the first δ that says the target is kept whatever it costs.
+    early_stop_kl: float | None = None
     max_rows_per_pass: int = 2048  # memory bound: larger batches accumulate gradients over chunks
 
 
@@ -52,6 +55,7 @@ class ValueResult:
     deltas: torch.Tensor  # [n, d] added at the MLP output (equivalently the residual) at `layer`
     init_residual: torch.Tensor  # [n, d] the block output at the subject's last token, plain prompt
     final_nll: torch.Tensor  # [n]
+    final_kl: torch.Tensor  # [n] mean KL per position of the edit's KL rows at its last step
     steps_taken: torch.Tensor  # [n]
     log: list[dict] = field(default_factory=list)
 
@@ -156,6 +160,7 @@ def optimise_values(
     opt = torch.optim.Adam([delta], lr=hp.lr)
     done = torch.zeros(n, dtype=torch.bool)
     final_nll = torch.full((n,), float("nan"))
+    final_kl = torch.full((n,), float("nan"))
     steps_taken = torch.zeros(n, dtype=torch.long)
     log: list[dict] = []
     for p in model.parameters():
@@ -172,6 +177,7 @@ def optimise_values(
             n_rewrite[e] = len(rows_per_edit[e].rewrite)
         opt.zero_grad()
         nll_sum = torch.zeros(n)
+        kl_sum = torch.zeros(n)
         for s, e in _chunks(len(rows), hp.max_rows_per_pass):
             c_rows, c_owner, c_kind, c_slot = rows[s:e], owner[s:e], kind[s:e], slot[s:e]
             ids, mask = batch(c_rows, tok)
@@ -203,18 +209,23 @@ def optimise_values(
                 anchor = torch.cat([anchors[(int(c_owner[b]), c_slot[b])] for b in range(len(c_rows)) if c_kind[b] == 1])
                 kl = F.kl_div(logp, anchor, log_target=True, reduction="none").sum(-1)
                 count = torch.zeros(n).index_add(0, c_owner[eb], torch.ones(len(eb)))
+                kl_sum += torch.zeros(n).index_add(0, c_owner[eb], (kl / count[c_owner[eb]]).detach())
                 loss = loss + hp.kl_factor * (kl / count[c_owner[eb]]).sum()
             loss.backward()
         act = torch.tensor(active)
         decay = hp.weight_decay * (delta[act].norm(dim=-1) / ref_norm[act]) ** 2
         decay.sum().backward()
         final_nll[act] = nll_sum[act]
+        final_kl[act] = kl_sum[act]
         steps_taken[act] += 1
         log.append({"step": step, "active": len(active), "mean_nll": float(nll_sum[act].mean())})
         if progress:
             progress(step + 1, hp.steps, len(active))
         # Converged edits stop here: their δ is final and they leave the batch.
-        newly_done = act[nll_sum[act] < hp.early_stop_nll]
+        converged = nll_sum[act] < hp.early_stop_nll
+        if hp.early_stop_kl is not None:
+            converged &= kl_sum[act] < hp.early_stop_kl
+        newly_done = act[converged]
         if step == hp.steps - 1:
             break
         done[newly_done] = True
@@ -226,4 +237,4 @@ def optimise_values(
             norms = delta.norm(dim=-1)
             scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), torch.ones_like(norms))
             delta.mul_(scale[:, None])
-    return ValueResult(delta.detach().clone(), resid_ref, final_nll, steps_taken, log)
+    return ValueResult(delta.detach().clone(), resid_ref, final_nll, final_kl, steps_taken, log)

@@ -22,8 +22,8 @@ def test_rome_single_edits_from_the_base(loaded, world):
     # Floors a little below what the editor reaches on the fixture today (targets 0.99 / 0.90 / 0.98;
     # bench/results/editor_tuning.md has the measurements).
     assert m["efficacy"] >= 0.96, m  # measured 1.00
-    assert m["generalization"] >= 0.84, m  # 0.89
-    assert m["neighbours_unchanged"] >= 0.94, m  # 0.967
+    assert m["generalization"] >= 0.86, m  # 0.90
+    assert m["neighbours_unchanged"] >= 0.95, m  # 0.972
 
 
 def test_memit_batch_of_100_and_exact_reproduction(loaded, world, fixture_dir, tmp_path):

@@ -1,0 +1,34 @@
+"""The value optimisation's stopping rule: an edit stops once it says its target, and, when asked,
+only once its KL rows have settled too."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from factpatch.editor.prompts import context_prefixes
+from factpatch.editor.rome import RomeParams, input_direction
+from factpatch.editor.keys import subject_keys
+from factpatch.editor.stats import second_moments
+from factpatch.editor.corpus import fixture_corpus
+from factpatch.editor.values import build_rows, optimise_values
+
+from .conftest import fixture_edits
+
+
+def test_an_edit_waits_for_its_kl_rows_when_asked(loaded, world):
+    adapter, tok = loaded.adapter, loaded.tok
+    (edit,) = fixture_edits(world, 1, seed=5)
+    prefixes = context_prefixes(adapter.model, tok, 4)
+    rows = build_rows(tok, edit.prompt, edit.subject, edit.target_new, prefixes)
+    cov = second_moments(adapter, tok, [0], fixture_corpus(world), n_samples=256)[0]
+    direction = input_direction(subject_keys(adapter, tok, 0, [edit], prefixes)[0], cov)[None].float()
+    hp = dataclasses.replace(RomeParams().value, steps=120)
+
+    target_only = optimise_values(adapter, tok, 0, [rows], dataclasses.replace(hp, early_stop_kl=None), directions=direction)
+    settled = optimise_values(adapter, tok, 0, [rows], dataclasses.replace(hp, early_stop_kl=0.05), directions=direction)
+
+    assert target_only.final_nll[0] < hp.early_stop_nll  # the edit takes either way
+    assert settled.final_nll[0] < hp.early_stop_nll
+    assert int(settled.steps_taken[0]) > int(target_only.steps_taken[0])  # it kept going for the KL
+    assert float(settled.final_kl[0]) < 0.05 or int(settled.steps_taken[0]) == hp.steps
+    assert float(settled.final_kl[0]) <= float(target_only.final_kl[0])
