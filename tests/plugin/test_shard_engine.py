@@ -361,14 +361,15 @@ def test_requests_still_running_at_the_drain_timeout_are_aborted_never_mixed(cle
     kw = dict(max_tokens=110, ignore_eos=True)
     data, patch = random_patch(fixture_dir, {1: 1.5, 2: 1.5, 3: 1.5}, seed=8)
     runs: dict[int, tuple] = {}
-    ready = threading.Barrier(49)
+    n = 96  # 48 could all finish within the 1 s timeout on a quiet machine (seen once in CI)
+    ready = threading.Barrier(n + 1)
 
     def run(i):
         ready.wait()
         runs[i] = _stream(s, prompt, kw)
 
     # Enough decoding in flight that it cannot drain within the timeout on this machine.
-    streams = [threading.Thread(target=run, args=(i,)) for i in range(48)]
+    streams = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     _start(streams)
     ready.wait()
     time.sleep(0.3)  # let the requests reach the engine
