@@ -276,7 +276,6 @@ def synthetic_scale(layers: int, hidden: int, inter: int, edit_layers: list[int]
         del model
         torch.cuda.empty_cache()
         ids = torch.randint(3, 32000, (8, 64), generator=torch.Generator().manual_seed(1))
-        rows = [{"ids": r.tolist(), "target_start": 1} for r in ids]
         t0 = time.perf_counter()
         model = _load(Path(tmp), dtype)
         graphed = GraphedForward(model, ids.to(DEVICE))
@@ -301,7 +300,6 @@ def synthetic_scale(layers: int, hidden: int, inter: int, edit_layers: list[int]
         back = graphed.replay()
         moved += int(not torch.equal(hot, base))
         exact += int(torch.equal(back, base))
-    del rows
     apply_med = statistics.median(applies)
     return {
         "params": n_params, "layers": layers, "hidden": hidden, "intermediate": inter, "dtype": str(dtype).removeprefix("torch."),

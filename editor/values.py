@@ -209,8 +209,9 @@ def optimise_values(
                 anchor = torch.cat([anchors[(int(c_owner[b]), c_slot[b])] for b in range(len(c_rows)) if c_kind[b] == 1])
                 kl = F.kl_div(logp, anchor, log_target=True, reduction="none").sum(-1)
                 count = torch.zeros(n).index_add(0, c_owner[eb], torch.ones(len(eb)))
-                kl_sum += torch.zeros(n).index_add(0, c_owner[eb], (kl / count[c_owner[eb]]).detach())
-                loss = loss + hp.kl_factor * (kl / count[c_owner[eb]]).sum()
+                kl_mean = kl / count[c_owner[eb]]  # each position's share of its edit's mean KL
+                kl_sum += torch.zeros(n).index_add(0, c_owner[eb], kl_mean.detach())
+                loss = loss + hp.kl_factor * kl_mean.sum()
             loss.backward()
         act = torch.tensor(active)
         decay = hp.weight_decay * (delta[act].norm(dim=-1) / ref_norm[act]) ** 2
