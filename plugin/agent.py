@@ -2,6 +2,7 @@
 
     POST /factpatch/v1/apply    patch bytes, or {"digest", "store_url"} to fetch from a patch store
     POST /factpatch/v1/revert   back to the base checkpoint, bit for bit
+    (both take `drain_timeout_s`: this swap's own drain budget, seconds)
     GET  /factpatch/v1/status   base fingerprint, active version, per-rank state, bytes held
 
 Every route wants `Authorization: Bearer <token>`; a request without it is answered 401 before its
@@ -89,8 +90,8 @@ def _remember(st: AgentState, request_id: str | None, version: str | None, body:
             st.done_requests.popitem(last=False)
 
 
-async def _read_patch(request: Request) -> tuple[bytes, str | None, str | None] | JSONResponse:
-    """(patch bytes, expected digest, request id) from either request form."""
+async def _read_patch(request: Request) -> tuple[bytes, str | None, str | None, float | None] | JSONResponse:
+    """(patch bytes, expected digest, request id, drain budget) from either request form."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     request_id = request.headers.get("x-request-id") or request.query_params.get("request_id")
     if ctype == "application/json":
@@ -101,6 +102,9 @@ async def _read_patch(request: Request) -> tuple[bytes, str | None, str | None] 
         if not isinstance(body, dict) or not isinstance(body.get("digest"), str) or not isinstance(body.get("store_url"), str):
             return error(400, "MALFORMED", "JSON body needs string fields 'digest' and 'store_url'")
         request_id = body.get("request_id") or request_id
+        drain = _drain_budget(request, body)
+        if isinstance(drain, JSONResponse):
+            return drain
         digest = body["digest"].strip().lower()
         if not _DIGEST.fullmatch(digest):
             return error(400, "MALFORMED", "digest must be 'sha256:' followed by 64 hex digits")
@@ -108,7 +112,10 @@ async def _read_patch(request: Request) -> tuple[bytes, str | None, str | None] 
         fetched = await _fetch(body["store_url"], digest, store_token)
         if isinstance(fetched, JSONResponse):
             return fetched
-        return fetched, digest, request_id
+        return fetched, digest, request_id, drain
+    drain = _drain_budget(request)
+    if isinstance(drain, JSONResponse):
+        return drain
     if ctype not in ("application/octet-stream", ""):
         return error(415, "MALFORMED", f"send application/octet-stream patch bytes or JSON, not {ctype!r}")
     if int(request.headers.get("content-length") or 0) > MAX_PATCH_BYTES:
@@ -116,7 +123,24 @@ async def _read_patch(request: Request) -> tuple[bytes, str | None, str | None] 
     data = await request.body()
     if len(data) > MAX_PATCH_BYTES:
         return error(413, "MALFORMED", f"patch larger than {MAX_PATCH_BYTES} bytes")
-    return data, request.headers.get("x-factpatch-digest"), request_id
+    return data, request.headers.get("x-factpatch-digest"), request_id, drain
+
+
+MAX_DRAIN_TIMEOUT_S = 3600.0
+
+
+def _drain_budget(request: Request, body: dict[str, Any] | None = None) -> float | None | JSONResponse:
+    """This swap's own drain timeout (`drain_timeout_s`, query or JSON body), if the caller gave one."""
+    raw = (body or {}).get("drain_timeout_s", request.query_params.get("drain_timeout_s"))
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(raw, bool) or not 0.0 <= value <= MAX_DRAIN_TIMEOUT_S:
+        return error(400, "MALFORMED", f"drain_timeout_s must be seconds from 0 to {MAX_DRAIN_TIMEOUT_S:g}, got {raw!r}")
+    return value
 
 
 async def _fetch(store_url: str, digest: str, store_token: str | None) -> bytes | JSONResponse:
@@ -165,7 +189,7 @@ def build_router() -> APIRouter:
         got = await _read_patch(request)
         if isinstance(got, JSONResponse):
             return got
-        data, expected, request_id = got
+        data, expected, request_id, drain = got
         try:
             _, digest = await asyncio.to_thread(
                 check_patch, data, st.checkpoint, expected_digest=expected, max_rank=MAX_RANK
@@ -179,7 +203,7 @@ def build_router() -> APIRouter:
                 return error(409, "REQUEST_ID_REUSED", f"request id {request_id!r} was used for {version}")
             return body
         try:
-            await st.swap.swap(data, digest)
+            await st.swap.swap(data, digest, drain_timeout_s=drain)
         except SwapError as e:
             return error(e.status, e.reason, str(e))
         except Exception as e:  # an RPC that timed out or a worker that died: state is re-read
@@ -199,8 +223,11 @@ def build_router() -> APIRouter:
             if version is not None:
                 return error(409, "REQUEST_ID_REUSED", f"request id {request_id!r} was used for {version}")
             return body
+        drain = _drain_budget(request)
+        if isinstance(drain, JSONResponse):
+            return drain
         try:
-            await st.swap.swap(None, None)
+            await st.swap.swap(None, None, drain_timeout_s=drain)
         except SwapError as e:
             return error(e.status, e.reason, str(e))
         except Exception as e:

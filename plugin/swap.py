@@ -4,10 +4,12 @@
          → commit on all ranks → reset prefix cache → resume → unlock
 
 Drain policy, once `drain_timeout_s` passes with requests still running:
-- "abort" (default): the remaining requests are aborted (they end with finish_reason "abort" and never
-  continue on the new weights), then the swap goes ahead — a swap always finishes in bounded time.
+- "abort" (default): the requests sent before the pause that are still running are aborted (they end
+  with finish_reason "abort" and never continue on the new weights), then the swap goes ahead — a swap
+  always finishes in bounded time. Requests that arrived during the drain are not touched.
 - "fail": generation resumes on the old weights and the swap is refused with DRAIN_TIMEOUT.
 Requests that arrive while paused wait in vLLM's queue and run entirely on the new version.
+A caller may give one swap its own drain budget (an urgent revert: 0 aborts at once).
 
 Staging runs before the pause so the engine keeps serving while new weights are computed, and a
 patch that fails on any rank never pauses anything.
@@ -25,12 +27,14 @@ from typing import Any, Protocol
 log = logging.getLogger("factpatch.plugin.swap")
 
 POLICIES = ("abort", "fail")
+ABORT_SETTLE_S = 30.0  # after cutting the stragglers off, how long the engine may take to go idle
 
 
 class Engine(Protocol):
     async def pause_generation(self, *, mode: str = ..., clear_cache: bool = ...) -> None: ...
     async def resume_generation(self) -> None: ...
     async def reset_prefix_cache(self, *args: Any, **kwargs: Any) -> bool: ...
+    async def abort(self, request_id: Any, internal: bool = ...) -> None: ...
     async def collective_rpc(self, method: str, timeout: float | None = ..., args: tuple = ..., kwargs: dict | None = ...) -> list[Any]: ...
 
 
@@ -46,7 +50,8 @@ class SwapState:
     applied_at: str | None = None
     swapping: bool = False
     ranks: list[dict[str, Any]] = field(default_factory=list)
-    last_swap: dict[str, float] = field(default_factory=dict)  # timings of the last swap, seconds
+    # The last swap: its timings (seconds), whether the drain timed out and how many requests it cut off.
+    last_swap: dict[str, Any] = field(default_factory=dict)
 
 
 def _iso(ts: float) -> str:
@@ -81,19 +86,22 @@ class SwapCoordinator:
         at = ranks[0].get("applied_at") if ranks else None
         self.state.applied_at = _iso(at) if at else None
 
-    async def swap(self, data: bytes | None, version: str | None) -> SwapState:
-        """Make `version` (patch bytes; None = base) active on every rank, or leave all as they were."""
+    async def swap(self, data: bytes | None, version: str | None, *, drain_timeout_s: float | None = None) -> SwapState:
+        """Make `version` (patch bytes; None = base) active on every rank, or leave all as they were.
+
+        `drain_timeout_s` replaces the coordinator's drain timeout for this swap only."""
         async with self._lock:
             ranks = self.state.ranks
             if ranks and all(r.get("active_version") == version for r in ranks):
                 return self.state  # already active on every rank: nothing to do
             self.state.swapping = True
             try:
-                return await self._swap_locked(data, version)
+                budget = self.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+                return await self._swap_locked(data, version, budget)
             finally:
                 self.state.swapping = False
 
-    async def _swap_locked(self, data: bytes | None, version: str | None) -> SwapState:
+    async def _swap_locked(self, data: bytes | None, version: str | None, drain_timeout_s: float) -> SwapState:
         t0 = time.perf_counter()
         staged = await self._rpc("factpatch_stage", data, version)
         bad = [r for r in staged if not r.get("ok")]
@@ -103,7 +111,7 @@ class SwapCoordinator:
             raise SwapError(r.get("reason", "STAGE_FAILED"), r.get("message", ""), _status_for(r.get("reason")))
         t_staged = time.perf_counter()
 
-        await self._pause()
+        timed_out, cut_off = await self._pause(drain_timeout_s)
         t_paused = time.perf_counter()
         try:
             results = await self._rpc("factpatch_commit", version)
@@ -130,24 +138,56 @@ class SwapCoordinator:
             "write_s": t_written - t_paused,
             "paused_s": t_done - t_staged,
             "total_s": t_done - t0,
+            "drain_timeout_s": drain_timeout_s,
+            "drain_timed_out": timed_out,
+            "aborted_requests": cut_off,
         }
         return self.state
 
-    async def _pause(self) -> None:
-        waiting = asyncio.ensure_future(self.engine.pause_generation(mode="wait", clear_cache=False))
-        done, _ = await asyncio.wait({waiting}, timeout=self.drain_timeout_s)
+    async def _pause(self, drain_timeout_s: float) -> tuple[bool, int | None]:
+        """Pause generation. (drain timed out, requests cut off — None where the engine cannot say)."""
+        in_flight: list[str] = []
+        waiting = asyncio.ensure_future(self._wait_for_drain(in_flight))
+        done, _ = await asyncio.wait({waiting}, timeout=drain_timeout_s)
         if done:
             waiting.result()
-            return
+            return False, 0
         if self.drain_policy == "fail":
             waiting.cancel()
             await self.engine.resume_generation()
             await self._rpc("factpatch_discard")
             raise SwapError("DRAIN_TIMEOUT",
-                            f"requests still running after {self.drain_timeout_s} s; weights unchanged", 503)
-        log.warning("drain timed out after %.1f s; aborting the requests still running", self.drain_timeout_s)
-        await self.engine.pause_generation(mode="abort", clear_cache=False)
+                            f"requests still running after {drain_timeout_s} s; weights unchanged", 503)
+        unfinished = self._unfinished()
+        if unfinished is not None:
+            # Cut off only what was sent before the pause: requests queued since have not started and
+            # will run on the new weights. vLLM's own mode="abort" would cancel those as well.
+            stragglers = [r for r in in_flight if r in unfinished]
+            log.warning("drain timed out after %.2f s; aborting the %d requests still running",
+                        drain_timeout_s, len(stragglers))
+            if stragglers:
+                await self.engine.abort(stragglers, internal=True)
+            try:
+                await asyncio.wait_for(waiting, timeout=ABORT_SETTLE_S)
+                return True, len(stragglers)
+            except asyncio.TimeoutError:
+                log.error("the engine did not go idle %.0f s after the abort; aborting everything", ABORT_SETTLE_S)
+        else:
+            log.warning("drain timed out after %.2f s; aborting every request", drain_timeout_s)
         waiting.cancel()
+        await self.engine.pause_generation(mode="abort", clear_cache=False)
+        return True, None
+
+    async def _wait_for_drain(self, in_flight: list[str]) -> None:
+        # The snapshot and the pause message are taken and sent in one step of the event loop (nothing
+        # awaits between them), so every request sent before the pause is in `in_flight`.
+        in_flight.extend(self._unfinished() or ())
+        await self.engine.pause_generation(mode="wait", clear_cache=False)
+
+    def _unfinished(self) -> set[str] | None:
+        """Internal ids of the requests vLLM's output processor has not finished; None if it cannot say."""
+        states = getattr(getattr(self.engine, "output_processor", None), "request_states", None)
+        return set(states) if isinstance(states, dict) else None
 
 
 _STATUS = {

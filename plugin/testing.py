@@ -126,16 +126,19 @@ class ShardServer:
         return {"Authorization": f"Bearer {tok}"} if tok is not None else {}
 
     def apply(self, data: bytes, *, token: str | None = "", headers: dict[str, str] | None = None,
-              timeout: float = 120) -> httpx.Response:
+              timeout: float = 120, drain_timeout_s: float | None = None) -> httpx.Response:
         h = {**self.headers(token), "Content-Type": "application/octet-stream", **(headers or {})}
-        return httpx.post(f"{self.url}{PREFIX}/apply", content=data, headers=h, timeout=timeout)
+        return httpx.post(f"{self.url}{PREFIX}/apply", content=data, headers=h, timeout=timeout,
+                          params=_drain_param(drain_timeout_s))
 
     def apply_from_store(self, digest: str, store_url: str, *, timeout: float = 120, **fields: Any) -> httpx.Response:
         return httpx.post(f"{self.url}{PREFIX}/apply", json={"digest": digest, "store_url": store_url, **fields},
                           headers=self.headers(), timeout=timeout)
 
-    def revert(self, *, token: str | None = "", timeout: float = 120) -> httpx.Response:
-        return httpx.post(f"{self.url}{PREFIX}/revert", headers=self.headers(token), timeout=timeout)
+    def revert(self, *, token: str | None = "", timeout: float = 120,
+               drain_timeout_s: float | None = None) -> httpx.Response:
+        return httpx.post(f"{self.url}{PREFIX}/revert", headers=self.headers(token), timeout=timeout,
+                          params=_drain_param(drain_timeout_s))
 
     def status(self, *, token: str | None = "") -> httpx.Response:
         return httpx.get(f"{self.url}{PREFIX}/status", headers=self.headers(token), timeout=30)
@@ -158,3 +161,7 @@ class ShardServer:
             for line in r.iter_lines():
                 if line.startswith("data: ") and line != "data: [DONE]":
                     yield json.loads(line[6:])
+
+
+def _drain_param(drain_timeout_s: float | str | None) -> dict[str, str]:
+    return {} if drain_timeout_s is None else {"drain_timeout_s": str(drain_timeout_s)}

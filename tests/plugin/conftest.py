@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import SHARD_DRAIN_TIMEOUT_S as DRAIN_TIMEOUT_S  # noqa: F401  (tests import it from here)
-
 
 @pytest.fixture()
 def clean_shard(shard):

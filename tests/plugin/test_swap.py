@@ -106,6 +106,67 @@ def test_drain_timeout_abort_policy_aborts_then_swaps():
     st = run(SwapCoordinator(eng, drain_timeout_s=0.05, drain_policy="abort").swap(b"x", "sha256:a"))
     assert "pause:abort" in eng.calls and st.active_version == "sha256:a"
     assert eng.calls.index("pause:abort") < eng.calls.index("factpatch_commit")
+    assert st.last_swap["drain_timed_out"] is True and st.last_swap["drain_timeout_s"] == 0.05
+
+
+def test_one_swap_can_have_its_own_drain_budget():
+    eng = FakeEngine(drain_s=0.3)
+    co = SwapCoordinator(eng, drain_timeout_s=30, drain_policy="abort")
+    st = run(co.swap(b"x", "sha256:a", drain_timeout_s=0.0))
+    assert "pause:abort" in eng.calls and st.last_swap["drain_timed_out"] is True
+    assert st.last_swap["drain_timeout_s"] == 0.0
+    eng.calls.clear()
+    st = run(co.swap(None, None))  # the coordinator's own budget again: this drain fits in it
+    assert "pause:abort" not in eng.calls and st.last_swap["drain_timed_out"] is False
+    assert st.last_swap["aborted_requests"] == 0 and st.active_version is None
+
+
+class _OutputProcessor:
+    def __init__(self, ids):
+        self.request_states = {i: object() for i in ids}
+
+
+class DrainingEngine(FakeEngine):
+    """vLLM's wait-mode drain: it ends once every request sent before the pause has finished."""
+
+    def __init__(self, running):
+        super().__init__()
+        self.output_processor = _OutputProcessor(running)
+        self.aborted: list[str] = []
+
+    async def pause_generation(self, *, mode="abort", clear_cache=True):
+        self.calls.append(f"pause:{mode}")
+        if mode == "wait":
+            before = set(self.output_processor.request_states)
+            while before & set(self.output_processor.request_states):
+                await asyncio.sleep(0.005)
+        self.paused = True
+
+    async def abort(self, request_id, internal=False):
+        assert internal, "the swap aborts by vLLM's internal ids"
+        for i in request_id:
+            self.output_processor.request_states.pop(i)
+            self.aborted.append(i)
+
+
+def test_the_abort_policy_cuts_off_only_requests_sent_before_the_pause():
+    eng = DrainingEngine(["a", "b"])
+
+    async def go():
+        swap = asyncio.ensure_future(SwapCoordinator(eng, drain_timeout_s=0.1).swap(b"x", "sha256:a"))
+        await asyncio.sleep(0.03)  # the drain is under way: a new request arrives and queues
+        eng.output_processor.request_states["late"] = object()
+        return await swap
+
+    st = run(go())
+    assert sorted(eng.aborted) == ["a", "b"] and "late" in eng.output_processor.request_states
+    assert "pause:abort" not in eng.calls and st.active_version == "sha256:a"
+    assert st.last_swap["drain_timed_out"] is True and st.last_swap["aborted_requests"] == 2
+
+
+def test_an_engine_that_cannot_list_its_requests_gets_vllms_abort_pause():
+    st = run(SwapCoordinator(FakeEngine(drain_s=5), drain_timeout_s=0.05).swap(b"x", "sha256:a"))
+    assert st.last_swap["drain_timed_out"] is True and st.last_swap["aborted_requests"] is None
 
 
 def test_drain_timeout_fail_policy_leaves_weights_alone():
