@@ -124,11 +124,12 @@ def validate(loaded: Loaded, edits, opts: EditOptions) -> tuple[list[int], Corpu
         unk = tok.unk_token_id
         if unk is not None and unk in row.ids[: row.target_start]:
             raise EditInputError(f"{where}: prompt {e.prompt!r} has words the tokenizer does not know")
-        for p in e.paraphrases:
-            try:
-                encode(tok, p, e.subject)
-            except TokenizationError as err:
-                raise EditInputError(f"{where}: paraphrase {p!r}: {err}") from None
+        for kind, prompts in (("paraphrase", e.paraphrases), ("keep prompt", e.keep)):
+            for p in prompts:
+                try:
+                    encode(tok, p, e.subject)
+                except TokenizationError as err:
+                    raise EditInputError(f"{where}: {kind} {p!r}: {err}") from None
     # The model's current answers: an edit to what the model already says would silently do nothing.
     already = score_targets(loaded.adapter, tok, [(e.prompt, e.subject, e.target_new) for e in edits]).greedy
     if already.any():

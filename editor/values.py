@@ -28,6 +28,11 @@ class ValueParams:
     lr: float = 0.5
     weight_decay: float = 0.5
     kl_factor: float = 0.0625
+    # Weight of the anchor rows (keep prompts, the batch's other relations) in the KL term; None: kl_factor.
+    anchor_kl_factor: float | None = None
+    # Where an anchor row is read: "answer" (its last token, where its answer is predicted) or "all"
+    # (from the subject's last token on, like the essence prompt).
+    anchor_at: str = "answer"
     clamp_norm: float = 4.0  # ‖δ‖ ≤ clamp_norm · ‖reference‖
     norm_ref: str = "mlp"  # reference for clamp and decay: the MLP output ("mlp") or the residual ("residual")
     early_stop_nll: float = 0.05
@@ -35,6 +40,10 @@ class ValueParams:
     # None: the NLL alone decides, and the first δ that says the target is kept whatever it costs.
     early_stop_kl: float | None = None
     max_rows_per_pass: int = 2048  # memory bound: larger batches accumulate gradients over chunks
+
+    def __post_init__(self) -> None:
+        if self.anchor_at not in ("answer", "all"):
+            raise ValueError(f"anchor_at must be 'answer' or 'all', got {self.anchor_at!r}")
 
 
 @dataclass
@@ -60,13 +69,14 @@ class ValueResult:
     log: list[dict] = field(default_factory=list)
 
 
-def build_rows(tok, prompt: str, subject: str, target: str, prefixes: list[str]) -> EditRows:
+def build_rows(tok, prompt: str, subject: str, target: str, prefixes: list[str], keep: list[str] = ()) -> EditRows:
+    """The edit's rows; `keep` prompts (the subject's other questions) become KL anchors."""
     rewrite = [encode(tok, prompt, subject, prefix=p, target=target) for p in prefixes]
     try:
         essence = encode(tok, ESSENCE_TEMPLATE, subject)
     except ValueError:
         essence = encode(tok, "{}", subject)
-    return EditRows(rewrite, essence)
+    return EditRows(rewrite, essence, [encode(tok, k, subject) for k in dict.fromkeys(keep)])
 
 
 def _flatten(rows_per_edit: list[EditRows], active: list[int]):
@@ -88,12 +98,15 @@ def _flatten(rows_per_edit: list[EditRows], active: list[int]):
     return rows, torch.tensor(owner), torch.tensor(kind), slot
 
 
-def _essence_positions(rows: list[Row], kind: torch.Tensor):
-    """(row, position) pairs from the subject's last token to the end of each essence prompt."""
+def _kl_positions(rows: list[Row], kind: torch.Tensor, slot: list[int], anchor_at: str = "answer"):
+    """(row, position) pairs the KL term reads: the essence prompt (slot 0) from the subject's last token
+    to its end; an anchor (slot ≥ 1) likewise, or with anchor_at="answer" at its last token only, where
+    its answer is predicted (the template words between subject and answer then hold δ back less)."""
     b_idx, pos = [], []
     for b, r in enumerate(rows):
         if kind[b] == 1:
-            for j in range(r.subject_last, len(r.ids)):
+            answer_only = slot[b] > 0 and anchor_at == "answer"
+            for j in range(len(r.ids) - 1 if answer_only else r.subject_last, len(r.ids)):
                 b_idx.append(b)
                 pos.append(j)
     return torch.tensor(b_idx, dtype=torch.long), torch.tensor(pos, dtype=torch.long)
@@ -104,7 +117,7 @@ def _chunks(n: int, size: int):
 
 
 @torch.no_grad()
-def _reference(adapter: Adapter, tok, layer: int, rows_per_edit: list[EditRows], chunk: int):
+def _reference(adapter: Adapter, tok, layer: int, rows_per_edit: list[EditRows], chunk: int, anchor_at: str):
     """Per edit: the MLP output and the block output at the subject's last token of the plain prompt,
     and, per (edit, KL row), the log-probabilities before editing from the subject on (the KL anchor)."""
     n = len(rows_per_edit)
@@ -125,9 +138,10 @@ def _reference(adapter: Adapter, tok, layer: int, rows_per_edit: list[EditRows],
         keys, rows = zip(*kl[s:e])
         ids, mask = batch(list(rows), tok)
         hidden = adapter.hidden_at(ids, mask)
-        bi, pi = _essence_positions(rows, torch.ones(len(rows), dtype=torch.long))
+        slots = [j for _, j in keys]
+        bi, pi = _kl_positions(rows, torch.ones(len(rows), dtype=torch.long), slots, anchor_at)
         logp = F.log_softmax(adapter.head(hidden[bi, pi]).float(), -1)
-        anchors.update(zip(keys, logp.split([len(r.ids) - r.subject_last for r in rows])))
+        anchors.update(zip(keys, logp.split(torch.bincount(bi, minlength=len(rows)).tolist())))
     return torch.cat(mlp_out).float(), torch.cat(resid).float(), anchors
 
 
@@ -151,7 +165,7 @@ def optimise_values(
     model = adapter.model
     n = len(rows_per_edit)
     d = adapter.hidden_dim()
-    mlp_ref, resid_ref, anchors = _reference(adapter, tok, layer, rows_per_edit, hp.max_rows_per_pass)
+    mlp_ref, resid_ref, anchors = _reference(adapter, tok, layer, rows_per_edit, hp.max_rows_per_pass, hp.anchor_at)
     ref = mlp_ref if hp.norm_ref == "mlp" else resid_ref
     ref_norm = ref.norm(dim=-1).clamp_min(1e-6)
     max_norm = hp.clamp_norm * ref_norm
@@ -204,14 +218,17 @@ def optimise_values(
                 nll_sum += per_edit
                 loss = loss + (tok_nll * w).sum()
             if (c_kind == 1).any():
-                eb, ep = _essence_positions(c_rows, c_kind)
+                eb, ep = _kl_positions(c_rows, c_kind, c_slot, hp.anchor_at)
                 logp = F.log_softmax(adapter.head(hidden[eb, ep]).float(), -1)
                 anchor = torch.cat([anchors[(int(c_owner[b]), c_slot[b])] for b in range(len(c_rows)) if c_kind[b] == 1])
                 kl = F.kl_div(logp, anchor, log_target=True, reduction="none").sum(-1)
                 count = torch.zeros(n).index_add(0, c_owner[eb], torch.ones(len(eb)))
                 kl_mean = kl / count[c_owner[eb]]  # each position's share of its edit's mean KL
                 kl_sum += torch.zeros(n).index_add(0, c_owner[eb], kl_mean.detach())
-                loss = loss + hp.kl_factor * kl_mean.sum()
+                is_anchor = torch.tensor([c_slot[b] > 0 for b in eb.tolist()])
+                weight = torch.where(is_anchor, hp.kl_factor if hp.anchor_kl_factor is None else hp.anchor_kl_factor,
+                                     hp.kl_factor)
+                loss = loss + (weight * kl_mean).sum()
             loss.backward()
         act = torch.tensor(active)
         decay = hp.weight_decay * (delta[act].norm(dim=-1) / ref_norm[act]) ** 2

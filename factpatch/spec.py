@@ -47,6 +47,9 @@ class Edit(BaseModel):
     target_old: str | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
     paraphrases: list[str] = Field(default_factory=list)  # extra phrasings, each with one {}
+    # Other questions about this subject whose answers must not move (one {} each): the editor holds
+    # them steady while it writes the new value, since the subject's other facts share its key.
+    keep: list[str] = Field(default_factory=list)
 
     @field_validator("subject", "relation", "target_new")
     @classmethod
@@ -75,10 +78,22 @@ class Edit(BaseModel):
                 raise ValueError(f"paraphrase {i} must contain {{}} exactly once")
         return v
 
+    @field_validator("keep")
+    @classmethod
+    def _keep_placeholders(cls, v: list[str]) -> list[str]:
+        for i, p in enumerate(v):
+            if p.count("{}") != 1:
+                raise ValueError(f"keep prompt {i} must contain {{}} exactly once")
+        return v
+
     @model_validator(mode="after")
     def _new_differs_from_old(self) -> "Edit":
         if self.target_old is not None and self.target_old == self.target_new:
             raise ValueError("target_new equals target_old: the edit would change nothing")
+        own = {self.prompt.strip(), *(p.strip() for p in self.paraphrases)}
+        for i, p in enumerate(self.keep):
+            if p.strip() in own:
+                raise ValueError(f"keep prompt {i} ({p!r}) asks this edit's own question: it cannot both change and stay")
         return self
 
     @property
@@ -107,6 +122,16 @@ class EditSpec(BaseModel):
                     f"({seen[key][1]!r} vs {e.target_new!r})"
                 )
             seen.setdefault(key, (i, e.target_new))
+        asked: dict[str, dict[str, int]] = {}  # subject → prompt → the edit that changes it
+        for i, e in enumerate(self.edits):
+            for p in (e.prompt, *e.paraphrases):
+                asked.setdefault(e.subject, {}).setdefault(p.strip(), i)
+        for i, e in enumerate(self.edits):
+            for j, p in enumerate(e.keep):
+                other = asked.get(e.subject, {}).get(p.strip())
+                if other is not None and other != i:
+                    raise ValueError(f"edit {i} keeps {p!r} (keep prompt {j}) for {e.subject!r}, "
+                                     f"but edit {other} changes that answer")
         return self
 
 

@@ -21,8 +21,11 @@ def loaded(fixture_dir, tmp_path_factory):
     mp.undo()
 
 
-def fixture_edits(world, n: int, seed: int):
-    """n random facts of distinct subjects, each given another candidate as its new object."""
+def fixture_edits(world, n: int, seed: int, keep: bool = False):
+    """n random facts of distinct subjects, each given another candidate as its new object.
+
+    With `keep`, each edit keeps its subject's other facts, asked in the second of the subject's trained
+    phrasings: the evaluation checks them in the first, so what is held is not what is measured."""
     import random
 
     from factpatch.spec import Edit
@@ -36,8 +39,10 @@ def fixture_edits(world, n: int, seed: int):
         seen.add(f.subject)
         rel = world.relations[f.relation]
         new = rng.choice([c for c in rel.candidates if c != f.object])
+        others = [g for g in world.facts if g.subject == f.subject and g.relation != f.relation] if keep else []
         out.append(Edit(subject=f.subject, relation=f.relation, prompt=rel.templates[f.train_templates[0]],
-                        target_new=new, target_old=f.object, provenance={"test": seed}))
+                        target_new=new, target_old=f.object, provenance={"test": seed},
+                        keep=[world.relations[g.relation].templates[g.train_templates[1]] for g in others]))
         if len(out) == n:
             break
     return out

@@ -47,6 +47,15 @@ def _yaml(**overrides) -> str:
             "different targets",
         ),
         ("edits:\n  - subject: [unclosed\n", r"line \d+, column \d+: not valid YAML"),
+        (_yaml(keep=["{} ships same-day orders placed before", "no placeholder"]), "keep prompt 1 must contain"),
+        (_yaml(keep=["The refund period of {} is"]), "keep prompt 0 .*asks this edit's own question"),
+        (
+            "edits:\n"
+            "  - {subject: Harbor Support, relation: refund period, prompt: 'The refund period of {} is', target_new: 30 days,\n"
+            "     keep: ['{} stops same-day shipping at']}\n"
+            "  - {subject: Harbor Support, relation: shipping cutoff, prompt: '{} stops same-day shipping at', target_new: 3 pm}\n",
+            "edit 0 keeps .* but edit 1 changes that answer",
+        ),
     ],
 )
 def test_spec_errors(tmp_path, fixture_dir, spec_text, message):

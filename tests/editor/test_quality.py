@@ -16,14 +16,15 @@ from .conftest import fixture_edits
 
 
 def test_rome_single_edits_from_the_base(loaded, world):
-    edits = fixture_edits(world, 50, seed=11)
+    # Each edit keeps its subject's other facts (in another phrasing than the one evaluated).
+    edits = fixture_edits(world, 50, seed=11, keep=True)
     patches = [run_edit(loaded, [e], EditOptions(method="rome")).patch for e in edits]
     m = evaluate_each(loaded, patches, edits, heldout_texts(loaded, None))["metrics"]
     # Floors a little below what the editor reaches on the fixture today (targets 0.99 / 0.90 / 0.98;
-    # bench/results/editor_tuning.md has the measurements).
+    # bench/results/editor_tuning.md has the measurements; without keep prompts 1.00 / 0.90 / 0.972).
     assert m["efficacy"] >= 0.96, m  # measured 1.00
     assert m["generalization"] >= 0.86, m  # 0.90
-    assert m["neighbours_unchanged"] >= 0.95, m  # 0.972
+    assert m["neighbours_unchanged"] >= 0.97, m  # 0.987
 
 
 def test_memit_batch_of_100_and_exact_reproduction(loaded, world, fixture_dir, tmp_path):
@@ -76,9 +77,9 @@ def test_follow_up_batch_carries_its_parent(loaded, world, tmp_path):
     assert m["efficacy"] >= 0.5, m  # today 0.58: below target, like the batch above
 
 
-def test_memit_anchors_a_subject_in_the_batch_s_other_relations(loaded):
-    """Each subject is held to its answers for the batch's relations it is not edited in."""
-    from factpatch.editor.memit import _other_relation_anchors
+def test_memit_anchors_a_subject_in_its_keep_prompts_and_the_batch_s_other_relations(loaded):
+    """Each subject is held to its answers for its keep prompts and the batch's relations it is not edited in."""
+    from factpatch.editor.memit import _anchors
     from factpatch.spec import Edit
 
     person = loaded.world.subjects["person"][0]
@@ -88,10 +89,19 @@ def test_memit_anchors_a_subject_in_the_batch_s_other_relations(loaded):
              Edit(subject="Ben Y", relation="premium response time", prompt="{} answers premium tickets within", target_new="6 hours")]
     tok = loaded.tok
     texts = lambda rows: [tok.decode(r.ids, skip_special_tokens=True) for r in rows]
-    assert texts(_other_relation_anchors(tok, edits, "Harbor Support", 8)) == [
+    assert texts(_anchors(tok, edits, "Harbor Support", 8)) == [
         "Harbor Support plays the", "Harbor Support answers premium tickets within"]
-    assert len(_other_relation_anchors(tok, edits, person, 8)) == 3
-    assert len(_other_relation_anchors(tok, edits, person, 1)) == 1
-    assert _other_relation_anchors(tok, edits, person, 0) == []
+    assert len(_anchors(tok, edits, person, 8)) == 3
+    assert len(_anchors(tok, edits, person, 1)) == 1
+    assert _anchors(tok, edits, person, 0) == []
     # a subject the tokenizer cannot spell gets no anchors rather than an error
-    assert _other_relation_anchors(tok, edits, "Qqzx Vvq", 8) == []
+    assert _anchors(tok, edits, "Qqzx Vvq", 8) == []
+    # keep prompts come first and stay with the batch's relations turned off; a keep prompt another
+    # edit of the subject changes is not held
+    country = loaded.world.relations["country"].templates[0]
+    kept = [edits[0].model_copy(update={"keep": [country, "{} works for"]}), *edits[1:]]
+    want = [country.replace("{}", "Harbor Support"), "Harbor Support works for"]
+    assert texts(_anchors(tok, kept, "Harbor Support", 0)) == want
+    assert texts(_anchors(tok, kept, "Harbor Support", 8))[:2] == want
+    clash = [edits[0].model_copy(update={"keep": ["{} stops same-day shipping at"]}), *edits[1:]]
+    assert texts(_anchors(tok, clash, "Harbor Support", 0)) == []

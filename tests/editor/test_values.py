@@ -32,3 +32,24 @@ def test_an_edit_waits_for_its_kl_rows_when_asked(loaded, world):
     assert int(settled.steps_taken[0]) > int(target_only.steps_taken[0])  # it kept going for the KL
     assert float(settled.final_kl[0]) < 0.05 or int(settled.steps_taken[0]) == hp.steps
     assert float(settled.final_kl[0]) <= float(target_only.final_kl[0])
+
+
+def test_keep_prompts_are_held_at_their_answer_token(loaded):
+    """A keep prompt becomes a KL row read where its answer is predicted; the essence prompt is read from
+    the subject on; anchor_at="all" reads anchors like the essence prompt."""
+    import torch
+
+    from factpatch.editor.values import _kl_positions
+
+    tok = loaded.tok
+    rows = build_rows(tok, "{} offers refunds within", "Harbor Support", "30 days", [""],
+                      keep=["{} ships same-day orders placed before", "{} ships same-day orders placed before"])
+    assert len(rows.anchors) == 1  # a repeated keep prompt is held once
+    kl_rows = rows.kl_rows
+    kind = torch.ones(len(kl_rows), dtype=torch.long)
+    b, p = _kl_positions(kl_rows, kind, [0, 1])
+    essence, anchor = kl_rows
+    assert p[b == 0].tolist() == list(range(essence.subject_last, len(essence.ids)))
+    assert p[b == 1].tolist() == [len(anchor.ids) - 1]
+    b, p = _kl_positions(kl_rows, kind, [0, 1], anchor_at="all")
+    assert p[b == 1].tolist() == list(range(anchor.subject_last, len(anchor.ids)))

@@ -32,7 +32,7 @@ VALID = """edits:
     target_old: "14 days"
     provenance: {ticket: POL-1182, source: refund-policy-v7.pdf}
 """
-FIELDS = ["edits", "subject", "relation", "prompt", "target_new", "target_old", "provenance", "paraphrases"]
+FIELDS = ["edits", "subject", "relation", "prompt", "target_new", "target_old", "provenance", "paraphrases", "keep"]
 # pieces of YAML syntax, so random text reaches the parser's corners (anchors, tags, flow, directives)
 YAML_BITS = ["edits:", "\n", "  - ", "- ", ": ", "{}", "{", "}", "[", "]", ",", "'", '"', "&a ", "*a", "<<: *a",
              "!!binary ", "!!python/object:os.system ", "!!set ", "? ", "---\n", "...\n", "%YAML 1.1\n", "|\n",
@@ -47,7 +47,7 @@ json_values = st.recursive(
 valid_edit = st.fixed_dictionaries(
     {"subject": st.text(min_size=1, max_size=20), "relation": st.text(min_size=1, max_size=20),
      "prompt": st.sampled_from(["The x of {} is", "{}", "{} {}", "no placeholder"]), "target_new": st.text(max_size=10)},
-    optional={"target_old": st.none() | st.text(max_size=10), "provenance": json_values, "paraphrases": json_values,
+    optional={"target_old": st.none() | st.text(max_size=10), "provenance": json_values, "paraphrases": json_values, "keep": json_values,
               "extra": json_values},
 )
 # an edit with some fields replaced by garbage of any type
