@@ -225,9 +225,8 @@ def optimise_values(
                 count = torch.zeros(n).index_add(0, c_owner[eb], torch.ones(len(eb)))
                 kl_mean = kl / count[c_owner[eb]]  # each position's share of its edit's mean KL
                 kl_sum += torch.zeros(n).index_add(0, c_owner[eb], kl_mean.detach())
-                is_anchor = torch.tensor([c_slot[b] > 0 for b in eb.tolist()])
-                weight = torch.where(is_anchor, hp.kl_factor if hp.anchor_kl_factor is None else hp.anchor_kl_factor,
-                                     hp.kl_factor)
+                anchor_factor = hp.kl_factor if hp.anchor_kl_factor is None else hp.anchor_kl_factor
+                weight = torch.where(torch.tensor(c_slot)[eb] > 0, anchor_factor, hp.kl_factor)
                 loss = loss + (weight * kl_mean).sum()
             loss.backward()
         act = torch.tensor(active)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class SpecError(ValueError):
@@ -70,20 +70,13 @@ class Edit(BaseModel):
             raise ValueError("must contain the subject placeholder {} exactly once")
         return v
 
-    @field_validator("paraphrases")
+    @field_validator("paraphrases", "keep")
     @classmethod
-    def _paraphrase_placeholders(cls, v: list[str]) -> list[str]:
+    def _prompt_placeholders(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        label = {"paraphrases": "paraphrase", "keep": "keep prompt"}[info.field_name]
         for i, p in enumerate(v):
             if p.count("{}") != 1:
-                raise ValueError(f"paraphrase {i} must contain {{}} exactly once")
-        return v
-
-    @field_validator("keep")
-    @classmethod
-    def _keep_placeholders(cls, v: list[str]) -> list[str]:
-        for i, p in enumerate(v):
-            if p.count("{}") != 1:
-                raise ValueError(f"keep prompt {i} must contain {{}} exactly once")
+                raise ValueError(f"{label} {i} must contain {{}} exactly once")
         return v
 
     @model_validator(mode="after")

@@ -287,13 +287,16 @@ def test_apply_by_digest_from_a_patch_store(clean_shard, fixture_dir):
 TAG_TOL = 1e-3  # batched engine vs transformers: about 1e-5; the patch moves log-probs far more
 
 
-def _stream(s, prompt, kw):
+def _stream(s, prompt, kw, on_chunk=None):
+    """(token ids, log-probs, finish reason) of one streamed completion; `on_chunk` runs after each chunk."""
     ids, lps, reason = [], [], None
     for chunk in s.stream(prompt, logprobs=1, return_token_ids=True, **kw):
         c = chunk["choices"][0]
         ids += c.get("token_ids") or []
         lps += (c.get("logprobs") or {}).get("token_logprobs") or []
         reason = c.get("finish_reason") or reason
+        if on_chunk:
+            on_chunk()
     return ids, lps, reason
 
 
@@ -330,14 +333,7 @@ def test_streams_during_a_swap_each_finish_on_one_version(clean_shard, fixture_d
         first_token.set()
 
     def run_early(i):
-        ids, lps, reason = [], [], None
-        for chunk in s.stream(prompt, logprobs=1, return_token_ids=True, **kw):
-            c = chunk["choices"][0]
-            ids += c.get("token_ids") or []
-            lps += (c.get("logprobs") or {}).get("token_logprobs") or []
-            reason = c.get("finish_reason") or reason
-            first_token.set()
-        runs[i] = (ids, lps, reason)
+        runs[i] = _stream(s, prompt, kw, on_chunk=first_token.set)
 
     early = [threading.Thread(target=run_early, args=(i,)) for i in range(3)]
     _start(early)
@@ -368,14 +364,7 @@ def test_requests_still_running_at_the_drain_timeout_are_aborted_never_mixed(cle
     first_token = threading.Event()
 
     def run(i):
-        ids, lps, reason = [], [], None
-        for chunk in s.stream(prompt, logprobs=1, return_token_ids=True, **kw):
-            c = chunk["choices"][0]
-            ids += c.get("token_ids") or []
-            lps += (c.get("logprobs") or {}).get("token_logprobs") or []
-            reason = c.get("finish_reason") or reason
-            first_token.set()
-        runs[i] = (ids, lps, reason)
+        runs[i] = _stream(s, prompt, kw, on_chunk=first_token.set)
 
     streams = [threading.Thread(target=run, args=(i,)) for i in range(48)]
     _start(streams)
