@@ -66,7 +66,10 @@ def shards(fixture_dir, tmp_path_factory):
     template = tmp_path_factory.mktemp("chat") / "template.jinja"
     template.write_text(CHAT_TEMPLATE)
     args = ["--max-model-len", "128", "--dtype", "float32", "--seed", "0", "--chat-template", str(template)]
-    s0, s1 = ShardServer(fixture_dir, vllm_args=args), ShardServer(fixture_dir, vllm_args=args)
+    # s1 accepts lower ranks than s0 (the gateway's patches are rank 1), so test_fleet can land one
+    # patch on s0 that s1 refuses
+    s0 = ShardServer(fixture_dir, vllm_args=args)
+    s1 = ShardServer(fixture_dir, vllm_args=args, env={"FACTPATCH_MAX_RANK": "4"})
     for s in (s0, s1):
         s.token = AGENT_TOKEN
     with s0, s1:

@@ -1,5 +1,7 @@
 """The control plane driving two real vLLM shards (fixture model): full flow, rollback on a refused
-apply, base mismatch refused before any shard is touched, kill -9 in the middle of a rollout."""
+apply, base mismatch refused before any shard is touched, kill -9 in the middle of a rollout.
+
+It uses the package's two shards (no gateway): starting two more engines would cost over a minute."""
 
 from __future__ import annotations
 
@@ -13,27 +15,14 @@ from factpatch.server.basecheck import LocalCheckpoint
 from factpatch.server.errors import reason_of
 from factpatch.server.pb import fleet_pb2, patch_pb2, rollout_pb2
 
-from .helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, random_patch, rid, write_tokens
-from .serveproc import ServeProc
+from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, random_patch, rid, write_tokens
+from tests.server.serveproc import ServeProc
 
 pytestmark = pytest.mark.vllm
 
 W = "model.layers.3.mlp.down_proj.weight"
 PROMPT = "The refund period of Harbor Support is"
 S = rollout_pb2.RolloutState
-
-
-@pytest.fixture(scope="module")
-def shards(fixture_dir):
-    from factpatch.plugin.testing import ShardServer
-
-    s0 = ShardServer(fixture_dir)
-    # s1 accepts lower ranks than s0, so one patch can land on s0 and be refused by s1
-    s1 = ShardServer(fixture_dir, env={"FACTPATCH_MAX_RANK": "4"})
-    for s in (s0, s1):
-        s.token = AGENT_TOKEN
-    with s0, s1:
-        yield s0, s1
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +54,7 @@ def wait_state(cl: Client, rollout_id: str, states: set[int], timeout: float = 1
 
 
 def test_full_flow_rollback_and_crash(tmp_path, shards, patches, fixture_dir):
-    s0, s1 = shards
+    s0, s1 = shards["s0"], shards["s1"]  # the package's shards; s1 refuses ranks over 4
     assert s0.revert().status_code == 200 and s1.revert().status_code == 200
     base = answer(s0)
     assert answer(s1) == base
