@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .layers import LayerError
+from .layers import ONE_LAYER, LayerError
 from .trace import TraceError, TraceSettings, items_for_edits, trace
 
 AUTO = "auto"
@@ -53,7 +53,7 @@ def candidates(profile: list[float], method: str, params: AutoParams = AutoParam
     n = len(profile)
     p = [max(0.0, x) for x in profile]
     peak = max(range(n), key=lambda l: (p[l], -l))
-    if method == "rome":
+    if method in ONE_LAYER:
         # The peak and the layers just after and before it: the peak is not always the best place to
         # write (a first-layer peak is mostly the token embedding), and away from it the profile is noise.
         order = [peak + d for d in (0, 1, -1, 2, -2) if 0 <= peak + d < n]
@@ -119,7 +119,7 @@ def choose_layers(loaded, edits, opts, params: AutoParams = AutoParams()) -> Cho
         profile = result.subject_last_profile("mlp")
         t_trace = time.perf_counter() - t0
 
-        cands = candidates(profile, opts.method, params)
+        cands = candidates(profile, opts.layer_kind, params)
         val = [edits[i] for i in val_idx]
         # One corpus pass for every candidate layer; the sweep's edits then read them from the cache.
         second_moments(adapter, tok, sorted({l for c in cands for l in c}), corpus_for(loaded, opts.corpus_dir),

@@ -70,3 +70,20 @@ def add_rank_one(module: nn.Module, directions: torch.Tensor, values: torch.Tens
         yield
     finally:
         h.remove()
+
+
+@contextlib.contextmanager
+def add_low_rank_update(module: nn.Module, directions: torch.Tensor, values: torch.Tensor) -> Iterator[None]:
+    """output += (input @ directions) @ values at every position of every row: exactly what
+    W += valuesᵀ directionsᵀ does (directions [key_dim, n], values [n, d]), so each row sees every
+    edit's update, the other edits' spill onto it included."""
+
+    def hook(mod, args, output):
+        gain = args[0].to(directions.dtype) @ directions
+        return output + (gain @ values).to(output.dtype)
+
+    h = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        h.remove()

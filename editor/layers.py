@@ -24,6 +24,10 @@ STRATEGIES: dict[str, Strategy] = {}
 ROME_DEPTH = 0.15
 MEMIT_WINDOW = (0.0, 0.2)
 
+# Methods that write exactly one layer (MEMIT through its own update, `--joint`, is one of them) take
+# ROME's depth and single-layer candidates.
+ONE_LAYER = {"rome": "ROME", "memit-joint": "MEMIT with --joint"}
+
 
 class LayerError(ValueError):
     """The layer argument cannot be used with this model or method."""
@@ -51,7 +55,7 @@ def parse(text: str | None) -> str | list[int]:
 
 
 def default_layers(n_layers: int, method: str) -> list[int]:
-    if method == "rome":
+    if method in ONE_LAYER:
         return [math.floor(ROME_DEPTH * (n_layers - 1))]
     lo, hi = (round(f * (n_layers - 1)) for f in MEMIT_WINDOW)
     return list(range(lo, max(lo, hi) + 1))
@@ -63,8 +67,9 @@ def check(layers: list[int], n_layers: int, method: str) -> list[int]:
             raise LayerError(f"layer {l} is out of range: the model has layers 0..{n_layers - 1}")
     if not layers:
         raise LayerError("no layers to edit")
-    if method == "rome" and len(layers) != 1:
-        raise LayerError(f"ROME edits exactly one layer, got {layers}; use --method memit for several")
+    if method in ONE_LAYER and len(layers) != 1:
+        alternative = "use --method memit for several" if method == "rome" else "leave out --joint for several"
+        raise LayerError(f"{ONE_LAYER[method]} edits exactly one layer, got {layers}; {alternative}")
     return layers
 
 

@@ -8,6 +8,9 @@ Then, layer by layer from the lowest, the remaining gap R = z − h_L (divided b
 still to edit) is written with Δ = R Kᵀ (λC + K Kᵀ)⁻¹, solved in float64, with one row of K and R per
 (edit, context prefix) so the edit holds in each context rather than only for the averaged key.
 Keys and h_L are recomputed after every layer, because each update changes what the layers above see.
+
+With `through_update` (`--joint`, one layer) the directions of that solve are computed first and the
+whole batch's δ is optimised through the update it will be written with (`_apply_joint`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,23 @@ class MemitParams:
     # off 88 % efficacy / 84 % paraphrase / 81.9 % neighbours unchanged, on 91 / 82 / 84.7; with KL
     # 1.5 on: 71 / 59 / 92.4.
     anchor_relations: int = 8
+    # Optimise all values together through the batch's own update at one layer (`joint()`), instead of
+    # finding each δ at the subject and spreading it over the layers afterwards.
+    through_update: bool = False
+
+    @classmethod
+    def joint(cls) -> "MemitParams":
+        """One layer, values optimised through the update they will be written with (see `_apply_joint`).
+
+        Fixture, one batch of 100, each edit with its subject's other facts as keep prompts and its
+        relation's other trained phrasings as paraphrases (evaluated on held-out phrasings): 0.98
+        efficacy / 0.86 paraphrase / 0.910 neighbours unchanged, against 0.92 / 0.83 / 0.840 for the
+        default on the same spec. The stopping rule waits for the KL rows to settle, as ROME's does;
+        without paraphrases in the spec that narrows δ to the edit's own phrasing (0.97 / 0.57 / 0.918).
+        """
+        value = ValueParams(lr=1.0, weight_decay=0.1, clamp_norm=4.0, norm_ref="residual", steps=80, kl_factor=0.0625,
+                            anchor_kl_factor=0.25, anchor_at="answer", early_stop_kl=0.05)
+        return cls(value=value, mom2_weight=100000.0, through_update=True)
 
 
 def layer_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,9 +75,13 @@ def layer_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor, lam
     k64 = keys.to(torch.float64)
     a = lam * cov.to(torch.float64) + k64.T @ k64
     v = torch.linalg.solve(a, k64.T)  # A is symmetric, so (A⁻¹Kᵀ)ᵀ = K A⁻¹
-    u = resid.to(torch.float64).T
+    return _compact(resid.to(torch.float64).T, v)
+
+
+def _compact(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 (u, v) with the same u vᵀ (float64 in): with more columns than the weight has rank, factored
+    exactly to rank ≤ min(d, k) so the patch stays small."""
     if u.shape[1] > min(u.shape[0], v.shape[0]):
-        # More rows than the weight has rank: factor exactly to rank ≤ min(d, k) so the patch stays small.
         if u.shape[0] <= v.shape[0]:
             q, r = torch.linalg.qr(u)
             u, v = q, v @ r.T
@@ -103,13 +127,15 @@ def apply_memit(
     last = layers[-1]
     subjects = list(dict.fromkeys(e.subject for e in edits))
     group = torch.tensor([subjects.index(e.subject) for e in edits])
-    per_edit = [build_rows(tok, e.prompt, e.subject, e.target_new, prefixes) for e in edits]
+    per_edit = [build_rows(tok, e.prompt, e.subject, e.target_new, prefixes, paraphrases=e.paraphrases) for e in edits]
     per_subject = [
         EditRows([r for i, er in enumerate(per_edit) if int(group[i]) == g for r in er.rewrite],
                  per_edit[int((group == g).nonzero()[0, 0])].essence,
                  _anchors(tok, edits, subject, hp.anchor_relations))
         for g, subject in enumerate(subjects)
     ]
+    if hp.through_update:
+        return _apply_joint(adapter, tok, edits, layers, covs, prefixes, hp, per_subject, group, on_progress)
     res = optimise_values(
         adapter, tok, last, per_subject, hp.value,
         progress=(lambda s, t, a: on_progress("values", s, t)) if on_progress else None,
@@ -143,3 +169,42 @@ def apply_memit(
         "residual_gap_by_layer": gaps + [final_gap],
     }
     return factors, info
+
+
+def batch_directions(keys: torch.Tensor, row_group: torch.Tensor, n_groups: int, cov: torch.Tensor, lam: float) -> torch.Tensor:
+    """[key_dim, n_groups] float64: column g = (λC + KᵀK)⁻¹ Σ_{rows of g} k, scaled so the rows of g read
+    gain 1 on average. MEMIT's solve Δ = Rᵀ K (λC + KᵀK)⁻¹ with every row of subject g asking for the same
+    δ_g is exactly Σ_g δ_g ⊗ column g, so the directions are known before δ is."""
+    k64 = keys.to(torch.float64)
+    a = lam * cov.to(torch.float64) + k64.T @ k64
+    summed = torch.zeros(n_groups, k64.shape[1], dtype=torch.float64).index_add(0, row_group, k64)
+    dirs = torch.linalg.solve(a, summed.T)  # [k, n_groups]
+    gain = torch.zeros(n_groups, dtype=torch.float64).index_add(0, row_group, (k64 * dirs.T[row_group]).sum(-1))
+    count = torch.bincount(row_group, minlength=n_groups).to(torch.float64)
+    return dirs / (gain / count)[None, :]
+
+
+def _apply_joint(adapter, tok, edits, layers, covs, prefixes, hp, per_subject, group, on_progress):
+    """Every subject's δ is optimised with the whole batch's update Σ_g δ_g ⊗ direction_g in the forward
+    pass, at every position of every row: each edit's spill onto the others' prompts, anchors and keep
+    prompts is part of the loss, and what is optimised is exactly what the patch writes."""
+    if len(layers) != 1:
+        raise ValueError(f"MEMIT through its update writes one layer, got {layers}")
+    layer = layers[0]
+    keys = subject_keys_each(adapter, tok, layer, edits, prefixes)
+    row_group = group.repeat_interleave(len(prefixes))
+    dirs = batch_directions(keys, row_group, len(per_subject), covs[layer], hp.mom2_weight)
+    res = optimise_values(
+        adapter, tok, layer, per_subject, hp.value,
+        progress=(lambda s, t, a: on_progress("values", s, t)) if on_progress else None,
+        batch_directions=dirs.to(torch.float32),
+    )
+    u, v = _compact(res.deltas.to(torch.float64).T, dirs)
+    add_low_rank(adapter, layer, u, v)
+    info = {
+        "value_nll_mean": float(res.final_nll.mean()),
+        "value_steps_mean": float(res.steps_taken.float().mean()),
+        "delta_norm_mean": float(res.deltas.norm(dim=-1).mean()),
+        "subjects": len(per_subject),
+    }
+    return {layer: (u, v)}, info

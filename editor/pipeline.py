@@ -21,7 +21,7 @@ from .adapters import Adapter, family_for
 from .corpus import Corpus, CorpusError, fixture_corpus, folder_corpus
 from .memit import MemitParams, apply_memit
 from .prompts import TokenizationError, encode
-from .rome import RomeParams, apply_rome
+from .rome import RomeParams, apply_rome, single_edits_from_base
 from .scoring import greedy_answers, score_targets
 from .stats import second_moments
 from .values import ESSENCE_TEMPLATE
@@ -91,6 +91,11 @@ class EditOptions:
     progress: bool = False
     seed: int = 0
 
+    @property
+    def layer_kind(self) -> str:
+        """What decides the layers: the method, or "memit-joint" (one layer) for MEMIT through its update."""
+        return "memit-joint" if self.method == "memit" and self.memit.through_update else self.method
+
 
 def corpus_for(loaded: Loaded, corpus_dir: str | None) -> Corpus:
     if corpus_dir:
@@ -107,7 +112,7 @@ def validate(loaded: Loaded, edits, opts: EditOptions) -> tuple[list[int], Corpu
     try:
         choice = opts.layers if isinstance(opts.layers, list) else layer_choice.parse(opts.layers)
         if isinstance(choice, list):
-            layer_choice.check(choice, loaded.adapter.n_layers, opts.method)
+            layer_choice.check(choice, loaded.adapter.n_layers, opts.layer_kind)
     except layer_choice.LayerError as e:
         raise EditInputError(str(e)) from None
     try:
@@ -156,9 +161,9 @@ def validate(loaded: Loaded, edits, opts: EditOptions) -> tuple[list[int], Corpu
         if choice == "auto":  # trace + validation sweep; needs the loaded model, the corpus and the options
             from .auto_layers import choose_layers
 
-            chosen = layer_choice.check(choose_layers(loaded, edits, opts), loaded.adapter.n_layers, opts.method)
+            chosen = layer_choice.check(choose_layers(loaded, edits, opts), loaded.adapter.n_layers, opts.layer_kind)
         else:
-            chosen = layer_choice.resolve(choice, loaded.adapter.n_layers, opts.method, loaded.adapter, tok, edits)
+            chosen = layer_choice.resolve(choice, loaded.adapter.n_layers, opts.layer_kind, loaded.adapter, tok, edits)
     except layer_choice.LayerError as e:
         raise EditInputError(str(e)) from None
     return chosen, corpus, parent
@@ -195,6 +200,35 @@ def _hparams(opts: EditOptions, layers: list[int], corpus: Corpus, n_texts: int)
 
 def run_edit(loaded: Loaded, edits, opts: EditOptions, on_progress: Callable[[str, int, int], None] | None = None) -> EditResult:
     """Validate, compute and return the patch. The loaded model is left as the base on return."""
+    def compute(adapter, tok, layers, covs, prefixes):
+        if opts.method == "rome":
+            cb = (lambda i, rec: on_progress("edits", i + 1, len(edits))) if on_progress else None
+            u, v, per_edit = apply_rome(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome, on_edit=cb)
+            return [({layers[0]: (u, v)}, {"per_edit": per_edit})]
+        return [apply_memit(adapter, tok, edits, layers, covs, prefixes, opts.memit, on_progress=on_progress)]
+
+    return _run(loaded, edits, opts, compute, lambda i: range(len(edits)))[0]
+
+
+def run_single_edits(loaded: Loaded, edits, opts: EditOptions,
+                     on_progress: Callable[[str, int, int], None] | None = None) -> list[EditResult]:
+    """ROME: one patch per edit, each edit made alone from the base (or the parent), all optimised in
+    one batch. The edits are validated together, as one spec."""
+    if opts.method != "rome":
+        raise EditInputError(f"--method {opts.method!r}: single edits from the base are a ROME run")
+
+    def compute(adapter, tok, layers, covs, prefixes):
+        cb = (lambda s, t: on_progress("values", s, t)) if on_progress else None
+        factors, info = single_edits_from_base(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome, on_progress=cb)
+        return [({layers[0]: f}, {"per_edit": [rec]}) for f, rec in zip(factors, info)]
+
+    return _run(loaded, edits, opts, compute, lambda i: [i])
+
+
+def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[EditResult]:
+    """The steps every edit run shares: checks, statistics, the base's fingerprint, `compute` on the live
+    model (which is put back to the base bit for bit), then one patch per result `compute` returns,
+    holding the edits at the indices `edits_of(i)`."""
     from .prompts import context_prefixes
 
     layers, corpus, parent = validate(loaded, edits, opts)
@@ -215,40 +249,38 @@ def run_edit(loaded: Loaded, edits, opts: EditOptions, on_progress: Callable[[st
             apply_patch(adapter, parent[0])
         hp = opts.rome if opts.method == "rome" else opts.memit
         prefixes = context_prefixes(adapter.model, tok, hp.n_prefixes, seed=opts.seed)
-        if opts.method == "rome":
-            cb = (lambda i, rec: on_progress("edits", i + 1, len(edits))) if on_progress else None
-            u, v, per_edit = apply_rome(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome, on_edit=cb)
-            new = {layers[0]: (u, v)}
-            info: dict[str, Any] = {"per_edit": per_edit}
-        else:
-            new, info = apply_memit(adapter, tok, edits, layers, covs, prefixes, opts.memit, on_progress=on_progress)
+        results = compute(adapter, tok, layers, covs, prefixes)
     finally:
         with torch.no_grad():
             for n, w in saved.items():
                 state[n].copy_(w)  # back to the base, bit for bit
     t_edit = time.perf_counter() - t1
 
-    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    if parent:
-        factors.update(parent[0].factors)
-    for l, (u, v) in new.items():
-        name = adapter.param_name(l)
-        if name in factors:  # a follow-up batch carries its parent's factors: ranks concatenate
-            pu, pv = factors[name]
-            u, v = torch.cat([pu, u], 1), torch.cat([pv, v], 1)
-        factors[name] = (u.contiguous(), v.contiguous())
+    hparams = {**_hparams(opts, layers, corpus, len(corpus.head(opts.n_samples))), "batch_layers": list(layers),
+               **({"layer_choice": layers.report} if hasattr(layers, "report") else {})}
     all_layers = sorted(set(layers) | set(parent[0].manifest.get("layers", []) if parent else []))
-    manifest = new_manifest(
-        model_name=loaded.name,
-        fingerprint=base_fp,
-        method=opts.method,
-        layers=all_layers,
-        hparams={**_hparams(opts, layers, corpus, len(corpus.head(opts.n_samples))), "batch_layers": list(layers),
-                 **({"layer_choice": layers.report} if hasattr(layers, "report") else {})},
-        edits=(parent[0].manifest.get("edits", []) if parent else []) + entries,
-        parent=parent[1] if parent else None,
-    )
-    return EditResult(Patch(factors, manifest), layers, info, {"stats": t_stats, "edit": t_edit})
+    out = []
+    for i, (new, info) in enumerate(results):
+        factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if parent:
+            factors.update(parent[0].factors)
+        for l, (u, v) in new.items():
+            name = adapter.param_name(l)
+            if name in factors:  # a follow-up batch carries its parent's factors: ranks concatenate
+                pu, pv = factors[name]
+                u, v = torch.cat([pu, u], 1), torch.cat([pv, v], 1)
+            factors[name] = (u.contiguous(), v.contiguous())
+        manifest = new_manifest(
+            model_name=loaded.name,
+            fingerprint=base_fp,
+            method=opts.method,
+            layers=all_layers,
+            hparams=hparams,
+            edits=(parent[0].manifest.get("edits", []) if parent else []) + [entries[j] for j in edits_of(i)],
+            parent=parent[1] if parent else None,
+        )
+        out.append(EditResult(Patch(factors, manifest), layers, info, {"stats": t_stats, "edit": t_edit}))
+    return out
 
 
 def manifest_json(patch: Patch) -> str:

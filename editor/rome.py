@@ -70,7 +70,7 @@ def apply_rome(
     """Apply the edits in order to the live model; returns the stacked factors (u [d,n], v [k,n])."""
     us, vs, info = [], [], []
     for i, e in enumerate(edits):
-        rows = build_rows(tok, e.prompt, e.subject, e.target_new, prefixes, keep=e.keep)
+        rows = build_rows(tok, e.prompt, e.subject, e.target_new, prefixes, keep=e.keep, paraphrases=e.paraphrases)
         key = subject_keys(adapter, tok, layer, [e], prefixes)[0]
         # The update's input direction is fixed by k* and C alone, so δ can be optimised through it.
         direction = input_direction(key, cov)
@@ -84,3 +84,29 @@ def apply_rome(
         if on_edit:
             on_edit(i, rec)
     return torch.cat(us, 1), torch.cat(vs, 1), info
+
+
+def single_edits_from_base(
+    adapter: Adapter,
+    tok,
+    edits,
+    layer: int,
+    cov: torch.Tensor,
+    prefixes: list[str],
+    hp: RomeParams,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[dict]]:
+    """Each edit on its own from the base, all optimised in one batch: (u [d,1], v [k,1]) per edit.
+
+    Every row sees only its own edit's rank-one update and Adam, decay, clamp and stopping act per row,
+    so each result is the edit `apply_rome` would compute alone on the base, in one pass over the batch
+    instead of one per edit (for "what would each edit do" sweeps and evaluations)."""
+    rows = [build_rows(tok, e.prompt, e.subject, e.target_new, prefixes, keep=e.keep, paraphrases=e.paraphrases) for e in edits]
+    keys = subject_keys(adapter, tok, layer, edits, prefixes)
+    directions = torch.stack([input_direction(k, cov) for k in keys])
+    res = optimise_values(adapter, tok, layer, rows, hp.value, directions=directions.to(torch.float32),
+                          progress=(lambda s, t, a: on_progress(s, t)) if on_progress else None)
+    factors = [rank_one_factors(res.deltas[i], directions[i]) for i in range(len(edits))]
+    info = [{"nll": float(res.final_nll[i]), "kl": float(res.final_kl[i]), "steps": int(res.steps_taken[i]),
+             "delta_norm": float(res.deltas[i].norm())} for i in range(len(edits))]
+    return factors, info

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .adapters import Adapter
-from .hooks import add_rank_one, add_to_output, capture_output
+from .hooks import add_low_rank_update, add_rank_one, add_to_output, capture_output
 from .prompts import Row, batch, encode, target_positions
 
 ESSENCE_TEMPLATE = "{} is a"
@@ -69,9 +69,12 @@ class ValueResult:
     log: list[dict] = field(default_factory=list)
 
 
-def build_rows(tok, prompt: str, subject: str, target: str, prefixes: list[str], keep: list[str] = ()) -> EditRows:
-    """The edit's rows; `keep` prompts (the subject's other questions) become KL anchors."""
+def build_rows(tok, prompt: str, subject: str, target: str, prefixes: list[str], keep: list[str] = (),
+               paraphrases: list[str] = ()) -> EditRows:
+    """The edit's rows: the prompt behind every prefix, each paraphrase once (plain); `keep` prompts
+    (the subject's other questions) become KL anchors."""
     rewrite = [encode(tok, prompt, subject, prefix=p, target=target) for p in prefixes]
+    rewrite += [encode(tok, p, subject, target=target) for p in dict.fromkeys(paraphrases) if p != prompt]
     try:
         essence = encode(tok, ESSENCE_TEMPLATE, subject)
     except ValueError:
@@ -116,6 +119,20 @@ def _chunks(n: int, size: int):
     return [(s, min(n, s + size)) for s in range(0, n, size)]
 
 
+def _by_length(rows: list[Row], owner: torch.Tensor, kind: torch.Tensor, slot: list[int]):
+    """The flattened rows shortest first, so a chunk pads its rows to about their own length."""
+    order = sorted(range(len(rows)), key=lambda b: len(rows[b].ids))
+    return [rows[b] for b in order], owner[order], kind[order], [slot[b] for b in order]
+
+
+def _length_chunks(rows: list[Row], size: int, pieces: int = 4):
+    """Chunks of rows sorted by length: at most `size` rows each and at least `pieces` chunks when there
+    are enough rows, so short rows are not padded to the longest (a third to half of the work here)."""
+    n = len(rows)
+    per = max(1, min(size, -(-n // pieces) if n >= 64 * pieces else n))
+    return _chunks(n, per)
+
+
 @torch.no_grad()
 def _reference(adapter: Adapter, tok, layer: int, rows_per_edit: list[EditRows], chunk: int, anchor_at: str):
     """Per edit: the MLP output and the block output at the subject's last token of the plain prompt,
@@ -153,6 +170,7 @@ def optimise_values(
     hp: ValueParams,
     progress: Callable[[int, int, int], None] | None = None,
     directions: torch.Tensor | None = None,
+    batch_directions: torch.Tensor | None = None,
 ) -> ValueResult:
     """Optimise δ for every edit at once; returns δ and the pre-edit residual at the subject.
 
@@ -161,6 +179,10 @@ def optimise_values(
     edited model, so a key that differs from the averaged k* (the subject right after <s>, where it
     sits in the edit prompt itself, reaches only about half of k*'s gain on the fixture) is still
     written hard enough, and δ's spill onto the prompt's other tokens is part of the loss.
+
+    With `batch_directions` ([key_dim, n]) every row sees the whole batch's update, (key · directions) δ,
+    at every position: the edits are optimised together through the low-rank update the patch writes,
+    so one edit's spill onto another's prompts (and onto the anchors) is part of the loss.
     """
     model = adapter.model
     n = len(rows_per_edit)
@@ -184,20 +206,28 @@ def optimise_values(
         active = [i for i in range(n) if not done[i]]
         if not active:
             break
-        rows, owner, kind, slot = _flatten(rows_per_edit, active)
+        # Through a shared update every edit's rows stay in the pass: a finished edit's δ is frozen,
+        # but the others' δ still reach its prompts, and its loss keeps them from undoing it.
+        in_pass = list(range(n)) if batch_directions is not None else active
+        rows, owner, kind, slot = _by_length(*_flatten(rows_per_edit, in_pass))
+        # KL positions per edit over all its rows: an edit's rows may fall in several chunks.
+        kl_rows_of = owner[_kl_positions(rows, kind, slot, hp.anchor_at)[0]]
+        kl_count = torch.zeros(n).index_add(0, kl_rows_of, torch.ones(len(kl_rows_of))).clamp_min(1)
         # Row chunks keep memory bounded; gradients accumulate, one optimizer step per pass over all edits.
         n_rewrite = torch.zeros(n)
-        for e in active:
+        for e in in_pass:
             n_rewrite[e] = len(rows_per_edit[e].rewrite)
         opt.zero_grad()
         nll_sum = torch.zeros(n)
         kl_sum = torch.zeros(n)
-        for s, e in _chunks(len(rows), hp.max_rows_per_pass):
+        for s, e in _length_chunks(rows, hp.max_rows_per_pass):
             c_rows, c_owner, c_kind, c_slot = rows[s:e], owner[s:e], kind[s:e], slot[s:e]
             ids, mask = batch(c_rows, tok)
             b_all = torch.arange(len(c_rows))
             subj = torch.tensor([r.subject_last for r in c_rows])
-            if directions is None:
+            if batch_directions is not None:
+                edit_hook = add_low_rank_update(adapter.mlp_out(layer), batch_directions, delta)
+            elif directions is None:
                 edit_hook = add_to_output(adapter.mlp_out(layer), b_all, subj, delta[c_owner])
             else:
                 edit_hook = add_rank_one(adapter.mlp_out(layer), directions[c_owner], delta[c_owner])
@@ -222,8 +252,7 @@ def optimise_values(
                 logp = F.log_softmax(adapter.head(hidden[eb, ep]).float(), -1)
                 anchor = torch.cat([anchors[(int(c_owner[b]), c_slot[b])] for b in range(len(c_rows)) if c_kind[b] == 1])
                 kl = F.kl_div(logp, anchor, log_target=True, reduction="none").sum(-1)
-                count = torch.zeros(n).index_add(0, c_owner[eb], torch.ones(len(eb)))
-                kl_mean = kl / count[c_owner[eb]]  # each position's share of its edit's mean KL
+                kl_mean = kl / kl_count[c_owner[eb]]  # each position's share of its edit's mean KL
                 kl_sum += torch.zeros(n).index_add(0, c_owner[eb], kl_mean.detach())
                 anchor_factor = hp.kl_factor if hp.anchor_kl_factor is None else hp.anchor_kl_factor
                 weight = torch.where(torch.tensor(c_slot)[eb] > 0, anchor_factor, hp.kl_factor)

@@ -86,6 +86,11 @@ def test_rome_takes_one_layer(tmp_path, fixture_dir):
     assert "exactly one layer" in _run(tmp_path, fixture_dir, _yaml(), "--method", "rome", "--layers", "1,2")
 
 
+def test_joint_memit_takes_one_layer_and_only_memit(tmp_path, fixture_dir):
+    assert "MEMIT with --joint edits exactly one layer" in _run(tmp_path, fixture_dir, _yaml(), "--joint", "--layers", "0,1")
+    assert "--joint is a MEMIT setting" in _run(tmp_path, fixture_dir, _yaml(), "--joint", "--method", "rome")
+
+
 def test_unknown_layer_strategy(tmp_path, fixture_dir):
     assert "not available" in _run(tmp_path, fixture_dir, _yaml(), "--layers", "nonsense")
 
