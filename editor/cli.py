@@ -104,7 +104,7 @@ def edit_cmd(
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the patch and record the metrics in its manifest."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the edit report (timings, metrics) as JSON."),
     seed: int = typer.Option(0, "--seed"),
-    joint: bool = typer.Option(False, "--joint", help="MEMIT at one layer, the batch's values optimised through the very update the patch writes: more edits take and fewer neighbours move, about 8x slower; best with paraphrases and keep prompts in the spec."),
+    joint: bool = typer.Option(False, "--joint", help="MEMIT at one layer, the batch's values optimised through the very update the patch writes: more edits take and fewer neighbours move, about 4x slower; best with paraphrases and keep prompts in the spec."),
 ) -> None:
     """Compute a ROME or MEMIT edit and write it as a patch file."""
     from .memit import MemitParams
