@@ -21,7 +21,7 @@ from .adapters import Adapter, family_for
 from .corpus import Corpus, CorpusError, fixture_corpus, folder_corpus
 from .memit import MemitParams, apply_memit
 from .prompts import TokenizationError, encode
-from .rome import RomeParams, apply_rome, single_edits_from_base
+from .rome import RomeParams, apply_rome, independent_edits
 from .scoring import greedy_answers, score_targets
 from .stats import second_moments
 from .values import ESSENCE_TEMPLATE
@@ -219,7 +219,7 @@ def run_single_edits(loaded: Loaded, edits, opts: EditOptions,
 
     def compute(adapter, tok, layers, covs, prefixes):
         cb = (lambda s, t: on_progress("values", s, t)) if on_progress else None
-        factors, info = single_edits_from_base(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome, on_progress=cb)
+        factors, info = independent_edits(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome, on_progress=cb)
         return [({layers[0]: f}, {"per_edit": [rec]}) for f, rec in zip(factors, info)]
 
     return _run(loaded, edits, opts, compute, lambda i: [i])

@@ -70,23 +70,18 @@ def apply_rome(
     """Apply the edits in order to the live model; returns the stacked factors (u [d,n], v [k,n])."""
     us, vs, info = [], [], []
     for i, e in enumerate(edits):
-        rows = build_rows(tok, e.prompt, e.subject, e.target_new, prefixes, keep=e.keep, paraphrases=e.paraphrases)
-        key = subject_keys(adapter, tok, layer, [e], prefixes)[0]
-        # The update's input direction is fixed by k* and C alone, so δ can be optimised through it.
-        direction = input_direction(key, cov)
-        res = optimise_values(adapter, tok, layer, [rows], hp.value, directions=direction[None].to(torch.float32))
-        u, v = rank_one_factors(res.deltas[0], direction)
+        # Each edit is computed on the model the previous ones left, then written before the next.
+        [(u, v)], [rec] = independent_edits(adapter, tok, [e], layer, cov, prefixes, hp)
         add_low_rank(adapter, layer, u, v)
         us.append(u)
         vs.append(v)
-        rec = {"nll": float(res.final_nll[0]), "kl": float(res.final_kl[0]), "steps": int(res.steps_taken[0]), "delta_norm": float(res.deltas[0].norm())}
         info.append(rec)
         if on_edit:
             on_edit(i, rec)
     return torch.cat(us, 1), torch.cat(vs, 1), info
 
 
-def single_edits_from_base(
+def independent_edits(
     adapter: Adapter,
     tok,
     edits,
@@ -96,13 +91,15 @@ def single_edits_from_base(
     hp: RomeParams,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[dict]]:
-    """Each edit on its own from the base, all optimised in one batch: (u [d,1], v [k,1]) per edit.
+    """Each edit alone on the model as it is now, all optimised in one batch: (u [d,1], v [k,1]) and a
+    record per edit. Nothing is written.
 
-    Every row sees only its own edit's rank-one update and Adam, decay, clamp and stopping act per row,
-    so each result is the edit `apply_rome` would compute alone on the base, in one pass over the batch
-    instead of one per edit (for "what would each edit do" sweeps and evaluations)."""
+    Every row sees only its own edit's rank-one update, and Adam, decay, clamp and stopping act per row,
+    so each result is the edit computed by itself, in one pass over the batch instead of one per edit
+    (`apply_rome` calls it with one edit at a time; single edits from the base take them all at once)."""
     rows = [build_rows(tok, e.prompt, e.subject, e.target_new, prefixes, keep=e.keep, paraphrases=e.paraphrases) for e in edits]
     keys = subject_keys(adapter, tok, layer, edits, prefixes)
+    # The update's input direction is fixed by k* and C alone, so δ can be optimised through it.
     directions = torch.stack([input_direction(k, cov) for k in keys])
     res = optimise_values(adapter, tok, layer, rows, hp.value, directions=directions.to(torch.float32),
                           progress=(lambda s, t, a: on_progress(s, t)) if on_progress else None)
