@@ -4,7 +4,9 @@
 - generalization: paraphrases yield the new target (held-out templates from world.json for the
   fixture, the edit's own `paraphrases` list otherwise);
 - specificity: neighbour facts (other subjects of the relation, the subject's other relations) keep
-  their answers;
+  their answers. For an edit world.json does not know (any model but the fixture), the edit's own
+  `keep` prompts are its neighbours, each expected to keep the base model's greedy answer; they are
+  also what the editor held steady, so they show what was held, not unseen facts (`neighbour_source`);
 - locality: perplexity drift on held-out text and mean KL of the next-token distribution there.
 
 The base is measured once (`Baseline`); each patched model is compared against it.
@@ -38,13 +40,14 @@ class Probe:
     kind: str  # "efficacy" | "paraphrase" | "neighbour"
     template: str
     subject: str
-    target: str  # for neighbours: the true object
+    target: str  # for neighbours: the true object, or the base model's answer ("" until it is read)
 
 
 @dataclass
 class Probes:
     items: list[Probe]
     old_targets: list[str]  # per edit
+    neighbour_source: str = "world"  # "world", "keep prompts", both ("world+keep prompts") or "none"
 
     def of(self, kind: str, edits: set[int] | None = None) -> list[Probe]:
         return [p for p in self.items if p.kind == kind and (edits is None or p.edit in edits)]
@@ -61,6 +64,7 @@ def build_probes(adapter: Adapter, tok, edits, world=None, n_neighbours: int = 1
         by_relation.setdefault(f.relation, []).append(f)
         by_subject.setdefault(f.subject, []).append(f)
     rng = random.Random(seed)
+    kept: list[Probe] = []  # keep prompts of edits the world does not know; answered by the base below
     missing_old = []
     olds: list[str | None] = []
     for i, e in enumerate(edits):
@@ -80,6 +84,8 @@ def build_probes(adapter: Adapter, tok, edits, world=None, n_neighbours: int = 1
             if (f.subject, f.relation) not in edited:
                 t = world.relations[f.relation].templates[f.train_templates[0]]
                 items.append(Probe(i, "neighbour", t, f.subject, f.object))
+        if fact is None:
+            kept.extend(Probe(i, "neighbour", k, e.subject, "") for k in dict.fromkeys(e.keep))
         old = e.target_old or (fact.object if fact is not None else None)
         if old is None:
             missing_old.append(i)
@@ -88,7 +94,13 @@ def build_probes(adapter: Adapter, tok, edits, world=None, n_neighbours: int = 1
         answers = greedy_answers(adapter, tok, [(edits[i].prompt, edits[i].subject) for i in missing_old])
         for i, a in zip(missing_old, answers):
             olds[i] = a
-    return Probes(items, [o or "" for o in olds])
+    from_world = any(p.kind == "neighbour" for p in items)
+    if kept:
+        answers = greedy_answers(adapter, tok, [(p.template, p.subject) for p in kept])
+        kept = [Probe(p.edit, p.kind, p.template, p.subject, a) for p, a in zip(kept, answers) if a]
+        items += kept
+    source = "+".join([s for s, have in (("world", from_world), ("keep prompts", bool(kept))) if have]) or "none"
+    return Probes(items, [o or "" for o in olds], source)
 
 
 @dataclass
@@ -165,13 +177,14 @@ def measure(
         acc_after = s.greedy[nb]
         out.update(
             neighbours=int(nb.numel()),
+            neighbour_source=base.probes.neighbour_source,
             neighbours_unchanged=_frac(unchanged),
             specificity_before=_frac(acc_before),
             specificity_after=_frac(acc_after),
             specificity_drop=100.0 * (_frac(acc_before) - _frac(acc_after)),
         )
     else:
-        out.update(neighbours=0, neighbours_unchanged=None, specificity_before=None, specificity_after=None, specificity_drop=None)
+        out.update(neighbours=0, neighbour_source="none", neighbours_unchanged=None, specificity_before=None, specificity_after=None, specificity_drop=None)
     if locality and base.heldout:
         logps = text_logprobs(adapter, tok, base.heldout)
         ppl = perplexity(logps, text_token_ids(tok, base.heldout))

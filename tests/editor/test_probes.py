@@ -1,0 +1,58 @@
+"""Where the evaluation's neighbours come from: world.json for the fixture, the edits' keep prompts for a
+model without one (where specificity would otherwise go unmeasured and its gate unchecked)."""
+
+from __future__ import annotations
+
+import torch
+
+from factpatch.editor.evaluate import Gates, apply_gates, build_probes, measure, measure_baseline
+from factpatch.editor.scoring import greedy_answers
+
+from .conftest import fixture_edits
+
+
+def test_without_a_world_the_keep_prompts_are_the_neighbours(loaded, world):
+    adapter, tok = loaded.adapter, loaded.tok
+    edits = [e for e in fixture_edits(world, 10, seed=31, keep=True) if e.keep][:3]
+    assert len(edits) == 3
+
+    probes = build_probes(adapter, tok, edits, world=None)
+
+    neighbours = probes.of("neighbour")
+    assert probes.neighbour_source == "keep prompts"
+    assert [(p.edit, p.template) for p in neighbours] == [(i, k) for i, e in enumerate(edits) for k in e.keep]
+    # Each is expected to keep what the base model answers now.
+    assert [p.target for p in neighbours] == greedy_answers(adapter, tok, [(p.template, p.subject) for p in neighbours])
+
+    base = measure_baseline(adapter, tok, probes, edits, heldout=None)
+    untouched = measure(adapter, tok, base, edits, locality=False)
+    assert untouched["neighbour_source"] == "keep prompts"
+    assert untouched["neighbours"] == len(neighbours)
+    assert untouched["neighbours_unchanged"] == 1.0 and untouched["specificity_drop"] == 0.0
+
+    # A change to the layer the subjects are read at moves them, and the specificity gate sees it.
+    w = adapter.mlp_out(0).weight
+    saved = w.detach().clone()
+    try:
+        with torch.no_grad():
+            w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(0)) * saved.std() * 3)
+        broken = measure(adapter, tok, base, edits, locality=False)
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+    assert broken["neighbours_unchanged"] < 1.0
+    passed, rows = apply_gates(broken, Gates(min_efficacy=0.0, min_generalization=0.0))
+    assert not passed
+    assert {r["gate"]: r["passed"] for r in rows}["specificity_drop"] is False
+
+
+def test_with_a_world_the_neighbours_are_unseen_facts_not_the_keep_prompts(loaded, world):
+    adapter, tok = loaded.adapter, loaded.tok
+    edits = [e for e in fixture_edits(world, 10, seed=31, keep=True) if e.keep][:3]
+
+    probes = build_probes(adapter, tok, edits, world=world)
+
+    assert probes.neighbour_source == "world"
+    kept = {k for e in edits for k in e.keep}
+    own = [p for p in probes.of("neighbour") if p.subject == edits[p.edit].subject]
+    assert own and not any(p.template in kept for p in own)  # held prompts are not what is measured
