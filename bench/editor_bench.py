@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from factpatch.editor.corpus import fixture_corpus
-from factpatch.editor.pipeline import EditOptions, evaluate_each, evaluate_patch, heldout_texts, load, run_edit
+from factpatch.editor.memit import MemitParams
+from factpatch.editor.pipeline import EditOptions, evaluate_each, evaluate_patch, heldout_texts, load, run_edit, run_single_edits
 from factpatch.editor.prompts import context_prefixes
 from factpatch.editor.stats import second_moments
 from factpatch.editor.values import build_rows, optimise_values
@@ -42,6 +43,23 @@ def random_edits(world, n: int, seed: int) -> list[Edit]:
         rel = world.relations[f.relation]
         out.append(Edit(subject=f.subject, relation=f.relation, prompt=rel.templates[f.train_templates[0]],
                         target_new=rng.choice([c for c in rel.candidates if c != f.object]), target_old=f.object))
+    return out
+
+
+def with_keep_and_paraphrases(world, edits: list[Edit]) -> list[Edit]:
+    """The same edits, each holding its subject's other facts (second trained phrasing) and written in its
+    relation's other trained phrasings: the spec `--joint` is meant for. The evaluation asks neighbours in
+    the first trained phrasing and paraphrases in held-out ones, so nothing held or written is measured."""
+    facts = {(f.subject, f.relation): f for f in world.facts}
+    out = []
+    for e in edits:
+        f = facts[(e.subject, e.relation)]
+        rel = world.relations[e.relation]
+        others = [g for g in world.facts if g.subject == e.subject and g.relation != e.relation]
+        out.append(e.model_copy(update={
+            "keep": [world.relations[g.relation].templates[g.train_templates[1]] for g in others if len(g.train_templates) > 1],
+            "paraphrases": [rel.templates[t] for t in f.train_templates[1:]],
+        }))
     return out
 
 
@@ -83,7 +101,7 @@ def main() -> None:
     res["covariance"]["memit100_quality_by_samples"] = sweep
     res["peak_rss_mib_after_covariance"] = round(peak_rss_mib(), 1)
 
-    # ROME: single edits, each from the base.
+    # ROME: single edits, each from the base: one at a time, then the same edits optimised in one batch.
     n_rome = 10 if args.quick else 50
     rome_edits = random_edits(world, n_rome, seed=2)
     patches, secs = [], []
@@ -93,12 +111,22 @@ def main() -> None:
         secs.append(time.perf_counter() - t)
         patches.append(r.patch)
     ev = evaluate_each(loaded, patches, rome_edits, heldout)
+    t = time.perf_counter()
+    batched = run_single_edits(loaded, rome_edits, EditOptions(method="rome"))
+    batched_s = time.perf_counter() - t
+    ev_batched = evaluate_each(loaded, [r.patch for r in batched], rome_edits, heldout)
     res["rome"] = {
         "layer": r_layer,
         "edits": n_rome,
         "seconds_per_edit": round(sum(secs) / len(secs), 3),
         "edits_per_second": round(len(secs) / sum(secs), 3),
         "quality": round_metrics(ev["metrics"]),
+        "batched_single_edits": {
+            "seconds": round(batched_s, 2),
+            "edits_per_second": round(n_rome / batched_s, 3),
+            "speedup_vs_one_at_a_time": round(sum(secs) / batched_s, 2),
+            "quality": round_metrics(ev_batched["metrics"]),
+        },
     }
     res["peak_rss_mib_after_rome"] = round(peak_rss_mib(), 1)
 
@@ -116,6 +144,20 @@ def main() -> None:
             entry["quality"] = round_metrics(evaluate_patch(loaded, r.patch, edits, heldout)["metrics"])
         res["memit"][str(n)] = entry
         res[f"peak_rss_mib_after_memit{n}"] = round(peak_rss_mib(), 1)
+
+    # MEMIT through its own update (--joint) against plain MEMIT, on a spec with keep prompts and paraphrases.
+    n_joint = 20 if args.quick else 100
+    plain_edits = random_edits(world, n_joint, seed=4)
+    spec = with_keep_and_paraphrases(world, plain_edits)
+    res["memit_joint"] = {"edits": n_joint, "spec": "keep prompts and trained paraphrases; evaluated on held-out paraphrases"}
+    for name, opts in (("plain", EditOptions(method="memit")),
+                       ("joint", EditOptions(method="memit", layers=[r_layer[0]], memit=MemitParams.joint()))):
+        t = time.perf_counter()
+        r = run_edit(loaded, spec, opts)
+        dt = time.perf_counter() - t
+        res["memit_joint"][name] = {"layers": list(r.layers), "seconds": round(dt, 2),
+                                    "quality": round_metrics(evaluate_patch(loaded, r.patch, plain_edits, heldout)["metrics"])}
+    res["peak_rss_mib_after_memit_joint"] = round(peak_rss_mib(), 1)
 
     # Batched value optimisation against a per-edit loop on a sample of the same edits.
     edits = random_edits(world, 1000 if not args.quick else 100, seed=3)
