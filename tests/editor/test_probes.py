@@ -30,12 +30,13 @@ def test_without_a_world_the_keep_prompts_are_the_neighbours(loaded, world):
     assert untouched["neighbours"] == len(neighbours)
     assert untouched["neighbours_unchanged"] == 1.0 and untouched["specificity_drop"] == 0.0
 
-    # A change to the layer the subjects are read at moves them, and the specificity gate sees it.
+    # Removing the MLP output of the layer the fixture keeps its facts in moves them, and the specificity
+    # gate sees it. (Random noise of 3x the weights' spread moved none of them on one fixture build.)
     w = adapter.mlp_out(0).weight
     saved = w.detach().clone()
     try:
         with torch.no_grad():
-            w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(0)) * saved.std() * 3)
+            w.zero_()
         broken = measure(adapter, tok, base, edits, locality=False)
     finally:
         with torch.no_grad():
