@@ -50,15 +50,12 @@ def with_keep_and_paraphrases(world, edits: list[Edit]) -> list[Edit]:
     """The same edits, each holding its subject's other facts (second trained phrasing) and written in its
     relation's other trained phrasings: the spec `--joint` is meant for. The evaluation asks neighbours in
     the first trained phrasing and paraphrases in held-out ones, so nothing held or written is measured."""
-    facts = {(f.subject, f.relation): f for f in world.facts}
     out = []
     for e in edits:
-        f = facts[(e.subject, e.relation)]
-        rel = world.relations[e.relation]
-        others = [g for g in world.facts if g.subject == e.subject and g.relation != e.relation]
+        f = world.fact(e.subject, e.relation)
         out.append(e.model_copy(update={
-            "keep": [world.relations[g.relation].templates[g.train_templates[1]] for g in others if len(g.train_templates) > 1],
-            "paraphrases": [rel.templates[t] for t in f.train_templates[1:]],
+            "keep": world.keep_prompts(e.subject, e.relation),
+            "paraphrases": [world.relations[e.relation].templates[t] for t in f.train_templates[1:]],
         }))
     return out
 

@@ -39,10 +39,9 @@ def fixture_edits(world, n: int, seed: int, keep: bool = False):
         seen.add(f.subject)
         rel = world.relations[f.relation]
         new = rng.choice([c for c in rel.candidates if c != f.object])
-        others = [g for g in world.facts if g.subject == f.subject and g.relation != f.relation] if keep else []
         out.append(Edit(subject=f.subject, relation=f.relation, prompt=rel.templates[f.train_templates[0]],
                         target_new=new, target_old=f.object, provenance={"test": seed},
-                        keep=[world.relations[g.relation].templates[g.train_templates[1]] for g in others]))
+                        keep=world.keep_prompts(f.subject, f.relation) if keep else []))
         if len(out) == n:
             break
     return out
