@@ -62,8 +62,9 @@ class MemitParams:
         Fixture, one batch of 100, each edit with its subject's other facts as keep prompts and its
         relation's other trained phrasings as paraphrases (evaluated on held-out phrasings), decay 0.1
         on the earlier build: 0.98 efficacy / 0.86 paraphrase / 0.910 neighbours unchanged, against
-        0.92 / 0.83 / 0.840 for the default on the same spec. The stopping rule waits for the KL rows to settle, as ROME's does;
-        without paraphrases in the spec that narrows δ to the edit's own phrasing (λ 10⁴: 0.98 / 0.60 / 0.905).
+        0.92 / 0.83 / 0.840 for the default on the same spec. The stopping rule waits for the KL rows to
+        settle, as ROME's does; without paraphrases in the spec that narrows δ to the edit's own
+        phrasing (λ 10⁴: 0.98 / 0.60 / 0.905).
 
         The weight decay sets δ's size, and every other subject's key reads a share of every δ, so the
         batch's damage to facts it does not edit grows with it. Same spec, rebuilt fixture, two samples
