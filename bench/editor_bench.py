@@ -52,10 +52,9 @@ def with_keep_and_paraphrases(world, edits: list[Edit]) -> list[Edit]:
     the first trained phrasing and paraphrases in held-out ones, so nothing held or written is measured."""
     out = []
     for e in edits:
-        f = world.fact(e.subject, e.relation)
         out.append(e.model_copy(update={
             "keep": world.keep_prompts(e.subject, e.relation),
-            "paraphrases": [world.relations[e.relation].templates[t] for t in f.train_templates[1:]],
+            "paraphrases": world.trained_paraphrases(e.subject, e.relation),
         }))
     return out
 
