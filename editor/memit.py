@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from .adapters import Adapter
-from .keys import subject_keys, subject_keys_each, subject_residuals
+from .keys import keys_of_rows, subject_keys, subject_keys_each, subject_residuals
 from .prompts import TokenizationError, encode
 from .values import EditRows, ValueParams, build_rows, optimise_values
 from .weights import add_low_rank
@@ -54,6 +54,9 @@ class MemitParams:
     # Optimise all values together through the batch's own update at one layer (`joint()`), instead of
     # finding each δ at the subject and spreading it over the layers afterwards.
     through_update: bool = False
+    # With `through_update`: the directions also read the subject's key in each of the edit's
+    # paraphrases, not only behind the context prefixes of its prompt.
+    paraphrase_keys: bool = False
 
     @classmethod
     def joint(cls) -> "MemitParams":
@@ -71,10 +74,15 @@ class MemitParams:
         of 100 (seeds 4 / 5): decay 0.1, ‖δ‖ ≈ 100: 1.00 / 0.895 / 0.876 and 0.99 / 0.815 / 0.893;
         decay 0.5, ‖δ‖ ≈ 61: 0.98 / 0.855 / 0.953 and 0.98 / 0.805 / 0.956; decay 1.0 (seed 4), ‖δ‖ ≈ 52:
         0.97 / 0.81 / 0.942.
+
+        The directions also read the subject in each paraphrase (`paraphrase_keys`): the key at layer 0
+        depends on the words before the subject, and fitted to the prompt alone they read held-out
+        phrasings with gain 0.92 on average (0.46 at worst), 0.98 (0.72) with the paraphrases. Decay 0.5,
+        same samples: 0.99 / 0.90 / 0.953 and 0.98 / 0.84 / 0.953 (0.855 and 0.805 paraphrase without).
         """
         value = ValueParams(lr=1.0, weight_decay=0.5, clamp_norm=4.0, norm_ref="residual", steps=80, kl_factor=0.0625,
                             anchor_kl_factor=0.25, anchor_at="answer", early_stop_kl=0.05)
-        return cls(value=value, mom2_weight=100000.0, through_update=True)
+        return cls(value=value, mom2_weight=100000.0, through_update=True, paraphrase_keys=True)
 
 
 def layer_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,6 +199,23 @@ def batch_directions(keys: torch.Tensor, row_group: torch.Tensor, n_groups: int,
     return dirs / (gain / count)[None, :]
 
 
+def direction_keys(adapter, tok, layer: int, edits, group: torch.Tensor, prefixes: list[str], paraphrases: bool):
+    """(keys [rows, key_dim] float64, row_group [rows]): the subject's key in its prompt behind every
+    prefix and, with `paraphrases`, in each of its edits' paraphrases, with the subject group of each row."""
+    keys = subject_keys_each(adapter, tok, layer, edits, prefixes)
+    row_group = group.repeat_interleave(len(prefixes))
+    rows, owner = [], []
+    for i, e in enumerate(edits if paraphrases else []):
+        for p in dict.fromkeys(e.paraphrases):
+            if p != e.prompt:
+                rows.append(encode(tok, p, e.subject))
+                owner.append(int(group[i]))
+    if rows:
+        keys = torch.cat([keys, keys_of_rows(adapter, layer, rows, tok)])
+        row_group = torch.cat([row_group, torch.tensor(owner, dtype=row_group.dtype)])
+    return keys, row_group
+
+
 def _apply_joint(adapter, tok, edits, layers, covs, prefixes, hp, per_subject, group, on_progress):
     """Every subject's δ is optimised with the whole batch's update Σ_g δ_g ⊗ direction_g in the forward
     pass, at every position of every row: each edit's spill onto the others' prompts, anchors and keep
@@ -198,8 +223,7 @@ def _apply_joint(adapter, tok, edits, layers, covs, prefixes, hp, per_subject, g
     if len(layers) != 1:
         raise ValueError(f"MEMIT through its update writes one layer, got {layers}")
     layer = layers[0]
-    keys = subject_keys_each(adapter, tok, layer, edits, prefixes)
-    row_group = group.repeat_interleave(len(prefixes))
+    keys, row_group = direction_keys(adapter, tok, layer, edits, group, prefixes, hp.paraphrase_keys)
     dirs = batch_directions(keys, row_group, len(per_subject), covs[layer], hp.mom2_weight)
     res = optimise_values(
         adapter, tok, layer, per_subject, hp.value,

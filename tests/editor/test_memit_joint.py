@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from factpatch.editor.memit import MemitParams, batch_directions, layer_update
-from factpatch.editor.pipeline import EditOptions, evaluate_patch, run_edit
+from factpatch.editor.keys import keys_of_rows
+from factpatch.editor.memit import MemitParams, batch_directions, direction_keys, layer_update
+from factpatch.editor.pipeline import EditOptions, corpus_for, evaluate_patch, run_edit
+from factpatch.editor.prompts import context_prefixes, encode
+from factpatch.editor.stats import second_moments
 
 from .conftest import fixture_edits
 
@@ -36,7 +39,39 @@ def test_joint_batch_writes_one_layer_and_the_edits_take(loaded, world):
     result = run_edit(loaded, edits, EditOptions(method="memit", memit=MemitParams.joint()))
     assert result.layers == [0] and result.patch.manifest["layers"] == [0]  # one layer, at ROME's depth
     assert result.patch.manifest["hparams"]["through_update"] is True
+    assert result.patch.manifest["hparams"]["paraphrase_keys"] is True
     m = evaluate_patch(loaded, result.patch, edits, [])["metrics"]
     # what the optimiser saw is what the patch writes, so nearly every edit says its target
     assert m["efficacy"] >= 7 / 8, m
     assert m["neighbours_unchanged"] >= 0.8, m
+
+
+def test_paraphrase_keys_make_the_directions_read_held_out_phrasings(loaded, world):
+    """The subject's key depends on the words before it, so directions fitted to the prompt alone read
+    phrasings the edit never saw with less gain; fitting them to the paraphrases too raises that gain
+    (what the update writes there) without raising what other subjects read."""
+    edits = [e.model_copy(update={"paraphrases": world.trained_paraphrases(e.subject, e.relation)})
+             for e in fixture_edits(world, 40, seed=23)]
+    opts, lam = EditOptions(), MemitParams.joint().mom2_weight
+    cov = second_moments(loaded.adapter, loaded.tok, [0], corpus_for(loaded, None), opts.n_samples)[0]
+    prefixes = context_prefixes(loaded.model, loaded.tok, opts.memit.n_prefixes, seed=opts.seed)
+    group = torch.arange(len(edits))  # one subject per edit
+    held, owner = [], []
+    for i, e in enumerate(edits):
+        for t in world.heldout_paraphrases(e.subject, e.relation):
+            held.append(encode(loaded.tok, t, e.subject))
+            owner.append(i)
+    held_keys, owner = keys_of_rows(loaded.adapter, 0, held, loaded.tok), torch.tensor(owner)
+    others = torch.ones(len(held), len(edits), dtype=torch.bool)
+    others[torch.arange(len(held)), owner] = False
+
+    read = {}
+    for with_paraphrases in (False, True):
+        keys, row_group = direction_keys(loaded.adapter, loaded.tok, 0, edits, group, prefixes, with_paraphrases)
+        assert len(keys) == len(edits) * (len(prefixes) + (3 if with_paraphrases else 0))
+        gain = held_keys @ batch_directions(keys, row_group, len(edits), cov, lam)  # [held-out rows, subjects]
+        read[with_paraphrases] = (gain[torch.arange(len(held)), owner], gain[others].abs().mean())
+    (own_before, spill_before), (own_after, spill_after) = read[False], read[True]
+    assert (own_after - 1).abs().mean() < (own_before - 1).abs().mean(), (own_before.mean(), own_after.mean())
+    assert own_after.min() > own_before.min(), (own_before.min(), own_after.min())
+    assert spill_after <= 1.1 * spill_before, (spill_before, spill_after)
