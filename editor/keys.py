@@ -20,11 +20,11 @@ def _rows(tok, edits, prefixes: list[str]) -> list[Row]:
 
 def subject_keys_each(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], chunk: int = 2048) -> torch.Tensor:
     """[n_edits × n_prefixes, key_dim] float64: the key in every context, edit-major."""
-    return keys_of_rows(adapter, layer, _rows(tok, edits, prefixes), tok, chunk)
+    return keys_of_rows(adapter, tok, layer, _rows(tok, edits, prefixes), chunk)
 
 
 @torch.no_grad()
-def keys_of_rows(adapter: Adapter, layer: int, rows: list[Row], tok, chunk: int = 2048) -> torch.Tensor:
+def keys_of_rows(adapter: Adapter, tok, layer: int, rows: list[Row], chunk: int = 2048) -> torch.Tensor:
     """[len(rows), key_dim] float64: the key at each row's subject."""
     out = []
     for s in range(0, len(rows), chunk):

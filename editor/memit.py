@@ -211,7 +211,7 @@ def direction_keys(adapter, tok, layer: int, edits, group: torch.Tensor, prefixe
                 rows.append(encode(tok, p, e.subject))
                 owner.append(int(group[i]))
     if rows:
-        keys = torch.cat([keys, keys_of_rows(adapter, layer, rows, tok)])
+        keys = torch.cat([keys, keys_of_rows(adapter, tok, layer, rows)])
         row_group = torch.cat([row_group, torch.tensor(owner, dtype=row_group.dtype)])
     return keys, row_group
 

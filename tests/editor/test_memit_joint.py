@@ -61,7 +61,7 @@ def test_paraphrase_keys_make_the_directions_read_held_out_phrasings(loaded, wor
         for t in world.heldout_paraphrases(e.subject, e.relation):
             held.append(encode(loaded.tok, t, e.subject))
             owner.append(i)
-    held_keys, owner = keys_of_rows(loaded.adapter, 0, held, loaded.tok), torch.tensor(owner)
+    held_keys, owner = keys_of_rows(loaded.adapter, loaded.tok, 0, held), torch.tensor(owner)
     others = torch.ones(len(held), len(edits), dtype=torch.bool)
     others[torch.arange(len(held)), owner] = False
 
