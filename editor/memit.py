@@ -23,7 +23,7 @@ import torch
 from .adapters import Adapter
 from .keys import keys_of_rows, subject_keys, subject_keys_each, subject_residuals
 from .prompts import TokenizationError, encode
-from .values import EditRows, ValueParams, build_rows, optimise_values
+from .values import EditRows, ValueParams, build_rows, optimise_values, written_paraphrases
 from .weights import add_low_rank
 
 
@@ -206,10 +206,9 @@ def direction_keys(adapter, tok, layer: int, edits, group: torch.Tensor, prefixe
     row_group = group.repeat_interleave(len(prefixes))
     rows, owner = [], []
     for i, e in enumerate(edits if paraphrases else []):
-        for p in dict.fromkeys(e.paraphrases):
-            if p != e.prompt:
-                rows.append(encode(tok, p, e.subject))
-                owner.append(int(group[i]))
+        for p in written_paraphrases(e.prompt, e.paraphrases):
+            rows.append(encode(tok, p, e.subject))
+            owner.append(int(group[i]))
     if rows:
         keys = torch.cat([keys, keys_of_rows(adapter, tok, layer, rows)])
         row_group = torch.cat([row_group, torch.tensor(owner, dtype=row_group.dtype)])

@@ -69,12 +69,17 @@ class ValueResult:
     log: list[dict] = field(default_factory=list)
 
 
+def written_paraphrases(prompt: str, paraphrases) -> list[str]:
+    """The paraphrases an edit is written in besides its prompt: each once, the prompt itself left out."""
+    return [p for p in dict.fromkeys(paraphrases) if p != prompt]
+
+
 def build_rows(tok, prompt: str, subject: str, target: str, prefixes: list[str], keep: list[str] = (),
                paraphrases: list[str] = ()) -> EditRows:
     """The edit's rows: the prompt behind every prefix, each paraphrase once (plain); `keep` prompts
     (the subject's other questions) become KL anchors."""
     rewrite = [encode(tok, prompt, subject, prefix=p, target=target) for p in prefixes]
-    rewrite += [encode(tok, p, subject, target=target) for p in dict.fromkeys(paraphrases) if p != prompt]
+    rewrite += [encode(tok, p, subject, target=target) for p in written_paraphrases(prompt, paraphrases)]
     try:
         essence = encode(tok, ESSENCE_TEMPLATE, subject)
     except ValueError:

@@ -68,7 +68,7 @@ def test_paraphrase_keys_make_the_directions_read_held_out_phrasings(loaded, wor
     read = {}
     for with_paraphrases in (False, True):
         keys, row_group = direction_keys(loaded.adapter, loaded.tok, 0, edits, group, prefixes, with_paraphrases)
-        assert len(keys) == len(edits) * (len(prefixes) + (3 if with_paraphrases else 0))
+        assert len(keys) == len(edits) * len(prefixes) + (sum(len(e.paraphrases) for e in edits) if with_paraphrases else 0)
         gain = held_keys @ batch_directions(keys, row_group, len(edits), cov, lam)  # [held-out rows, subjects]
         read[with_paraphrases] = (gain[torch.arange(len(held)), owner], gain[others].abs().mean())
     (own_before, spill_before), (own_after, spill_after) = read[False], read[True]
