@@ -170,7 +170,10 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
                 return
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
-                return
+                # fail with the deadline, never end cleanly: a caller must not read "not final yet"
+                # as "done" (a clean end could also beat the caller's own deadline to it)
+                raise ApiError(grpc.StatusCode.DEADLINE_EXCEEDED, "WATCH_DEADLINE",
+                               f"rollout {r.id} was still {r.state} at the call's deadline", state=r.state)
             gen = db.wait_for_change(gen, min(1.0, remaining) if remaining else 1.0)
 
     # change
