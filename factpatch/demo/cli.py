@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -18,8 +20,16 @@ def demo_cmd(
     """Build the fixture, start two shards, the control plane and the gateway, then: stale answers →
     MEMIT patch → canary at 25 % → promotion → revert to base. Exits non-zero if any stage fails."""
     out = report or Path("reports") / time.strftime("demo-%Y%m%d-%H%M%S")
+    stop_children_on_sigterm()
     try:
         Story(Settings.for_mode(out, fast)).run()
     except DemoFailed as e:
         console.print(f"[red]demo failed:[/red] {e}")
         raise typer.Exit(1)
+
+
+def stop_children_on_sigterm() -> None:
+    """SIGTERM (a job timeout, `kill`) unwinds like Ctrl-C does, so the shards and the control plane
+    this process started are stopped too; by default Python would exit at once and leave them running
+    (they run in sessions of their own)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

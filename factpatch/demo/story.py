@@ -26,7 +26,7 @@ from factpatch import patchfile
 from factpatch.fixture.build import REPORT_FILE, build, load_world
 
 from . import scenario
-from .traffic import Traffic, stale_rates
+from .traffic import Traffic, error_summary, stale_rates
 
 console = Console()
 
@@ -65,6 +65,11 @@ class Outcome:
 
 def _short(version: str) -> str:
     return "base" if version in ("base", "") else version.removeprefix("sha256:")[:12]
+
+
+def _errors(samples) -> str:
+    text = error_summary(samples)
+    return f"; errors: {text}" if text else ""
 
 
 def _rates_table(title: str, samples) -> Table:
@@ -314,7 +319,8 @@ class Story:
         rates = stale_rates(samples)
         patched = rates.get(self.out.patch_digest, {})
         if set(rates) != {self.out.patch_digest} or patched.get("stale", 1) > 0.1:
-            raise DemoFailed(f"after promotion expected only the patch with few stale answers, got {rates}")
+            raise DemoFailed(f"after promotion expected only the patch with few stale answers, got {rates}"
+                             + _errors(samples))
         self.out.rollout["promoted"] = {"how": how, "stale": patched["stale"], "updated": patched["updated"]}
         self.out.stage("promote", time.time() - t0, stale=patched["stale"], updated=patched["updated"])
 
@@ -334,7 +340,7 @@ class Story:
         same = [s.answer == self.baseline_answers[s.prompt] for s in samples if s.prompt in self.baseline_answers]
         console.print(f"answers identical to the baseline's for the same question: {sum(same)}/{len(same)}")
         if set(rates) != {"base"} or not all(same):
-            raise DemoFailed(f"after revert expected the exact base answers, got {rates}")
+            raise DemoFailed(f"after revert expected the exact base answers, got {rates}" + _errors(samples))
         self.out.stage("revert", time.time() - t0, revert_seconds=round(revert_s, 3), stale=rates["base"]["stale"],
                        identical=f"{sum(same)}/{len(same)}")
 

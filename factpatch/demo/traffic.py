@@ -31,6 +31,7 @@ class Sample:
     answer: str
     verdict: str
     status: int
+    error: str = ""  # for a failed request: the status and the gateway's error code and message
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -59,10 +60,11 @@ class Traffic:
             q = self.rng.choice(self.questions)
         body = {"model": self.model, "prompt": q.prompt, "max_tokens": 4, "temperature": 0.0, "stop": ["."], "user": key}
         r = self.http.post(f"{self.url}/v1/completions", json=body)
-        answer = r.json()["choices"][0]["text"].strip() if r.status_code == 200 else ""
+        ok = r.status_code == 200
+        answer = r.json()["choices"][0]["text"].strip() if ok else ""
         s = Sample(time.time() - self.t0, phase, key, r.headers.get("x-factpatch-version", "?"),
                    r.headers.get("x-factpatch-shard", "?"), q.relation, q.prompt, q.phrasing, answer,
-                   q.verdict(answer) if r.status_code == 200 else "error", r.status_code)
+                   q.verdict(answer) if ok else "error", r.status_code, "" if ok else _error_text(r))
         with self._lock:
             self.samples.append(s)
         return s
@@ -80,6 +82,23 @@ class Traffic:
             if done():
                 break
         return out
+
+
+def _error_text(r: httpx.Response) -> str:
+    try:
+        e = r.json()["error"]
+        return f"{r.status_code} {e.get('code')}: {e.get('message')}"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"{r.status_code} {r.text[:200]}"
+
+
+def error_summary(samples: list[Sample]) -> str:
+    """The distinct errors among the samples, with counts, for a failure message."""
+    counts: dict[str, int] = {}
+    for s in samples:
+        if s.error:
+            counts[s.error] = counts.get(s.error, 0) + 1
+    return "; ".join(f"{n}x {e}" for e, n in counts.items())
 
 
 def stale_rates(samples: list[Sample]) -> dict[str, dict[str, float]]:

@@ -45,6 +45,10 @@ class GatewayConfig:
     # When every shard a request could go to is in the middle of a weight swap, hold the request up
     # to this long for one to come back instead of failing it (a fleet-wide revert swaps all at once).
     swap_wait_s: float = 30.0
+    # Idle connections to shards are closed before the shard closes them: vLLM's server drops a
+    # keep-alive connection after 5 s idle (VLLM_HTTP_TIMEOUT_KEEP_ALIVE), and a request sent on a
+    # connection in the instant the shard closes it fails before any answer.
+    upstream_keepalive_s: float = 4.0
 
 
 def openai_error(status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
@@ -108,7 +112,9 @@ class Gateway:
 
     async def _startup(self) -> None:
         host, _, port = self.cfg.listen.rpartition(":")
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30), auto_decompress=False)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=self.cfg.upstream_keepalive_s),
+            auto_decompress=False)
         app = web.Application(client_max_size=MAX_BODY)
         app.add_routes([
             web.post("/v1/completions", self.completions),

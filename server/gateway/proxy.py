@@ -88,14 +88,19 @@ class NoShard(Exception):
 
 async def send(session: aiohttp.ClientSession, router, route: str, cands, path: str, raw: bytes,
                headers: dict[str, str], metrics, timeout: aiohttp.ClientTimeout):
-    """Posts to the least busy candidate; a connection that cannot be made is tried on another shard
-    of the same version. Returns (shard, response); the caller releases the response."""
-    tried: set[str] = set()
+    """Posts to the least busy candidate. Returns (shard, response); the caller releases the response.
+
+    Two failures happen before any answer and are tried again on a shard of the same version: a
+    connection that cannot be made (that shard is out for this request), and a connection dropped
+    before the response began (usually a pooled connection the shard had just closed at its
+    keep-alive limit: that shard may be tried once more, on another connection)."""
+    refused: set[str] = set()
+    dropped: dict[str, int] = {}
     shard = router.pick(cands)
     while True:
-        tried.add(shard.name)
         if not router.swaps.enter(shard.name):  # its swap began since the route was chosen
-            rest = [c for c in cands if c.name not in tried]
+            refused.add(shard.name)
+            rest = [c for c in cands if c.name not in refused]
             if not rest:
                 raise NoShard("every candidate shard began a weight swap", 503, "no_shard_available")
             shard = router.pick(rest)
@@ -103,16 +108,28 @@ async def send(session: aiohttp.ClientSession, router, route: str, cands, path: 
         try:
             resp = await session.post(shard.url + path, data=raw, headers=headers, timeout=timeout)
             return shard, resp
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.ServerDisconnectedError) as e:
-            # nothing was generated: the shard is down or restarting
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
+                aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
             router.swaps.leave(shard.name)
-            metrics.errors.labels(shard.version or "base", shard.name, "connect").inc()
-            same = [c for c in cands if c.version == shard.version and c.name not in tried]
+            if isinstance(e, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+                # the shard is down or restarting: an error of that shard, whatever happens next
+                metrics.errors.labels(shard.version or "base", shard.name, "connect").inc()
+                refused.add(shard.name)
+            else:
+                # benign when a retry answers (counted as a retry only); a second drop rules the shard out
+                dropped[shard.name] = dropped.get(shard.name, 0) + 1
+                if dropped[shard.name] > 1:
+                    refused.add(shard.name)
+            same = [c for c in cands if c.version == shard.version and c.name not in refused]
             if not same:
-                raise NoShard(f"no shard serving version {shard.version or 'base'} could be reached ({e})", 502,
+                if shard.name in dropped:
+                    metrics.errors.labels(shard.version or "base", shard.name, "dropped").inc()
+                raise NoShard(f"no shard serving version {shard.version or 'base'} could be reached ({e!r})", 502,
                               "shard_unreachable") from e
             metrics.retries.labels(shard.version or "base", shard.name).inc()
-            shard = router.pick(same)
+            # another shard if there is one; the dropped one again only when it is the last left
+            others = [c for c in same if c.name != shard.name]
+            shard = router.pick(others or same)
         except BaseException as e:
             router.swaps.leave(shard.name)
             if isinstance(e, (aiohttp.ClientError, TimeoutError)):

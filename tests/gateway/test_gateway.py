@@ -143,3 +143,36 @@ def test_failed_connection_is_retried_on_same_version(stack, shards, fact):
         assert resp.status_code == 200 and resp.headers["X-Factpatch-Shard"] == "s1"
     assert stack.metric("factpatch_gateway_errors_total", shard="s0", reason="connect") >= 1
     assert stack.metric("factpatch_gateway_retries_total", shard="s0") >= 1
+
+
+def test_dropped_connection_is_tried_again(stack, shards, fact):
+    """A connection dropped before any answer (a pooled keep-alive connection the shard closed as the
+    request went out) is tried again, on the same shard when it is the only one of its version; a
+    shard that drops every connection gets one more try, then a clear 502."""
+    from urllib.parse import urlsplit
+
+    from .relay import DroppingRelay
+
+    srv = stack.srv
+    srv.cp.reconciler.stop()  # freeze the fleet view
+    target = urlsplit(shards["s0"].url)
+    with DroppingRelay((target.hostname, target.port), drop=1) as once, \
+            DroppingRelay((target.hostname, target.port), drop=10**6) as always:
+        with srv.cp.db.tx() as c:
+            c.execute("UPDATE shards SET address=? WHERE name='s0'", (once.url,))
+            c.execute("UPDATE shards SET health='UNREACHABLE' WHERE name='s1'")
+        srv.gateway.router.refresh()
+        assert [v.name for v in srv.gateway.router.shards() if v.available] == ["s0"]
+        resp = stack.complete(fact.prompts[0], max_tokens=1)
+        assert resp.status_code == 200 and resp.headers["X-Factpatch-Shard"] == "s0", resp.text
+        assert once.dropped == 1
+        assert stack.metric("factpatch_gateway_retries_total", shard="s0") == 1
+        assert stack.metric("factpatch_gateway_errors_total") == 0
+
+        with srv.cp.db.tx() as c:
+            c.execute("UPDATE shards SET address=? WHERE name='s0'", (always.url,))
+        srv.gateway.router.refresh()
+        resp = stack.complete(fact.prompts[0], max_tokens=1)
+        assert resp.status_code == 502 and resp.json()["error"]["code"] == "shard_unreachable", resp.text
+        assert always.dropped == 2
+        assert stack.metric("factpatch_gateway_errors_total", shard="s0", reason="dropped") == 1
