@@ -24,11 +24,12 @@ def test_edit_show_eval(tmp_path, fixture_dir, world):
     env = {"FACTPATCH_CACHE": str(tmp_path / "cache"), "FACTPATCH_STATS_CACHE": None}  # None: unset for the call
 
     res = runner.invoke(app, ["edit", "--model", str(fixture_dir), "--spec", str(spec), "--out", str(out),
-                              "--method", "rome", "--no-eval", "--json", str(tmp_path / "edit.json")], env=env)
+                              "--method", "rome", "--layers", "1", "--samples", "300", "--no-eval", "--json",
+                              str(tmp_path / "edit.json")], env=env)
     # The command's mechanics; edit quality has its own floors in test_quality.py.
     assert res.exit_code == 0, res.output
     patch, digest = read(out)
-    assert patch.manifest["method"] == "rome" and len(patch.manifest["edits"]) == 3
+    assert patch.manifest["method"] == "rome" and len(patch.manifest["edits"]) == 3 and patch.manifest["layers"] == [1]
     assert (tmp_path / "cache" / "stats").exists()
 
     res = runner.invoke(app, ["patch", "show", str(out)], env=env)

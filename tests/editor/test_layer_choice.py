@@ -8,15 +8,21 @@ auto's choice must be Pareto-optimal over efficacy, paraphrases and neighbours u
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from factpatch.editor.auto_layers import candidates
 from factpatch.editor.pipeline import EditOptions, evaluate_patch, run_edit
+from factpatch.editor.rome import RomeParams
 
 from .conftest import fixture_edits
 
 
 def test_auto_matches_the_best_contiguous_window(loaded, world):
     edits = fixture_edits(world, 4, seed=41)
-    opts = dict(method="rome", n_samples=400)
+    # Half of ROME's optimisation steps: this compares layers under one set of options, whichever
+    # they are, and the sweep edits at every layer (the editor's quality has its own tests).
+    rome = RomeParams(value=replace(RomeParams().value, steps=40))
+    opts = dict(method="rome", n_samples=400, rome=rome)
     result = run_edit(loaded, edits, EditOptions(layers="auto", **opts))
     chosen = result.layers
     report = result.patch.manifest["hparams"]["layer_choice"]
