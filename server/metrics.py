@@ -93,10 +93,11 @@ class Metrics:
         self.requests = Counter("factpatch_gateway_requests", "Requests the gateway forwarded, by served version and shard.",
                                 ["version", "shard"], registry=r)
         self.errors = Counter("factpatch_gateway_errors",
-                              "Failed requests by cause: connect (shard unreachable), upstream_5xx, stream_broken.",
+                              "Failed requests by cause: connect (shard unreachable), dropped (connection dropped "
+                              "before an answer on every try), upstream_5xx, stream_broken.",
                               ["version", "shard", "reason"], registry=r)
-        self.retries = Counter("factpatch_gateway_retries", "Requests sent again to another shard of the same version "
-                               "after a failed connection.", ["version", "shard"], registry=r)
+        self.retries = Counter("factpatch_gateway_retries", "Requests sent again after a refused or dropped connection: to "
+                               "another shard of the same version, or the same shard on a new connection.", ["version", "shard"], registry=r)
         self.latency = Histogram("factpatch_gateway_request_duration_seconds",
                                  "Time from receiving a request to the last byte of its response.",
                                  ["version", "shard"], buckets=LATENCY_BUCKETS, registry=r)
