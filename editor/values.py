@@ -40,10 +40,15 @@ class ValueParams:
     # None: the NLL alone decides, and the first δ that says the target is kept whatever it costs.
     early_stop_kl: float | None = None
     max_rows_per_pass: int = 2048  # memory bound: larger batches accumulate gradients over chunks
+    # How many paraphrases the edit prompt's rows (one per context prefix) count for together in the
+    # edit's NLL; None: each row counts as one, so 6 prefixes outweigh 3 paraphrases 2:1.
+    prompt_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.anchor_at not in ("answer", "all"):
             raise ValueError(f"anchor_at must be 'answer' or 'all', got {self.anchor_at!r}")
+        if self.prompt_weight is not None and not self.prompt_weight > 0:
+            raise ValueError(f"prompt_weight must be positive, got {self.prompt_weight!r}")
 
 
 @dataclass
@@ -53,6 +58,9 @@ class EditRows:
     # More prompts whose next-token distributions must stay as they were (KL), such as the subject
     # asked in relations the edit does not change.
     anchors: list[Row] = field(default_factory=list)
+    # The phrasing each rewrite row asks, for ValueParams.prompt_weight: negative for an edit prompt
+    # (behind any prefix), positive for a paraphrase; empty: every row a phrasing of its own.
+    phrasing: list[int] = field(default_factory=list)
 
     @property
     def kl_rows(self) -> list[Row]:
@@ -79,31 +87,49 @@ def build_rows(tok, prompt: str, subject: str, target: str, prefixes: list[str],
     """The edit's rows: the prompt behind every prefix, each paraphrase once (plain); `keep` prompts
     (the subject's other questions) become KL anchors."""
     rewrite = [encode(tok, prompt, subject, prefix=p, target=target) for p in prefixes]
-    rewrite += [encode(tok, p, subject, target=target) for p in written_paraphrases(prompt, paraphrases)]
+    extra = written_paraphrases(prompt, paraphrases)
+    rewrite += [encode(tok, p, subject, target=target) for p in extra]
+    phrasing = [-1] * len(prefixes) + list(range(1, len(extra) + 1))
     try:
         essence = encode(tok, ESSENCE_TEMPLATE, subject)
     except ValueError:
         essence = encode(tok, "{}", subject)
-    return EditRows(rewrite, essence, [encode(tok, k, subject) for k in dict.fromkeys(keep)])
+    return EditRows(rewrite, essence, [encode(tok, k, subject) for k in dict.fromkeys(keep)], phrasing)
 
 
-def _flatten(rows_per_edit: list[EditRows], active: list[int]):
-    """One row list for the active edits: rewrite rows first, then KL rows, with their edit index and,
-    for KL rows, which of the edit's KL rows each is."""
-    rows, owner, kind, slot = [], [], [], []
+def rewrite_divisors(er: EditRows, prompt_weight: float | None) -> list[float]:
+    """What each rewrite row's NLL is divided by: its share of the edit's NLL is 1/divisor, and the
+    shares sum to 1. An edit prompt's rows share `prompt_weight` between them, a paraphrase's rows 1."""
+    n = len(er.rewrite)
+    if prompt_weight is None or not er.phrasing:
+        return [float(n)] * n
+    size: dict[int, int] = {}
+    for g in er.phrasing:
+        size[g] = size.get(g, 0) + 1
+    weight = {g: (prompt_weight if g < 0 else 1.0) for g in size}
+    total = sum(weight.values())
+    return [total * size[g] / weight[g] for g in er.phrasing]
+
+
+def _flatten(rows_per_edit: list[EditRows], active: list[int], prompt_weight: float | None = None):
+    """One row list for the active edits: rewrite rows first, then KL rows, with their edit index,
+    for KL rows which of the edit's KL rows each is, and for rewrite rows their NLL divisor."""
+    rows, owner, kind, slot, divisor = [], [], [], [], []
     for e in active:
-        for r in rows_per_edit[e].rewrite:
+        for r, w in zip(rows_per_edit[e].rewrite, rewrite_divisors(rows_per_edit[e], prompt_weight)):
             rows.append(r)
             owner.append(e)
             kind.append(0)
             slot.append(-1)
+            divisor.append(w)
     for e in active:
         for j, r in enumerate(rows_per_edit[e].kl_rows):
             rows.append(r)
             owner.append(e)
             kind.append(1)
             slot.append(j)
-    return rows, torch.tensor(owner), torch.tensor(kind), slot
+            divisor.append(0)
+    return rows, torch.tensor(owner), torch.tensor(kind), slot, torch.tensor(divisor, dtype=torch.float)
 
 
 def _kl_positions(rows: list[Row], kind: torch.Tensor, slot: list[int], anchor_at: str = "answer"):
@@ -124,10 +150,10 @@ def _chunks(n: int, size: int):
     return [(s, min(n, s + size)) for s in range(0, n, size)]
 
 
-def _by_length(rows: list[Row], owner: torch.Tensor, kind: torch.Tensor, slot: list[int]):
+def _by_length(rows: list[Row], owner: torch.Tensor, kind: torch.Tensor, slot: list[int], divisor: torch.Tensor):
     """The flattened rows shortest first, so a chunk pads its rows to about their own length."""
     order = sorted(range(len(rows)), key=lambda b: len(rows[b].ids))
-    return [rows[b] for b in order], owner[order], kind[order], [slot[b] for b in order]
+    return [rows[b] for b in order], owner[order], kind[order], [slot[b] for b in order], divisor[order]
 
 
 def _length_chunks(rows: list[Row], size: int, pieces: int = 4):
@@ -214,19 +240,16 @@ def optimise_values(
         # Through a shared update every edit's rows stay in the pass: a finished edit's δ is frozen,
         # but the others' δ still reach its prompts, and its loss keeps them from undoing it.
         in_pass = list(range(n)) if batch_directions is not None else active
-        rows, owner, kind, slot = _by_length(*_flatten(rows_per_edit, in_pass))
+        rows, owner, kind, slot, divisor = _by_length(*_flatten(rows_per_edit, in_pass, hp.prompt_weight))
         # KL positions per edit over all its rows: an edit's rows may fall in several chunks.
         kl_rows_of = owner[_kl_positions(rows, kind, slot, hp.anchor_at)[0]]
         kl_count = torch.zeros(n).index_add(0, kl_rows_of, torch.ones(len(kl_rows_of))).clamp_min(1)
         # Row chunks keep memory bounded; gradients accumulate, one optimizer step per pass over all edits.
-        n_rewrite = torch.zeros(n)
-        for e in in_pass:
-            n_rewrite[e] = len(rows_per_edit[e].rewrite)
         opt.zero_grad()
         nll_sum = torch.zeros(n)
         kl_sum = torch.zeros(n)
         for s, e in _length_chunks(rows, hp.max_rows_per_pass):
-            c_rows, c_owner, c_kind, c_slot = rows[s:e], owner[s:e], kind[s:e], slot[s:e]
+            c_rows, c_owner, c_kind, c_slot, c_divisor = rows[s:e], owner[s:e], kind[s:e], slot[s:e], divisor[s:e]
             ids, mask = batch(c_rows, tok)
             b_all = torch.arange(len(c_rows))
             subj = torch.tensor([r.subject_last for r in c_rows])
@@ -245,10 +268,10 @@ def optimise_values(
                 tb_rows = torch.tensor(rw)[tb]
                 logp = F.log_softmax(adapter.head(hidden[tb_rows, tp]).float(), -1)
                 tok_nll = -logp.gather(1, tt[:, None]).squeeze(1)
-                # mean over a row's target tokens, then mean over the edit's rows
+                # mean over a row's target tokens, then the edit's rows weighed (rewrite_divisors)
                 row_of_tok = tb_rows
                 n_tok = torch.tensor([c_rows[b].n_target for b in range(len(c_rows))], dtype=torch.float)
-                w = 1.0 / (n_tok[row_of_tok] * n_rewrite[c_owner[row_of_tok]])
+                w = 1.0 / (n_tok[row_of_tok] * c_divisor[row_of_tok])
                 per_edit = torch.zeros(n).index_add(0, c_owner[row_of_tok], (tok_nll * w).detach())
                 nll_sum += per_edit
                 loss = loss + (tok_nll * w).sum()

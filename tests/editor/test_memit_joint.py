@@ -40,6 +40,7 @@ def test_joint_batch_writes_one_layer_and_the_edits_take(loaded, world):
     assert result.layers == [0] and result.patch.manifest["layers"] == [0]  # one layer, at ROME's depth
     assert result.patch.manifest["hparams"]["through_update"] is True
     assert result.patch.manifest["hparams"]["paraphrase_keys"] is True
+    assert result.patch.manifest["hparams"]["value"]["prompt_weight"] == 3.0
     m = evaluate_patch(loaded, result.patch, edits, [])["metrics"]
     # what the optimiser saw is what the patch writes, so nearly every edit says its target
     assert m["efficacy"] >= 7 / 8, m

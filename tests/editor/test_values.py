@@ -53,3 +53,36 @@ def test_keep_prompts_are_held_at_their_answer_token(loaded):
     assert p[b == 1].tolist() == [len(anchor.ids) - 1]
     b, p = _kl_positions(kl_rows, kind, [0, 1], anchor_at="all")
     assert p[b == 1].tolist() == list(range(anchor.subject_last, len(anchor.ids)))
+
+
+def test_prompt_weight_sets_the_prompts_share_of_the_nll(loaded):
+    """Rows weigh alike by default (6 prefixed prompts outweigh 3 paraphrases 2:1); with prompt_weight
+    k the prompt's rows share k paraphrases' worth between them. One subject's edits in a MEMIT batch
+    keep their phrasings apart."""
+    import pytest
+
+    from factpatch.editor.memit import _phrasings
+    from factpatch.editor.values import EditRows, ValueParams, rewrite_divisors
+
+    tok = loaded.tok
+    paraphrases = ["{} will refund purchases within", "Refunds at {} are accepted within",
+                   "{} offers refunds within", "{} will refund purchases within"]  # the prompt and a repeat drop out
+    rows = build_rows(tok, "{} offers refunds within", "Harbor Support", "30 days", ["", "A. ", "B. "],
+                      paraphrases=paraphrases)
+    assert rows.phrasing == [-1, -1, -1, 1, 2]
+
+    def shares(weight):
+        return [1 / d for d in rewrite_divisors(rows, weight)]
+
+    assert shares(None) == pytest.approx([0.2] * 5)
+    for weight in (1.0, 3.0):
+        s = shares(weight)
+        assert sum(s) == pytest.approx(1.0)
+        assert sum(s[:3]) == pytest.approx(weight / (weight + 2))  # the prompt's rows together
+        assert s[3] == s[4] == pytest.approx(1 / (weight + 2))  # each paraphrase
+    both = EditRows(rows.rewrite * 2, rows.essence, [], _phrasings([rows, rows]))
+    assert both.phrasing == [-1, -1, -1, 1, 2, -2, -2, -2, 3, 4]
+    s = [1 / d for d in rewrite_divisors(both, 3.0)]
+    assert sum(s[:3]) == sum(s[5:8]) == pytest.approx(3 / 10) and s[3] == s[8] == pytest.approx(1 / 10)
+    with pytest.raises(ValueError, match="prompt_weight"):
+        ValueParams(prompt_weight=0)
