@@ -138,7 +138,7 @@ def _phrasings(rows: list[EditRows]) -> list[int]:
     out, offset = [], 0
     for k, er in enumerate(rows):
         out += [-(k + 1) if g < 0 else offset + g for g in er.phrasing]
-        offset += max(er.phrasing, default=0)
+        offset += max([0, *er.phrasing])  # an edit without paraphrases has only its prompt (-1)
     return out
 
 

@@ -84,5 +84,7 @@ def test_prompt_weight_sets_the_prompts_share_of_the_nll(loaded):
     assert both.phrasing == [-1, -1, -1, 1, 2, -2, -2, -2, 3, 4]
     s = [1 / d for d in rewrite_divisors(both, 3.0)]
     assert sum(s[:3]) == sum(s[5:8]) == pytest.approx(3 / 10) and s[3] == s[8] == pytest.approx(1 / 10)
+    bare = build_rows(tok, "{} offers refunds within", "Harbor Support", "30 days", ["", "A. "])
+    assert _phrasings([bare, bare, rows]) == [-1, -1, -2, -2, -3, -3, -3, 1, 2]
     with pytest.raises(ValueError, match="prompt_weight"):
         ValueParams(prompt_weight=0)
