@@ -31,5 +31,6 @@ def demo_cmd(
 def stop_children_on_sigterm() -> None:
     """SIGTERM (a job timeout, `kill`) unwinds like Ctrl-C does, so the shards and the control plane
     this process started are stopped too; by default Python would exit at once and leave them running
-    (they run in sessions of their own)."""
+    (they run in sessions of their own). Python runs the handler when the main thread is next in the
+    interpreter, so a stop during a long blocking step (starting the shards) takes effect when it returns."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -24,7 +24,10 @@ SCRIPT = textwrap.dedent("""
         cp = ControlPlaneProcess(tmp / "state", tmp / "tokens.yaml", "agent-token", {}, gateway=False).start(timeout=300)
         stack.callback(cp.stop)
         print(cp.proc.pid, flush=True)
-        time.sleep(600)
+        # short waits, like the demo's: the kernel may hand the signal to another thread, and Python
+        # runs the handler only when the main thread is back in the interpreter
+        for _ in range(3000):
+            time.sleep(0.2)
 """)
 
 
