@@ -158,13 +158,11 @@ def apply_memit(
     subjects = list(dict.fromkeys(e.subject for e in edits))
     group = torch.tensor([subjects.index(e.subject) for e in edits])
     per_edit = [build_rows(tok, e.prompt, e.subject, e.target_new, prefixes, paraphrases=e.paraphrases) for e in edits]
-    per_subject = [
-        EditRows([r for i, er in enumerate(per_edit) if int(group[i]) == g for r in er.rewrite],
-                 per_edit[int((group == g).nonzero()[0, 0])].essence,
-                 _anchors(tok, edits, subject, hp.anchor_relations),
-                 _phrasings([er for i, er in enumerate(per_edit) if int(group[i]) == g]))
-        for g, subject in enumerate(subjects)
-    ]
+    per_subject = []
+    for g, subject in enumerate(subjects):
+        own = [er for i, er in enumerate(per_edit) if int(group[i]) == g]  # this subject's edits, in order
+        per_subject.append(EditRows([r for er in own for r in er.rewrite], own[0].essence,
+                                    _anchors(tok, edits, subject, hp.anchor_relations), _phrasings(own)))
     if hp.through_update:
         return _apply_joint(adapter, tok, edits, layers, covs, prefixes, hp, per_subject, group, on_progress)
     res = optimise_values(

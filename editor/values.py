@@ -9,6 +9,7 @@ clamp, and early stopping per edit. All edits of a batch share each forward/back
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -103,9 +104,7 @@ def rewrite_divisors(er: EditRows, prompt_weight: float | None) -> list[float]:
     n = len(er.rewrite)
     if prompt_weight is None or not er.phrasing:
         return [float(n)] * n
-    size: dict[int, int] = {}
-    for g in er.phrasing:
-        size[g] = size.get(g, 0) + 1
+    size = Counter(er.phrasing)
     weight = {g: (prompt_weight if g < 0 else 1.0) for g in size}
     total = sum(weight.values())
     return [total * size[g] / weight[g] for g in er.phrasing]

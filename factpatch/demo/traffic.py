@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -94,10 +95,7 @@ def _error_text(r: httpx.Response) -> str:
 
 def error_summary(samples: list[Sample]) -> str:
     """The distinct errors among the samples, with counts, for a failure message."""
-    counts: dict[str, int] = {}
-    for s in samples:
-        if s.error:
-            counts[s.error] = counts.get(s.error, 0) + 1
+    counts = Counter(s.error for s in samples if s.error)
     return "; ".join(f"{n}x {e}" for e, n in counts.items())
 
 
