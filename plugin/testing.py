@@ -163,5 +163,19 @@ class ShardServer:
                     yield json.loads(line[6:])
 
 
+def start_all(shards: list[ShardServer]) -> None:
+    """Start several shards side by side (on two cores two starts take ~80 s together, ~45 s each
+    alone). Either all are up when this returns, or none is left running."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(shards)) as pool:
+        outcomes = [pool.submit(s.start) for s in shards]
+    failed = [o.exception() for o in outcomes if o.exception() is not None]
+    if failed:
+        for s in shards:
+            s.stop()
+        raise failed[0]
+
+
 def _drain_param(drain_timeout_s: float | str | None) -> dict[str, str]:
     return {} if drain_timeout_s is None else {"drain_timeout_s": str(drain_timeout_s)}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -119,7 +118,7 @@ class Story:
                       f"{rep['heldout_pairs']['whole_object']:.1%} paraphrases")
 
     def fleet(self) -> None:
-        from factpatch.plugin.testing import ShardServer
+        from factpatch.plugin.testing import ShardServer, start_all
         from factpatch.server.client import Client
         from factpatch.server.process import ControlPlaneProcess
 
@@ -131,21 +130,10 @@ class Story:
         for sh in self.shards.values():
             sh.token = self.agent_token
             self.stack.callback(sh.stop)
-        errors: list[BaseException] = []
-
-        def start(sh):
-            try:
-                sh.start()
-            except BaseException as e:  # reported below, after both tried
-                errors.append(e)
-
-        threads = [threading.Thread(target=start, args=(sh,)) for sh in self.shards.values()]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        if errors:
-            raise DemoFailed(f"a shard did not start: {errors[0]}")
+        try:
+            start_all(list(self.shards.values()))
+        except Exception as e:
+            raise DemoFailed(f"a shard did not start: {e}") from e
 
         tokens = self.s.out / "tokens.yaml"
         tokens.write_text(f"- {{principal: demo-release, role: operator, token: {self.operator_token}}}\n")
