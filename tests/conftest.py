@@ -18,13 +18,28 @@ def world(fixture_dir):
     return load_world(fixture_dir)
 
 
-# A short drain timeout lets one plugin test reach the "abort the stragglers" policy in seconds.
-SHARD_DRAIN_TIMEOUT_S = 1.0
+# the fixture model has no chat template of its own
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+def shard_args(tmp_path_factory) -> list[str]:
+    """The vLLM flags of every test shard: the fixture's short context, float32 like transformers, a
+    fixed seed, and a chat template so the gateway's chat route has one."""
+    template = tmp_path_factory.mktemp("chat") / "template.jinja"
+    template.write_text(CHAT_TEMPLATE)
+    return ["--max-model-len", "128", "--dtype", "float32", "--seed", "0", "--chat-template", str(template)]
 
 
 @pytest.fixture(scope="session")
-def shard(fixture_dir):
+def shard(fixture_dir, tmp_path_factory):
+    """The session's shard: the fixture and plugin tests use it alone, the gateway tests as their s0
+    (a vLLM start costs 40-50 s here). Its agent token is the control plane's, so a gateway stack
+    can drive it; every user puts it back on base first."""
     from factpatch.plugin.testing import ShardServer
 
-    with ShardServer(fixture_dir, env={"FACTPATCH_DRAIN_TIMEOUT_S": str(SHARD_DRAIN_TIMEOUT_S)}) as s:
+    from tests.server.helpers import AGENT_TOKEN
+
+    s = ShardServer(fixture_dir, vllm_args=shard_args(tmp_path_factory))
+    s.token = AGENT_TOKEN
+    with s:
         yield s

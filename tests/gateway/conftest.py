@@ -1,7 +1,7 @@
 """Gateway tests on two real vLLM shards (fixture model) behind a real control plane and gateway.
 
-The shards and the test patches are made once for the package; each test gets a fresh control
-plane (state, gateway, metrics) and leaves the shards on base.
+s0 is the session's shard, s1 the package's own; the test patches are made once for the package. Each
+test gets a fresh control plane (state, gateway, metrics) and leaves the shards on base.
 """
 
 from __future__ import annotations
@@ -55,25 +55,18 @@ def weak_patch(fixture_dir, fact) -> bytes:
     return push_token_patch(fixture_dir, fact, weaken=1e-6)
 
 
-# the fixture model has no chat template of its own
-CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-
-
 @pytest.fixture(scope="package")
-def shards(fixture_dir, tmp_path_factory):
+def shards(shard, fixture_dir, tmp_path_factory):
+    """s0 is the session's shard; s1 accepts lower ranks than s0 (the gateway's patches are rank 1), so
+    test_fleet can land one patch on s0 that s1 refuses."""
     from factpatch.plugin.testing import ShardServer
 
-    template = tmp_path_factory.mktemp("chat") / "template.jinja"
-    template.write_text(CHAT_TEMPLATE)
-    args = ["--max-model-len", "128", "--dtype", "float32", "--seed", "0", "--chat-template", str(template)]
-    # s1 accepts lower ranks than s0 (the gateway's patches are rank 1), so test_fleet can land one
-    # patch on s0 that s1 refuses
-    s0 = ShardServer(fixture_dir, vllm_args=args)
-    s1 = ShardServer(fixture_dir, vllm_args=args, env={"FACTPATCH_MAX_RANK": "4"})
-    for s in (s0, s1):
-        s.token = AGENT_TOKEN
-    with s0, s1:
-        yield {"s0": s0, "s1": s1}
+    from tests.conftest import shard_args
+
+    s1 = ShardServer(fixture_dir, vllm_args=shard_args(tmp_path_factory), env={"FACTPATCH_MAX_RANK": "4"})
+    s1.token = AGENT_TOKEN
+    with s1:
+        yield {"s0": shard, "s1": s1}
 
 
 class Stack:

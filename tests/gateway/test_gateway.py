@@ -34,7 +34,7 @@ def test_split_sticky_keys_and_override(stack, fix_patch, fact):
         assert resp.status_code == 200, resp.text
         return key, (resp.headers["X-Factpatch-Version"], resp.headers["X-Factpatch-Shard"])
 
-    n = 400
+    n = 200  # 4.5 sd of a 25 % split is ±28: a split of 0, 50 or 100 % still fails
     with ThreadPoolExecutor(4) as ex:
         served = dict(ex.map(send, range(n)))
     canary = sum(v == patch for v, _ in served.values())

@@ -11,6 +11,10 @@ from factpatch.server.loadcheck import Churn, Clients, gateway_settled, judge
 
 pytestmark = pytest.mark.vllm
 
+# each a rollout, promotion and revert: the second finds the fleet as the first left it (bench.soak runs
+# minutes of them)
+CYCLES = 2
+
 
 def test_no_failed_or_mixed_responses_while_weights_change(stack, fix_patch, fact, world):
     prompts = list(fact.prompts) + [world.relations[f.relation].templates[f.train_templates[0]].format(f.subject)
@@ -23,7 +27,7 @@ def test_no_failed_or_mixed_responses_while_weights_change(stack, fix_patch, fac
 
     with Clients(stack.url, stack.model, prompts, n=6) as clients:
         time.sleep(2)
-        for _ in range(3):
+        for _ in range(CYCLES):
             churn.cycle(["s0", "s1"])
         time.sleep(1)
     v = judge(clients.outcomes, refs, churn.windows)
@@ -31,6 +35,6 @@ def test_no_failed_or_mixed_responses_while_weights_change(stack, fix_patch, fac
     assert v.failed == 0 and v.mismatched == 0 and v.untagged == 0, v.examples
     from tests.reliability.results import merge_section
 
-    merge_section("load_during_change_test", {key: val for key, val in v.to_json().items() if key != "examples"} | {"cycles": 3, "clients": 6})
+    merge_section("load_during_change_test", {key: val for key, val in v.to_json().items() if key != "examples"} | {"cycles": CYCLES, "clients": 6})
     versions = {o.version for o in clients.outcomes}
     assert versions == {"base", digest}
