@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from factpatch.fixture.build import ensure_fixture
-from factpatch.plugin.testing import ShardServer
+from factpatch.plugin.testing import ShardServer, start_all
 from factpatch.server.app import ControlPlaneServer, ServeConfig
 from factpatch.server.basecheck import LocalCheckpoint
 from factpatch.server.pb import fleet_pb2, patch_pb2, rollout_pb2
@@ -89,7 +89,7 @@ def main() -> None:
     for s in shards:
         s.token = AGENT_TOKEN
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda s: s.start(), shards))
+        start_all(shards)
         base_answer = [s.complete(PROMPT)["choices"][0]["text"] for s in shards]
         srv = ControlPlaneServer(ServeConfig(
             state_dir=Path(tmp) / "state", listen="127.0.0.1:0", tokens_file=write_tokens(Path(tmp) / "t.yaml"),
