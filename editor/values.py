@@ -110,49 +110,69 @@ def rewrite_divisors(er: EditRows, prompt_weight: float | None) -> list[float]:
     return [total * size[g] / weight[g] for g in er.phrasing]
 
 
-def _flatten(rows_per_edit: list[EditRows], active: list[int], prompt_weight: float | None = None):
-    """One row list for the active edits: rewrite rows first, then KL rows, with their edit index,
-    for KL rows which of the edit's KL rows each is, and for rewrite rows their NLL divisor."""
-    rows, owner, kind, slot, divisor = [], [], [], [], []
-    for e in active:
-        for r, w in zip(rows_per_edit[e].rewrite, rewrite_divisors(rows_per_edit[e], prompt_weight)):
-            rows.append(r)
-            owner.append(e)
-            kind.append(0)
-            slot.append(-1)
-            divisor.append(w)
-    for e in active:
-        for j, r in enumerate(rows_per_edit[e].kl_rows):
-            rows.append(r)
-            owner.append(e)
-            kind.append(1)
-            slot.append(j)
-            divisor.append(0)
-    return rows, torch.tensor(owner), torch.tensor(kind), slot, torch.tensor(divisor, dtype=torch.float)
-
-
-def _kl_positions(rows: list[Row], kind: torch.Tensor, slot: list[int], anchor_at: str = "answer"):
-    """(row, position) pairs the KL term reads: the essence prompt (slot 0) from the subject's last token
-    to its end; an anchor (slot ≥ 1) likewise, or with anchor_at="answer" at its last token only, where
+def kl_from(row: Row, slot: int, anchor_at: str = "answer") -> int:
+    """The first position a KL row is read at, to its end: the essence prompt (slot 0) from the subject's
+    last token; an anchor (slot ≥ 1) likewise, or with anchor_at="answer" at its last token only, where
     its answer is predicted (the template words between subject and answer then hold δ back less)."""
-    b_idx, pos = [], []
-    for b, r in enumerate(rows):
-        if kind[b] == 1:
-            answer_only = slot[b] > 0 and anchor_at == "answer"
-            for j in range(len(r.ids) - 1 if answer_only else r.subject_last, len(r.ids)):
-                b_idx.append(b)
-                pos.append(j)
-    return torch.tensor(b_idx, dtype=torch.long), torch.tensor(pos, dtype=torch.long)
+    return len(row.ids) - 1 if slot > 0 and anchor_at == "answer" else row.subject_last
+
+
+def _spans(starts: torch.Tensor, ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, position) for every position from each row's start to its end."""
+    sizes = (ends - starts).clamp_min(0)
+    b_idx = torch.repeat_interleave(torch.arange(len(starts)), sizes)
+    first = torch.repeat_interleave(starts - torch.cumsum(sizes, 0) + sizes, sizes)
+    return b_idx, first + torch.arange(int(sizes.sum()))
+
+
+@dataclass
+class _RowTable:
+    """A batch's rows, flattened once and sorted shortest first (a chunk then pads its rows to about their
+    own length), with what each row is: the edit it belongs to (owner), whether it is a KL row, which of
+    the edit's KL rows (slot; -1 for a rewrite row), where its KL is read from (a rewrite row: its end,
+    so nowhere) and a rewrite row's NLL divisor (rewrite_divisors; 0 for a KL row)."""
+
+    rows: list[Row]
+    owner: torch.Tensor
+    is_kl: torch.Tensor
+    slot: torch.Tensor
+    kl_from: torch.Tensor
+    divisor: torch.Tensor
+
+    @classmethod
+    def build(cls, rows_per_edit: list[EditRows], prompt_weight: float | None, anchor_at: str) -> "_RowTable":
+        entries = []  # (row, owner, slot, kl_from, divisor): rewrite rows first, then KL rows
+        for e, er in enumerate(rows_per_edit):
+            entries += [(r, e, -1, len(r.ids), w) for r, w in zip(er.rewrite, rewrite_divisors(er, prompt_weight))]
+        for e, er in enumerate(rows_per_edit):
+            entries += [(r, e, j, kl_from(r, j, anchor_at), 0.0) for j, r in enumerate(er.kl_rows)]
+        entries.sort(key=lambda x: len(x[0].ids))  # stable: rows of one length keep that order
+        rows, owner, slot, start, divisor = zip(*entries) if entries else ((), (), (), (), ())
+        slot_t = torch.tensor(slot, dtype=torch.long)
+        return cls(list(rows), torch.tensor(owner, dtype=torch.long), slot_t >= 0, slot_t,
+                   torch.tensor(start, dtype=torch.long), torch.tensor(divisor, dtype=torch.float))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, keep: torch.Tensor | slice) -> "_RowTable":
+        """The rows `keep` selects (a boolean mask or a slice), in the same order."""
+        idx = keep.nonzero().squeeze(1).tolist() if isinstance(keep, torch.Tensor) else range(len(self))[keep]
+        return _RowTable([self.rows[b] for b in idx], self.owner[keep], self.is_kl[keep], self.slot[keep],
+                         self.kl_from[keep], self.divisor[keep])
+
+    def of_edits(self, edits: list[int], n: int) -> "_RowTable":
+        wanted = torch.zeros(n, dtype=torch.bool)
+        wanted[edits] = True
+        return self.take(wanted[self.owner])
+
+    def kl_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, position) pairs the KL term reads."""
+        return _spans(self.kl_from, torch.tensor([len(r.ids) for r in self.rows], dtype=torch.long))
 
 
 def _chunks(n: int, size: int):
     return [(s, min(n, s + size)) for s in range(0, n, size)]
-
-
-def _by_length(rows: list[Row], owner: torch.Tensor, kind: torch.Tensor, slot: list[int], divisor: torch.Tensor):
-    """The flattened rows shortest first, so a chunk pads its rows to about their own length."""
-    order = sorted(range(len(rows)), key=lambda b: len(rows[b].ids))
-    return [rows[b] for b in order], owner[order], kind[order], [slot[b] for b in order], divisor[order]
 
 
 def _length_chunks(rows: list[Row], size: int, pieces: int = 4):
@@ -185,8 +205,8 @@ def _reference(adapter: Adapter, tok, layer: int, rows_per_edit: list[EditRows],
         keys, rows = zip(*kl[s:e])
         ids, mask = batch(list(rows), tok)
         hidden = adapter.hidden_at(ids, mask)
-        slots = [j for _, j in keys]
-        bi, pi = _kl_positions(rows, torch.ones(len(rows), dtype=torch.long), slots, anchor_at)
+        starts = torch.tensor([kl_from(r, j, anchor_at) for (_, j), r in zip(keys, rows)])
+        bi, pi = _spans(starts, torch.tensor([len(r.ids) for r in rows]))
         logp = F.log_softmax(adapter.head(hidden[bi, pi]).float(), -1)
         anchors.update(zip(keys, logp.split(torch.bincount(bi, minlength=len(rows)).tolist())))
     return torch.cat(mlp_out).float(), torch.cat(resid).float(), anchors
@@ -232,57 +252,57 @@ def optimise_values(
     for p in model.parameters():
         p.requires_grad_(False)
 
+    table = _RowTable.build(rows_per_edit, hp.prompt_weight, hp.anchor_at)
+    # KL positions per edit over all its rows (they may fall in several chunks); a pass holds all of an
+    # edit's rows or none, so the counts hold for every pass.
+    kl_owner = table.owner[table.kl_positions()[0]]
+    kl_count = torch.zeros(n).index_add(0, kl_owner, torch.ones(len(kl_owner))).clamp_min(1)
+
     for step in range(hp.steps):
         active = [i for i in range(n) if not done[i]]
         if not active:
             break
         # Through a shared update every edit's rows stay in the pass: a finished edit's δ is frozen,
         # but the others' δ still reach its prompts, and its loss keeps them from undoing it.
-        in_pass = list(range(n)) if batch_directions is not None else active
-        rows, owner, kind, slot, divisor = _by_length(*_flatten(rows_per_edit, in_pass, hp.prompt_weight))
-        # KL positions per edit over all its rows: an edit's rows may fall in several chunks.
-        kl_rows_of = owner[_kl_positions(rows, kind, slot, hp.anchor_at)[0]]
-        kl_count = torch.zeros(n).index_add(0, kl_rows_of, torch.ones(len(kl_rows_of))).clamp_min(1)
+        in_pass = table if batch_directions is not None else table.of_edits(active, n)
         # Row chunks keep memory bounded; gradients accumulate, one optimizer step per pass over all edits.
         opt.zero_grad()
         nll_sum = torch.zeros(n)
         kl_sum = torch.zeros(n)
-        for s, e in _length_chunks(rows, hp.max_rows_per_pass):
-            c_rows, c_owner, c_kind, c_slot, c_divisor = rows[s:e], owner[s:e], kind[s:e], slot[s:e], divisor[s:e]
-            ids, mask = batch(c_rows, tok)
-            b_all = torch.arange(len(c_rows))
-            subj = torch.tensor([r.subject_last for r in c_rows])
+        for s, e in _length_chunks(in_pass.rows, hp.max_rows_per_pass):
+            c = in_pass.take(slice(s, e))
+            ids, mask = batch(c.rows, tok)
+            b_all = torch.arange(len(c))
+            subj = torch.tensor([r.subject_last for r in c.rows])
             if batch_directions is not None:
                 edit_hook = add_low_rank_update(adapter.mlp_out(layer), batch_directions, delta)
             elif directions is None:
-                edit_hook = add_to_output(adapter.mlp_out(layer), b_all, subj, delta[c_owner])
+                edit_hook = add_to_output(adapter.mlp_out(layer), b_all, subj, delta[c.owner])
             else:
-                edit_hook = add_rank_one(adapter.mlp_out(layer), directions[c_owner], delta[c_owner])
+                edit_hook = add_rank_one(adapter.mlp_out(layer), directions[c.owner], delta[c.owner])
             with edit_hook:
                 hidden = adapter.hidden_at(ids, mask)
             loss = hidden.new_zeros(())
-            rw = [b for b in range(len(c_rows)) if c_kind[b] == 0]
+            rw = (~c.is_kl).nonzero().squeeze(1).tolist()
             if rw:
-                tb, tp, tt = target_positions([c_rows[b] for b in rw])
+                tb, tp, tt = target_positions([c.rows[b] for b in rw])
                 tb_rows = torch.tensor(rw)[tb]
                 logp = F.log_softmax(adapter.head(hidden[tb_rows, tp]).float(), -1)
                 tok_nll = -logp.gather(1, tt[:, None]).squeeze(1)
                 # mean over a row's target tokens, then the edit's rows weighed (rewrite_divisors)
-                row_of_tok = tb_rows
-                n_tok = torch.tensor([c_rows[b].n_target for b in range(len(c_rows))], dtype=torch.float)
-                w = 1.0 / (n_tok[row_of_tok] * c_divisor[row_of_tok])
-                per_edit = torch.zeros(n).index_add(0, c_owner[row_of_tok], (tok_nll * w).detach())
-                nll_sum += per_edit
+                n_tok = torch.tensor([r.n_target for r in c.rows], dtype=torch.float)
+                w = 1.0 / (n_tok[tb_rows] * c.divisor[tb_rows])
+                nll_sum += torch.zeros(n).index_add(0, c.owner[tb_rows], (tok_nll * w).detach())
                 loss = loss + (tok_nll * w).sum()
-            if (c_kind == 1).any():
-                eb, ep = _kl_positions(c_rows, c_kind, c_slot, hp.anchor_at)
+            if c.is_kl.any():
+                eb, ep = c.kl_positions()
                 logp = F.log_softmax(adapter.head(hidden[eb, ep]).float(), -1)
-                anchor = torch.cat([anchors[(int(c_owner[b]), c_slot[b])] for b in range(len(c_rows)) if c_kind[b] == 1])
+                anchor = torch.cat([anchors[(int(c.owner[b]), int(c.slot[b]))] for b in c.is_kl.nonzero().squeeze(1).tolist()])
                 kl = F.kl_div(logp, anchor, log_target=True, reduction="none").sum(-1)
-                kl_mean = kl / kl_count[c_owner[eb]]  # each position's share of its edit's mean KL
-                kl_sum += torch.zeros(n).index_add(0, c_owner[eb], kl_mean.detach())
+                kl_mean = kl / kl_count[c.owner[eb]]  # each position's share of its edit's mean KL
+                kl_sum += torch.zeros(n).index_add(0, c.owner[eb], kl_mean.detach())
                 anchor_factor = hp.kl_factor if hp.anchor_kl_factor is None else hp.anchor_kl_factor
-                weight = torch.where(torch.tensor(c_slot)[eb] > 0, anchor_factor, hp.kl_factor)
+                weight = torch.where(c.slot[eb] > 0, anchor_factor, hp.kl_factor)
                 loss = loss + (weight * kl_mean).sum()
             loss.backward()
         act = torch.tensor(active)

@@ -37,22 +37,23 @@ def test_an_edit_waits_for_its_kl_rows_when_asked(loaded, world):
 def test_keep_prompts_are_held_at_their_answer_token(loaded):
     """A keep prompt becomes a KL row read where its answer is predicted; the essence prompt is read from
     the subject on; anchor_at="all" reads anchors like the essence prompt."""
-    import torch
-
-    from factpatch.editor.values import _kl_positions
+    from factpatch.editor.values import _RowTable
 
     tok = loaded.tok
     rows = build_rows(tok, "{} offers refunds within", "Harbor Support", "30 days", [""],
                       keep=["{} ships same-day orders placed before", "{} ships same-day orders placed before"])
     assert len(rows.anchors) == 1  # a repeated keep prompt is held once
-    kl_rows = rows.kl_rows
-    kind = torch.ones(len(kl_rows), dtype=torch.long)
-    b, p = _kl_positions(kl_rows, kind, [0, 1])
-    essence, anchor = kl_rows
-    assert p[b == 0].tolist() == list(range(essence.subject_last, len(essence.ids)))
-    assert p[b == 1].tolist() == [len(anchor.ids) - 1]
-    b, p = _kl_positions(kl_rows, kind, [0, 1], anchor_at="all")
-    assert p[b == 1].tolist() == list(range(anchor.subject_last, len(anchor.ids)))
+    essence, anchor = rows.kl_rows
+
+    def read_at(anchor_at):
+        """Positions read per KL row: {slot: [positions]}; rewrite rows read none."""
+        table = _RowTable.build([rows], None, anchor_at)
+        b, p = table.kl_positions()
+        assert not (~table.is_kl[b]).any()
+        return {int(table.slot[i]): p[b == i].tolist() for i in table.is_kl.nonzero().squeeze(1).tolist()}
+
+    assert read_at("answer") == {0: list(range(essence.subject_last, len(essence.ids))), 1: [len(anchor.ids) - 1]}
+    assert read_at("all")[1] == list(range(anchor.subject_last, len(anchor.ids)))
 
 
 def test_prompt_weight_sets_the_prompts_share_of_the_nll(loaded):
