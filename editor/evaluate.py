@@ -73,7 +73,7 @@ def build_probes(adapter: Adapter, tok, edits, world=None, n_neighbours: int = 1
         rel = world.relations.get(e.relation) if world else None
         paraphrases = list(e.paraphrases)
         if fact is not None and rel is not None:
-            paraphrases += [rel.templates[t] for t in fact.heldout_templates if rel.templates[t] != e.prompt]
+            paraphrases += [t for t in world.heldout_paraphrases(e.subject, e.relation) if t != e.prompt]
         for t in dict.fromkeys(paraphrases):
             items.append(Probe(i, "paraphrase", t, e.subject, e.target_new))
         if rel is not None:

@@ -83,9 +83,8 @@ def test_good_patch_holds_on_its_shard_and_not_on_base(probe_stack, demo_patch, 
     # The held-out phrasings of the demo's policies, as extra paraphrases for this patch.
     edits = []
     for rel in [c.relation for c in POLICY_CHANGES]:
-        f = world.fact("Harbor Support", rel)
         edits.append(probe_pb2.EditParaphrases(subject="Harbor Support", relation=rel,
-                                               paraphrases=[world.relations[rel].templates[t] for t in f.heldout_templates]))
+                                               paraphrases=world.heldout_paraphrases("Harbor Support", rel)))
     st.cl(st.probes.SetProbeSet, probe_pb2.SetProbeSetRequest(request_id=rid(), patch=digest, edits=edits))
 
     requests_before = st.metric("factpatch_gateway_requests_total")
