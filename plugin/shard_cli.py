@@ -60,6 +60,17 @@ def shard_command(
     return argv + extra, env
 
 
+def not_a_model(model: str) -> str | None:
+    """What makes MODEL plainly not servable: a folder without config.json, or a path (absolute, ./ or ~)
+    that does not exist. Anything else may be a cached hub id, which vLLM resolves itself."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return None if (path / "config.json").is_file() else "the folder has no config.json (not a model folder)"
+    if model.startswith(("/", ".", "~")):
+        return "no such folder"
+    return None
+
+
 def shard(
     ctx: typer.Context,
     model: str = typer.Option(..., "--model", help="Model folder (or cached hub id) to serve."),
@@ -80,6 +91,10 @@ def shard(
                 typer.echo(f"{k}={env[k]}")
         typer.echo(" ".join(argv))
         return
+    problem = not_a_model(model)
+    if problem:  # said here in a second, not by vLLM after half a minute of imports
+        typer.echo(f"error: --model {model}: {problem}", err=True)
+        raise typer.Exit(2)
     # Replace this process so signals and the exit status belong to vLLM itself.
     os.execve(argv[0], argv, env)
 

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -58,10 +59,12 @@ class ShardServer:
         self.log_path = Path(log_path) if log_path else Path(self._tmp.name) / "shard.log"
         self.proc: subprocess.Popen | None = None
         self.startup_s: float | None = None
+        self._cancel = threading.Event()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> "ShardServer":
+        self._cancel.clear()
         self.token_file.write_text(self.token)
         self.token_file.chmod(0o600)
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **self.extra_env}
@@ -84,6 +87,8 @@ class ShardServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise ShardError(f"shard exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self._cancel.is_set():
+                raise ShardError("shard start cancelled")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return
@@ -91,6 +96,10 @@ class ShardServer:
                 pass
             time.sleep(0.5)
         raise ShardError(f"shard not healthy after {self.start_timeout_s} s:\n{self.log_tail()}")
+
+    def cancel_start(self) -> None:
+        """Make a start under way in another thread give up (it stops its process and raises)."""
+        self._cancel.set()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -165,16 +174,24 @@ class ShardServer:
 
 def start_all(shards: list[ShardServer]) -> None:
     """Start several shards side by side (on two cores two starts take ~80 s together, ~45 s each
-    alone). Either all are up when this returns, or none is left running."""
-    from concurrent.futures import ThreadPoolExecutor
+    alone). Either all are up when this returns, or none is left running: the first start that fails
+    (or an interrupt, such as the demo's SIGTERM) cancels the starts still under way instead of waiting
+    them out, and is raised."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    with ThreadPoolExecutor(len(shards)) as pool:
-        outcomes = [pool.submit(s.start) for s in shards]
-    failed = [o.exception() for o in outcomes if o.exception() is not None]
-    if failed:
+    pool = ThreadPoolExecutor(len(shards))
+    try:
+        for started in as_completed([pool.submit(s.start) for s in shards]):
+            started.result()
+    except BaseException:
         for s in shards:
+            s.cancel_start()
+        pool.shutdown(wait=True)
+        for s in shards:  # a start that finished before its cancel is stopped here
             s.stop()
-        raise failed[0]
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _drain_param(drain_timeout_s: float | str | None) -> dict[str, str]:

@@ -24,3 +24,18 @@ def test_a_token_is_required():
         shard_command("/m", env={})
     argv, env = shard_command("/m", env={"FACTPATCH_AGENT_TOKEN": "t"})
     assert env["FACTPATCH_AGENT_TOKEN"] == "t"
+
+
+def test_a_folder_that_is_no_model_is_refused_before_vllm_starts(tmp_path):
+    import subprocess
+    import sys
+
+    tok = tmp_path / "token"
+    tok.write_text("s3cret")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for model, says in ((str(empty), "the folder has no config.json"), (str(tmp_path / "missing"), "no such folder")):
+        r = subprocess.run([sys.executable, "-c", "from factpatch.cli import main; main()", "shard", "--model", model,
+                            "--token-file", str(tok)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert f"--model {model}: {says}" in r.stderr
