@@ -299,8 +299,13 @@ def heldout_texts(loaded: Loaded, heldout_dir: str | None) -> list[str]:
     return []
 
 
-def evaluate_patch(loaded: Loaded, patch: Patch, edits, heldout: list[str], gates=None) -> dict[str, Any]:
-    """Measure the base, apply the patch exactly as a reader would, measure again, restore the base."""
+def evaluate_patch(
+    loaded: Loaded, patch: Patch, edits, heldout: list[str], gates=None, parts: dict[str, list[int]] | None = None
+) -> dict[str, Any]:
+    """Measure the base, apply the patch exactly as a reader would, measure again, restore the base.
+
+    `parts` names groups of edits (by index) to report on their own as well, under "parts" (no locality:
+    the held-out text is not any one group's)."""
     from .evaluate import Gates, apply_gates, build_probes, measure, measure_baseline
 
     adapter, tok = loaded.adapter, loaded.tok
@@ -311,12 +316,16 @@ def evaluate_patch(loaded: Loaded, patch: Patch, edits, heldout: list[str], gate
     try:
         apply_patch(adapter, patch)
         metrics = measure(adapter, tok, base, edits)
+        by_part = {name: measure(adapter, tok, base, edits, only=set(idx), locality=False) for name, idx in (parts or {}).items()}
     finally:
         with torch.no_grad():
             for n, w in saved.items():
                 state[n].copy_(w)
     passed, gate_rows = apply_gates(metrics, gates or Gates())
-    return {"metrics": metrics, "gates": gate_rows, "passed": passed}
+    out = {"metrics": metrics, "gates": gate_rows, "passed": passed}
+    if parts:
+        out["parts"] = by_part
+    return out
 
 
 def check_fingerprint(loaded: Loaded, patch: Patch) -> None:
