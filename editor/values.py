@@ -128,14 +128,14 @@ def _spans(starts: torch.Tensor, ends: torch.Tensor) -> tuple[torch.Tensor, torc
 @dataclass
 class _RowTable:
     """A batch's rows, flattened once and sorted shortest first (a chunk then pads its rows to about their
-    own length), with what each row is: the edit it belongs to (owner), whether it is a KL row, which of
-    the edit's KL rows (slot; -1 for a rewrite row), where its KL is read from (a rewrite row: its end,
-    so nowhere) and a rewrite row's NLL divisor (rewrite_divisors; 0 for a KL row)."""
+    own length), with what each row is: the edit it belongs to (owner), which of the edit's KL rows
+    (slot; -1 for a rewrite row), its length, where its KL is read from (a rewrite row: its end, so
+    nowhere) and a rewrite row's NLL divisor (rewrite_divisors; 0 for a KL row)."""
 
     rows: list[Row]
     owner: torch.Tensor
-    is_kl: torch.Tensor
     slot: torch.Tensor
+    length: torch.Tensor
     kl_from: torch.Tensor
     divisor: torch.Tensor
 
@@ -148,17 +148,21 @@ class _RowTable:
             entries += [(r, e, j, kl_from(r, j, anchor_at), 0.0) for j, r in enumerate(er.kl_rows)]
         entries.sort(key=lambda x: len(x[0].ids))  # stable: rows of one length keep that order
         rows, owner, slot, start, divisor = zip(*entries) if entries else ((), (), (), (), ())
-        slot_t = torch.tensor(slot, dtype=torch.long)
-        return cls(list(rows), torch.tensor(owner, dtype=torch.long), slot_t >= 0, slot_t,
-                   torch.tensor(start, dtype=torch.long), torch.tensor(divisor, dtype=torch.float))
+        return cls(list(rows), torch.tensor(owner, dtype=torch.long), torch.tensor(slot, dtype=torch.long),
+                   torch.tensor([len(r.ids) for r in rows], dtype=torch.long), torch.tensor(start, dtype=torch.long),
+                   torch.tensor(divisor, dtype=torch.float))
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def is_kl(self) -> torch.Tensor:
+        return self.slot >= 0
+
     def take(self, keep: torch.Tensor | slice) -> "_RowTable":
         """The rows `keep` selects (a boolean mask or a slice), in the same order."""
         idx = keep.nonzero().squeeze(1).tolist() if isinstance(keep, torch.Tensor) else range(len(self))[keep]
-        return _RowTable([self.rows[b] for b in idx], self.owner[keep], self.is_kl[keep], self.slot[keep],
+        return _RowTable([self.rows[b] for b in idx], self.owner[keep], self.slot[keep], self.length[keep],
                          self.kl_from[keep], self.divisor[keep])
 
     def of_edits(self, edits: list[int], n: int) -> "_RowTable":
@@ -168,7 +172,7 @@ class _RowTable:
 
     def kl_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(row, position) pairs the KL term reads."""
-        return _spans(self.kl_from, torch.tensor([len(r.ids) for r in self.rows], dtype=torch.long))
+        return _spans(self.kl_from, self.length)
 
 
 def _chunks(n: int, size: int):
