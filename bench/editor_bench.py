@@ -2,8 +2,8 @@
 
     .venv/bin/python -m bench.editor_bench [--quick]
 
-Writes bench/results/editor.json. Everything is measured in one run on one machine (`--only rome` reruns
-that section alone and dates it); the batched value optimisation is compared against a per-edit loop
+Writes bench/results/editor.json. Everything is measured in one run on one machine (`--only rome|joint`
+reruns one section alone and dates it); the batched value optimisation is compared against a per-edit loop
 (what the published reference implementation does) on a sample of the same edits, and the loop's time
 for the full batch is extrapolated from it.
 """
@@ -76,14 +76,23 @@ def insertions(loaded, n: int, seed: int) -> tuple[list[Edit], list[Edit]]:
     return edited, evaluated
 
 
-def with_keep_and_paraphrases(world, edits: list[Edit]) -> list[Edit]:
+def with_keep_and_paraphrases(world, edits: list[Edit], keep_heldout: bool = False) -> list[Edit]:
     """The same edits, each holding its subject's other facts (second trained phrasing) and written in its
-    relation's other trained phrasings: the spec `--joint` is meant for. The evaluation asks neighbours in
-    the first trained phrasing and paraphrases in held-out ones, so nothing held or written is measured."""
+    relation's other trained phrasings. With `keep_heldout` each fact held is asked in its held-out
+    phrasings too (the subject's other questions as users ask them; facts another edit of the batch
+    changes are left out). The evaluation asks neighbours in the first trained phrasing and paraphrases
+    in the edited relation's held-out ones, so nothing held or written is measured."""
+    edited: dict[str, set[str]] = {}
+    for e in edits:
+        edited.setdefault(e.subject, set()).add(e.relation)
     out = []
     for e in edits:
+        keep = world.keep_prompts(e.subject, e.relation)
+        if keep_heldout:
+            keep += [t for f in world.facts if f.subject == e.subject and f.relation not in edited[e.subject]
+                     for t in world.heldout_paraphrases(f.subject, f.relation)]
         out.append(e.model_copy(update={
-            "keep": world.keep_prompts(e.subject, e.relation),
+            "keep": keep,
             "paraphrases": world.trained_paraphrases(e.subject, e.relation),
         }))
     return out
@@ -126,6 +135,23 @@ def rome_section(loaded, heldout, n_rome: int, r_layer: list[int]) -> dict:
     }
 
 
+def joint_section(loaded, heldout, n_joint: int, r_layer: list[int]) -> dict:
+    """MEMIT through its own update (--joint) against plain MEMIT on one spec: keep prompts in three
+    phrasings and trained paraphrases, evaluated on held-out paraphrases."""
+    plain_edits = random_edits(loaded.world, n_joint, seed=4)
+    spec = with_keep_and_paraphrases(loaded.world, plain_edits, keep_heldout=True)
+    res = {"measured_at": time.strftime("%Y-%m-%d"), "edits": n_joint,
+           "spec": "keep prompts (second trained and held-out phrasings) and trained paraphrases; evaluated on held-out paraphrases"}
+    for name, opts in (("plain", EditOptions(method="memit")),
+                       ("joint", EditOptions(method="memit", layers=[r_layer[0]], memit=MemitParams.joint()))):
+        t = time.perf_counter()
+        r = run_edit(loaded, spec, opts)
+        dt = time.perf_counter() - t
+        res[name] = {"layers": list(r.layers), "seconds": round(dt, 2),
+                     "quality": round_metrics(evaluate_patch(loaded, r.patch, plain_edits, heldout)["metrics"])}
+    return res
+
+
 def round_metrics(m: dict) -> dict:
     return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items() if k != "per_edit"}
 
@@ -133,21 +159,26 @@ def round_metrics(m: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    ap.add_argument("--only", choices=["rome"], help="rerun this section alone (about 10 minutes against 75) and keep "
-                    "the others from the results file; each rerun section says when it was measured")
+    ap.add_argument("--only", choices=["rome", "joint"], help="rerun this section alone (10-15 minutes against 75) and "
+                    "keep the others from the results file; each rerun section says when it was measured")
     args = ap.parse_args()
     torch.set_num_threads(2)
     loaded = load(ensure_fixture())
     world = loaded.world
     r_layer = layer_choice.default_layers(loaded.adapter.n_layers, "rome")
-    if args.only == "rome":
+    if args.only:
         res = json.loads(RESULTS.read_text())
         if res.get("fixture") != str(loaded.path):
             raise SystemExit(f"{RESULTS} was measured on {res.get('fixture')}, not on {loaded.path}: rerun it whole")
-        res["rome"] = rome_section(loaded, heldout_texts(loaded, None), 10 if args.quick else 50, r_layer)
-        res["peak_rss_mib_after_rome"] = round(peak_rss_mib(), 1)
+        heldout = heldout_texts(loaded, None)
+        if args.only == "rome":
+            res["rome"] = rome_section(loaded, heldout, 10 if args.quick else 50, r_layer)
+            res["peak_rss_mib_after_rome"] = round(peak_rss_mib(), 1)
+        else:
+            res["memit_joint"] = joint_section(loaded, heldout, 20 if args.quick else 100, r_layer)
+            res["peak_rss_mib_after_memit_joint"] = round(peak_rss_mib(), 1)
         RESULTS.write_text(json.dumps(res, indent=2))
-        print(json.dumps(res["rome"], indent=2))
+        print(json.dumps(res["rome" if args.only == "rome" else "memit_joint"], indent=2))
         return
     heldout = heldout_texts(loaded, None)
     res: dict = {
@@ -204,18 +235,7 @@ def main() -> None:
         res[f"peak_rss_mib_after_memit{n}"] = round(peak_rss_mib(), 1)
         last_batch = edits
 
-    # MEMIT through its own update (--joint) against plain MEMIT, on a spec with keep prompts and paraphrases.
-    n_joint = 20 if args.quick else 100
-    plain_edits = random_edits(world, n_joint, seed=4)
-    spec = with_keep_and_paraphrases(world, plain_edits)
-    res["memit_joint"] = {"edits": n_joint, "spec": "keep prompts and trained paraphrases; evaluated on held-out paraphrases"}
-    for name, opts in (("plain", EditOptions(method="memit")),
-                       ("joint", EditOptions(method="memit", layers=[r_layer[0]], memit=MemitParams.joint()))):
-        t = time.perf_counter()
-        r = run_edit(loaded, spec, opts)
-        dt = time.perf_counter() - t
-        res["memit_joint"][name] = {"layers": list(r.layers), "seconds": round(dt, 2),
-                                    "quality": round_metrics(evaluate_patch(loaded, r.patch, plain_edits, heldout)["metrics"])}
+    res["memit_joint"] = joint_section(loaded, heldout, 20 if args.quick else 100, r_layer)
     res["peak_rss_mib_after_memit_joint"] = round(peak_rss_mib(), 1)
 
     # Batched value optimisation against a per-edit loop on a sample of the same edits.
