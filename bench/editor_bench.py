@@ -166,21 +166,19 @@ def main() -> None:
     loaded = load(ensure_fixture())
     world = loaded.world
     r_layer = layer_choice.default_layers(loaded.adapter.n_layers, "rome")
+    n_rome, n_joint = (10, 20) if args.quick else (50, 100)
+    heldout = heldout_texts(loaded, None)
     if args.only:
         res = json.loads(RESULTS.read_text())
         if res.get("fixture") != str(loaded.path):
             raise SystemExit(f"{RESULTS} was measured on {res.get('fixture')}, not on {loaded.path}: rerun it whole")
-        heldout = heldout_texts(loaded, None)
-        if args.only == "rome":
-            res["rome"] = rome_section(loaded, heldout, 10 if args.quick else 50, r_layer)
-            res["peak_rss_mib_after_rome"] = round(peak_rss_mib(), 1)
-        else:
-            res["memit_joint"] = joint_section(loaded, heldout, 20 if args.quick else 100, r_layer)
-            res["peak_rss_mib_after_memit_joint"] = round(peak_rss_mib(), 1)
+        key, section = {"rome": ("rome", lambda: rome_section(loaded, heldout, n_rome, r_layer)),
+                        "joint": ("memit_joint", lambda: joint_section(loaded, heldout, n_joint, r_layer))}[args.only]
+        res[key] = section()
+        res[f"peak_rss_mib_after_{key}"] = round(peak_rss_mib(), 1)
         RESULTS.write_text(json.dumps(res, indent=2))
-        print(json.dumps(res["rome" if args.only == "rome" else "memit_joint"], indent=2))
+        print(json.dumps(res[key], indent=2))
         return
-    heldout = heldout_texts(loaded, None)
     res: dict = {
         "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()},
         "fixture": str(loaded.path),
@@ -203,7 +201,7 @@ def main() -> None:
     res["covariance"]["memit100_quality_by_samples"] = sweep
     res["peak_rss_mib_after_covariance"] = round(peak_rss_mib(), 1)
 
-    res["rome"] = rome_section(loaded, heldout, 10 if args.quick else 50, r_layer)
+    res["rome"] = rome_section(loaded, heldout, n_rome, r_layer)
     res["peak_rss_mib_after_rome"] = round(peak_rss_mib(), 1)
 
     # MEMIT batches.
@@ -235,7 +233,7 @@ def main() -> None:
         res[f"peak_rss_mib_after_memit{n}"] = round(peak_rss_mib(), 1)
         last_batch = edits
 
-    res["memit_joint"] = joint_section(loaded, heldout, 20 if args.quick else 100, r_layer)
+    res["memit_joint"] = joint_section(loaded, heldout, n_joint, r_layer)
     res["peak_rss_mib_after_memit_joint"] = round(peak_rss_mib(), 1)
 
     # Batched value optimisation against a per-edit loop on a sample of the same edits.
