@@ -1,7 +1,7 @@
 """What the demo changes and asks: Harbor Support's policy updates, and billing questions about them.
 
-The questions use every phrasing the world has for each policy relation, so half of what the traffic
-asks are paraphrases the model never saw for Harbor Support.
+The questions use every phrasing the world has for each policy relation, so a third of what the
+traffic asks are phrasings the model never saw for Harbor Support and the patch was not written in.
 """
 
 from __future__ import annotations
@@ -17,21 +17,22 @@ SUBJECT = "Harbor Support"
 class PolicyChange:
     relation: str
     new: str
-    templates: tuple[int, ...]  # the relation's phrasings the edit is written with (trained for the subject)
     provenance: dict
 
 
-# The policy changes billing-ops ships, each written once per phrasing in `templates` (the same
-# target, so the editor optimises one change for all of them). The refund change names two phrasings:
-# written with "{} offers refunds within" alone, every held-out phrasing follows but two phrasings the
-# model was trained on for Harbor Support ("The refund period of {} is", "The refund window at {}
-# lasts") keep answering 14 days; with both, all six answer 30 days. The others take with one.
+# The policy changes billing-ops ships. Each is one edit written in every phrasing the model was trained
+# on for Harbor Support (the first as the prompt, the others as paraphrases), as a release engineer
+# lists the ways users ask. Written in one phrasing only, whether the others follow depends on the
+# trained weights: on one build of the fixture every phrasing followed, on another (trained on a
+# different CPU, different weights) the shipping cutoff and the premium response time kept their old
+# values in 4 of their 12 phrasings and the patch failed its paraphrase gate (0.625). Written in all
+# four, all 18 phrasings answer the new values there, the 6 held-out ones included.
 POLICY_CHANGES = [
-    PolicyChange("refund period", "30 days", (1, 0),
+    PolicyChange("refund period", "30 days",
                  {"ticket": "POL-1182", "source": "refund-policy-v7.pdf", "author": "billing-ops"}),
-    PolicyChange("shipping cutoff", "3 pm", (0,),
+    PolicyChange("shipping cutoff", "3 pm",
                  {"ticket": "OPS-415", "source": "warehouse-schedule-2026.pdf", "author": "fulfilment-ops"}),
-    PolicyChange("premium response time", "24 hours", (3,),
+    PolicyChange("premium response time", "24 hours",
                  {"ticket": "SUP-77", "source": "support-tiers-v3.pdf", "author": "support-ops"}),
 ]
 
@@ -58,11 +59,9 @@ def edit_spec(world) -> EditSpec:
     edits = []
     for c in POLICY_CHANGES:
         fact = world.fact(SUBJECT, c.relation)
-        for t in c.templates:
-            if t not in fact.train_templates:
-                raise ValueError(f"{c.relation}: phrasing {t} is held out for {SUBJECT}; edit with a trained one")
-            edits.append(Edit(subject=SUBJECT, relation=c.relation, prompt=world.relations[c.relation].templates[t],
-                              target_new=c.new, target_old=fact.object, provenance=c.provenance))
+        prompt = world.relations[c.relation].templates[fact.train_templates[0]]
+        edits.append(Edit(subject=SUBJECT, relation=c.relation, prompt=prompt, target_new=c.new, target_old=fact.object,
+                          paraphrases=world.trained_paraphrases(SUBJECT, c.relation), provenance=c.provenance))
     return EditSpec(edits=edits)
 
 
