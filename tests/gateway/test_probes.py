@@ -107,7 +107,7 @@ def test_good_patch_holds_on_its_shard_and_not_on_base(probe_stack, demo_patch, 
     assert st.metric("factpatch_probe_efficacy_ratio", shard="s0", version=digest) == 1.0
     assert st.metric("factpatch_probe_regression_agreement_ratio", shard="s1", version="base") >= 0.95
     assert st.metric("factpatch_probe_runs_total", shard="s0", outcome="ok") == 1
-    assert st.metric("factpatch_patch_edits", version=digest) == n_edits
+    assert st.metric("factpatch_patch_edits", version=digest) == len(spec_edits)
     assert st.metric("factpatch_patch_weight_change_ratio", version=digest, stat="max") > 0
 
     # The same prompts asked of the base shard do not give the new values: the edit lives on s0 only.
