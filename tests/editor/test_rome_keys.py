@@ -1,0 +1,50 @@
+"""ROME's k* read in the edit's written paraphrases as well as behind the context prefixes."""
+
+from __future__ import annotations
+
+import torch
+
+from factpatch.editor.keys import keys_of_rows, subject_keys
+from factpatch.editor.pipeline import EditOptions, corpus_for
+from factpatch.editor.prompts import context_prefixes, encode
+from factpatch.editor.rome import input_direction, paraphrase_averaged_keys
+from factpatch.editor.stats import second_moments
+
+from .conftest import fixture_edits
+
+
+def test_paraphrase_keys_average_every_context_and_read_held_out_phrasings(loaded, world):
+    """The key at layer 0 depends on the words before the subject: a direction fitted to the prompt's
+    contexts alone reads phrasings the edit never saw with a gain away from 1 (the rank-one update then
+    writes too little or too much there); averaged over the written paraphrases too, it reads them closer."""
+    adapter, tok = loaded.adapter, loaded.tok
+    edits = [e.model_copy(update={"paraphrases": world.trained_paraphrases(e.subject, e.relation)})
+             for e in fixture_edits(world, 30, seed=31)]
+    opts = EditOptions(method="rome")
+    prefixes = context_prefixes(loaded.model, tok, opts.rome.n_prefixes, seed=opts.seed)
+    cov = second_moments(adapter, tok, [0], corpus_for(loaded, None), opts.n_samples)[0]
+    plain = subject_keys(adapter, tok, 0, edits, prefixes)
+    averaged = paraphrase_averaged_keys(adapter, tok, 0, edits, plain, len(prefixes))
+
+    # k* is the mean over every context row, each counted once: the prefixes' and the paraphrases'.
+    first = edits[0]
+    para = keys_of_rows(adapter, tok, 0, [encode(tok, p, first.subject) for p in first.paraphrases])
+    expected = (plain[0] * len(prefixes) + para.sum(0)) / (len(prefixes) + len(para))
+    assert torch.allclose(averaged[0], expected, atol=1e-9)
+    # An edit without paraphrases keeps the prefix average.
+    bare = paraphrase_averaged_keys(adapter, tok, 0, [first.model_copy(update={"paraphrases": []})], plain[:1], len(prefixes))
+    assert torch.equal(bare, plain[:1])
+
+    held, owner = [], []
+    for i, e in enumerate(edits):
+        for t in world.heldout_paraphrases(e.subject, e.relation):
+            held.append(encode(tok, t, e.subject))
+            owner.append(i)
+    held_keys, owner = keys_of_rows(adapter, tok, 0, held), torch.tensor(owner)
+    miss = {}
+    for name, keys in (("prompt", plain), ("paraphrases", averaged)):
+        directions = torch.stack([input_direction(k, cov) for k in keys])
+        gain = (held_keys * directions[owner]).sum(-1)
+        miss[name] = (gain - 1).abs()
+    assert miss["paraphrases"].mean() < miss["prompt"].mean(), {k: float(v.mean()) for k, v in miss.items()}
+    assert miss["paraphrases"].max() < miss["prompt"].max(), {k: float(v.max()) for k, v in miss.items()}
