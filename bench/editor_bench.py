@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.editor_bench [--quick]
 
 Writes bench/results/editor.json. Everything is measured in one run on one machine (`--only rome|joint`
-reruns one section alone and dates it); the batched value optimisation is compared against a per-edit loop
+reruns one section alone on the same fixture weights and dates it); the batched value optimisation is compared against a per-edit loop
 (what the published reference implementation does) on a sample of the same edits, and the loop's time
 for the full batch is extrapolated from it.
 """
@@ -27,7 +27,7 @@ from factpatch.editor.pipeline import EditOptions, evaluate_each, evaluate_patch
 from factpatch.editor.prompts import context_prefixes
 from factpatch.editor.stats import second_moments
 from factpatch.editor.values import build_rows, optimise_values
-from factpatch.fixture.build import ensure_fixture
+from factpatch.fixture.build import REPORT_FILE, ensure_fixture
 from factpatch.spec import Edit
 
 RESULTS = Path(__file__).parent / "results" / "editor.json"
@@ -168,10 +168,14 @@ def main() -> None:
     r_layer = layer_choice.default_layers(loaded.adapter.n_layers, "rome")
     n_rome, n_joint = (10, 20) if args.quick else (50, 100)
     heldout = heldout_texts(loaded, None)
+    # The same recipe trained on another CPU gives other weights (and other editor numbers), so a section
+    # rerun alone must find the weights the rest of the file was measured on, not only the same folder.
+    weights = json.loads((loaded.path / REPORT_FILE).read_text())["weights_fingerprint"]
     if args.only:
         res = json.loads(RESULTS.read_text())
-        if res.get("fixture") != str(loaded.path):
-            raise SystemExit(f"{RESULTS} was measured on {res.get('fixture')}, not on {loaded.path}: rerun it whole")
+        if res.get("weights_fingerprint") != weights:
+            raise SystemExit(f"{RESULTS} was measured on weights {res.get('weights_fingerprint', '(not recorded)')}, "
+                             f"not on {weights} ({loaded.path}): rerun it whole")
         key, section = {"rome": ("rome", lambda: rome_section(loaded, heldout, n_rome, r_layer)),
                         "joint": ("memit_joint", lambda: joint_section(loaded, heldout, n_joint, r_layer))}[args.only]
         res[key] = section()
@@ -182,6 +186,7 @@ def main() -> None:
     res: dict = {
         "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()},
         "fixture": str(loaded.path),
+        "weights_fingerprint": weights,
     }
 
     # Covariance statistics, uncached: time and how MEMIT quality moves with the sample count.
