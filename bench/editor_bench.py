@@ -3,9 +3,9 @@
     .venv/bin/python -m bench.editor_bench [--quick]
 
 Writes bench/results/editor.json. Everything is measured in one run on one machine (`--only rome|joint`
-reruns one section alone on the same fixture weights and dates it); the batched value optimisation is compared against a per-edit loop
-(what the published reference implementation does) on a sample of the same edits, and the loop's time
-for the full batch is extrapolated from it.
+reruns one section alone on the same fixture weights and dates it); the batched value optimisation is
+compared against a per-edit loop (what the published reference implementation does) on a sample of the
+same edits, and the loop's time for the full batch is extrapolated from it.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import torch
 from .adapters import Adapter
 from .hooks import capture_input, capture_output
 from .prompts import Row, batch, encode
+from .values import written_paraphrases
 
 
 def _rows(tok, edits, prefixes: list[str]) -> list[Row]:
@@ -34,6 +35,19 @@ def keys_of_rows(adapter: Adapter, tok, layer: int, rows: list[Row], chunk: int 
             adapter.hidden_at(ids, mask)
         out.append(got[0].to(torch.float64))
     return torch.cat(out)
+
+
+def written_paraphrase_keys(adapter: Adapter, tok, layer: int, edits) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys [rows, key_dim] float64, edit [rows]): the subject's key in each paraphrase an edit is written
+    in (its prompt and repeats left out), with the index of the edit each row belongs to."""
+    rows, owner = [], []
+    for i, e in enumerate(edits):
+        for p in written_paraphrases(e.prompt, e.paraphrases):
+            rows.append(encode(tok, p, e.subject))
+            owner.append(i)
+    if not rows:
+        return torch.zeros(0, adapter.key_dim(layer), dtype=torch.float64), torch.zeros(0, dtype=torch.long)
+    return keys_of_rows(adapter, tok, layer, rows), torch.tensor(owner, dtype=torch.long)
 
 
 def subject_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], chunk: int = 2048) -> torch.Tensor:

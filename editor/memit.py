@@ -21,9 +21,9 @@ from typing import Callable
 import torch
 
 from .adapters import Adapter
-from .keys import keys_of_rows, subject_keys, subject_keys_each, subject_residuals
+from .keys import subject_keys, subject_keys_each, subject_residuals, written_paraphrase_keys
 from .prompts import TokenizationError, encode
-from .values import EditRows, ValueParams, build_rows, optimise_values, written_paraphrases
+from .values import EditRows, ValueParams, build_rows, optimise_values
 from .weights import add_low_rank
 
 
@@ -218,14 +218,10 @@ def direction_keys(adapter, tok, layer: int, edits, group: torch.Tensor, prefixe
     prefix and, with `paraphrases`, in each of its edits' paraphrases, with the subject group of each row."""
     keys = subject_keys_each(adapter, tok, layer, edits, prefixes)
     row_group = group.repeat_interleave(len(prefixes))
-    rows, owner = [], []
-    for i, e in enumerate(edits if paraphrases else []):
-        for p in written_paraphrases(e.prompt, e.paraphrases):
-            rows.append(encode(tok, p, e.subject))
-            owner.append(int(group[i]))
-    if rows:
-        keys = torch.cat([keys, keys_of_rows(adapter, tok, layer, rows)])
-        row_group = torch.cat([row_group, torch.tensor(owner, dtype=row_group.dtype)])
+    if paraphrases:
+        extra, owner = written_paraphrase_keys(adapter, tok, layer, edits)
+        keys = torch.cat([keys, extra])
+        row_group = torch.cat([row_group, group[owner].to(row_group.dtype)])
     return keys, row_group
 
 

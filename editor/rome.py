@@ -15,9 +15,8 @@ from typing import Callable
 import torch
 
 from .adapters import Adapter
-from .keys import keys_of_rows, subject_keys
-from .prompts import encode
-from .values import ValueParams, build_rows, optimise_values, written_paraphrases
+from .keys import subject_keys, written_paraphrase_keys
+from .values import ValueParams, build_rows, optimise_values
 from .weights import add_low_rank
 
 
@@ -68,17 +67,11 @@ def rank_one(delta: torch.Tensor, key: torch.Tensor, cov: torch.Tensor) -> tuple
 def paraphrase_averaged_keys(adapter, tok, layer: int, edits, keys: torch.Tensor, n_prefixes: int) -> torch.Tensor:
     """k* over the prompt's contexts (`keys`, averaged over `n_prefixes`) and the edit's written
     paraphrases together, each row counted once; an edit without paraphrases keeps its `keys` row."""
-    rows, owner = [], []
-    for i, e in enumerate(edits):
-        for p in written_paraphrases(e.prompt, e.paraphrases):
-            rows.append(encode(tok, p, e.subject))
-            owner.append(i)
-    if not rows:
+    extra, owner = written_paraphrase_keys(adapter, tok, layer, edits)
+    if not len(owner):
         return keys
-    extra = keys_of_rows(adapter, tok, layer, rows)
-    owner_t = torch.tensor(owner)
-    total = (keys * n_prefixes).index_add(0, owner_t, extra)
-    count = torch.full((len(edits),), float(n_prefixes), dtype=keys.dtype).index_add(0, owner_t, torch.ones(len(owner), dtype=keys.dtype))
+    total = (keys * n_prefixes).index_add(0, owner, extra)
+    count = torch.full((len(edits),), float(n_prefixes), dtype=keys.dtype).index_add(0, owner, torch.ones(len(owner), dtype=keys.dtype))
     return total / count[:, None]
 
 
