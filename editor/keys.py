@@ -50,6 +50,14 @@ def written_paraphrase_keys(adapter: Adapter, tok, layer: int, edits) -> tuple[t
     return keys_of_rows(adapter, tok, layer, rows), torch.tensor(owner, dtype=torch.long)
 
 
+def written_context_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str]) -> list[torch.Tensor]:
+    """Per edit [rows, key_dim] float64: the subject's key in every context the edit is written in: its
+    prompt behind each prefix, then each of its written paraphrases."""
+    each = subject_keys_each(adapter, tok, layer, edits, prefixes).view(len(edits), len(prefixes), -1)
+    extra, owner = written_paraphrase_keys(adapter, tok, layer, edits)
+    return [torch.cat([each[i], extra[owner == i]]) for i in range(len(edits))]
+
+
 def subject_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], chunk: int = 2048) -> torch.Tensor:
     """[n_edits, key_dim] float64: the key at `layer`, averaged over the prefixes."""
     keys = subject_keys_each(adapter, tok, layer, edits, prefixes, chunk)

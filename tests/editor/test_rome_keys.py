@@ -1,13 +1,14 @@
-"""ROME's k* read in the edit's written paraphrases as well as behind the context prefixes."""
+"""ROME's input direction: k* read in the edit's written paraphrases as well as behind the context
+prefixes, and the direction that reads every written context with gain close to 1."""
 
 from __future__ import annotations
 
 import torch
 
-from factpatch.editor.keys import keys_of_rows, subject_keys
+from factpatch.editor.keys import keys_of_rows, subject_keys, written_context_keys
 from factpatch.editor.pipeline import EditOptions, corpus_for
 from factpatch.editor.prompts import context_prefixes, encode
-from factpatch.editor.rome import input_direction, paraphrase_averaged_keys
+from factpatch.editor.rome import RomeParams, edit_directions, equal_gain_direction, input_direction, paraphrase_averaged_keys
 from factpatch.editor.stats import second_moments
 
 from .conftest import fixture_edits
@@ -48,3 +49,47 @@ def test_paraphrase_keys_average_every_context_and_read_held_out_phrasings(loade
         miss[name] = (gain - 1).abs()
     assert miss["paraphrases"].mean() < miss["prompt"].mean(), {k: float(v.mean()) for k, v in miss.items()}
     assert miss["paraphrases"].max() < miss["prompt"].max(), {k: float(v.max()) for k, v in miss.items()}
+
+
+def test_equal_gain_direction_spans_exact_gains_to_the_averaged_key():
+    torch.manual_seed(0)
+    a = torch.randn(16, 16, dtype=torch.float64)
+    cov = a @ a.T + 0.1 * torch.eye(16, dtype=torch.float64)
+    keys = torch.randn(5, 16, dtype=torch.float64) + 2.0
+    exact = equal_gain_direction(keys, cov, 1e-9)
+    assert torch.allclose(keys @ exact, torch.ones(5, dtype=torch.float64), atol=1e-6)
+    loose = equal_gain_direction(keys, cov, 1e6)
+    rome = input_direction(keys.mean(0), cov)
+    assert torch.allclose(loose, rome, rtol=1e-4, atol=1e-9)
+    assert abs(float((keys @ loose).mean()) - 1.0) < 1e-9
+    # in between, gains spread less than ROME's, for more of the update's energy dᵀCd
+    mid = equal_gain_direction(keys, cov, 0.1)
+    assert (keys @ mid).std() < (keys @ rome).std()
+    assert mid @ cov @ mid >= rome @ cov @ rome
+
+
+def test_edit_directions_read_written_and_held_out_contexts_evenly(loaded, world):
+    """On the fixture at layer 0, C⁻¹k* reads some contexts of a one-token subject with half the gain of
+    others; the equal-gain direction reads the written contexts, and held-out phrasings too, nearer 1."""
+    adapter, tok = loaded.adapter, loaded.tok
+    edits = [e.model_copy(update={"paraphrases": world.trained_paraphrases(e.subject, e.relation)})
+             for e in fixture_edits(world, 30, seed=31)]
+    opts = EditOptions(method="rome")
+    prefixes = context_prefixes(loaded.model, tok, opts.rome.n_prefixes, seed=opts.seed)
+    cov = second_moments(adapter, tok, [0], corpus_for(loaded, None), opts.n_samples)[0]
+    rows = written_context_keys(adapter, tok, 0, edits, prefixes)
+    held, owner = [], []
+    for i, e in enumerate(edits):
+        for t in world.heldout_paraphrases(e.subject, e.relation):
+            held.append(encode(tok, t, e.subject))
+            owner.append(i)
+    held_keys, owner = keys_of_rows(adapter, tok, 0, held), torch.tensor(owner)
+    written_miss, held_miss = {}, {}
+    for name, ridge in (("average", None), ("equal", opts.rome.equal_gain_ridge)):
+        dirs = edit_directions(adapter, tok, 0, edits, cov, prefixes, RomeParams(equal_gain_ridge=ridge))
+        written_miss[name] = torch.cat([(r @ d - 1).abs() for r, d in zip(rows, dirs)])
+        held_miss[name] = ((held_keys * torch.stack(dirs)[owner]).sum(-1) - 1).abs()
+    report = {k: (float(written_miss[k].max()), float(held_miss[k].mean()), float(held_miss[k].max())) for k in written_miss}
+    assert written_miss["equal"].max() < 0.5 * written_miss["average"].max(), report
+    assert held_miss["equal"].mean() < held_miss["average"].mean(), report
+    assert held_miss["equal"].max() < held_miss["average"].max(), report
