@@ -54,7 +54,8 @@ class RomeParams:
     # to the mean gain's scale, trades equal gains for the update's reach into other keys (dᵀCd: ×1.2–1.35
     # at 0.1 for the edits whose gains were spread, ×1.0 for the rest). Fixture (weights eb102e9b), 50
     # single edits evaluated on held-out phrasings: 0.96 / 0.94 / 0.986 against 0.94 / 0.93 / 0.989 (test's
-    # sample), 1.00 / 0.98 / 0.988 against 1.00 / 0.97 / 0.990 (another sample). None: C⁻¹k*.
+    # sample), 0.98 / 0.95 / 0.993 against 0.98 / 0.95 / 0.991 (benchmark's), 1.00 / 0.98 / 0.988 against
+    # 1.00 / 0.97 / 0.990 (a third). None: C⁻¹k*.
     equal_gain_ridge: float | None = 0.1
 
     def __post_init__(self) -> None:
