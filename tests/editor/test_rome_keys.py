@@ -14,16 +14,32 @@ from factpatch.editor.stats import second_moments
 from .conftest import fixture_edits
 
 
+def _setting(loaded, world):
+    """30 fixture edits written in their trained paraphrases, ROME's prefixes and layer 0's covariance."""
+    edits = [e.model_copy(update={"paraphrases": world.trained_paraphrases(e.subject, e.relation)})
+             for e in fixture_edits(world, 30, seed=31)]
+    opts = EditOptions(method="rome")
+    prefixes = context_prefixes(loaded.model, loaded.tok, opts.rome.n_prefixes, seed=opts.seed)
+    cov = second_moments(loaded.adapter, loaded.tok, [0], corpus_for(loaded, None), opts.n_samples)[0]
+    return edits, prefixes, cov
+
+
+def _held_out_keys(loaded, world, edits):
+    """(keys, edit index) of the subject in each of its relation's held-out phrasings."""
+    held, owner = [], []
+    for i, e in enumerate(edits):
+        for t in world.heldout_paraphrases(e.subject, e.relation):
+            held.append(encode(loaded.tok, t, e.subject))
+            owner.append(i)
+    return keys_of_rows(loaded.adapter, loaded.tok, 0, held), torch.tensor(owner)
+
+
 def test_paraphrase_keys_average_every_context_and_read_held_out_phrasings(loaded, world):
     """The key at layer 0 depends on the words before the subject: a direction fitted to the prompt's
     contexts alone reads phrasings the edit never saw with a gain away from 1 (the rank-one update then
     writes too little or too much there); averaged over the written paraphrases too, it reads them closer."""
     adapter, tok = loaded.adapter, loaded.tok
-    edits = [e.model_copy(update={"paraphrases": world.trained_paraphrases(e.subject, e.relation)})
-             for e in fixture_edits(world, 30, seed=31)]
-    opts = EditOptions(method="rome")
-    prefixes = context_prefixes(loaded.model, tok, opts.rome.n_prefixes, seed=opts.seed)
-    cov = second_moments(adapter, tok, [0], corpus_for(loaded, None), opts.n_samples)[0]
+    edits, prefixes, cov = _setting(loaded, world)
     plain = subject_keys(adapter, tok, 0, edits, prefixes)
     averaged = paraphrase_averaged_keys(adapter, tok, 0, edits, plain, len(prefixes))
 
@@ -36,12 +52,7 @@ def test_paraphrase_keys_average_every_context_and_read_held_out_phrasings(loade
     bare = paraphrase_averaged_keys(adapter, tok, 0, [first.model_copy(update={"paraphrases": []})], plain[:1], len(prefixes))
     assert torch.equal(bare, plain[:1])
 
-    held, owner = [], []
-    for i, e in enumerate(edits):
-        for t in world.heldout_paraphrases(e.subject, e.relation):
-            held.append(encode(tok, t, e.subject))
-            owner.append(i)
-    held_keys, owner = keys_of_rows(adapter, tok, 0, held), torch.tensor(owner)
+    held_keys, owner = _held_out_keys(loaded, world, edits)
     miss = {}
     for name, keys in (("prompt", plain), ("paraphrases", averaged)):
         directions = torch.stack([input_direction(k, cov) for k in keys])
@@ -72,20 +83,11 @@ def test_edit_directions_read_written_and_held_out_contexts_evenly(loaded, world
     """On the fixture at layer 0, C⁻¹k* reads some contexts of a one-token subject with half the gain of
     others; the equal-gain direction reads the written contexts, and held-out phrasings too, nearer 1."""
     adapter, tok = loaded.adapter, loaded.tok
-    edits = [e.model_copy(update={"paraphrases": world.trained_paraphrases(e.subject, e.relation)})
-             for e in fixture_edits(world, 30, seed=31)]
-    opts = EditOptions(method="rome")
-    prefixes = context_prefixes(loaded.model, tok, opts.rome.n_prefixes, seed=opts.seed)
-    cov = second_moments(adapter, tok, [0], corpus_for(loaded, None), opts.n_samples)[0]
+    edits, prefixes, cov = _setting(loaded, world)
     rows = written_context_keys(adapter, tok, 0, edits, prefixes)
-    held, owner = [], []
-    for i, e in enumerate(edits):
-        for t in world.heldout_paraphrases(e.subject, e.relation):
-            held.append(encode(tok, t, e.subject))
-            owner.append(i)
-    held_keys, owner = keys_of_rows(adapter, tok, 0, held), torch.tensor(owner)
+    held_keys, owner = _held_out_keys(loaded, world, edits)
     written_miss, held_miss = {}, {}
-    for name, ridge in (("average", None), ("equal", opts.rome.equal_gain_ridge)):
+    for name, ridge in (("average", None), ("equal", RomeParams().equal_gain_ridge)):
         dirs = edit_directions(adapter, tok, 0, edits, cov, prefixes, RomeParams(equal_gain_ridge=ridge))
         written_miss[name] = torch.cat([(r @ d - 1).abs() for r, d in zip(rows, dirs)])
         held_miss[name] = ((held_keys * torch.stack(dirs)[owner]).sum(-1) - 1).abs()
