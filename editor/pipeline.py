@@ -218,8 +218,7 @@ def run_single_edits(loaded: Loaded, edits, opts: EditOptions,
         raise EditInputError(f"--method {opts.method!r}: single edits from the base are a ROME run")
 
     def compute(adapter, tok, layers, covs, prefixes):
-        cb = (lambda s, t: on_progress("values", s, t)) if on_progress else None
-        factors, info = independent_edits(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome, on_progress=cb)
+        factors, info = independent_edits(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome, on_progress=on_progress)
         return [({layers[0]: f}, {"per_edit": [rec]}) for f, rec in zip(factors, info)]
 
     return _run(loaded, edits, opts, compute, lambda i: [i])

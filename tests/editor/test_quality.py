@@ -25,8 +25,8 @@ def test_rome_single_edits_from_the_base(loaded, world):
     # The evaluation gets the edits without their paraphrases, so nothing written is measured.
     m = evaluate_each(loaded, patches, [e.model_copy(update={"paraphrases": []}) for e in edits], [])["metrics"]
     # Floors below what the editor reaches on both fixture builds measured (training is deterministic
-    # on one CPU, not across CPUs; targets 0.99 / 0.90 / 0.98): weights eb102e9b 0.96 / 0.94 / 0.986
-    # (Pune → Sterios (maker) and Hugo Krofai → guitar take with no setting tried), weights cf097a51
+    # on one CPU, not across CPUs; targets 0.99 / 0.90 / 0.98): weights eb102e9b 0.98 / 0.96 / 0.986
+    # (Pune → Sterios (maker) takes at no layer with no setting tried), weights cf097a51
     # 0.98 / 0.97 / 0.977 before paraphrase keys and equal-gain directions (bench/results/editor_tuning.md).
     assert m["efficacy"] >= 0.92, m
     assert m["generalization"] >= 0.88, m

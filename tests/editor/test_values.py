@@ -1,9 +1,12 @@
 """The value optimisation's stopping rule: an edit stops once it says its target, and, when asked,
-only once its KL rows have settled too."""
+only once its KL rows have settled too; ROME's second pass for the edits that did not take."""
 
 from __future__ import annotations
 
 import dataclasses
+
+import pytest
+import torch
 
 from factpatch.editor.prompts import context_prefixes
 from factpatch.editor.rome import RomeParams, input_direction
@@ -89,3 +92,39 @@ def test_prompt_weight_sets_the_prompts_share_of_the_nll(loaded):
     assert _phrasings([bare, bare, rows]) == [-1, -1, -2, -2, -3, -3, -3, 1, 2]
     with pytest.raises(ValueError, match="prompt_weight"):
         ValueParams(prompt_weight=0)
+
+
+def test_rome_optimises_an_edit_not_taken_again_with_smaller_steps(loaded, world):
+    """An edit whose NLL stays above `retry_above_nll` gets a second pass from zero (retry_lr, retry_steps)
+    and keeps the better of the two; the other edits are left exactly as the first pass made them."""
+    from factpatch.editor.rome import independent_edits
+
+    adapter, tok = loaded.adapter, loaded.tok
+    edits = fixture_edits(world, 4, seed=5)
+    prefixes = context_prefixes(adapter.model, tok, 4)
+    cov = second_moments(adapter, tok, [0], fixture_corpus(world), n_samples=256)[0]
+    short = dataclasses.replace(RomeParams().value, steps=3)  # too few steps for any edit to take
+    first, first_info = independent_edits(adapter, tok, edits, 0, cov, prefixes, RomeParams(value=short, retry_lr=None))
+    nll = [r["nll"] for r in first_info]
+    cut = sorted(nll)[1]  # edits above it (the worst two) are retried
+    hp = RomeParams(value=short, retry_lr=0.2, retry_steps=60, retry_above_nll=cut)
+    stages = set()
+    again, info = independent_edits(adapter, tok, edits, 0, cov, prefixes, hp, on_progress=lambda s, d, t: stages.add(s))
+
+    assert stages == {"values", "values-retry"}
+    assert not any(r["second_pass"] for r in first_info)
+    for (u0, v0), (u1, v1), before, r in zip(first, again, nll, info):
+        assert r["nll"] <= before
+        if before <= cut:  # not retried: bit for bit the first pass
+            assert not r["second_pass"] and torch.equal(u0, u1) and torch.equal(v0, v1)
+        else:  # 60 steps at 0.2 get further than 3 at 1.0
+            assert r["second_pass"] and r["nll"] < before and r["steps"] > short.steps
+            assert torch.equal(v0, v1) and not torch.equal(u0, u1)  # same direction, new δ
+    assert sum(r["second_pass"] for r in info) == 2
+
+
+def test_rome_retry_settings_are_checked():
+    for bad in ({"retry_lr": 0.0}, {"retry_steps": 0}, {"retry_above_nll": -1.0}):
+        with pytest.raises(ValueError, match="retry_lr, retry_steps and retry_above_nll"):
+            RomeParams(**bad)
+    RomeParams(retry_lr=None, retry_steps=0)  # no second pass: its settings are not used
