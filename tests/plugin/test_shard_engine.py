@@ -378,9 +378,14 @@ def test_requests_still_running_at_the_drain_timeout_are_aborted_never_mixed(cle
     assert r.status_code == 200, r.text
     last = r.json()["last_swap"]
     assert last["drain_timeout_s"] == 0 and last["drain_timed_out"] is True, last
+    seen = f"{last}; (finish reason, tokens): {sorted((str(r[2]), len(r[0])) for r in runs.values())}"
     aborted = [i for i, (_, _, reason) in runs.items() if reason == "abort"]
-    assert aborted and last["aborted_requests"] >= len(aborted), (
-        f"{last}; (finish reason, tokens): {sorted((r[2], len(r[0])) for r in runs.values())}")
+    # vLLM streams nothing for a request cut off before its first token: no token, no finish reason.
+    # Whether any stream is cut off mid-way or only before its first token is a matter of timing.
+    cut_early = [i for i, (ids, _, reason) in runs.items() if reason is None]
+    assert all(not runs[i][0] for i in cut_early), seen
+    assert all(reason in ("abort", "length", None) for _, _, reason in runs.values()), seen
+    assert aborted + cut_early and last["aborted_requests"] >= len(aborted) + len(cut_early), seen
     assert all(len(runs[i][0]) < kw["max_tokens"] for i in aborted)
     tags = _tag(reference, patch, prompt, {i: runs[i] for i in runs if runs[i][0]})
     assert "MIXED" not in tags.values(), tags
