@@ -154,10 +154,18 @@ def edit_cmd(
     t.add_column("subject")
     t.add_column("relation")
     t.add_column("old → new")
-    for e in result.patch.manifest["edits"][-len(edits):][:20]:
-        t.add_row(e["subject"], e["relation"], f"{e.get('target_old') or '?'} → {e['target_new']}")
+    # ROME reports each edit's optimisation: a target NLL well above 0 is an edit that did not take.
+    per_edit = result.info.get("per_edit") or []
+    if per_edit:
+        t.add_column("target NLL", justify="right")
+    for i, e in enumerate(result.patch.manifest["edits"][-len(edits):][:20]):
+        row = [e["subject"], e["relation"], f"{e.get('target_old') or '?'} → {e['target_new']}"]
+        if per_edit:
+            rec = per_edit[i]
+            row.append(f"{rec['nll']:.2f}" + (" (2nd pass)" if rec.get("second_pass") else ""))
+        t.add_row(*row)
     if len(edits) > 20:
-        t.add_row(f"… {len(edits) - 20} more", "", "")
+        t.add_row(f"… {len(edits) - 20} more", "", "", *([""] if per_edit else []))
     out.print(t)
     if evaluate:
         out.print(_metrics_table(report, "evaluation"))

@@ -31,6 +31,10 @@ def test_edit_show_eval(tmp_path, fixture_dir, world):
     patch, digest = read(out)
     assert patch.manifest["method"] == "rome" and len(patch.manifest["edits"]) == 3 and patch.manifest["layers"] == [1]
     assert (tmp_path / "cache" / "stats").exists()
+    # the summary shows each ROME edit's final target NLL, as the JSON report records it
+    details = json.loads((tmp_path / "edit.json").read_text())["details"]["per_edit"]
+    assert len(details) == 3 and "target NLL" in res.output
+    assert all(f"{d['nll']:.2f}" in res.output for d in details)
 
     res = runner.invoke(app, ["patch", "show", str(out)], env=env)
     assert res.exit_code == 0, res.output

@@ -52,10 +52,10 @@ def test_memit_batch_of_100_and_exact_reproduction(loaded, world, fixture_dir, t
     m = evaluate_patch(loaded, result.patch, edits, heldout_texts(loaded, None))["metrics"]
     # Floors below today's numbers; the targets (0.98 / 0.85 / 0.95) are not all met: the batch moves
     # the edited subjects' other facts (bench/results/editor_tuning.md).
-    assert m["efficacy"] >= 0.85, m  # measured 0.91
-    assert m["generalization"] >= 0.76, m  # 0.82
-    assert m["neighbours_unchanged"] >= 0.80, m  # 0.847
-    assert m["ppl_drift"] < 0.01, m  # 0.013 %
+    assert m["efficacy"] >= 0.85, m  # measured 0.91 (weights cf097a51), 0.92 (eb102e9b)
+    assert m["generalization"] >= 0.76, m  # 0.82, 0.805
+    assert m["neighbours_unchanged"] >= 0.80, m  # 0.847, 0.87
+    assert m["ppl_drift"] < 0.01, m  # 0.013 %, -0.02 %
 
     # The patch file applied to a fresh copy of the base is bit for bit the model evaluated above.
     path = tmp_path / "batch.fpatch"
