@@ -82,6 +82,21 @@ def _metrics_table(report: dict[str, Any], title: str) -> Table:
     return t
 
 
+def _print_not_taken(report: dict[str, Any], most: int = 10) -> None:
+    """The edits that did not take, with what the model answers instead (the first `most`)."""
+    missed = report["metrics"].get("edits_not_taken") or []
+    if not missed:
+        return
+    t = Table(title=f"{len(missed)} edit(s) not taken")
+    for col in ("subject", "relation", "new target", "model says"):
+        t.add_column(col)
+    for x in missed[:most]:
+        t.add_row(x["subject"], x["relation"], x["target_new"], x["answer"])
+    if len(missed) > most:
+        t.add_row(f"… {len(missed) - most} more (--json has them all)", "", "", "")
+    out.print(t)
+
+
 def _run_progress():
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -169,6 +184,7 @@ def edit_cmd(
     out.print(t)
     if evaluate:
         out.print(_metrics_table(report, "evaluation"))
+        _print_not_taken(report)
     out.print(f"covariance {result.seconds['stats']:.1f} s · edit {result.seconds['edit']:.1f} s · wrote {out_path} ({digest})")
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, default=str))
@@ -208,6 +224,7 @@ def eval_cmd(
         report = evaluate_patch(loaded, p, edits, texts, _gates(min_efficacy, min_generalization, max_specificity_drop, max_ppl_drift))
     report["patch"] = digest
     out.print(_metrics_table(report, f"{patch.name} · {digest[:19]}…"))
+    _print_not_taken(report)
     out.print("[green]all gates passed[/green]" if report["passed"] else "[red]a gate failed[/red]")
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))
@@ -257,6 +274,7 @@ def show_cmd(
     ev = m.get("eval")
     if ev and "metrics" in ev:
         out.print(_metrics_table(ev, "evaluation recorded in the manifest"))
+        _print_not_taken(ev)
 
 
 def register(app: typer.Typer) -> None:

@@ -160,9 +160,19 @@ def measure(
     new_lp = s.logprob[eff]
     eff_greedy = s.greedy[eff]
     eff_prob = new_lp > old_lp_after
+    missed = [k for k in range(len(eff_edits)) if not (eff_greedy[k] and eff_prob[k])]
+    said = greedy_answers(adapter, tok, [(edits[eff_edits[k]].prompt, edits[eff_edits[k]].subject) for k in missed])
     out: dict[str, Any] = {
         "edits": len(eff_edits),
         "efficacy": _frac(eff_greedy & eff_prob),
+        # Which edits do not take and what the model says instead: the number alone does not say what to fix.
+        "edits_not_taken": [
+            {"edit": eff_edits[k], "subject": edits[eff_edits[k]].subject, "relation": edits[eff_edits[k]].relation,
+             "target_new": edits[eff_edits[k]].target_new, "answer": answer,
+             "logprob_new": float(new_lp[k]),
+             "logprob_old": float(old_lp_after[k]) if base.probes.old_targets[eff_edits[k]] else None}
+            for k, answer in zip(missed, said)
+        ],
         "efficacy_greedy": _frac(eff_greedy),
         "efficacy_prob": _frac(eff_prob),
         "generalization": _frac(s.greedy[sel["paraphrase"]]),

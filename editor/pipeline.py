@@ -361,5 +361,6 @@ def evaluate_each(loaded: Loaded, patches: list[Patch], edits, heldout: list[str
         vals = [m[key] for m in per_edit if m.get(key) is not None]
         metrics[key] = sum(vals) / len(vals) if vals else None
     metrics["ppl_drift_max"] = max((m["ppl_drift"] for m in per_edit if m.get("ppl_drift") is not None), default=None)
+    metrics["edits_not_taken"] = [x for m in per_edit for x in m["edits_not_taken"]]
     passed, gate_rows = apply_gates(metrics, gates or Gates())
     return {"metrics": metrics, "gates": gate_rows, "passed": passed, "per_edit": per_edit}

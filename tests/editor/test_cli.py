@@ -48,6 +48,17 @@ def test_edit_show_eval(tmp_path, fixture_dir, world):
     assert report["passed"] and report["patch"] == digest
     assert {"efficacy", "generalization", "neighbours_unchanged", "ppl_drift", "kl_unrelated"} <= set(report["metrics"])
 
+    # Asked of an edit it does not hold, eval names it and what the model answers instead.
+    extra = fixture_edits(world, 4, seed=21)
+    assert extra[:3] == edits
+    spec4 = tmp_path / "spec4.yaml"
+    spec4.write_text(yaml.safe_dump({"edits": [e.model_dump(exclude_defaults=True) for e in extra]}))
+    res = runner.invoke(app, ["eval", "--model", str(fixture_dir), "--patch", str(out), "--spec", str(spec4), "--json",
+                              str(tmp_path / "eval4.json"), "--min-efficacy", "0"], env=env)
+    missed = json.loads((tmp_path / "eval4.json").read_text())["metrics"]["edits_not_taken"]
+    assert extra[3].subject in [x["subject"] for x in missed] and "not taken" in res.output, res.output
+    assert extra[3].subject in res.output and next(x for x in missed if x["edit"] == 3)["answer"] == extra[3].target_old
+
     # A gate the patch cannot meet fails the command.
     res = runner.invoke(app, ["eval", "--model", str(fixture_dir), "--patch", str(out), "--min-efficacy", "1.01"], env=env)
     assert res.exit_code == 1, res.output

@@ -57,3 +57,20 @@ def test_with_a_world_the_neighbours_are_unseen_facts_not_the_keep_prompts(loade
     kept = {k for e in edits for k in e.keep}
     own = [p for p in probes.of("neighbour") if p.subject == edits[p.edit].subject]
     assert own and not any(p.template in kept for p in own)  # held prompts are not what is measured
+
+
+def test_the_edits_that_do_not_take_are_named_with_what_the_model_says(loaded, world):
+    """On the unedited model no edit has taken: each is listed, and the model still says the old value."""
+    adapter, tok = loaded.adapter, loaded.tok
+    edits = fixture_edits(world, 3, seed=21)
+    base = measure_baseline(adapter, tok, build_probes(adapter, tok, edits, world), edits, heldout=None)
+    m = measure(adapter, tok, base, edits, locality=False)
+    assert m["efficacy"] == 0.0
+    missed = m["edits_not_taken"]
+    assert [x["edit"] for x in missed] == [0, 1, 2]
+    for x, e in zip(missed, edits):
+        assert (x["subject"], x["relation"], x["target_new"]) == (e.subject, e.relation, e.target_new)
+        assert x["answer"] == e.target_old  # the fixture's base knows its facts
+        assert x["logprob_old"] > x["logprob_new"]
+    # Only the edits that did not take: measured on edit 1 alone, one entry, still numbered 1.
+    assert [x["edit"] for x in measure(adapter, tok, base, edits, only={1}, locality=False)["edits_not_taken"]] == [1]
