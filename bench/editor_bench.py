@@ -15,6 +15,7 @@ import json
 import platform
 import random
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,14 @@ from factpatch.fixture.build import REPORT_FILE, ensure_fixture
 from factpatch.spec import Edit
 
 RESULTS = Path(__file__).parent / "results" / "editor.json"
+
+
+_T0 = time.perf_counter()
+
+
+def step(what: str) -> None:
+    """One line per stage on stderr: the whole run takes over an hour on 2 cores."""
+    print(f"[{(time.perf_counter() - _T0) / 60:5.1f} min] {what}", file=sys.stderr, flush=True)
 
 
 def peak_rss_mib() -> float:
@@ -108,12 +117,14 @@ def rome_section(loaded, heldout, n_rome: int, r_layer: list[int]) -> dict:
     plain = random_edits(world, n_rome, seed=2)
     rome_edits = with_keep_and_paraphrases(world, plain)
     patches, secs = [], []
+    step(f"ROME: {len(rome_edits)} single edits, one at a time")
     for e in rome_edits:
         t = time.perf_counter()
         r = run_edit(loaded, [e], EditOptions(method="rome"))
         secs.append(time.perf_counter() - t)
         patches.append(r.patch)
     ev = evaluate_each(loaded, patches, plain, heldout)
+    step(f"ROME: the same {len(rome_edits)} edits in one batch")
     t = time.perf_counter()
     batched = run_single_edits(loaded, rome_edits, EditOptions(method="rome"))
     batched_s = time.perf_counter() - t
@@ -144,6 +155,7 @@ def joint_section(loaded, heldout, n_joint: int, r_layer: list[int]) -> dict:
            "spec": "keep prompts (second trained and held-out phrasings) and trained paraphrases; evaluated on held-out paraphrases"}
     for name, opts in (("plain", EditOptions(method="memit")),
                        ("joint", EditOptions(method="memit", layers=[r_layer[0]], memit=MemitParams.joint()))):
+        step(f"MEMIT {name}: one batch of {n_joint}")
         t = time.perf_counter()
         r = run_edit(loaded, spec, opts)
         dt = time.perf_counter() - t
@@ -193,13 +205,15 @@ def main() -> None:
     corpus = fixture_corpus(world)
     m_layers = layer_choice.default_layers(loaded.adapter.n_layers, "memit")
     all_layers = sorted(set(m_layers) | set(r_layer))
+    step(f"covariance statistics, layers {all_layers}, uncached")
     t = time.perf_counter()
-    second_moments(loaded.adapter, loaded.tok, all_layers, corpus, None, use_cache=False)  # the pass itself, not a cache hit
+    second_moments(loaded.adapter, loaded.tok, all_layers, corpus, None, use_cache=False, progress=True)  # the pass itself, not a cache hit
     res["covariance"] = {"layers": all_layers, "texts": len(corpus.texts), "seconds": round(time.perf_counter() - t, 2)}
 
     edits100 = random_edits(world, 100, seed=1)
     sweep = {}
     for n in ([250, 4000] if args.quick else [100, 250, 1000, 4000]):
+        step(f"MEMIT 100 with covariance from {n} texts")
         r = run_edit(loaded, edits100, EditOptions(method="memit", n_samples=n))
         ev = evaluate_patch(loaded, r.patch, edits100, heldout)
         sweep[n] = round_metrics(ev["metrics"])
@@ -214,6 +228,7 @@ def main() -> None:
     for n in ([10, 100] if args.quick else [10, 100, 1000]):
         edits = evaluated = random_edits(world, n, seed=3)
         entry = {"edits": n}
+        step(f"MEMIT: one batch of {n}")
         if n > len(world.facts) // 2:
             # More than the fixture's facts allow to rewrite while keeping some as neighbours: 60 % rewrites
             # of existing facts, 40 % new facts (insertions); the unedited facts are the neighbours.
@@ -242,6 +257,7 @@ def main() -> None:
     res["peak_rss_mib_after_memit_joint"] = round(peak_rss_mib(), 1)
 
     # Batched value optimisation against a per-edit loop on a sample of the same edits.
+    step("value optimisation: batched against a per-edit loop")
     edits = last_batch
     hp = EditOptions().memit
     prefixes = context_prefixes(loaded.model, loaded.tok, hp.n_prefixes)
