@@ -167,11 +167,10 @@ def measure(
         "efficacy": _frac(eff_greedy & eff_prob),
         # Which edits do not take and what the model says instead: the number alone does not say what to fix.
         "edits_not_taken": [
-            {"edit": eff_edits[k], "subject": edits[eff_edits[k]].subject, "relation": edits[eff_edits[k]].relation,
-             "target_new": edits[eff_edits[k]].target_new, "answer": answer,
-             "logprob_new": float(new_lp[k]),
-             "logprob_old": float(old_lp_after[k]) if base.probes.old_targets[eff_edits[k]] else None}
-            for k, answer in zip(missed, said)
+            {"edit": i, "subject": edits[i].subject, "relation": edits[i].relation, "target_new": edits[i].target_new,
+             "answer": answer, "logprob_new": float(new_lp[k]),
+             "logprob_old": float(old_lp_after[k]) if base.probes.old_targets[i] else None}
+            for k, i, answer in zip(missed, [eff_edits[k] for k in missed], said)
         ],
         "efficacy_greedy": _frac(eff_greedy),
         "efficacy_prob": _frac(eff_prob),

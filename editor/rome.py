@@ -180,20 +180,25 @@ def independent_edits(
     rows = [build_rows(tok, e.prompt, e.subject, e.target_new, prefixes, keep=e.keep, paraphrases=e.paraphrases) for e in edits]
     # The update's input direction is fixed by the keys and C alone, so δ can be optimised through it.
     directions = torch.stack(edit_directions(adapter, tok, layer, edits, cov, prefixes, hp))
-    res = optimise_values(adapter, tok, layer, rows, hp.value, directions=directions.to(torch.float32),
-                          progress=(lambda s, t, a: on_progress("values", s, t)) if on_progress else None)
-    deltas, nll, kl, steps = res.deltas, res.final_nll, res.final_kl, res.steps_taken
-    retried = torch.zeros(len(edits), dtype=torch.bool)  # the δ kept is the second pass's
-    stuck = [i for i in range(len(edits)) if float(nll[i]) > hp.retry_above_nll] if hp.retry_lr is not None else []
+
+    def run(value: ValueParams, which: list[int], stage: str):
+        return optimise_values(adapter, tok, layer, [rows[i] for i in which], value,
+                               directions=directions[which].to(torch.float32),
+                               progress=(lambda s, t, a: on_progress(stage, s, t)) if on_progress else None)
+
+    everyone = list(range(len(edits)))
+    res = run(hp.value, everyone, "values")
+    deltas, nll, kl, steps = res.deltas.clone(), res.final_nll.clone(), res.final_kl.clone(), res.steps_taken.clone()
+    second_pass = torch.zeros(len(edits), dtype=torch.bool)  # the δ kept is the second pass's
+    stuck = [i for i in everyone if float(nll[i]) > hp.retry_above_nll] if hp.retry_lr is not None else []
     if stuck:
-        again = optimise_values(adapter, tok, layer, [rows[i] for i in stuck], hp.retry_value,
-                                directions=directions[stuck].to(torch.float32),
-                                progress=(lambda s, t, a: on_progress("values-retry", s, t)) if on_progress else None)
-        deltas, nll, kl, steps = deltas.clone(), nll.clone(), kl.clone(), steps.clone()
-        for j, i in enumerate(stuck):
-            if again.final_nll[j] < nll[i]:
-                deltas[i], nll[i], kl[i], steps[i], retried[i] = again.deltas[j], again.final_nll[j], again.final_kl[j], again.steps_taken[j], True
-    factors = [rank_one_factors(deltas[i], directions[i]) for i in range(len(edits))]
+        again = run(hp.retry_value, stuck, "values-retry")
+        better = again.final_nll < nll[stuck]
+        kept = torch.tensor(stuck)[better]
+        deltas[kept], nll[kept], kl[kept], steps[kept] = (again.deltas[better], again.final_nll[better],
+                                                          again.final_kl[better], again.steps_taken[better])
+        second_pass[kept] = True
+    factors = [rank_one_factors(deltas[i], directions[i]) for i in everyone]
     info = [{"nll": float(nll[i]), "kl": float(kl[i]), "steps": int(steps[i]), "delta_norm": float(deltas[i].norm()),
-             "second_pass": bool(retried[i])} for i in range(len(edits))]
+             "second_pass": bool(second_pass[i])} for i in everyone]
     return factors, info
