@@ -146,7 +146,7 @@ def edit_cmd(
 
         def on_progress(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task({"values": "optimising values", "values-retry": "again, smaller steps", "layers": "writing layers", "edits": "ROME edits"}.get(stage, stage), total=total)
+                tasks[stage] = bar.add_task({"values": "optimising values", "values-retry": "second pass, edits not taken", "layers": "writing layers", "edits": "ROME edits"}.get(stage, stage), total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
         try:

@@ -76,6 +76,9 @@ class ValueResult:
     final_kl: torch.Tensor  # [n] mean KL per position of the edit's KL rows at its last step
     steps_taken: torch.Tensor  # [n]
     log: list[dict] = field(default_factory=list)
+    # [n] the NLL (mean over target tokens) of the edit's prompt in its worst-served context, at its last
+    # step: an edit can be fine on average and still miss its bare prompt
+    final_prompt_nll_max: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
 
 def written_paraphrases(prompt: str, paraphrases) -> list[str]:
@@ -130,7 +133,8 @@ class _RowTable:
     """A batch's rows, flattened once and sorted shortest first (a chunk then pads its rows to about their
     own length), with what each row is: the edit it belongs to (owner), which of the edit's KL rows
     (slot; -1 for a rewrite row), its length, where its KL is read from (a rewrite row: its end, so
-    nowhere) and a rewrite row's NLL divisor (rewrite_divisors; 0 for a KL row)."""
+    nowhere), a rewrite row's NLL divisor (rewrite_divisors; 0 for a KL row) and whether it asks an
+    edit prompt (not a paraphrase, not a KL row)."""
 
     rows: list[Row]
     owner: torch.Tensor
@@ -138,19 +142,21 @@ class _RowTable:
     length: torch.Tensor
     kl_from: torch.Tensor
     divisor: torch.Tensor
+    is_prompt: torch.Tensor
 
     @classmethod
     def build(cls, rows_per_edit: list[EditRows], prompt_weight: float | None, anchor_at: str) -> "_RowTable":
-        entries = []  # (row, owner, slot, kl_from, divisor): rewrite rows first, then KL rows
+        entries = []  # (row, owner, slot, kl_from, divisor, is_prompt): rewrite rows first, then KL rows
         for e, er in enumerate(rows_per_edit):
-            entries += [(r, e, -1, len(r.ids), w) for r, w in zip(er.rewrite, rewrite_divisors(er, prompt_weight))]
+            prompt = [g < 0 for g in er.phrasing] if er.phrasing else [True] * len(er.rewrite)
+            entries += [(r, e, -1, len(r.ids), w, p) for r, w, p in zip(er.rewrite, rewrite_divisors(er, prompt_weight), prompt)]
         for e, er in enumerate(rows_per_edit):
-            entries += [(r, e, j, kl_from(r, j, anchor_at), 0.0) for j, r in enumerate(er.kl_rows)]
+            entries += [(r, e, j, kl_from(r, j, anchor_at), 0.0, False) for j, r in enumerate(er.kl_rows)]
         entries.sort(key=lambda x: len(x[0].ids))  # stable: rows of one length keep that order
-        rows, owner, slot, start, divisor = zip(*entries) if entries else ((), (), (), (), ())
+        rows, owner, slot, start, divisor, is_prompt = zip(*entries) if entries else ((), (), (), (), (), ())
         return cls(list(rows), torch.tensor(owner, dtype=torch.long), torch.tensor(slot, dtype=torch.long),
                    torch.tensor([len(r.ids) for r in rows], dtype=torch.long), torch.tensor(start, dtype=torch.long),
-                   torch.tensor(divisor, dtype=torch.float))
+                   torch.tensor(divisor, dtype=torch.float), torch.tensor(is_prompt, dtype=torch.bool))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -163,7 +169,7 @@ class _RowTable:
         """The rows `keep` selects (a boolean mask or a slice), in the same order."""
         idx = keep.nonzero().squeeze(1).tolist() if isinstance(keep, torch.Tensor) else range(len(self))[keep]
         return _RowTable([self.rows[b] for b in idx], self.owner[keep], self.slot[keep], self.length[keep],
-                         self.kl_from[keep], self.divisor[keep])
+                         self.kl_from[keep], self.divisor[keep], self.is_prompt[keep])
 
     def of_edits(self, edits: list[int], n: int) -> "_RowTable":
         wanted = torch.zeros(n, dtype=torch.bool)
@@ -225,6 +231,8 @@ def optimise_values(
     progress: Callable[[int, int, int], None] | None = None,
     directions: torch.Tensor | None = None,
     batch_directions: torch.Tensor | None = None,
+    start: torch.Tensor | None = None,
+    fixed: torch.Tensor | None = None,
 ) -> ValueResult:
     """Optimise δ for every edit at once; returns δ and the pre-edit residual at the subject.
 
@@ -237,6 +245,10 @@ def optimise_values(
     With `batch_directions` ([key_dim, n]) every row sees the whole batch's update, (key · directions) δ,
     at every position: the edits are optimised together through the low-rank update the patch writes,
     so one edit's spill onto another's prompts (and onto the anchors) is part of the loss.
+
+    `start` ([n, d]) is where δ begins instead of zero, and the edits `fixed` marks ([n] bool) keep their
+    starting δ throughout (through `batch_directions` their rows still count in the loss): a second pass
+    can move only the edits the first left behind.
     """
     model = adapter.model
     n = len(rows_per_edit)
@@ -246,11 +258,16 @@ def optimise_values(
     ref_norm = ref.norm(dim=-1).clamp_min(1e-6)
     max_norm = hp.clamp_norm * ref_norm
 
-    delta = torch.zeros(n, d, requires_grad=True)
+    if start is not None and tuple(start.shape) != (n, d):
+        raise ValueError(f"start must be [{n}, {d}], got {list(start.shape)}")
+    if fixed is not None and tuple(fixed.shape) != (n,):
+        raise ValueError(f"fixed must be [{n}], got {list(fixed.shape)}")
+    delta = (torch.zeros(n, d) if start is None else start.detach().clone().float()).requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=hp.lr)
-    done = torch.zeros(n, dtype=torch.bool)
+    done = torch.zeros(n, dtype=torch.bool) if fixed is None else fixed.clone().bool()
     final_nll = torch.full((n,), float("nan"))
     final_kl = torch.full((n,), float("nan"))
+    final_worst = torch.full((n,), float("nan"))
     steps_taken = torch.zeros(n, dtype=torch.long)
     log: list[dict] = []
     for p in model.parameters():
@@ -273,6 +290,7 @@ def optimise_values(
         opt.zero_grad()
         nll_sum = torch.zeros(n)
         kl_sum = torch.zeros(n)
+        worst = torch.zeros(n)
         for s, e in _length_chunks(in_pass.rows, hp.max_rows_per_pass):
             c = in_pass.take(slice(s, e))
             ids, mask = batch(c.rows, tok)
@@ -297,6 +315,9 @@ def optimise_values(
                 n_tok = torch.tensor([r.n_target for r in c.rows], dtype=torch.float)
                 w = 1.0 / (n_tok[tb_rows] * c.divisor[tb_rows])
                 nll_sum += torch.zeros(n).index_add(0, c.owner[tb_rows], (tok_nll * w).detach())
+                row_nll = torch.zeros(len(c)).index_add(0, tb_rows, tok_nll.detach() / n_tok[tb_rows])
+                asks = c.is_prompt.nonzero().squeeze(1)
+                worst = worst.scatter_reduce(0, c.owner[asks], row_nll[asks], reduce="amax")
                 loss = loss + (tok_nll * w).sum()
             if c.is_kl.any():
                 eb, ep = c.kl_positions()
@@ -314,6 +335,7 @@ def optimise_values(
         decay.sum().backward()
         final_nll[act] = nll_sum[act]
         final_kl[act] = kl_sum[act]
+        final_worst[act] = worst[act]
         steps_taken[act] += 1
         log.append({"step": step, "active": len(active), "mean_nll": float(nll_sum[act].mean())})
         if progress:
@@ -334,4 +356,4 @@ def optimise_values(
             norms = delta.norm(dim=-1)
             scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), torch.ones_like(norms))
             delta.mul_(scale[:, None])
-    return ValueResult(delta.detach().clone(), resid_ref, final_nll, final_kl, steps_taken, log)
+    return ValueResult(delta.detach().clone(), resid_ref, final_nll, final_kl, steps_taken, log, final_worst)

@@ -3,6 +3,9 @@ exactly the model the values were optimised on."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
 from factpatch.editor.keys import keys_of_rows
@@ -76,3 +79,38 @@ def test_paraphrase_keys_make_the_directions_read_held_out_phrasings(loaded, wor
     assert (own_after - 1).abs().mean() < (own_before - 1).abs().mean(), (own_before.mean(), own_after.mean())
     assert own_after.min() > own_before.min(), (own_before.min(), own_after.min())
     assert spill_after <= 1.1 * spill_before, (spill_before, spill_after)
+
+
+def test_a_second_pass_moves_only_the_subjects_left_behind(loaded, world):
+    """Subjects whose prompt, in its worst context, stays above `retry_above_nll` go on from their δ with
+    the retry settings while every other δ stays fixed: the update changes by one rank per subject moved."""
+    edits = fixture_edits(world, 8, seed=21, keep=True)
+    joint = MemitParams.joint()
+    short = dataclasses.replace(joint, value=dataclasses.replace(joint.value, steps=3))  # too few to finish
+    first = run_edit(loaded, edits, EditOptions(method="memit", memit=short))
+    worst = first.info["prompt_nll_max"]
+    assert first.info["second_pass"] == [] and len(worst) == len(edits)
+    cut = sorted(worst)[-3]  # the worst two go again
+    hp = dataclasses.replace(short, retry_value=dataclasses.replace(short.value, steps=30, weight_decay=0.05),
+                             retry_above_nll=cut)
+    stages = set()
+    again = run_edit(loaded, edits, EditOptions(method="memit", memit=hp), on_progress=lambda s, d, t: stages.add(s))
+
+    assert "values-retry" in stages
+    subjects = [e.subject for e in edits]
+    moved = again.info["second_pass"]
+    assert [m["subject"] for m in moved] == [s for s, x in zip(subjects, worst) if x > cut]
+    for m in moved:
+        g = subjects.index(m["subject"])
+        assert m["prompt_nll_max_first"] == worst[g] and m["nll_first"] == first.info["subject_nll"][g]  # the same first pass
+        assert m["prompt_nll_max"] < m["prompt_nll_max_first"] and m["nll"] < m["nll_first"]
+    [(u0, v0)], [(u1, v1)] = first.patch.factors.values(), again.patch.factors.values()  # one layer
+    change = u1.double() @ v1.double().T - u0.double() @ v0.double().T
+    assert torch.linalg.matrix_rank(change, rtol=1e-4) == 2
+
+
+def test_the_second_pass_needs_the_joint_solve():
+    with pytest.raises(ValueError, match="retry_value needs through_update"):
+        MemitParams(retry_value=MemitParams().value)
+    with pytest.raises(ValueError, match="retry_above_nll must be positive"):
+        dataclasses.replace(MemitParams.joint(), retry_value=MemitParams().value, retry_above_nll=0.0)
