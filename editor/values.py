@@ -75,10 +75,10 @@ class ValueResult:
     final_nll: torch.Tensor  # [n]
     final_kl: torch.Tensor  # [n] mean KL per position of the edit's KL rows at its last step
     steps_taken: torch.Tensor  # [n]
-    log: list[dict] = field(default_factory=list)
     # [n] the NLL (mean over target tokens) of the edit's prompt in its worst-served context, at its last
     # step: an edit can be fine on average and still miss its bare prompt
-    final_prompt_nll_max: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    final_prompt_nll_max: torch.Tensor
+    log: list[dict] = field(default_factory=list)
 
 
 def written_paraphrases(prompt: str, paraphrases) -> list[str]:
@@ -267,7 +267,7 @@ def optimise_values(
     done = torch.zeros(n, dtype=torch.bool) if fixed is None else fixed.clone().bool()
     final_nll = torch.full((n,), float("nan"))
     final_kl = torch.full((n,), float("nan"))
-    final_worst = torch.full((n,), float("nan"))
+    final_prompt_nll_max = torch.full((n,), float("nan"))
     steps_taken = torch.zeros(n, dtype=torch.long)
     log: list[dict] = []
     for p in model.parameters():
@@ -290,7 +290,7 @@ def optimise_values(
         opt.zero_grad()
         nll_sum = torch.zeros(n)
         kl_sum = torch.zeros(n)
-        worst = torch.zeros(n)
+        prompt_nll_max = torch.zeros(n)
         for s, e in _length_chunks(in_pass.rows, hp.max_rows_per_pass):
             c = in_pass.take(slice(s, e))
             ids, mask = batch(c.rows, tok)
@@ -317,7 +317,7 @@ def optimise_values(
                 nll_sum += torch.zeros(n).index_add(0, c.owner[tb_rows], (tok_nll * w).detach())
                 row_nll = torch.zeros(len(c)).index_add(0, tb_rows, tok_nll.detach() / n_tok[tb_rows])
                 asks = c.is_prompt.nonzero().squeeze(1)
-                worst = worst.scatter_reduce(0, c.owner[asks], row_nll[asks], reduce="amax")
+                prompt_nll_max = prompt_nll_max.scatter_reduce(0, c.owner[asks], row_nll[asks], reduce="amax")
                 loss = loss + (tok_nll * w).sum()
             if c.is_kl.any():
                 eb, ep = c.kl_positions()
@@ -335,7 +335,7 @@ def optimise_values(
         decay.sum().backward()
         final_nll[act] = nll_sum[act]
         final_kl[act] = kl_sum[act]
-        final_worst[act] = worst[act]
+        final_prompt_nll_max[act] = prompt_nll_max[act]
         steps_taken[act] += 1
         log.append({"step": step, "active": len(active), "mean_nll": float(nll_sum[act].mean())})
         if progress:
@@ -356,4 +356,4 @@ def optimise_values(
             norms = delta.norm(dim=-1)
             scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), torch.ones_like(norms))
             delta.mul_(scale[:, None])
-    return ValueResult(delta.detach().clone(), resid_ref, final_nll, final_kl, steps_taken, log, final_worst)
+    return ValueResult(delta.detach().clone(), resid_ref, final_nll, final_kl, steps_taken, final_prompt_nll_max, log)
