@@ -392,10 +392,13 @@ def test_a_swap_with_no_drain_budget_under_load_never_mixes_and_counts_what_it_c
     # itself is driven deterministically by the swap controller's unit tests.
     runs, last = _swap_under_load(s, prompt, kw, data)
     seen = f"{last}; (finish reason, tokens): {sorted((str(r[2]), len(r[0])) for r in runs.values())}"
-    assert last["drain_timeout_s"] == 0 and last["drain_timed_out"] is True, last
+    assert last["drain_timeout_s"] == 0, last
     aborted = [i for i, (_, _, reason) in runs.items() if reason == "abort"]
     # vLLM streams nothing for a request cut off before its first token: no token, no finish reason.
     cut_early = [i for i, (ids, _, reason) in runs.items() if reason is None]
+    # Whether a zero budget runs out is timing (an idle engine drains at once); a cut-off without a
+    # timed-out drain is not, whatever the timing.
+    assert last["drain_timed_out"] or not (aborted or cut_early or last["aborted_requests"]), seen
     assert all(not runs[i][0] for i in cut_early), seen
     assert all(reason in ("abort", "length", None) for _, _, reason in runs.values()), seen
     assert last["aborted_requests"] >= len(aborted) + len(cut_early), seen
