@@ -16,6 +16,7 @@ import torch
 
 from bench.editor_bench import random_edits, round_metrics
 from factpatch.editor.pipeline import EditOptions, evaluate_each, evaluate_patch, heldout_texts, load, run_edit
+from factpatch.editor.rome import RomeParams
 from factpatch.fixture.build import ensure_fixture
 
 RESULTS = Path(__file__).parent / "results" / "layer_sweep.json"
@@ -30,7 +31,7 @@ def main(n_rome: int = 12, n_memit: int = 60) -> None:
     rome_edits = random_edits(loaded.world, n_rome, seed=5)
     for layer in range(n):
         t = time.perf_counter()
-        patches = [run_edit(loaded, [e], EditOptions(method="rome", layers=[layer])).patch for e in rome_edits]
+        patches = [run_edit(loaded, [e], EditOptions(method="rome", layers=[layer], rome=RomeParams(last_token_fallback=False))).patch for e in rome_edits]
         m = evaluate_each(loaded, patches, rome_edits, heldout)["metrics"]
         res["rome"][layer] = {**round_metrics(m), "seconds": round(time.perf_counter() - t, 1)}
         print("rome", layer, res["rome"][layer], flush=True)

@@ -127,7 +127,9 @@ def choose_layers(loaded, edits, opts, params: AutoParams = AutoParams()) -> Cho
         vtask = bar.add_task("validating layer windows", total=len(cands)) if bar else None
         rows = []
         for c in cands:
-            sub = replace(opts, layers=c, progress=False, parent=None)
+            # The last-token fallback writes elsewhere: the window is judged on what it carries itself.
+            sub = replace(opts, layers=c, progress=False, parent=None, rome=replace(opts.rome, last_token_fallback=False),
+                          memit=replace(opts.memit, last_token_fallback=False))
             patch = run_edit(loaded, val, sub).patch
             m = evaluate_patch(loaded, patch, val, [])["metrics"]
             keep = ("efficacy", "generalization", "neighbours_unchanged", "specificity_drop")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -108,6 +109,18 @@ def _run_progress():
     )
 
 
+def _fallback_settings(fallback_layer: str | None) -> dict[str, Any]:
+    """--fallback-layer as method settings: a layer number, "off", or None for the default layer."""
+    if fallback_layer is None:
+        return {}
+    if fallback_layer.strip().lower() == "off":
+        return {"last_token_fallback": False}
+    try:
+        return {"fallback_layer": int(fallback_layer)}
+    except ValueError:
+        _fail(f"--fallback-layer {fallback_layer!r}: give a layer number or off")
+
+
 def edit_cmd(
     model: Path = typer.Option(..., "--model", help="Hugging Face model folder (the base)."),
     spec: Path = typer.Option(..., "--spec", help="Edit spec, YAML or JSONL."),
@@ -120,15 +133,18 @@ def edit_cmd(
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the patch and record the metrics in its manifest."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the edit report (timings, metrics) as JSON."),
     seed: int = typer.Option(0, "--seed"),
+    fallback_layer: Optional[str] = typer.Option(None, "--fallback-layer", help="The layer where edits not taken at the subject are written again with their key at the prompt's last token (default: two thirds of the model's depth), or off."),
     joint: bool = typer.Option(False, "--joint", help="MEMIT at one layer, the batch's values optimised through the very update the patch writes: more edits take and fewer neighbours move, about 4x slower; best with paraphrases and keep prompts in the spec."),
 ) -> None:
     """Compute a ROME or MEMIT edit and write it as a patch file."""
     from .memit import MemitParams
     from .pipeline import EditInputError, EditOptions, check_architecture, evaluate_patch, heldout_texts, load, run_edit
+    from .rome import RomeParams
 
     _check_out_path(out_path)
     if joint and method != "memit":
         _fail(f"--joint is a MEMIT setting; it cannot be used with --method {method}")
+    fallback = _fallback_settings(fallback_layer)
     try:
         parsed = edit_spec.load(spec)
     except edit_spec.SpecError as e:
@@ -139,14 +155,14 @@ def edit_cmd(
         _fail(str(e))
     loaded = load(model)
     opts = EditOptions(method=method, layers=layers, corpus_dir=str(corpus) if corpus else None, n_samples=samples, parent=str(parent) if parent else None, progress=True, seed=seed,
-                       **({"memit": MemitParams.joint()} if joint else {}))
+                       rome=RomeParams(**fallback), memit=replace(MemitParams.joint() if joint else MemitParams(), **fallback))
     edits = parsed.edits
     with _run_progress() as bar:
         tasks: dict[str, int] = {}
 
         def on_progress(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task({"values": "optimising values", "values-retry": "second pass, edits not taken", "layers": "writing layers", "edits": "ROME edits"}.get(stage, stage), total=total)
+                tasks[stage] = bar.add_task({"values": "optimising values", "values-retry": "second pass, edits not taken", "values-last-token": "at the last token, edits not taken", "last-token": "at the last token, edits the batch left", "layers": "writing layers", "edits": "ROME edits"}.get(stage, stage), total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
         try:
@@ -177,11 +193,19 @@ def edit_cmd(
         row = [e["subject"], e["relation"], f"{e.get('target_old') or '?'} → {e['target_new']}"]
         if per_edit:
             rec = per_edit[i]
-            row.append(f"{rec['nll']:.2f}" + (" (2nd pass)" if rec.get("second_pass") else ""))
+            where = f" (last token, layer {rec['layer']})" if rec.get("key_at") == "last" else ""
+            row.append(f"{rec['nll']:.2f}" + (" (2nd pass)" if rec.get("second_pass") else "") + where)
         t.add_row(*row)
     if len(edits) > 20:
         t.add_row(f"… {len(edits) - 20} more", "", "", *([""] if per_edit else []))
     out.print(t)
+    fallback = result.info.get("last_token_fallback") or {}
+    if fallback.get("written"):
+        names = ", ".join(f"{w['subject']} ({w['relation']})" for w in fallback["written"])
+        out.print(f"{len(fallback['written'])} edit(s) the batch left written at the prompt's last token, "
+                  f"layer {fallback['written'][0]['layer']}: {names}")
+    elif fallback.get("missed"):
+        out.print(f"{fallback['missed']} edit(s) the batch left: more than the fallback's share, none written again")
     if evaluate:
         out.print(_metrics_table(report, "evaluation"))
         _print_not_taken(report)

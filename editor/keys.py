@@ -3,6 +3,8 @@
 ROME reads the key averaged over context prefixes, so the edit fires for the subject in any context
 rather than only right after <s>. MEMIT keeps one key row per context (`subject_keys_each`): the
 least-squares solve then has to write the edit in each context, the plain prompt included.
+ROME's fallback for a fact the subject's key cannot carry reads the key at the prompt's last token
+instead (`written_context_keys(at="last")`), where the model predicts the answer.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import torch
 from .adapters import Adapter
 from .hooks import capture_input, capture_output
 from .prompts import Row, batch, encode
+
+KEY_POSITIONS = ("subject", "last")
 from .values import written_paraphrases
 
 
@@ -37,9 +41,15 @@ def keys_of_rows(adapter: Adapter, tok, layer: int, rows: list[Row], chunk: int 
     return torch.cat(out)
 
 
-def written_paraphrase_keys(adapter: Adapter, tok, layer: int, edits) -> tuple[torch.Tensor, torch.Tensor]:
-    """(keys [rows, key_dim] float64, edit [rows]): the subject's key in each paraphrase an edit is written
-    in (its prompt and repeats left out), with the index of the edit each row belongs to."""
+def at_last_token(row: Row) -> Row:
+    """The row with its key position moved from the subject's last token to the prompt's last token."""
+    return Row(row.ids, row.target_start - 1, row.target_start)
+
+
+def written_paraphrase_keys(adapter: Adapter, tok, layer: int, edits, at: str = "subject") -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys [rows, key_dim] float64, edit [rows]): the key (at the subject's last token, or with
+    at="last" the prompt's) in each paraphrase an edit is written in (its prompt and repeats left out),
+    with the index of the edit each row belongs to."""
     rows, owner = [], []
     for i, e in enumerate(edits):
         for p in written_paraphrases(e.prompt, e.paraphrases):
@@ -47,14 +57,22 @@ def written_paraphrase_keys(adapter: Adapter, tok, layer: int, edits) -> tuple[t
             owner.append(i)
     if not rows:
         return torch.zeros(0, adapter.key_dim(layer), dtype=torch.float64), torch.zeros(0, dtype=torch.long)
+    if at == "last":
+        rows = [at_last_token(r) for r in rows]
     return keys_of_rows(adapter, tok, layer, rows), torch.tensor(owner, dtype=torch.long)
 
 
-def written_context_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str]) -> list[torch.Tensor]:
-    """Per edit [rows, key_dim] float64: the subject's key in every context the edit is written in: its
-    prompt behind each prefix, then each of its written paraphrases."""
-    each = subject_keys_each(adapter, tok, layer, edits, prefixes).view(len(edits), len(prefixes), -1)
-    extra, owner = written_paraphrase_keys(adapter, tok, layer, edits)
+def written_context_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], at: str = "subject") -> list[torch.Tensor]:
+    """Per edit [rows, key_dim] float64: the key in every context the edit is written in: its prompt
+    behind each prefix, then each of its written paraphrases; read at the subject's last token, or with
+    at="last" at the prompt's last token."""
+    if at not in KEY_POSITIONS:
+        raise ValueError(f"key position must be one of {KEY_POSITIONS}, got {at!r}")
+    rows = _rows(tok, edits, prefixes)
+    if at == "last":
+        rows = [at_last_token(r) for r in rows]
+    each = keys_of_rows(adapter, tok, layer, rows).view(len(edits), len(prefixes), -1)
+    extra, owner = written_paraphrase_keys(adapter, tok, layer, edits, at)
     return [torch.cat([each[i], extra[owner == i]]) for i in range(len(edits))]
 
 

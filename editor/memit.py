@@ -23,6 +23,8 @@ import torch
 from .adapters import Adapter
 from .keys import subject_keys, subject_keys_each, subject_residuals, written_paraphrase_keys
 from .prompts import TokenizationError, encode
+from .rome import RomeParams, apply_rome, fallback_layer
+from .scoring import score_targets
 from .values import EditRows, ValueParams, build_rows, optimise_values
 from .weights import add_low_rank
 
@@ -69,8 +71,23 @@ class MemitParams:
     # clear gain for the time, so off by default. None: one pass.
     retry_value: ValueParams | None = None
     retry_above_nll: float = 1.0
+    # The edits the batch leaves behind (the model's greedy answer to the bare prompt is still not the
+    # target) are written once more, one after another on the edited model, as ROME edits with their key
+    # at the prompt's last token, at `fallback_layer` (None: two thirds of the depth): the facts the
+    # subject's key does not carry (rome.RomeParams.last_token_fallback has the measurements).
+    # Only while it is a few: a batch that leaves more than this share of its edits behind does not hold
+    # (keys too crowded, such as 1,000 edits on the fixture), and patching them one by one is no fix.
+    last_token_fallback: bool = True
+    fallback_layer: int | None = None
+    fallback_max_share: float = 0.1
+
+    def late_layer(self, n_layers: int) -> int | None:
+        """The layer the last-token fallback writes (None when it is off)."""
+        return fallback_layer(self.last_token_fallback, self.fallback_layer, n_layers)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.fallback_max_share <= 1:
+            raise ValueError(f"fallback_max_share must be in [0, 1], got {self.fallback_max_share!r}")
         if self.retry_value is not None:
             if not self.through_update:
                 raise ValueError("retry_value needs through_update (the second pass optimises through the batch's update)")
@@ -173,7 +190,6 @@ def apply_memit(
 ) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], dict]:
     """Apply the batch to the live model; returns per-layer factors and optimisation details."""
     layers = sorted(layers)
-    last = layers[-1]
     subjects = list(dict.fromkeys(e.subject for e in edits))
     group = torch.tensor([subjects.index(e.subject) for e in edits])
     per_edit = [build_rows(tok, e.prompt, e.subject, e.target_new, prefixes, paraphrases=e.paraphrases) for e in edits]
@@ -183,7 +199,37 @@ def apply_memit(
         per_subject.append(EditRows([r for er in own for r in er.rewrite], own[0].essence,
                                     _anchors(tok, edits, subject, hp.anchor_relations), _phrasings(own)))
     if hp.through_update:
-        return _apply_joint(adapter, tok, edits, layers, covs, prefixes, hp, subjects, per_subject, group, on_progress)
+        factors, info = _apply_joint(adapter, tok, edits, layers, covs, prefixes, hp, subjects, per_subject, group, on_progress)
+    else:
+        factors, info = _apply_spread(adapter, tok, edits, layers, covs, prefixes, hp, subjects, per_subject, group, on_progress)
+    late = hp.late_layer(adapter.n_layers)
+    if late is not None:
+        factors, info["last_token_fallback"] = _last_token_fallback(adapter, tok, edits, late, covs[late], prefixes, factors,
+                                                                    hp.fallback_max_share, on_progress)
+    return factors, info
+
+
+def _last_token_fallback(adapter, tok, edits, late: int, cov: torch.Tensor, prefixes, factors, max_share: float, on_progress):
+    """The edits the batch did not take, written at the prompt's last token at `late`, one after another
+    on the edited model; returns the factors with theirs added and what was done."""
+    taken = score_targets(adapter, tok, [(e.prompt, e.subject, e.target_new) for e in edits]).greedy
+    missed = [i for i in range(len(edits)) if not bool(taken[i])]
+    if not missed or len(missed) > max_share * len(edits):
+        return factors, {"missed": len(missed), "written": []}
+    cb = (lambda i, rec: on_progress("last-token", i + 1, len(missed))) if on_progress else None
+    written, recs = apply_rome(adapter, tok, [edits[i] for i in missed], late, cov, prefixes,
+                               RomeParams(last_token_fallback=False), on_edit=cb, at="last")
+    factors = dict(factors)
+    for layer, (u, v) in written.items():  # a layer the batch also wrote: the ranks concatenate
+        factors[layer] = (torch.cat([factors[layer][0], u], 1), torch.cat([factors[layer][1], v], 1)) if layer in factors else (u, v)
+    records = [{"subject": edits[i].subject, "relation": edits[i].relation, "layer": late, "nll": _r(r["nll"])}
+               for i, r in zip(missed, recs)]
+    return dict(sorted(factors.items())), {"missed": len(missed), "written": records}
+
+
+def _apply_spread(adapter, tok, edits, layers, covs, prefixes, hp, subjects, per_subject, group, on_progress):
+    """MEMIT as published: each subject's δ found at the last layer, then spread over the layers."""
+    last = layers[-1]
     res = optimise_values(
         adapter, tok, last, per_subject, hp.value,
         progress=(lambda s, t, a: on_progress("values", s, t)) if on_progress else None,

@@ -109,6 +109,9 @@ def validate(loaded: Loaded, edits, opts: EditOptions) -> tuple[list[int], Corpu
     """Every check that can fail, in the order a user would fix them. Returns layers, corpus, parent."""
     if opts.method not in METHODS:
         raise EditInputError(f"--method {opts.method!r}: choose one of {', '.join(METHODS)}")
+    late = _late_layer(opts, loaded.adapter)
+    if late is not None and not 0 <= late < loaded.adapter.n_layers:
+        raise EditInputError(f"--fallback-layer {late}: out of range, the model has layers 0-{loaded.adapter.n_layers - 1}")
     try:
         choice = opts.layers if isinstance(opts.layers, list) else layer_choice.parse(opts.layers)
         if isinstance(choice, list):
@@ -203,8 +206,9 @@ def run_edit(loaded: Loaded, edits, opts: EditOptions, on_progress: Callable[[st
     def compute(adapter, tok, layers, covs, prefixes):
         if opts.method == "rome":
             cb = (lambda i, rec: on_progress("edits", i + 1, len(edits))) if on_progress else None
-            u, v, per_edit = apply_rome(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome, on_edit=cb)
-            return [({layers[0]: (u, v)}, {"per_edit": per_edit})]
+            written, per_edit = apply_rome(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome, on_edit=cb,
+                                           late=_late(opts, adapter, covs))
+            return [(written, {"per_edit": per_edit})]
         return [apply_memit(adapter, tok, edits, layers, covs, prefixes, opts.memit, on_progress=on_progress)]
 
     return _run(loaded, edits, opts, compute, lambda i: range(len(edits)))[0]
@@ -218,10 +222,22 @@ def run_single_edits(loaded: Loaded, edits, opts: EditOptions,
         raise EditInputError(f"--method {opts.method!r}: single edits from the base are a ROME run")
 
     def compute(adapter, tok, layers, covs, prefixes):
-        factors, info = independent_edits(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome, on_progress=on_progress)
-        return [({layers[0]: f}, {"per_edit": [rec]}) for f, rec in zip(factors, info)]
+        factors, info = independent_edits(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome,
+                                          on_progress=on_progress, late=_late(opts, adapter, covs))
+        return [(f, {"per_edit": [rec]}) for f, rec in zip(factors, info)]
 
     return _run(loaded, edits, opts, compute, lambda i: [i])
+
+
+def _late_layer(opts: EditOptions, adapter: Adapter) -> int | None:
+    """The layer the method's last-token fallback writes, if it is on."""
+    return (opts.rome if opts.method == "rome" else opts.memit).late_layer(adapter.n_layers)
+
+
+def _late(opts: EditOptions, adapter: Adapter, covs: dict[int, torch.Tensor]) -> tuple[int, torch.Tensor] | None:
+    """ROME's last-token fallback: its layer and that layer's covariance (computed with the others)."""
+    late = _late_layer(opts, adapter)
+    return None if late is None else (late, covs[late])
 
 
 def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[EditResult]:
@@ -234,12 +250,15 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
     adapter, tok = loaded.adapter, loaded.tok
     t0 = time.perf_counter()
     entries = fill_old_targets(loaded, edits)
-    covs = second_moments(adapter, tok, layers, corpus, opts.n_samples, progress=opts.progress)
+    # Every layer an edit may write: the chosen ones and, for ROME, its last-token fallback's. Their
+    # statistics come from the base model, before anything is edited.
+    late = _late_layer(opts, adapter)
+    writable = sorted(set(layers) | ({late} if late is not None else set()))
+    covs = second_moments(adapter, tok, writable, corpus, opts.n_samples, progress=opts.progress)
     t_stats = time.perf_counter() - t0
 
     state = adapter.model.state_dict()
-    touched = sorted({adapter.param_name(l) for l in layers} | set(parent[0].names if parent else []))
-    base_fp = tensor_fingerprint({n: state[n] for n in touched})
+    touched = sorted({adapter.param_name(l) for l in writable} | set(parent[0].names if parent else []))
     saved = {n: state[n].detach().clone() for n in touched}
 
     t1 = time.perf_counter()
@@ -257,7 +276,6 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
 
     hparams = {**_hparams(opts, layers, corpus, len(corpus.head(opts.n_samples))), "batch_layers": list(layers),
                **({"layer_choice": layers.report} if hasattr(layers, "report") else {})}
-    all_layers = sorted(set(layers) | set(parent[0].manifest.get("layers", []) if parent else []))
     out = []
     for i, (new, info) in enumerate(results):
         factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -269,16 +287,18 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
                 pu, pv = factors[name]
                 u, v = torch.cat([pu, u], 1), torch.cat([pv, v], 1)
             factors[name] = (u.contiguous(), v.contiguous())
+        # The base's fingerprint over exactly the tensors this patch writes (the saved copies are the base's).
+        written = sorted(set(new) | set(parent[0].manifest.get("layers", []) if parent else []))
         manifest = new_manifest(
             model_name=loaded.name,
-            fingerprint=base_fp,
+            fingerprint=tensor_fingerprint({n: saved[n] for n in factors}),
             method=opts.method,
-            layers=all_layers,
+            layers=written,
             hparams=hparams,
             edits=(parent[0].manifest.get("edits", []) if parent else []) + [entries[j] for j in edits_of(i)],
             parent=parent[1] if parent else None,
         )
-        out.append(EditResult(Patch(factors, manifest), layers, info, {"stats": t_stats, "edit": t_edit}))
+        out.append(EditResult(Patch(factors, manifest), sorted(new), info, {"stats": t_stats, "edit": t_edit}))
     return out
 
 

@@ -82,6 +82,12 @@ def test_layer_out_of_range(tmp_path, fixture_dir):
     assert "out of range" in _run(tmp_path, fixture_dir, _yaml(), "--layers", "1,99")
 
 
+def test_fallback_layer_out_of_range_or_not_a_layer(tmp_path, fixture_dir):
+    assert "--fallback-layer 9: out of range" in _run(tmp_path, fixture_dir, _yaml(), "--method", "rome", "--fallback-layer", "9")
+    assert "--fallback-layer 9: out of range" in _run(tmp_path, fixture_dir, _yaml(), "--fallback-layer", "9")
+    assert "give a layer number or off" in _run(tmp_path, fixture_dir, _yaml(), "--fallback-layer", "late")
+
+
 def test_rome_takes_one_layer(tmp_path, fixture_dir):
     assert "exactly one layer" in _run(tmp_path, fixture_dir, _yaml(), "--method", "rome", "--layers", "1,2")
 

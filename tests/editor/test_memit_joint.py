@@ -40,7 +40,9 @@ def test_directions_are_memit_s_solve_for_one_delta_per_subject():
 def test_joint_batch_writes_one_layer_and_the_edits_take(loaded, world):
     edits = fixture_edits(world, 8, seed=21, keep=True)
     result = run_edit(loaded, edits, EditOptions(method="memit", memit=MemitParams.joint()))
-    assert result.layers == [0] and result.patch.manifest["layers"] == [0]  # one layer, at ROME's depth
+    # one layer, at ROME's depth (and the fallback's layer 4 if the batch left an edit behind)
+    extra = [4] if result.info["last_token_fallback"]["written"] else []
+    assert result.layers == [0, *extra] and result.patch.manifest["layers"] == [0, *extra]
     assert result.patch.manifest["hparams"]["through_update"] is True
     assert result.patch.manifest["hparams"]["paraphrase_keys"] is True
     assert result.patch.manifest["hparams"]["value"]["prompt_weight"] == 3.0

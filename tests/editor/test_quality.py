@@ -24,12 +24,12 @@ def test_rome_single_edits_from_the_base(loaded, world):
     # No held-out text: ROME's targets say nothing of perplexity, and 50 passes over it cost 25 s.
     # The evaluation gets the edits without their paraphrases, so nothing written is measured.
     m = evaluate_each(loaded, patches, [e.model_copy(update={"paraphrases": []}) for e in edits], [])["metrics"]
-    # Floors below what the editor reaches on both fixture builds measured (training is deterministic
-    # on one CPU, not across CPUs; targets 0.99 / 0.90 / 0.98): weights eb102e9b 0.98 / 0.96 / 0.986
-    # (Pune → Sterios (maker) takes at no layer with no setting tried), weights cf097a51
-    # 0.98 / 0.97 / 0.977 before paraphrase keys and equal-gain directions (bench/results/editor_tuning.md).
-    assert m["efficacy"] >= 0.92, m
-    assert m["generalization"] >= 0.88, m
+    # Floors below what the editor reaches (training is deterministic on one CPU, not across CPUs;
+    # targets 0.99 / 0.90 / 0.98): weights eb102e9b 1.00 / 0.98 / 0.986, Pune → Sterios and Lada →
+    # Sterios (maker) written by the last-token fallback; 0.98 / 0.96 / 0.986 without it, where Pune took
+    # at no layer with no setting tried (bench/results/editor_tuning.md).
+    assert m["efficacy"] >= 0.96, m
+    assert m["generalization"] >= 0.90, m
     assert m["neighbours_unchanged"] >= 0.97, m
 
 
@@ -51,11 +51,13 @@ def test_memit_batch_of_100_and_exact_reproduction(loaded, world, fixture_dir, t
     result = run_edit(loaded, edits, EditOptions(method="memit"))
     m = evaluate_patch(loaded, result.patch, edits, heldout_texts(loaded, None))["metrics"]
     # Floors below today's numbers; the targets (0.98 / 0.85 / 0.95) are not all met: the batch moves
-    # the edited subjects' other facts (bench/results/editor_tuning.md).
-    assert m["efficacy"] >= 0.85, m  # measured 0.91 (weights cf097a51), 0.92 (eb102e9b)
-    assert m["generalization"] >= 0.76, m  # 0.82, 0.805
-    assert m["neighbours_unchanged"] >= 0.80, m  # 0.847, 0.87
-    assert m["ppl_drift"] < 0.01, m  # 0.013 %, -0.02 %
+    # the edited subjects' other facts (bench/results/editor_tuning.md). Measured on weights eb102e9b:
+    # 0.99 / 0.855 / 0.871, the 8 edits the batch left written by the last-token fallback (without it
+    # 0.92 / 0.805 / 0.870; weights cf097a51 without it 0.91 / 0.82 / 0.847).
+    assert m["efficacy"] >= 0.94, m
+    assert m["generalization"] >= 0.78, m
+    assert m["neighbours_unchanged"] >= 0.80, m
+    assert m["ppl_drift"] < 0.01, m  # -0.02 % (0.013 % on cf097a51)
 
     # The patch file applied to a fresh copy of the base is bit for bit the model evaluated above.
     path = tmp_path / "batch.fpatch"

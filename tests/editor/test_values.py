@@ -113,7 +113,8 @@ def test_rome_optimises_an_edit_not_taken_again_with_smaller_steps(loaded, world
 
     assert stages == {"values", "values-retry"}
     assert not any(r["second_pass"] for r in first_info)
-    for (u0, v0), (u1, v1), before, r in zip(first, again, nll, info):
+    for f0, f1, before, r in zip(first, again, nll, info):
+        (u0, v0), (u1, v1) = f0[0], f1[0]
         assert r["nll"] <= before
         if before <= cut:  # not retried: bit for bit the first pass
             assert not r["second_pass"] and torch.equal(u0, u1) and torch.equal(v0, v1)
@@ -121,6 +122,44 @@ def test_rome_optimises_an_edit_not_taken_again_with_smaller_steps(loaded, world
             assert r["second_pass"] and r["nll"] < before and r["steps"] > short.steps
             assert torch.equal(v0, v1) and not torch.equal(u0, u1)  # same direction, new δ
     assert sum(r["second_pass"] for r in info) == 2
+
+
+def test_rome_writes_an_edit_not_taken_at_the_prompts_last_token_at_the_fallback_layer(loaded, world):
+    """An edit still above `retry_above_nll` after its passes is optimised again with its key at the
+    prompt's last token, at the fallback layer, and keeps that δ where it serves the target better: its
+    factors are then at that layer alone and read the prompt's last token, not the subject."""
+    from factpatch.editor.keys import at_last_token, keys_of_rows
+    from factpatch.editor.prompts import encode
+    from factpatch.editor.rome import independent_edits
+
+    adapter, tok = loaded.adapter, loaded.tok
+    edits = fixture_edits(world, 4, seed=5)
+    prefixes = context_prefixes(adapter.model, tok, 4)
+    covs = second_moments(adapter, tok, [3, 5], fixture_corpus(world), n_samples=256)
+    # At the last layer the subject's position no longer feeds the answer: most edits cannot take there.
+    hp = RomeParams(value=dataclasses.replace(RomeParams().value, steps=20), retry_lr=None)
+    stages = set()
+    factors, info = independent_edits(adapter, tok, edits, 5, covs[5], prefixes, hp, late=(3, covs[3]),
+                                      on_progress=lambda s, d, t: stages.add(s))
+
+    assert stages == {"values", "values-last-token"}
+    stuck = [i for i, r in enumerate(info) if r["subject_nll"] > hp.retry_above_nll]
+    assert stuck and len(stuck) < len(edits)
+    for i, (f, r) in enumerate(zip(factors, info)):
+        if i not in stuck:
+            assert r["layer"] == 5 and r["key_at"] == "subject" and list(f) == [5] and r["nll"] == r["subject_nll"]
+            continue
+        assert r["key_at"] == "last" and r["layer"] == 3 and list(f) == [3] and r["nll"] < 0.2
+        # the update reads the edit's prompt at its last token far more than at its subject
+        row = encode(tok, edits[i].prompt, edits[i].subject)
+        at_last, at_subject = keys_of_rows(adapter, tok, 3, [at_last_token(row), row]).float() @ f[3][1][:, 0]
+        assert abs(float(at_last)) > 3 * abs(float(at_subject))
+
+
+def test_rome_fallback_layer_follows_the_depth_or_the_setting():
+    assert RomeParams().late_layer(6) == 4 and RomeParams().late_layer(28) == 18
+    assert RomeParams(fallback_layer=2).late_layer(6) == 2
+    assert RomeParams(last_token_fallback=False).late_layer(6) is None
 
 
 def test_rome_retry_settings_are_checked():

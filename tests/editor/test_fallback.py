@@ -1,0 +1,55 @@
+"""The last-token fallback: edits the subject's key does not carry are written at the prompt's last token.
+
+ROME retries an edit there when its passes at the subject leave the target NLL above the cut; MEMIT
+writes the edits its batch left behind there, one after another, on the edited model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from factpatch.editor.memit import MemitParams, _last_token_fallback
+from factpatch.editor.pipeline import EditOptions, check_fingerprint, evaluate_each, evaluate_patch, run_edit, run_single_edits
+from factpatch.editor.rome import RomeParams
+
+from .conftest import fixture_edits
+
+
+def test_a_rome_patch_written_by_the_fallback_writes_that_layer_alone_and_takes(loaded, world):
+    edits = fixture_edits(world, 3, seed=5)
+    # Written at the last layer, where the subject's position no longer feeds the answer, few edits take;
+    # the fallback (layer 3) writes those again at the prompt's last token.
+    hp = RomeParams(value=dataclasses.replace(RomeParams().value, steps=20), retry_lr=None, fallback_layer=3)
+    results = run_single_edits(loaded, edits, EditOptions(method="rome", layers=[5], rome=hp, n_samples=256))
+    moved = [i for i, r in enumerate(results) if r.info["per_edit"][0]["key_at"] == "last"]
+    assert moved
+    for r in (results[i] for i in moved):
+        assert r.layers == [3] and r.patch.manifest["layers"] == [3]
+        assert r.patch.names == [loaded.adapter.param_name(3)]
+        check_fingerprint(loaded, r.patch)  # the base fingerprint covers exactly what the patch writes
+    m = evaluate_each(loaded, [results[i].patch for i in moved], [edits[i] for i in moved], [])["metrics"]
+    assert m["efficacy"] == 1.0, m
+
+
+def test_memit_writes_the_edits_its_batch_left_at_the_last_token(loaded, world):
+    edits = fixture_edits(world, 4, seed=21)
+    # One value step: the batch itself takes no edit, so every edit goes on to the fallback.
+    weak = dataclasses.replace(MemitParams().value, steps=1)
+    hp = MemitParams(value=weak, fallback_layer=4, fallback_max_share=1.0)
+    result = run_edit(loaded, edits, EditOptions(method="memit", layers=[0, 1], memit=hp, n_samples=256))
+    done = result.info["last_token_fallback"]
+    assert done["missed"] == len(edits) and [w["subject"] for w in done["written"]] == [e.subject for e in edits]
+    assert result.layers == [0, 1, 4] and result.patch.manifest["layers"] == [0, 1, 4]
+    u, v = result.patch.factors[loaded.adapter.param_name(4)]
+    assert u.shape[1] == v.shape[1] == len(edits)  # one rank-one update per edit written
+    check_fingerprint(loaded, result.patch)
+    assert evaluate_patch(loaded, result.patch, edits, [])["metrics"]["efficacy"] == 1.0
+
+
+
+def test_memit_writes_nothing_more_when_its_batch_left_more_than_the_share(loaded, world):
+    # On the base model none of the edits is taken yet: 4 of 4 left is more than half, so nothing is written.
+    edits = fixture_edits(world, 4, seed=21)
+    factors = {0: ("u", "v")}
+    out, done = _last_token_fallback(loaded.adapter, loaded.tok, edits, 4, None, [""], factors, 0.5, None)
+    assert out is factors and done == {"missed": len(edits), "written": []}
