@@ -14,9 +14,9 @@ import torch
 from .adapters import Adapter
 from .hooks import capture_input, capture_output
 from .prompts import Row, batch, encode
+from .values import written_paraphrases
 
 KEY_POSITIONS = ("subject", "last")
-from .values import written_paraphrases
 
 
 def _rows(tok, edits, prefixes: list[str]) -> list[Row]:
@@ -46,6 +46,13 @@ def at_last_token(row: Row) -> Row:
     return Row(row.ids, row.target_start - 1, row.target_start)
 
 
+def _keyed_at(rows: list[Row], at: str) -> list[Row]:
+    """The rows with their key read at `at`: the subject's last token (as encoded) or the prompt's."""
+    if at not in KEY_POSITIONS:
+        raise ValueError(f"key position must be one of {KEY_POSITIONS}, got {at!r}")
+    return [at_last_token(r) for r in rows] if at == "last" else rows
+
+
 def written_paraphrase_keys(adapter: Adapter, tok, layer: int, edits, at: str = "subject") -> tuple[torch.Tensor, torch.Tensor]:
     """(keys [rows, key_dim] float64, edit [rows]): the key (at the subject's last token, or with
     at="last" the prompt's) in each paraphrase an edit is written in (its prompt and repeats left out),
@@ -57,21 +64,14 @@ def written_paraphrase_keys(adapter: Adapter, tok, layer: int, edits, at: str = 
             owner.append(i)
     if not rows:
         return torch.zeros(0, adapter.key_dim(layer), dtype=torch.float64), torch.zeros(0, dtype=torch.long)
-    if at == "last":
-        rows = [at_last_token(r) for r in rows]
-    return keys_of_rows(adapter, tok, layer, rows), torch.tensor(owner, dtype=torch.long)
+    return keys_of_rows(adapter, tok, layer, _keyed_at(rows, at)), torch.tensor(owner, dtype=torch.long)
 
 
 def written_context_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], at: str = "subject") -> list[torch.Tensor]:
     """Per edit [rows, key_dim] float64: the key in every context the edit is written in: its prompt
     behind each prefix, then each of its written paraphrases; read at the subject's last token, or with
     at="last" at the prompt's last token."""
-    if at not in KEY_POSITIONS:
-        raise ValueError(f"key position must be one of {KEY_POSITIONS}, got {at!r}")
-    rows = _rows(tok, edits, prefixes)
-    if at == "last":
-        rows = [at_last_token(r) for r in rows]
-    each = keys_of_rows(adapter, tok, layer, rows).view(len(edits), len(prefixes), -1)
+    each = keys_of_rows(adapter, tok, layer, _keyed_at(_rows(tok, edits, prefixes), at)).view(len(edits), len(prefixes), -1)
     extra, owner = written_paraphrase_keys(adapter, tok, layer, edits, at)
     return [torch.cat([each[i], extra[owner == i]]) for i in range(len(edits))]
 

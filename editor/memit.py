@@ -26,7 +26,7 @@ from .prompts import TokenizationError, encode
 from .rome import RomeParams, apply_rome, fallback_layer
 from .scoring import score_targets
 from .values import EditRows, ValueParams, build_rows, optimise_values
-from .weights import add_low_rank
+from .weights import add_low_rank, concat_ranks
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def _last_token_fallback(adapter, tok, edits, late: int, cov: torch.Tensor, pref
                                RomeParams(last_token_fallback=False), on_edit=cb, at="last")
     factors = dict(factors)
     for layer, (u, v) in written.items():  # a layer the batch also wrote: the ranks concatenate
-        factors[layer] = (torch.cat([factors[layer][0], u], 1), torch.cat([factors[layer][1], v], 1)) if layer in factors else (u, v)
+        factors[layer] = concat_ranks(factors[layer], (u, v)) if layer in factors else (u, v)
     records = [{"subject": edits[i].subject, "relation": edits[i].relation, "layer": late, "nll": _r(r["nll"])}
                for i, r in zip(missed, recs)]
     return dict(sorted(factors.items())), {"missed": len(missed), "written": records}

@@ -25,7 +25,7 @@ from .rome import RomeParams, apply_rome, independent_edits
 from .scoring import greedy_answers, score_targets
 from .stats import second_moments
 from .values import ESSENCE_TEMPLATE
-from .weights import apply_patch
+from .weights import apply_patch, concat_ranks
 
 METHODS = ("rome", "memit")
 
@@ -250,7 +250,7 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
     adapter, tok = loaded.adapter, loaded.tok
     t0 = time.perf_counter()
     entries = fill_old_targets(loaded, edits)
-    # Every layer an edit may write: the chosen ones and, for ROME, its last-token fallback's. Their
+    # Every layer an edit may write: the chosen ones and the last-token fallback's. Their
     # statistics come from the base model, before anything is edited.
     late = _late_layer(opts, adapter)
     writable = sorted(set(layers) | ({late} if late is not None else set()))
@@ -276,6 +276,7 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
 
     hparams = {**_hparams(opts, layers, corpus, len(corpus.head(opts.n_samples))), "batch_layers": list(layers),
                **({"layer_choice": layers.report} if hasattr(layers, "report") else {})}
+    fingerprints: dict[tuple[str, ...], str] = {}  # single edits write one or two sets of tensors between them
     out = []
     for i, (new, info) in enumerate(results):
         factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -284,14 +285,16 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
         for l, (u, v) in new.items():
             name = adapter.param_name(l)
             if name in factors:  # a follow-up batch carries its parent's factors: ranks concatenate
-                pu, pv = factors[name]
-                u, v = torch.cat([pu, u], 1), torch.cat([pv, v], 1)
+                u, v = concat_ranks(factors[name], (u, v))
             factors[name] = (u.contiguous(), v.contiguous())
         # The base's fingerprint over exactly the tensors this patch writes (the saved copies are the base's).
+        names = tuple(sorted(factors))
+        if names not in fingerprints:
+            fingerprints[names] = tensor_fingerprint({n: saved[n] for n in names})
         written = sorted(set(new) | set(parent[0].manifest.get("layers", []) if parent else []))
         manifest = new_manifest(
             model_name=loaded.name,
-            fingerprint=tensor_fingerprint({n: saved[n] for n in factors}),
+            fingerprint=fingerprints[names],
             method=opts.method,
             layers=written,
             hparams=hparams,

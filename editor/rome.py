@@ -154,12 +154,12 @@ def edit_directions(adapter, tok, layer: int, edits, cov: torch.Tensor, prefixes
                     at: str = "subject") -> list[torch.Tensor]:
     """Each edit's input direction (float64): through every written context's key (equal_gain_ridge), or
     C⁻¹k* with k* averaged over the prefixes and, with paraphrase_keys, the written paraphrases. Keys at
-    the prompt's last token (at="last") always take the equal-gain direction (ridge 0.1 when unset)."""
+    the prompt's last token (at="last") always take the equal-gain direction (the default ridge when unset)."""
     if hp.equal_gain_ridge is not None or at != "subject":
         if not hp.paraphrase_keys:
             edits = [e.model_copy(update={"paraphrases": []}) for e in edits]
         rows = written_context_keys(adapter, tok, layer, edits, prefixes, at=at)
-        return [equal_gain_direction(r, cov, hp.equal_gain_ridge or 0.1) for r in rows]
+        return [equal_gain_direction(r, cov, hp.equal_gain_ridge or RomeParams.equal_gain_ridge) for r in rows]
     keys = subject_keys(adapter, tok, layer, edits, prefixes)
     if hp.paraphrase_keys:
         keys = paraphrase_averaged_keys(adapter, tok, layer, edits, keys, len(prefixes))

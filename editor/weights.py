@@ -17,6 +17,11 @@ def add_low_rank(adapter: Adapter, layer: int, u: torch.Tensor, v: torch.Tensor)
     apply_to_state_dict({name: adapter.weight(layer).data}, patch, conv1d_names=adapter.conv1d_names())
 
 
+def concat_ranks(first: tuple[torch.Tensor, torch.Tensor], then: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two low-rank deltas of one weight as one: (u₁|u₂)(v₁|v₂)ᵀ = u₁v₁ᵀ + u₂v₂ᵀ."""
+    return torch.cat([first[0], then[0]], 1), torch.cat([first[1], then[1]], 1)
+
+
 @torch.no_grad()
 def apply_patch(adapter: Adapter, patch: Patch) -> None:
     """weights = weights + ΔX for every weight the patch names (the model must hold the base)."""
