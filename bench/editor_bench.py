@@ -29,6 +29,7 @@ from factpatch.editor.prompts import context_prefixes
 from factpatch.editor.stats import second_moments
 from factpatch.editor.values import build_rows, optimise_values
 from factpatch.fixture.build import REPORT_FILE, ensure_fixture
+from factpatch.fixture.edit_samples import random_edits, with_keep_and_paraphrases
 from factpatch.spec import Edit
 
 RESULTS = Path(__file__).parent / "results" / "editor.json"
@@ -44,17 +45,6 @@ def step(what: str) -> None:
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def random_edits(world, n: int, seed: int) -> list[Edit]:
-    """n facts of distinct (subject, relation), each moved to another candidate object."""
-    rng = random.Random(seed)
-    out = []
-    for f in rng.sample(world.facts, min(n, len(world.facts))):
-        rel = world.relations[f.relation]
-        out.append(Edit(subject=f.subject, relation=f.relation, prompt=rel.templates[f.train_templates[0]],
-                        target_new=rng.choice([c for c in rel.candidates if c != f.object]), target_old=f.object))
-    return out
 
 
 def insertions(loaded, n: int, seed: int) -> tuple[list[Edit], list[Edit]]:
@@ -83,28 +73,6 @@ def insertions(loaded, n: int, seed: int) -> tuple[list[Edit], list[Edit]]:
         edited.append(e)
         evaluated.append(e.model_copy(update={"paraphrases": rng.sample(rel.templates[1:], 2)}))
     return edited, evaluated
-
-
-def with_keep_and_paraphrases(world, edits: list[Edit], keep_heldout: bool = False) -> list[Edit]:
-    """The same edits, each holding its subject's other facts (second trained phrasing) and written in its
-    relation's other trained phrasings. With `keep_heldout` each fact held is asked in its held-out
-    phrasings too (the subject's other questions as users ask them; facts another edit of the batch
-    changes are left out). The evaluation asks neighbours in the first trained phrasing and paraphrases
-    in the edited relation's held-out ones, so nothing held or written is measured."""
-    edited: dict[str, set[str]] = {}
-    for e in edits:
-        edited.setdefault(e.subject, set()).add(e.relation)
-    out = []
-    for e in edits:
-        keep = world.keep_prompts(e.subject, e.relation)
-        if keep_heldout:
-            keep += [t for f in world.facts if f.subject == e.subject and f.relation not in edited[e.subject]
-                     for t in world.heldout_paraphrases(f.subject, f.relation)]
-        out.append(e.model_copy(update={
-            "keep": keep,
-            "paraphrases": world.trained_paraphrases(e.subject, e.relation),
-        }))
-    return out
 
 
 def rome_section(loaded, heldout, n_rome: int, r_layer: list[int]) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bench.editor_bench import random_edits
+from factpatch.fixture.edit_samples import random_edits
 from factpatch.editor.pipeline import EditOptions, load, run_edit
 from factpatch.editor.trace import TraceSettings, items_for_edits, trace
 from factpatch.fixture.build import ensure_fixture

@@ -10,7 +10,7 @@ import torch
 
 from factpatch.editor.keys import keys_of_rows
 from factpatch.editor.memit import MemitParams, batch_directions, direction_keys, layer_update
-from factpatch.editor.pipeline import EditOptions, corpus_for, evaluate_patch, run_edit
+from factpatch.editor.pipeline import EditOptions, corpus_for, run_edit
 from factpatch.editor.prompts import context_prefixes, encode
 from factpatch.editor.stats import second_moments
 
@@ -35,21 +35,6 @@ def test_directions_are_memit_s_solve_for_one_delta_per_subject():
     u, v = layer_update((delta / scale[:, None])[groups], keys, cov, 2.0)
     joint = delta.T @ dirs.T
     assert torch.allclose(u.double() @ v.double().T, joint, atol=1e-5, rtol=1e-4)
-
-
-def test_joint_batch_writes_one_layer_and_the_edits_take(loaded, world):
-    edits = fixture_edits(world, 8, seed=21, keep=True)
-    result = run_edit(loaded, edits, EditOptions(method="memit", memit=MemitParams.joint()))
-    # one layer, at ROME's depth (and the fallback's layer 4 if the batch left an edit behind)
-    extra = [4] if result.info["last_token_fallback"]["written"] else []
-    assert result.layers == [0, *extra] and result.patch.manifest["layers"] == [0, *extra]
-    assert result.patch.manifest["hparams"]["through_update"] is True
-    assert result.patch.manifest["hparams"]["paraphrase_keys"] is True
-    assert result.patch.manifest["hparams"]["value"]["prompt_weight"] == 3.0
-    m = evaluate_patch(loaded, result.patch, edits, [])["metrics"]
-    # what the optimiser saw is what the patch writes, so nearly every edit says its target
-    assert m["efficacy"] >= 7 / 8, m
-    assert m["neighbours_unchanged"] >= 0.8, m
 
 
 def test_paraphrase_keys_make_the_directions_read_held_out_phrasings(loaded, world):

@@ -1,6 +1,7 @@
 """Quality on the fixture, with floors a little below the targets (the note gives measured numbers).
 
-ROME: 50 random single edits, each from the base. MEMIT: one batch of 100. The 1,000-edit batch is
+ROME: 50 random single edits, each from the base. MEMIT: one batch of 100, plain (as published) and
+through its own update (`--joint`), which is the MEMIT the targets are met by. The 1,000-edit batch is
 measured by bench/editor_bench.py, not here.
 """
 
@@ -9,8 +10,11 @@ from __future__ import annotations
 import torch
 
 from factpatch import patchfile
+from factpatch.editor.memit import MemitParams
 from factpatch.editor.pipeline import EditOptions, evaluate_each, evaluate_patch, heldout_texts, load, run_edit, run_single_edits
 from factpatch.editor.weights import apply_patch
+
+from factpatch.fixture.edit_samples import random_edits, with_keep_and_paraphrases
 
 from .conftest import fixture_edits
 
@@ -50,8 +54,9 @@ def test_memit_batch_of_100_and_exact_reproduction(loaded, world, fixture_dir, t
     edits = fixture_edits(world, 100, seed=12)
     result = run_edit(loaded, edits, EditOptions(method="memit"))
     m = evaluate_patch(loaded, result.patch, edits, heldout_texts(loaded, None))["metrics"]
-    # Floors below today's numbers; the targets (0.98 / 0.85 / 0.95) are not all met: the batch moves
-    # the edited subjects' other facts (bench/results/editor_tuning.md). Measured on weights eb102e9b:
+    # Floors below today's numbers. Plain MEMIT does not meet the neighbour target (0.95; `--joint`, below,
+    # does): its update moves the edited subjects' other facts and, through the keys at layers 0-1 that
+    # read it, other subjects' (bench/results/editor_tuning.md). Measured on weights eb102e9b:
     # 0.99 / 0.855 / 0.871, the 8 edits the batch left written by the last-token fallback (without it
     # 0.92 / 0.805 / 0.870; weights cf097a51 without it 0.91 / 0.82 / 0.847).
     assert m["efficacy"] >= 0.94, m
@@ -77,6 +82,29 @@ def test_memit_batch_of_100_and_exact_reproduction(loaded, world, fixture_dir, t
         with torch.no_grad():
             for n, w in saved.items():
                 evaluated[n].copy_(w)
+
+
+def test_memit_joint_batch_of_100_meets_the_targets(loaded, world):
+    """The spec an engineer writes for a batch: each edit holds its subject's other facts (second trained
+    and held-out phrasings) and is written in its relation's other trained phrasings. The evaluation asks
+    neighbours in the first trained phrasing and paraphrases in held-out ones: nothing held is measured."""
+    evaluated = random_edits(world, 100, seed=4)
+    spec = with_keep_and_paraphrases(world, evaluated, keep_heldout=True)
+    result = run_edit(loaded, spec, EditOptions(method="memit", memit=MemitParams.joint()))
+    # one layer at ROME's depth, and the fallback's layer 4 for the edits the batch left, if any
+    fallback = result.info["last_token_fallback"]
+    assert result.layers == result.patch.manifest["layers"] == [0, *([4] if fallback["written"] else [])]
+    assert len(fallback["written"]) <= 10  # at most a tenth of the batch
+    hparams = result.patch.manifest["hparams"]
+    assert hparams["through_update"] is True and hparams["paraphrase_keys"] is True
+    m = evaluate_patch(loaded, result.patch, evaluated, heldout_texts(loaded, None))["metrics"]
+    # Targets 0.98 / 0.85 / 0.95, drift < 1 %. Weights eb102e9b: 1.00 / 0.895 / 0.966, drift 0.02 %,
+    # 4 edits written by the fallback; seeds 5 and 6 (bench/results/editor_tuning.md): 1.00 / 0.88 / 0.965
+    # and 1.00 / 0.92 / 0.968.
+    assert m["efficacy"] >= 0.97, m
+    assert m["generalization"] >= 0.84, m
+    assert m["neighbours_unchanged"] >= 0.94, m
+    assert m["ppl_drift"] < 0.01, m
 
 
 def test_follow_up_batch_carries_its_parent(loaded, world, tmp_path):
