@@ -163,13 +163,15 @@ class SwapCoordinator:
             # Cut off only what was sent before the pause: requests queued since have not started and
             # will run on the new weights. vLLM's own mode="abort" would cancel those as well.
             stragglers = [r for r in in_flight if r in unfinished]
-            log.warning("drain timed out after %.2f s; aborting the %d requests still running",
-                        drain_timeout_s, len(stragglers))
             if stragglers:
+                log.warning("drain timed out after %.2f s; aborting the %d requests still running",
+                            drain_timeout_s, len(stragglers))
                 await self.engine.abort(stragglers, internal=True)
             try:
                 await asyncio.wait_for(waiting, timeout=ABORT_SETTLE_S)
-                return True, len(stragglers)
+                # Timed out only if something was still running: with nothing sent before the pause left
+                # unfinished (a zero budget on an idle engine), the drain was complete, not cut short.
+                return bool(stragglers), len(stragglers)
             except asyncio.TimeoutError:
                 log.error("the engine did not go idle %.0f s after the abort; aborting everything", ABORT_SETTLE_S)
         else:

@@ -167,6 +167,21 @@ def test_the_abort_policy_cuts_off_only_requests_sent_before_the_pause():
     assert st.last_swap["drain_timed_out"] is True and st.last_swap["aborted_requests"] == 2
 
 
+class SlowPauseEngine(DrainingEngine):
+    """vLLM's pause goes through the engine core, so even an idle engine takes a moment to pause."""
+
+    async def pause_generation(self, *, mode="abort", clear_cache=True):
+        await asyncio.sleep(0.02)
+        await super().pause_generation(mode=mode, clear_cache=clear_cache)
+
+
+def test_a_budget_that_runs_out_with_nothing_running_is_not_a_timeout():
+    eng = SlowPauseEngine([])  # idle: nothing was sent before the pause, and the budget is zero
+    st = run(SwapCoordinator(eng, drain_timeout_s=0.0).swap(b"x", "sha256:a"))
+    assert eng.aborted == [] and "pause:abort" not in eng.calls and st.active_version == "sha256:a"
+    assert st.last_swap["drain_timed_out"] is False and st.last_swap["aborted_requests"] == 0
+
+
 def test_an_engine_that_cannot_list_its_requests_gets_vllms_abort_pause():
     st = run(SwapCoordinator(FakeEngine(drain_s=None), drain_timeout_s=0.05).swap(b"x", "sha256:a"))
     assert st.last_swap["drain_timed_out"] is True and st.last_swap["aborted_requests"] is None
