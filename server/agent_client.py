@@ -100,13 +100,19 @@ class AgentClient:
     def status(self, timeout: float | None = None) -> ShardStatus:
         return ShardStatus(self._call("GET", "/status", timeout))
 
-    def apply(self, data: bytes, digest: str, timeout: float | None = None) -> ShardStatus:
+    def apply(self, data: bytes, digest: str, timeout: float | None = None, drain_timeout_s: float | None = None) -> ShardStatus:
+        """`drain_timeout_s`: how long the shard lets running requests finish before it cuts them off and
+        changes the weights (None: the shard's own setting)."""
         return ShardStatus(
             self._call(
-                "POST", "/apply", timeout, content=data,
+                "POST", "/apply", timeout, content=data, params=_drain(drain_timeout_s),
                 headers={"Content-Type": "application/octet-stream", "X-Factpatch-Digest": digest},
             )
         )
 
-    def revert(self, timeout: float | None = None) -> ShardStatus:
-        return ShardStatus(self._call("POST", "/revert", timeout))
+    def revert(self, timeout: float | None = None, drain_timeout_s: float | None = None) -> ShardStatus:
+        return ShardStatus(self._call("POST", "/revert", timeout, params=_drain(drain_timeout_s)))
+
+
+def _drain(drain_timeout_s: float | None) -> dict[str, str]:
+    return {} if drain_timeout_s is None else {"drain_timeout_s": repr(float(drain_timeout_s))}

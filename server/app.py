@@ -69,6 +69,9 @@ class ServeConfig:
     base_dirs: list[Path] = field(default_factory=list)
     editor_model: Path | None = None
     reconcile_interval: float = 1.0
+    # seconds a weight change waits for running requests before cutting them off (None: 30 s at the
+    # gateway, each shard's own setting in its engine)
+    drain_timeout_s: float | None = None
     max_patch_bytes: int = 256 << 20
     shards: dict[str, str] = field(default_factory=dict)  # registered at start if absent
     workers: int = 32
@@ -91,7 +94,8 @@ class ControlPlaneServer:
         store = PatchStore(cfg.state_dir / "patches")
         audit = AuditLog(db)
         lock = threading.RLock()
-        reconciler = Reconciler(db, store, audit, cfg.agent_token, lock, interval=cfg.reconcile_interval)
+        reconciler = Reconciler(db, store, audit, cfg.agent_token, lock, interval=cfg.reconcile_interval,
+                                drain_timeout_s=cfg.drain_timeout_s)
         self.cp = ControlPlane(
             db=db, store=store, audit=audit, idempotency=Idempotency(db), reconciler=reconciler,
             basecheck=BaseChecker(cfg.base_dirs), operations=None, mutation_lock=lock,  # type: ignore[arg-type]

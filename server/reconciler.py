@@ -43,6 +43,7 @@ class Reconciler:
     def __init__(
         self, db: Database, store: PatchStore, audit: AuditLog, agent_token: str, mutation_lock: threading.RLock,
         *, interval: float = 1.0, agent_timeout: float = 120.0, status_timeout: float = 5.0,
+        drain_timeout_s: float | None = None,
     ):
         self.db = db
         self.store = store
@@ -52,7 +53,10 @@ class Reconciler:
         self.interval = interval
         self.agent_timeout = agent_timeout
         self.status_timeout = status_timeout
-        self.gateway_drain_timeout = 30.0
+        # How long a weight change waits for running requests, at the gateway and then in the engine
+        # (None: the gateway waits 30 s and each shard uses its own setting).
+        self.drain_timeout_s = drain_timeout_s
+        self.gateway_drain_timeout = 30.0 if drain_timeout_s is None else drain_timeout_s
         self._clients: dict[str, AgentClient] = {}
         self._clients_lock = threading.Lock()
         self.shard_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
@@ -148,9 +152,9 @@ class Reconciler:
         t0 = time.perf_counter()
         try:
             if desired is None:
-                after = agent.revert()
+                after = agent.revert(drain_timeout_s=self.drain_timeout_s)
             else:
-                after = agent.apply(self.store.get(desired), desired)
+                after = agent.apply(self.store.get(desired), desired, drain_timeout_s=self.drain_timeout_s)
         except (StoreCorrupt, FileNotFoundError) as e:
             self.db.observe(name, st.raw, "ERROR", "STORE_CORRUPT", str(e))
             return None
@@ -295,7 +299,8 @@ class Reconciler:
                 shard = self.db.shard(name)
                 self._swap_begin(name)
                 try:
-                    after = self.client(name, shard.address).revert(timeout=timeout)
+                    drain = None if self.drain_timeout_s is None else min(self.drain_timeout_s, timeout)
+                    after = self.client(name, shard.address).revert(timeout=timeout, drain_timeout_s=drain)
                     if self.metrics is not None:
                         self.metrics.revert_seconds.labels(name).observe(time.perf_counter() - t0)
                     self.db.observe(name, after.raw, "SERVING" if after.active_version is None else "SYNCING")

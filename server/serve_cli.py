@@ -23,6 +23,10 @@ def serve(
     tls_key: Path = typer.Option(None, "--tls-key", exists=True),
     tls_client_ca: Path = typer.Option(None, "--tls-client-ca", exists=True, help="Require client certificates from this CA (mTLS)."),
     reconcile_interval: float = typer.Option(1.0, help="Seconds between reconcile passes."),
+    drain_timeout: float = typer.Option(None, "--drain-timeout", min=0.0, max=3600.0,  # the shard agent's own limit
+                                        help="Seconds a weight change waits for running requests (at the gateway, then "
+                                             "in each shard's engine) before they are cut off. Default: 30 s at the "
+                                             "gateway and each shard's own setting."),
     max_patch_mb: int = typer.Option(256, help="Largest patch ImportPatch accepts, in MiB."),
     gateway_listen: str = typer.Option("127.0.0.1:8080", "--gateway-listen",
                                        help="OpenAI gateway and /metrics address (host:port; port 0 picks one; 'off' for none)."),
@@ -57,7 +61,8 @@ def serve(
         server = ControlPlaneServer(ServeConfig(
             state_dir=state_dir, listen=listen, tokens_file=tokens_file, agent_token=agent_token,
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, base_dirs=list(base_dir),
-            editor_model=editor_model, reconcile_interval=reconcile_interval, max_patch_bytes=max_patch_mb << 20,
+            editor_model=editor_model, reconcile_interval=reconcile_interval, drain_timeout_s=drain_timeout,
+            max_patch_bytes=max_patch_mb << 20,
             shards=shards, monitors_file=monitors, probes_file=probes,
             gateway=None if gateway_listen == "off" else GatewayConfig(listen=gateway_listen),
         ))

@@ -29,6 +29,7 @@ EVERYTHING_ON = {
         "baseCheck": True, "extraShards": {"edge-0": "http://10.0.0.5:8000"},
         "tls": {"secretName": "factpatch-tls", "clientCASecret": "factpatch-client-ca"},
         "persistence": {"enabled": True, "existingClaim": "factpatch-state"},
+        "drainTimeout": 12.5,
     },
     "metrics": {"serviceMonitor": {"labels": {"release": "kube-prometheus-stack"}},
                 "prometheusRule": {"labels": {"release": "kube-prometheus-stack"}}},
@@ -106,6 +107,7 @@ def test_default_values_pass_the_values_schema():
     ({"shards": {"env": {"FACTPATCH_DRAIN_POLICY": "wait"}}}, "FACTPATCH_DRAIN_POLICY"),
     ({"controlPlane": {"extraShards": {"s9": "10.0.0.9:8000"}}}, "/controlPlane/extraShards/s9"),
     ({"shardz": {}}, "shardz"),
+    ({"controlPlane": {"drainTimeout": -1}}, "/controlPlane/drainTimeout"),
 ])
 def test_values_schema_refuses_bad_values(bad, where):
     import helm_python as helm
@@ -165,6 +167,16 @@ def test_control_plane_registers_every_shard_and_opens_the_gateway():
     assert args[args.index("--monitors") + 1] == "/etc/factpatch/monitors/monitors.yaml"
     assert dep["spec"]["strategy"]["type"] == "Recreate" and dep["spec"]["replicas"] == 1
     assert c["readinessProbe"]["grpc"]["port"] == 50051
+
+
+def test_the_drain_budget_is_passed_only_when_set():
+    def args(values):
+        return by_kind(manifests(values), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    assert "--drain-timeout" not in args(None)  # default: each shard's own setting
+    for budget in (0, 12.5):  # zero is a budget too: cut off at once
+        a = args({"controlPlane": {"drainTimeout": budget}})
+        assert float(a[a.index("--drain-timeout") + 1]) == budget
 
 
 def test_control_plane_flags_exist_in_the_cli():

@@ -58,8 +58,9 @@ def test_full_flow_rollback_and_crash(tmp_path, shards, patches, fixture_dir):
     assert s0.revert().status_code == 200 and s1.revert().status_code == 200
     base = answer(s0)
     assert answer(s1) == base
+    drain = 7.5  # the control plane's drain budget, which each shard's swap must use
     cp = ServeProc(tmp_path / "state", write_tokens(tmp_path / "tokens.yaml"), AGENT_TOKEN,
-                   {"s0": s0.url, "s1": s1.url}, base_dirs=[fixture_dir])
+                   {"s0": s0.url, "s1": s1.url}, base_dirs=[fixture_dir], extra_args=["--drain-timeout", str(drain)])
     cp.start()
     try:
         cl = Client(cp.target, OPERATOR_TOKEN)
@@ -81,6 +82,7 @@ def test_full_flow_rollback_and_crash(tmp_path, shards, patches, fixture_dir):
         r = cl(cl.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(request_id=rid(), patch=a, canary_shards=["s0"]))
         r = wait_state(cl, r.id, {S.Value("ROLLOUT_STATE_PAUSED")})
         assert active(s0) == a and active(s1) is None
+        assert s0.status().json()["last_swap"]["drain_timeout_s"] == drain
         patched = answer(s0)
         assert patched != base and answer(s1) == base
 
@@ -102,6 +104,7 @@ def test_full_flow_rollback_and_crash(tmp_path, shards, patches, fixture_dir):
         resp = cl(cl.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(request_id=rid()))
         assert all(x.ok for x in resp.results)
         assert active(s0) is None and active(s1) is None
+        assert all(s.status().json()["last_swap"]["drain_timeout_s"] == drain for s in (s0, s1))
         assert answer(s0) == base and answer(s1) == base
 
         # kill -9 in the middle of a rollout, restart, converge

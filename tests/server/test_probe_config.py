@@ -66,6 +66,24 @@ def test_serve_stops_on_a_refused_probes_file(tmp_path):
     assert not state.exists()
 
 
+def test_serve_refuses_a_drain_budget_out_of_range_before_creating_anything(tmp_path):
+    import typer
+
+    from factpatch.server.serve_cli import serve
+
+    app = typer.Typer()
+    app.command("serve")(serve)
+    app.command("noop")(lambda: None)
+    state = tmp_path / "state"
+    for bad in ("-1", "3601", "soon"):
+        r = CliRunner().invoke(app, ["serve", "--state-dir", str(state), "--tokens-file", str(write_tokens(tmp_path / "t.yaml")),
+                                     "--drain-timeout", bad, "--gateway-listen", "off"],
+                               env={"FACTPATCH_AGENT_TOKEN": "agent-" + "z" * 26})
+        assert r.exit_code == 2, r.output
+        assert "--drain-timeout" in r.output, r.output
+    assert not state.exists()
+
+
 def test_a_fact_written_with_several_phrasings_is_asked_once_per_question():
     from factpatch.server.probes.sets import edit_questions
 
