@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from .auth import check_bearer
 from .checkpoint import Checkpoint
 from .checks import CheckError, check_patch
-from .swap import SwapCoordinator, SwapError
+from .swap import MAX_DRAIN_TIMEOUT_S, SwapCoordinator, SwapError
 
 log = logging.getLogger("factpatch.plugin.agent")
 
@@ -125,8 +125,6 @@ async def _read_patch(request: Request) -> tuple[bytes, str | None, str | None, 
         return error(413, "MALFORMED", f"patch larger than {MAX_PATCH_BYTES} bytes")
     return data, request.headers.get("x-factpatch-digest"), request_id, drain
 
-
-MAX_DRAIN_TIMEOUT_S = 3600.0
 
 
 def _drain_budget(request: Request, body: dict[str, Any] | None = None) -> float | None | JSONResponse:

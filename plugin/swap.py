@@ -28,6 +28,7 @@ log = logging.getLogger("factpatch.plugin.swap")
 
 POLICIES = ("abort", "fail")
 ABORT_SETTLE_S = 30.0  # after cutting the stragglers off, how long the engine may take to go idle
+MAX_DRAIN_TIMEOUT_S = 3600.0  # the longest drain budget a swap may be given (agent requests, `serve --drain-timeout`)
 
 
 class Engine(Protocol):

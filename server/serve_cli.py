@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from factpatch.plugin.swap import MAX_DRAIN_TIMEOUT_S
+
 
 def serve(
     state_dir: Path = typer.Option(Path("./factpatch-state"), "--state-dir", help="Patch store and state database."),
@@ -23,7 +25,7 @@ def serve(
     tls_key: Path = typer.Option(None, "--tls-key", exists=True),
     tls_client_ca: Path = typer.Option(None, "--tls-client-ca", exists=True, help="Require client certificates from this CA (mTLS)."),
     reconcile_interval: float = typer.Option(1.0, help="Seconds between reconcile passes."),
-    drain_timeout: float = typer.Option(None, "--drain-timeout", min=0.0, max=3600.0,  # the shard agent's own limit
+    drain_timeout: float = typer.Option(None, "--drain-timeout", min=0.0, max=MAX_DRAIN_TIMEOUT_S,
                                         help="Seconds a weight change waits for running requests (at the gateway, then "
                                              "in each shard's engine) before they are cut off. Default: 30 s at the "
                                              "gateway and each shard's own setting."),
