@@ -19,6 +19,8 @@ import torch
 from factpatch import patchfile
 from factpatch.plugin.checkpoint import Checkpoint
 
+from tests.server.helpers import budget_in
+
 from .patches import random_patch
 from .reference import Reference
 
@@ -393,7 +395,7 @@ def test_a_swap_with_no_drain_budget_under_load_never_mixes_and_counts_what_it_c
     no_budget = 0
     runs, last = _swap_under_load(s, prompt, kw, data, budget=no_budget)
     seen = f"{last}; (finish reason, tokens): {sorted((str(r[2]), len(r[0])) for r in runs.values())}"
-    assert last["drain_timeout_s"] == no_budget, last  # the setting recorded, not a time measured
+    assert budget_in(last) == no_budget, last
     aborted = [i for i, (_, _, reason) in runs.items() if reason == "abort"]
     # vLLM streams nothing for a request cut off before its first token: no token, no finish reason.
     cut_early = [i for i, (ids, _, reason) in runs.items() if reason is None]

@@ -43,3 +43,8 @@ def random_patch(
 
 def rid() -> str:
     return new_request_id()
+
+
+def budget_in(last_swap: dict) -> float:
+    """The drain budget a shard's last swap was given (a setting it echoes back, not a time it measured)."""
+    return last_swap["drain_timeout_s"]

@@ -47,7 +47,8 @@ def test_defaults_and_off_switch(tmp_path):
         load(f)
 
 
-def test_serve_stops_on_a_refused_probes_file(tmp_path):
+def _serve(tmp_path, state, *args: str):
+    """`factpatch serve` in-process with a state folder, tokens and no gateway, plus `args`."""
     import typer
 
     from factpatch.server.serve_cli import serve
@@ -55,30 +56,25 @@ def test_serve_stops_on_a_refused_probes_file(tmp_path):
     app = typer.Typer()
     app.command("serve")(serve)
     app.command("noop")(lambda: None)  # two commands, so "serve" stays a sub-command
+    return CliRunner().invoke(app, ["serve", "--state-dir", str(state), "--tokens-file", str(write_tokens(tmp_path / "t.yaml")),
+                                    "--gateway-listen", "off", *args],
+                              env={"FACTPATCH_AGENT_TOKEN": "agent-" + "z" * 26})
+
+
+def test_serve_stops_on_a_refused_probes_file(tmp_path):
     probes = tmp_path / "probes.yaml"
     probes.write_text(yaml.safe_dump({"regression": [], "schedule": {"interval_seconds": 60}}))
     state = tmp_path / "state"
-    r = CliRunner().invoke(app, ["serve", "--state-dir", str(state), "--tokens-file", str(write_tokens(tmp_path / "t.yaml")),
-                                 "--probes", str(probes), "--gateway-listen", "off"],
-                           env={"FACTPATCH_AGENT_TOKEN": "agent-" + "z" * 26})
+    r = _serve(tmp_path, state, "--probes", str(probes))
     assert r.exit_code == 2, r.output
     assert "EMPTY_REGRESSION_SET" in r.output
     assert not state.exists()
 
 
 def test_serve_refuses_a_drain_budget_out_of_range_before_creating_anything(tmp_path):
-    import typer
-
-    from factpatch.server.serve_cli import serve
-
-    app = typer.Typer()
-    app.command("serve")(serve)
-    app.command("noop")(lambda: None)
     state = tmp_path / "state"
     for bad in ("-1", "3601", "soon"):
-        r = CliRunner().invoke(app, ["serve", "--state-dir", str(state), "--tokens-file", str(write_tokens(tmp_path / "t.yaml")),
-                                     "--drain-timeout", bad, "--gateway-listen", "off"],
-                               env={"FACTPATCH_AGENT_TOKEN": "agent-" + "z" * 26})
+        r = _serve(tmp_path, state, "--drain-timeout", bad)
         assert r.exit_code == 2, r.output
         assert "--drain-timeout" in r.output, r.output
     assert not state.exists()
