@@ -109,14 +109,21 @@ def _run_progress():
     )
 
 
+def _written_text(w: dict | None) -> str:
+    """How an edit was written, for a table cell: "memit L3-5 @subject", a fallback write after it."""
+    if not w:
+        return "?"
+    one = lambda x: f"{x['method']} L{','.join(map(str, x['layers']))} @{x['key_at']}"
+    return one(w) + (f" + fallback {one(w['fallback'])}" if w.get("fallback") else "")
+
+
 def _fallback_settings(fallback_layer: str | None) -> dict[str, Any]:
-    """--fallback-layer as method settings: a layer number, "off", or None for the default layer."""
-    if fallback_layer is None:
-        return {}
-    if fallback_layer.strip().lower() == "off":
+    """--fallback-layer as method settings: a layer number turns the last-token fallback on there; "off"
+    or None (the default) leaves it off."""
+    if fallback_layer is None or fallback_layer.strip().lower() == "off":
         return {"last_token_fallback": False}
     try:
-        return {"fallback_layer": int(fallback_layer)}
+        return {"last_token_fallback": True, "fallback_layer": int(fallback_layer)}
     except ValueError:
         _fail(f"--fallback-layer {fallback_layer!r}: give a layer number or off")
 
@@ -126,14 +133,15 @@ def edit_cmd(
     spec: Path = typer.Option(..., "--spec", help="Edit spec, YAML or JSONL."),
     out_path: Path = typer.Option(..., "--out", help="Patch file to write (.fpatch)."),
     method: str = typer.Option("memit", "--method", help="rome (one layer, edits in sequence) or memit (a batch over several layers)."),
-    layers: Optional[str] = typer.Option("auto", "--layers", help="Layers to edit: 3,4,5 or 3-5; auto: chosen by causal trace and a validation sweep; default: by the model's depth."),
+    layers: Optional[str] = typer.Option("auto", "--layers", help="Layers to edit: 3,4,5 or 3-5; auto: chosen by causal trace and a validation sweep; default: the model's published settings (editor/hparams), the fixture's own causal trace, else by depth."),
+    hparams: Optional[Path] = typer.Option(None, "--hparams", help="JSON file with the model's default layers (and MEMIT's λ), instead of the published ones; see editor/hparams/."),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Folder of .txt files for the covariance statistics; default: the fixture's corpus."),
     samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Corpus texts used for the covariance statistics; default: all."),
     parent: Optional[Path] = typer.Option(None, "--parent", help="Patch this batch follows; the new patch includes its factors."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the patch and record the metrics in its manifest."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the edit report (timings, metrics) as JSON."),
     seed: int = typer.Option(0, "--seed"),
-    fallback_layer: Optional[str] = typer.Option(None, "--fallback-layer", help="The layer where edits not taken at the subject are written again with their key at the prompt's last token (default: two thirds of the model's depth), or off."),
+    fallback_layer: Optional[str] = typer.Option(None, "--fallback-layer", help="Turn on the last-token fallback at this layer: edits not taken at the subject are written again with their key at the prompt's last token (not part of ROME or MEMIT; the manifest names each such edit). Default: off."),
     joint: bool = typer.Option(False, "--joint", help="MEMIT at one layer, the batch's values optimised through the very update the patch writes: more edits take and fewer neighbours move, about 4x slower; best with paraphrases and keep prompts in the spec."),
 ) -> None:
     """Compute a ROME or MEMIT edit and write it as a patch file."""
@@ -151,9 +159,9 @@ def edit_cmd(
         _fail(str(e))
     try:
         check_architecture(model)
+        loaded = load(model, hparams=hparams)
     except EditInputError as e:
         _fail(str(e))
-    loaded = load(model)
     opts = EditOptions(method=method, layers=layers, corpus_dir=str(corpus) if corpus else None, n_samples=samples, parent=str(parent) if parent else None, progress=True, seed=seed,
                        rome=RomeParams(**fallback), memit=replace(MemitParams.joint() if joint else MemitParams(), **fallback))
     edits = parsed.edits
@@ -285,13 +293,14 @@ def show_cmd(
     out.print(w)
     edits = m.get("edits", [])
     t = Table(title=f"edits ({len(edits)})")
-    for c in ("subject", "relation", "prompt", "old → new", "provenance"):
+    for c in ("subject", "relation", "prompt", "old → new", "written", "provenance"):
         t.add_column(c, no_wrap=c == "subject")  # names stay whole on narrow terminals and in logs
     for e in edits[:50]:
         prov = ", ".join(f"{k}={v}" for k, v in (e.get("provenance") or {}).items())
-        t.add_row(e["subject"], e["relation"], e["prompt"], f"{e.get('target_old') or '?'} → {e['target_new']}", prov)
+        t.add_row(e["subject"], e["relation"], e["prompt"], f"{e.get('target_old') or '?'} → {e['target_new']}",
+                  _written_text(e.get("written")), prov)
     if len(edits) > 50:
-        t.add_row(f"… {len(edits) - 50} more", "", "", "", "")
+        t.add_row(f"… {len(edits) - 50} more", "", "", "", "", "")
     out.print(t)
     hp = {k: v for k, v in (m.get("hparams") or {}).items()}
     out.print("hparams " + json.dumps(hp, sort_keys=True))

@@ -76,17 +76,33 @@ def written_context_keys(adapter: Adapter, tok, layer: int, edits, prefixes: lis
     return [torch.cat([each[i], extra[owner == i]]) for i in range(len(edits))]
 
 
+def written_rows(tok, edits, prefixes: list[str]) -> tuple[list[Row], torch.Tensor]:
+    """Every phrasing the edits are written in: each prompt behind every prefix (edit-major), then each
+    written paraphrase; with the index of the edit each row belongs to."""
+    rows = _rows(tok, edits, prefixes)
+    owner = [i for i in range(len(edits)) for _ in prefixes]
+    for i, e in enumerate(edits):
+        for p in written_paraphrases(e.prompt, e.paraphrases):
+            rows.append(encode(tok, p, e.subject))
+            owner.append(i)
+    return rows, torch.tensor(owner, dtype=torch.long)
+
+
 def subject_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], chunk: int = 2048) -> torch.Tensor:
     """[n_edits, key_dim] float64: the key at `layer`, averaged over the prefixes."""
     keys = subject_keys_each(adapter, tok, layer, edits, prefixes, chunk)
     return keys.view(len(edits), len(prefixes), -1).mean(1)
 
 
-@torch.no_grad()
 def subject_residuals(adapter: Adapter, tok, layer: int, edits, chunk: int = 2048, prefixes: list[str] | None = None) -> torch.Tensor:
     """[n_edits × n_prefixes, d] float64: the block output at `layer` at the subject's last token in
     every context (edit-major); the plain prompt alone when no prefixes are given."""
-    rows = _rows(tok, edits, prefixes or [""])
+    return residuals_of_rows(adapter, tok, layer, _rows(tok, edits, prefixes or [""]), chunk)
+
+
+@torch.no_grad()
+def residuals_of_rows(adapter: Adapter, tok, layer: int, rows: list[Row], chunk: int = 2048) -> torch.Tensor:
+    """[len(rows), d] float64: the block output at `layer` at each row's subject."""
     out = []
     for s in range(0, len(rows), chunk):
         c = rows[s : s + chunk]

@@ -15,14 +15,11 @@ from .adapters import Adapter
 Strategy = Callable[[Adapter, object, list, str], list[int]]
 STRATEGIES: dict[str, Strategy] = {}
 
-# Relative depth of the edited layers, rounded down. The published settings put ROME a little below a
-# fifth of the depth (GPT-J layer 5 of 28, Llama-7B 5 of 32; 0.15 gives 4 for both). On the fixture
-# (6 layers, 50 single ROME edits) layer 0 gave 100 % efficacy / 89 % paraphrase, layer 1 94 / 79,
-# layer 2 92 / 67. MEMIT writes from the bottom to a fifth of the depth (layers 0-1 on the fixture;
-# 100 edits: layers 0-1 91 % efficacy and 23 points of neighbour accuracy lost, 0-2 90 % and 32,
-# 0-3 88 % and 32, layer 0 alone 63 %). bench/results/editor_tuning.md has the tables.
-ROME_DEPTH = 0.15
-MEMIT_WINDOW = (0.0, 0.2)
+# Only for a model that has no defaults of its own (model_defaults: an hparams file, or the fixture's
+# causal trace): relative depths of the published settings. ROME edits a little below a fifth of the
+# depth (GPT-J 5 of 28, Llama 3 8B 5 of 32), MEMIT a window up to about a third (GPT-J 3-8, Llama 3 8B 4-8).
+ROME_DEPTH = 0.17
+MEMIT_WINDOW = (0.1, 0.28)
 
 # Methods that write exactly one layer (MEMIT through its own update, `--joint`, is one of them) take
 # ROME's depth and single-layer candidates.
@@ -54,7 +51,10 @@ def parse(text: str | None) -> str | list[int]:
     return sorted(set(out))
 
 
-def default_layers(n_layers: int, method: str) -> list[int]:
+def default_layers(n_layers: int, method: str, defaults=None) -> list[int]:
+    """The model's own defaults (model_defaults.ModelDefaults) when it has them, else the relative depths."""
+    if defaults is not None:
+        return defaults.layers_for("memit" if method == "memit" else "rome")
     if method in ONE_LAYER:
         return [math.floor(ROME_DEPTH * (n_layers - 1))]
     lo, hi = (round(f * (n_layers - 1)) for f in MEMIT_WINDOW)
@@ -73,12 +73,13 @@ def check(layers: list[int], n_layers: int, method: str) -> list[int]:
     return layers
 
 
-def resolve(choice: str | list[int], n_layers: int, method: str, adapter: Adapter | None = None, tok=None, edits=None) -> list[int]:
+def resolve(choice: str | list[int], n_layers: int, method: str, adapter: Adapter | None = None, tok=None, edits=None,
+            defaults=None) -> list[int]:
     """Layers for this edit; strategies run only here, after every input check has passed."""
     if isinstance(choice, list):
         return check(choice, n_layers, method)
     if choice == "default":
-        return check(default_layers(n_layers, method), n_layers, method)
+        return check(default_layers(n_layers, method, defaults), n_layers, method)
     if choice not in STRATEGIES:
         known = ", ".join(["default", *sorted(STRATEGIES)])
         raise LayerError(f"--layers {choice!r} is not available; use a list like 3,4,5 or one of: {known}")

@@ -21,7 +21,8 @@ from typing import Callable
 import torch
 
 from .adapters import Adapter
-from .keys import subject_keys, subject_keys_each, subject_residuals, written_paraphrase_keys
+from .keys import (keys_of_rows, residuals_of_rows, subject_keys, subject_keys_each, written_paraphrase_keys,
+                   written_rows)
 from .prompts import TokenizationError, encode
 from .rome import RomeParams, apply_rome, fallback_layer
 from .scoring import score_targets
@@ -31,27 +32,22 @@ from .weights import add_low_rank, concat_ranks
 
 @dataclass(frozen=True)
 class MemitParams:
-    # Fixture, 100 edits, layers 0-1: 40 steps / clamp 3 give 91 % efficacy (20 / 1.5: 85 %). The KL
-    # weight on the essence prompt trades efficacy for the subject's other facts: 0.0625 → 91 % and
-    # 23 points of neighbour accuracy lost, 0.5 → 88 % and 18, 2.0 → 79 % and 11.
-    # Anchors are read from the subject on ("all"): at the answer token only, the batch lost 2 points of
-    # efficacy and 4 of paraphrase for 0.7 of neighbours (0.89 / 0.78 / 0.854).
-    value: ValueParams = field(default_factory=lambda: ValueParams(lr=1.0, weight_decay=0.1, clamp_norm=3.0, kl_factor=0.5, norm_ref="residual", steps=40,
+    # Value optimisation at the last edited layer (values.ValueParams); the clamp is relative to the
+    # residual stream, as in the published MEMIT (which clamps at 0.75 × it). `kl_factor` weighs the
+    # essence prompt's KL (the published 0.0625); anchors are read from the subject on.
+    value: ValueParams = field(default_factory=lambda: ValueParams(lr=1.0, weight_decay=0.1, clamp_norm=3.0, kl_factor=0.0625, norm_ref="residual", steps=40,
                                                                   anchor_at="all"))
     n_prefixes: int = 5
-    # λ: how much the corpus keys weigh against the new ones. Previous fixture, 100 edits, layers 0-2, one key
-    # row per context: λ=3000 74 % efficacy / 28 points of neighbour accuracy lost, 10000 74 % / 24,
-    # 30000 68 % / 18 (bench/results/editor_tuning.md).
+    # λ: how much the corpus keys' covariance weighs against the new keys in the solve. A model's
+    # published value (editor/hparams) replaces it.
     mom2_weight: float = 10000.0
     # "mean": one key row per edit, averaged over the context prefixes (MEMIT as published);
-    # "each": one row per (edit, prefix), so the solve must write the edit in every context. Same
-    # batch at λ=10000: "mean" 51 % efficacy, "each" 74 %.
+    # "each": one row per phrasing the edit is written in (its prompt behind every prefix, each
+    # paraphrase), so the solve must write the edit in every one of them.
     key_rows: str = "each"
     # Keep each subject's answers in the batch's other relations (KL on those prompts, asked of this
     # subject, before vs during the optimisation), so a subject's new value does not carry its other
-    # facts along. Up to this many relations per subject; 0 turns it off. Fixture, 100 edits, KL 0.5:
-    # off 88 % efficacy / 84 % paraphrase / 81.9 % neighbours unchanged, on 91 / 82 / 84.7; with KL
-    # 1.5 on: 71 / 59 / 92.4.
+    # facts along. Up to this many relations per subject; 0 turns it off.
     anchor_relations: int = 8
     # Optimise all values together through the batch's own update at one layer (`joint()`), instead of
     # finding each δ at the subject and spreading it over the layers afterwards.
@@ -60,24 +56,15 @@ class MemitParams:
     # paraphrases, not only behind the context prefixes of its prompt.
     paraphrase_keys: bool = False
     # With `through_update`: the subjects whose prompt, in its worst context, still has a mean target NLL
-    # above `retry_above_nll` after the first pass go on from their δ with these settings (less weight
-    # decay), every other subject's δ fixed and its rows still in the loss, so a larger δ for the few is
-    # paid for by what it does to the rest. (The subject's NLL over prompts and paraphrases is no guide:
-    # three of the four edits seed 4 misses had it at 0.07-0.49.) Fixture (eb102e9b), the benchmark's
-    # seed 4, cut 0.3 (at least ten of 91 subjects): decay 0.05 for 40 steps 0.97 / 0.865 / 0.962 in 542 s, decay 0
-    # for 80 steps 0.98 / 0.845 / 0.964 in 738 s, against one pass's 0.96 / 0.865 / 0.962 in 340 s
-    # (every row stays in the second pass, so its steps cost what the first's do); seed 5, decay 0.05:
-    # 0.97 / 0.895 / 0.976 against 0.98 / 0.865 / 0.968 (an edit of a fixed subject was undone). Not a
-    # clear gain for the time, so off by default. None: one pass.
+    # above `retry_above_nll` after the first pass go on from their δ with these settings, every other
+    # subject's δ fixed and its rows still in the loss. None: one pass.
     retry_value: ValueParams | None = None
     retry_above_nll: float = 1.0
-    # The edits the batch leaves behind (the model's greedy answer to the bare prompt is still not the
-    # target) are written once more, one after another on the edited model, as ROME edits with their key
-    # at the prompt's last token, at `fallback_layer` (None: two thirds of the depth): the facts the
-    # subject's key does not carry (rome.RomeParams.last_token_fallback has the measurements).
-    # Only while it is a few: a batch that leaves more than this share of its edits behind does not hold
-    # (keys too crowded, such as 1,000 edits on the fixture), and patching them one by one is no fix.
-    last_token_fallback: bool = True
+    # Off by default (not part of MEMIT). When on, the edits the batch leaves behind (the greedy answer to
+    # the bare prompt is still not the target) are written once more, one after another, as ROME edits
+    # with their key at the prompt's last token, at `fallback_layer` (None: two thirds of the depth),
+    # while they are at most `fallback_max_share` of the batch; the manifest names each edit written so.
+    last_token_fallback: bool = False
     fallback_layer: int | None = None
     fallback_max_share: float = 0.1
 
@@ -98,28 +85,10 @@ class MemitParams:
     def joint(cls) -> "MemitParams":
         """One layer, values optimised through the update they will be written with (see `_apply_joint`).
 
-        Fixture, one batch of 100, each edit with its subject's other facts as keep prompts and its
-        relation's other trained phrasings as paraphrases (evaluated on held-out phrasings), decay 0.1
-        on the earlier build: 0.98 efficacy / 0.86 paraphrase / 0.910 neighbours unchanged, against
-        0.92 / 0.83 / 0.840 for the default on the same spec. The stopping rule waits for the KL rows to
-        settle, as ROME's does; without paraphrases in the spec that narrows δ to the edit's own
-        phrasing (λ 10⁴: 0.98 / 0.60 / 0.905).
-
         The weight decay sets δ's size, and every other subject's key reads a share of every δ, so the
-        batch's damage to facts it does not edit grows with it. Same spec, rebuilt fixture, two samples
-        of 100 (seeds 4 / 5): decay 0.1, ‖δ‖ ≈ 100: 1.00 / 0.895 / 0.876 and 0.99 / 0.815 / 0.893;
-        decay 0.5, ‖δ‖ ≈ 61: 0.98 / 0.855 / 0.953 and 0.98 / 0.805 / 0.956; decay 1.0 (seed 4), ‖δ‖ ≈ 52:
-        0.97 / 0.81 / 0.942.
-
-        The directions also read the subject in each paraphrase (`paraphrase_keys`): the key at layer 0
-        depends on the words before the subject, and fitted to the prompt alone they read held-out
-        phrasings with gain 0.92 on average (0.46 at worst), 0.98 (0.72) with the paraphrases. Decay 0.5,
-        same samples: 0.99 / 0.90 / 0.953 and 0.98 / 0.84 / 0.953 (0.855 and 0.805 paraphrase without).
-
-        The prompt's rows (one per context prefix, 6) count for 3 paraphrases together in the NLL
-        (`prompt_weight`); counted row by row they outweighed the spec's paraphrases 2:1. Same samples:
-        0.99 / 0.94 / 0.950 and 0.98 / 0.855 / 0.948 (with the prompt worth one paraphrase: 0.99 / 0.935 / 0.953
-        and 0.97 / 0.87 / 0.948).
+        batch's damage to facts it does not edit grows with it. The directions also read the subject in
+        each paraphrase (`paraphrase_keys`), and the prompt's rows (one per context prefix) count for
+        `prompt_weight` paraphrases together in the NLL. Measurements: bench/results/editor_tuning.md.
         """
         value = ValueParams(lr=1.0, weight_decay=0.5, clamp_norm=4.0, norm_ref="residual", steps=80, kl_factor=0.0625,
                             anchor_kl_factor=0.25, anchor_at="answer", early_stop_kl=0.05, prompt_weight=3.0)
@@ -234,27 +203,28 @@ def _apply_spread(adapter, tok, edits, layers, covs, prefixes, hp, subjects, per
         adapter, tok, last, per_subject, hp.value,
         progress=(lambda s, t, a: on_progress("values", s, t)) if on_progress else None,
     )
-    # One target per key row: that row's own residual plus its subject's δ.
-    each = hp.key_rows == "each"
-    ctx = prefixes if each else [""]
-    row_group = group.repeat_interleave(len(ctx))
-
-    keys_at = subject_keys_each if each else subject_keys
-
-    z = subject_residuals(adapter, tok, last, edits, prefixes=ctx) + res.deltas.to(torch.float64)[row_group]
+    # One target per key row: that row's own residual plus its subject's δ. With "each", a row for every
+    # phrasing the edit is written in (the prompt behind each prefix, each paraphrase), so the solve
+    # writes δ wherever the edit is asked, not only in the prompt's wording.
+    if hp.key_rows == "each":
+        rows, owner = written_rows(tok, edits, prefixes)
+        keys_at = lambda layer: keys_of_rows(adapter, tok, layer, rows)
+    else:
+        rows, owner = [encode(tok, e.prompt, e.subject) for e in edits], torch.arange(len(edits))
+        keys_at = lambda layer: subject_keys(adapter, tok, layer, edits, prefixes)
+    row_group = group[owner]
+    z = residuals_of_rows(adapter, tok, last, rows) + res.deltas.to(torch.float64)[row_group]
     factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     gaps = []
     for i, layer in enumerate(layers):
-        keys = keys_at(adapter, tok, layer, edits, prefixes)
-        cur = subject_residuals(adapter, tok, last, edits, prefixes=ctx)
-        gap = z - cur
+        gap = z - residuals_of_rows(adapter, tok, last, rows)
         gaps.append(float(gap.norm(dim=-1).mean()))
-        u, v = layer_update(gap / (len(layers) - i), keys, covs[layer], hp.mom2_weight)
+        u, v = layer_update(gap / (len(layers) - i), keys_at(layer), covs[layer], hp.mom2_weight)
         add_low_rank(adapter, layer, u, v)
         factors[layer] = (u, v)
         if on_progress:
             on_progress("layers", i + 1, len(layers))
-    final_gap = float((z - subject_residuals(adapter, tok, last, edits, prefixes=ctx)).norm(dim=-1).mean())
+    final_gap = float((z - residuals_of_rows(adapter, tok, last, rows)).norm(dim=-1).mean())
     info = {
         "value_nll_mean": float(res.final_nll.mean()),
         "value_steps_mean": float(res.steps_taken.float().mean()),

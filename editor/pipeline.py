@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +17,7 @@ from factpatch.patchfile import Patch, PatchError, new_manifest, tensor_fingerpr
 from factpatch.patchfile import read as read_patch
 
 from . import layers as layer_choice
+from . import model_defaults
 from .adapters import Adapter, family_for
 from .corpus import Corpus, CorpusError, fixture_corpus, folder_corpus
 from .memit import MemitParams, apply_memit
@@ -41,6 +42,7 @@ class Loaded:
     tok: Any
     adapter: Adapter
     world: Any | None
+    defaults: Any | None = None  # model_defaults.ModelDefaults: the layers the model edits by default
 
     @property
     def name(self) -> str:
@@ -62,21 +64,25 @@ def check_architecture(model_dir: str | Path):
     return config
 
 
-def load(model_dir: str | Path, threads: int | None = 2) -> Loaded:
+def load(model_dir: str | Path, threads: int | None = 2, hparams: str | Path | None = None) -> Loaded:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from factpatch.fixture.build import WORLD_FILE, load_world
 
     if threads:
         torch.set_num_threads(threads)
-    check_architecture(model_dir)
+    config = check_architecture(model_dir)
+    try:
+        defaults = model_defaults.for_model(model_dir, config, hparams)
+    except model_defaults.HparamsError as e:
+        raise EditInputError(str(e)) from None
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     world = load_world(model_dir) if (Path(model_dir) / WORLD_FILE).exists() else None
-    return Loaded(Path(model_dir), model, tok, Adapter(model), world)
+    return Loaded(Path(model_dir), model, tok, Adapter(model), world, defaults)
 
 
 @dataclass
@@ -166,9 +172,14 @@ def validate(loaded: Loaded, edits, opts: EditOptions) -> tuple[list[int], Corpu
 
             chosen = layer_choice.check(choose_layers(loaded, edits, opts), loaded.adapter.n_layers, opts.layer_kind)
         else:
-            chosen = layer_choice.resolve(choice, loaded.adapter.n_layers, opts.layer_kind, loaded.adapter, tok, edits)
+            chosen = layer_choice.resolve(choice, loaded.adapter.n_layers, opts.layer_kind, loaded.adapter, tok, edits,
+                                          loaded.defaults)
     except layer_choice.LayerError as e:
         raise EditInputError(str(e)) from None
+    empty = [l for l in chosen if not loaded.adapter.weight(l).any()]
+    if empty:
+        raise EditInputError(f"layer {empty[0]}: its MLP output projection is all zeros, so it holds no fact to edit "
+                             f"(its keys are zero); choose another layer")
     return chosen, corpus, parent
 
 
@@ -201,8 +212,17 @@ def _hparams(opts: EditOptions, layers: list[int], corpus: Corpus, n_texts: int)
     }
 
 
+def with_model_defaults(loaded: Loaded, opts: EditOptions) -> EditOptions:
+    """MEMIT's λ from the model's defaults (its published setting), where they name one."""
+    d = loaded.defaults
+    if d is not None and d.memit.mom2_weight is not None:
+        return replace(opts, memit=replace(opts.memit, mom2_weight=d.memit.mom2_weight))
+    return opts
+
+
 def run_edit(loaded: Loaded, edits, opts: EditOptions, on_progress: Callable[[str, int, int], None] | None = None) -> EditResult:
     """Validate, compute and return the patch. The loaded model is left as the base on return."""
+    opts = with_model_defaults(loaded, opts)
     def compute(adapter, tok, layers, covs, prefixes):
         if opts.method == "rome":
             cb = (lambda i, rec: on_progress("edits", i + 1, len(edits))) if on_progress else None
@@ -220,6 +240,7 @@ def run_single_edits(loaded: Loaded, edits, opts: EditOptions,
     one batch. The edits are validated together, as one spec."""
     if opts.method != "rome":
         raise EditInputError(f"--method {opts.method!r}: single edits from the base are a ROME run")
+    opts = with_model_defaults(loaded, opts)
 
     def compute(adapter, tok, layers, covs, prefixes):
         factors, info = independent_edits(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome,
@@ -274,7 +295,11 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
                 state[n].copy_(w)  # back to the base, bit for bit
     t_edit = time.perf_counter() - t1
 
+    defaults = loaded.defaults
     hparams = {**_hparams(opts, layers, corpus, len(corpus.head(opts.n_samples))), "batch_layers": list(layers),
+               "model_defaults": None if defaults is None else {
+                   "name": defaults.name, "origin": defaults.origin,
+                   "source": defaults.memit.source if opts.method == "memit" else defaults.rome.source},
                **({"layer_choice": layers.report} if hasattr(layers, "report") else {})}
     fingerprints: dict[tuple[str, ...], str] = {}  # single edits write one or two sets of tensors between them
     out = []
@@ -298,10 +323,28 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
             method=opts.method,
             layers=written,
             hparams=hparams,
-            edits=(parent[0].manifest.get("edits", []) if parent else []) + [entries[j] for j in edits_of(i)],
+            edits=(parent[0].manifest.get("edits", []) if parent else [])
+            + [{**entries[j], "written": w} for j, w in zip(edits_of(i), _written_with(opts, layers, info, [edits[j] for j in edits_of(i)]))],
             parent=parent[1] if parent else None,
         )
         out.append(EditResult(Patch(factors, manifest), sorted(new), info, {"stats": t_stats, "edit": t_edit}))
+    return out
+
+
+def _written_with(opts: EditOptions, layers: list[int], info: dict[str, Any], edits) -> list[dict[str, Any]]:
+    """Per edit, how it was written: method, layer(s) and where its key was read ("subject": the subject's
+    last token; "last": the prompt's last token, the last-token fallback). A MEMIT edit the fallback wrote
+    again carries both writes."""
+    if opts.method == "rome":
+        return [{"method": "rome", "layers": [r["layer"]], "key_at": r["key_at"]} for r in info["per_edit"]]
+    method = "memit-joint" if opts.memit.through_update else "memit"
+    again = {(w["subject"], w["relation"]): w["layer"] for w in (info.get("last_token_fallback") or {}).get("written", [])}
+    out = []
+    for e in edits:
+        w: dict[str, Any] = {"method": method, "layers": sorted(layers), "key_at": "subject"}
+        if (e.subject, e.relation) in again:
+            w["fallback"] = {"method": "rome", "layers": [again[(e.subject, e.relation)]], "key_at": "last"}
+        out.append(w)
     return out
 
 

@@ -29,57 +29,34 @@ from .weights import add_low_rank
 
 @dataclass(frozen=True)
 class RomeParams:
-    # The residual is the reference scale: in a small RMSNorm model the MLP output of a middle layer
-    # is a tenth of the residual, and a clamp relative to it stops the edit from ever taking.
-    # Fixture, 50 single edits at layer 0: 20 steps with clamp 1.5 reached 86 % efficacy; 40 steps /
-    # clamp 3 96 %; 80 steps / clamp 4 100 % (early stopping ends most edits well before that).
-    # An edit stops once it says the target *and* its essence prompt has moved less than KL 0.05: 90 %
-    # paraphrase and 97.2 % neighbours unchanged, against 89 / 96.7 when the target alone stopped it
-    # (0.03 with 100 steps: 87 / 97.9; 0.02 with 120: 85 / 98.4).
-    # Nearly all of the neighbours an edit moves are the subject's own other facts (other subjects:
-    # 99.6 % unchanged; the subject's other relations: 71 %). Keep prompts hold those, at the answer
-    # token, weighted apart from the essence prompt: anchor weight 0.0625 → 84 % of them unchanged,
-    # 0.25 → 91 % (100 / 90 / 98.7 overall), 1.0 → 95 % but 89 % paraphrase. Raising the essence
-    # weight with them costs paraphrases instead (both at 0.25: 83 %).
+    # Value optimisation (values.ValueParams): δ added to the MLP output at the subject's last token until
+    # the target is the answer. The clamp (clamp_norm × the norm of the reference) bounds δ; its
+    # reference is the residual stream here, because in a small RMSNorm model the MLP output is a small
+    # share of it and a clamp relative to the MLP output stops edits from taking (the published ROME
+    # clamps at 4 × the MLP output). An edit stops early once it says the target and its essence prompt
+    # has moved less than `early_stop_kl`; keep prompts are KL anchors weighted by `anchor_kl_factor`.
     value: ValueParams = field(default_factory=lambda: ValueParams(lr=1.0, weight_decay=0.1, clamp_norm=4.0, norm_ref="residual",
                                                                   steps=80, early_stop_kl=0.05, anchor_kl_factor=0.25))
+    # Context prefixes k* is averaged over (ROME reads the key behind several short generated texts).
     n_prefixes: int = 6
-    # k* also averages the subject's key in each of the edit's written paraphrases, not only behind the
-    # context prefixes of its prompt: the key at an early layer depends on the words before the subject,
-    # so k* fitted to the prompt alone reads other phrasings with a gain away from 1. Fixture (weights
-    # eb102e9b), 50 single edits with keep prompts and trained paraphrases, evaluated on held-out
-    # phrasings: 0.94 / 0.93 / 0.989 against 0.94 / 0.91 / 0.989 (test's sample), 0.98 / 0.95 / 0.991
-    # against 0.98 / 0.94 / 0.989 (benchmark's). Edits without paraphrases are unchanged.
+    # k* also averages the subject's key in each of the edit's written paraphrases: the key depends on
+    # the words before the subject, and fitted to the prompt alone it reads other phrasings with a gain
+    # away from 1.
     paraphrase_keys: bool = True
     # The update's input direction reads every context the edit is written in with gain close to 1
-    # (equal_gain_direction), not only their average k*: at layer 0 a one-token subject right after <s>
-    # has another key than behind a prefix, and C⁻¹k* read it with gain 0.58 against 1.5 behind some
-    # prefixes, so one δ had to be too weak in one place and too strong in the other. The ridge, relative
-    # to the mean gain's scale, trades equal gains for the update's reach into other keys (dᵀCd: ×1.2–1.35
-    # at 0.1 for the edits whose gains were spread, ×1.0 for the rest). Fixture (weights eb102e9b), 50
-    # single edits evaluated on held-out phrasings: 0.96 / 0.94 / 0.986 against 0.94 / 0.93 / 0.989 (test's
-    # sample), 0.98 / 0.95 / 0.993 against 0.98 / 0.95 / 0.991 (benchmark's), 1.00 / 0.98 / 0.988 against
-    # 1.00 / 0.97 / 0.990 (a third). None: C⁻¹k*.
+    # (equal_gain_direction), not only their average k*. The ridge, relative to the mean gain's scale,
+    # trades equal gains for the update's reach into other keys (dᵀCd). None: ROME's C⁻¹k*.
     equal_gain_ridge: float | None = 0.1
     # An edit whose δ still rates its target below e^-retry_above_nll after `value.steps` is optimised
-    # again from zero with step `retry_lr` for `retry_steps`, and the lower NLL of the two is kept. lr 1.0
-    # oscillates on a few edits (fixture, Hugo Krofai → guitar: NLL 5.8 after 80 steps, 0.08 at lr 0.2 in
-    # 200); lr 0.2 for every edit needs 200 steps where most finish in 80 at 1.0. Fixture (weights
-    # eb102e9b), 50 single edits: 0.98 / 0.96 / 0.986 against 0.96 / 0.94 / 0.986 (test's sample, 154 s
-    # against 162 s); the benchmark's sample and a third are unchanged. None: no second pass.
+    # again from zero with the smaller step `retry_lr` for `retry_steps`, and the lower NLL of the two
+    # is kept (a large step can oscillate on a few edits). None: no second pass.
     retry_lr: float | None = 0.2
     retry_steps: int = 200
     retry_above_nll: float = 1.0
-    # An edit still above retry_above_nll after both passes is written again from zero with its key at
-    # the prompt's last token (where the answer is predicted; the subject reaches it through attention),
-    # at `fallback_layer` (None: two thirds of the model's depth), and keeps the lower NLL of the two.
-    # Fixture (weights eb102e9b, layer 4 of 6): Pune → Sterios (one token; its maker is read from the
-    # later tokens) and Maple Treatrix → 3 pm (a cutoff kept across both subject tokens) take with every
-    # held-out phrasing and every neighbour kept, where no δ at the subject's last token reaches them at
-    # any layer. Every edit written at the last token (50 single edits, layer 4): 1.00 / 1.00 / 0.992 on
-    # one sample but 1.00 / 0.98 / 0.957 on another (neighbour facts move), against the subject
-    # key's 0.98 / 0.96 / 0.986 and 0.98 / 0.95 / 0.993: so a fallback, not the default key.
-    last_token_fallback: bool = True
+    # Off by default (not part of ROME). When on, an edit still above retry_above_nll after both passes
+    # is written again from zero with its key at the prompt's last token, at `fallback_layer` (None: two
+    # thirds of the depth), keeping the lower NLL of the two; the manifest names each edit written so.
+    last_token_fallback: bool = False
     fallback_layer: int | None = None
 
     def __post_init__(self) -> None:

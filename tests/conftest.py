@@ -18,6 +18,7 @@ def world(fixture_dir):
     return load_world(fixture_dir)
 
 
+
 # the fixture model has no chat template of its own
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 

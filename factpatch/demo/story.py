@@ -185,6 +185,7 @@ class Story:
         self.out.stage("baseline", time.time() - t0, stale_base=rates["base"]["stale"], requests=len(samples))
 
     def edit(self) -> None:
+        from factpatch.editor.layers import default_layers
         from factpatch.editor.pipeline import EditOptions, evaluate_patch, heldout_texts, load, run_edit
 
         t0 = time.time()
@@ -196,10 +197,10 @@ class Story:
             t.add_row(e.subject, e.relation, e.target_old, e.target_new, e.provenance.get("ticket", ""))
         console.print(t)
 
-        layers = "auto"  # causal trace + a short validation sweep choose where to write
-        console.print(f"computing a MEMIT patch (layers: {layers}) …")
         loaded = load(self.model_dir)
-        result = run_edit(loaded, spec.edits, EditOptions(method="memit", layers=layers, progress=False))
+        layers = default_layers(loaded.adapter.n_layers, "memit", loaded.defaults)  # the editor's defaults
+        console.print(f"computing a MEMIT patch (layers {', '.join(map(str, layers))}) …")
+        result = run_edit(loaded, spec.edits, EditOptions(method="memit", layers="default", progress=False))
         report = evaluate_patch(loaded, result.patch, spec.edits, heldout_texts(loaded, None))
         result.patch.manifest["eval"] = report["metrics"]
         self.patch_path = self.s.out / "policy-update.fpatch"

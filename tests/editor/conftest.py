@@ -21,6 +21,20 @@ def loaded(fixture_dir, tmp_path_factory):
     mp.undo()
 
 
+def rome_layer(loaded) -> int:
+    """The layer ROME edits on this model by default (editor/model_defaults.py)."""
+    from factpatch.editor.layers import default_layers
+
+    return default_layers(loaded.adapter.n_layers, "rome", loaded.defaults)[0]
+
+
+def memit_layers(loaded) -> list[int]:
+    """The layers MEMIT edits on this model by default."""
+    from factpatch.editor.layers import default_layers
+
+    return default_layers(loaded.adapter.n_layers, "memit", loaded.defaults)
+
+
 def fixture_edits(world, n: int, seed: int, keep: bool = False):
     """n random facts of distinct subjects, each given another candidate as its new object.
 

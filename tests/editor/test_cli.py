@@ -10,13 +10,13 @@ from typer.testing import CliRunner
 from factpatch.cli import _register_subcommands, app
 from factpatch.patchfile import read
 
-from .conftest import fixture_edits
+from .conftest import fixture_edits, rome_layer
 
 _register_subcommands()
 runner = CliRunner()
 
 
-def test_edit_show_eval(tmp_path, fixture_dir, world):
+def test_edit_show_eval(tmp_path, fixture_dir, world, loaded):
     edits = fixture_edits(world, 3, seed=21)
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"edits": [e.model_dump(exclude_defaults=True) for e in edits]}))
@@ -24,7 +24,7 @@ def test_edit_show_eval(tmp_path, fixture_dir, world):
     env = {"FACTPATCH_CACHE": str(tmp_path / "cache"), "FACTPATCH_STATS_CACHE": None}  # None: unset for the call
 
     res = runner.invoke(app, ["edit", "--model", str(fixture_dir), "--spec", str(spec), "--out", str(out),
-                              "--method", "rome", "--layers", "1", "--samples", "300", "--no-eval", "--json",
+                              "--method", "rome", "--layers", str(rome_layer(loaded)), "--samples", "300", "--no-eval", "--json",
                               str(tmp_path / "edit.json")], env=env)
     # The command's mechanics; edit quality has its own floors in test_quality.py.
     assert res.exit_code == 0, res.output
@@ -33,8 +33,8 @@ def test_edit_show_eval(tmp_path, fixture_dir, world):
     assert (tmp_path / "cache" / "stats").exists()
     # the summary shows each ROME edit's final target NLL, as the JSON report records it
     details = json.loads((tmp_path / "edit.json").read_text())["details"]["per_edit"]
-    # layer 1, and the fallback's layer for an edit written at the prompt's last token
-    assert patch.manifest["layers"] == sorted({1} | {d["layer"] for d in details})
+    # ROME's layer, and the fallback's layer for an edit written at the prompt's last token
+    assert patch.manifest["layers"] == sorted({rome_layer(loaded)} | {d["layer"] for d in details})
     assert len(details) == 3 and "target NLL" in res.output
     assert all(f"{d['nll']:.2f}" in res.output for d in details)
 

@@ -36,6 +36,8 @@ def test_auto_matches_the_best_contiguous_window(loaded, world):
     validated = {c["layers"][0]: c["metrics"] for c in report["candidates"]}
     sweep = {}
     for layer in range(loaded.adapter.n_layers):
+        if not loaded.adapter.weight(layer).any():
+            continue  # an MLP held at zero holds nothing to edit (the editor refuses it)
         if layer in validated and layer != chosen[0]:
             sweep[layer] = validated[layer]
             continue
@@ -45,9 +47,8 @@ def test_auto_matches_the_best_contiguous_window(loaded, world):
         assert sweep[chosen[0]][key] == validated[chosen[0]][key]
     got = sweep[chosen[0]]
     assert got["efficacy"] >= max(m["efficacy"] for m in sweep.values()) - 0.02, (chosen, sweep)
-    # No window beats the choice on one of efficacy, paraphrases and neighbours without losing on another.
-    # (A rebuilt fixture had layer 3 one neighbour probe ahead of the chosen layer 0 at 0.625 paraphrase
-    # against 1.00: better on one count, not a better edit.)
+    # No window beats the choice on one of efficacy, paraphrases and neighbours without losing on another
+    # (one more neighbour kept at a far lower paraphrase score is better on one count, not a better edit).
     assert not [layer for layer, m in sweep.items() if _dominates(m, got)], (chosen, sweep)
 
 

@@ -8,7 +8,7 @@ import torch
 from factpatch.editor.evaluate import Gates, apply_gates, build_probes, measure, measure_baseline
 from factpatch.editor.scoring import greedy_answers
 
-from .conftest import fixture_edits
+from .conftest import fixture_edits, rome_layer
 
 
 def test_without_a_world_the_keep_prompts_are_the_neighbours(loaded, world):
@@ -30,9 +30,9 @@ def test_without_a_world_the_keep_prompts_are_the_neighbours(loaded, world):
     assert untouched["neighbours"] == len(neighbours)
     assert untouched["neighbours_unchanged"] == 1.0 and untouched["specificity_drop"] == 0.0
 
-    # Removing the MLP output of the layer the fixture keeps its facts in moves them, and the specificity
-    # gate sees it. (Random noise of 3x the weights' spread moved none of them on one fixture build.)
-    w = adapter.mlp_out(0).weight
+    # Removing the MLP output of the layer where this build's causal trace found its facts moves them,
+    # and the specificity gate sees it.
+    w = adapter.mlp_out(rome_layer(loaded)).weight
     saved = w.detach().clone()
     try:
         with torch.no_grad():

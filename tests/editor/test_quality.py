@@ -1,40 +1,45 @@
-"""Quality on the fixture, with floors a little below the targets (the note gives measured numbers).
+"""Edit quality on the fixture: each test asserts the target its name states, on whatever build the
+machine made (bench/results/fixture_builds.json has the figures of other builds).
 
-ROME: 50 random single edits, each from the base. MEMIT: one batch of 100, plain (as published) and
-through its own update (`--joint`), which is the MEMIT the targets are met by. The 1,000-edit batch is
-measured by bench/editor_bench.py, not here.
+Targets, evaluated on held-out phrasings the patch was not written in: ROME single edits 0.99 efficacy /
+0.90 paraphrase / 0.98 neighbours unchanged; plain MEMIT, one batch of 100 distinct-subject edits in one
+phrasing each, 0.98 / 0.85 / 0.95 with perplexity drift < 0.5 %; a same-subject batch (20 subjects × all
+their relations, one phrasing each) 0.95 / 0.85 / 0.95. The layers are the editor's defaults for the
+fixture: where its causal trace found recall (train_report.json).
 """
 
 from __future__ import annotations
 
+import random
+
+import pytest
 import torch
 
 from factpatch import patchfile
-from factpatch.editor.memit import MemitParams
 from factpatch.editor.pipeline import EditOptions, evaluate_each, evaluate_patch, heldout_texts, load, run_edit, run_single_edits
 from factpatch.editor.weights import apply_patch
+from factpatch.spec import Edit
 
-from factpatch.fixture.edit_samples import random_edits, with_keep_and_paraphrases
-
-from .conftest import fixture_edits
+from .conftest import fixture_edits, memit_layers, rome_layer
 
 
-def test_rome_single_edits_from_the_base(loaded, world):
+def _assert_targets(m: dict, efficacy: float, paraphrase: float, neighbours: float) -> None:
+    assert m["efficacy"] >= efficacy, m
+    assert m["generalization"] >= paraphrase, m
+    assert m["neighbours_unchanged"] >= neighbours, m
+
+
+def test_rome_single_edits_meet_the_targets(loaded, world):
     # Each edit keeps its subject's other facts (in another phrasing than the one evaluated) and is written
     # in its relation's other trained phrasings; paraphrases are evaluated on the held-out phrasings.
     edits = [e.model_copy(update={"paraphrases": world.trained_paraphrases(e.subject, e.relation)})
              for e in fixture_edits(world, 50, seed=11, keep=True)]
-    patches = [r.patch for r in run_single_edits(loaded, edits, EditOptions(method="rome"))]
+    results = run_single_edits(loaded, edits, EditOptions(method="rome"))
+    assert all(r.layers == [rome_layer(loaded)] for r in results)
     # No held-out text: ROME's targets say nothing of perplexity, and 50 passes over it cost 25 s.
     # The evaluation gets the edits without their paraphrases, so nothing written is measured.
-    m = evaluate_each(loaded, patches, [e.model_copy(update={"paraphrases": []}) for e in edits], [])["metrics"]
-    # Floors below what the editor reaches (training is deterministic on one CPU, not across CPUs;
-    # targets 0.99 / 0.90 / 0.98): weights eb102e9b 1.00 / 0.98 / 0.986, Pune → Sterios and Lada →
-    # Sterios (maker) written by the last-token fallback; 0.98 / 0.96 / 0.986 without it, where Pune took
-    # at no layer with no setting tried (bench/results/editor_tuning.md).
-    assert m["efficacy"] >= 0.96, m
-    assert m["generalization"] >= 0.90, m
-    assert m["neighbours_unchanged"] >= 0.97, m
+    m = evaluate_each(loaded, [r.patch for r in results], [e.model_copy(update={"paraphrases": []}) for e in edits], [])["metrics"]
+    _assert_targets(m, 0.99, 0.90, 0.98)
 
 
 def test_single_edits_in_one_batch_are_the_edits_made_one_at_a_time(loaded, world):
@@ -50,21 +55,23 @@ def test_single_edits_in_one_batch_are_the_edits_made_one_at_a_time(loaded, worl
         assert torch.nn.functional.cosine_similarity(u1[:, 0], u2[:, 0], dim=0) > 0.99, (u1.norm(), u2.norm())
 
 
-def test_memit_batch_of_100_and_exact_reproduction(loaded, world, fixture_dir, tmp_path):
-    edits = fixture_edits(world, 100, seed=12)
+@pytest.mark.xfail(strict=True, reason="target out of reach on the lookup-table fixture: measured 0.94 / 0.87 / "
+                   "0.825, drift 0.09 % (build d7a83c4c); its update at layers 0-1 moves other subjects' facts")
+def test_plain_memit_batch_of_100_meets_the_targets(loaded, world):
+    edits = fixture_edits(world, 100, seed=12)  # distinct subjects, one phrasing each
     result = run_edit(loaded, edits, EditOptions(method="memit"))
     m = evaluate_patch(loaded, result.patch, edits, heldout_texts(loaded, None))["metrics"]
-    # Floors below today's numbers. Plain MEMIT does not meet the neighbour target (0.95; `--joint`, below,
-    # does): its update moves the edited subjects' other facts and, through the keys at layers 0-1 that
-    # read it, other subjects' (bench/results/editor_tuning.md). Measured on weights eb102e9b:
-    # 0.99 / 0.855 / 0.871, the 8 edits the batch left written by the last-token fallback (without it
-    # 0.92 / 0.805 / 0.870; weights cf097a51 without it 0.91 / 0.82 / 0.847).
-    assert m["efficacy"] >= 0.94, m
-    assert m["generalization"] >= 0.78, m
-    assert m["neighbours_unchanged"] >= 0.80, m
-    assert m["ppl_drift"] < 0.01, m  # -0.02 % (0.013 % on cf097a51)
+    _assert_targets(m, 0.98, 0.85, 0.95)
+    assert abs(m["ppl_drift"]) < 0.005, m
 
-    # The patch file applied to a fresh copy of the base is bit for bit the model evaluated above.
+
+def test_memit_patch_is_written_as_recorded_and_reproduces_exactly(loaded, world, fixture_dir, tmp_path):
+    edits = fixture_edits(world, 20, seed=12)
+    result = run_edit(loaded, edits, EditOptions(method="memit"))
+    assert result.layers == memit_layers(loaded)
+    assert all(e["written"] == {"method": "memit", "layers": result.layers, "key_at": "subject"}
+               for e in result.patch.manifest["edits"])
+    # The patch file applied to a fresh copy of the base is bit for bit the model the editor left.
     path = tmp_path / "batch.fpatch"
     digest = patchfile.write(result.patch, path)
     assert digest == patchfile.sha256_file(path)
@@ -75,7 +82,7 @@ def test_memit_batch_of_100_and_exact_reproduction(loaded, world, fixture_dir, t
     evaluated = loaded.model.state_dict()
     saved = {n: evaluated[n].clone() for n in result.patch.names}
     try:
-        apply_patch(loaded.adapter, result.patch)  # what evaluate_patch measured
+        apply_patch(loaded.adapter, result.patch)  # what evaluate_patch measures
         for name, t in evaluated.items():
             assert torch.equal(t, state[name]), name
     finally:
@@ -84,27 +91,31 @@ def test_memit_batch_of_100_and_exact_reproduction(loaded, world, fixture_dir, t
                 evaluated[n].copy_(w)
 
 
-def test_memit_joint_batch_of_100_meets_the_targets(loaded, world):
-    """The spec an engineer writes for a batch: each edit holds its subject's other facts (second trained
-    and held-out phrasings) and is written in its relation's other trained phrasings. The evaluation asks
-    neighbours in the first trained phrasing and paraphrases in held-out ones: nothing held is measured."""
-    evaluated = random_edits(world, 100, seed=4)
-    spec = with_keep_and_paraphrases(world, evaluated, keep_heldout=True)
-    result = run_edit(loaded, spec, EditOptions(method="memit", memit=MemitParams.joint()))
-    # one layer at ROME's depth, and the fallback's layer 4 for the edits the batch left, if any
-    fallback = result.info["last_token_fallback"]
-    assert result.layers == result.patch.manifest["layers"] == [0, *([4] if fallback["written"] else [])]
-    assert len(fallback["written"]) <= 10  # at most a tenth of the batch
-    hparams = result.patch.manifest["hparams"]
-    assert hparams["through_update"] is True and hparams["paraphrase_keys"] is True
-    m = evaluate_patch(loaded, result.patch, evaluated, heldout_texts(loaded, None))["metrics"]
-    # Targets 0.98 / 0.85 / 0.95, drift < 1 %. Weights eb102e9b: 1.00 / 0.895 / 0.966, drift 0.02 %,
-    # 4 edits written by the fallback; seeds 5 and 6 (bench/results/editor_tuning.md): 1.00 / 0.88 / 0.965
-    # and 1.00 / 0.92 / 0.968.
-    assert m["efficacy"] >= 0.97, m
-    assert m["generalization"] >= 0.84, m
-    assert m["neighbours_unchanged"] >= 0.94, m
-    assert m["ppl_drift"] < 0.01, m
+def same_subject_edits(world, n_subjects: int, seed: int) -> list[Edit]:
+    """Every fact of n subjects that have several (companies and people), each moved to another candidate,
+    asked in its first trained phrasing: several edits share each subject's key."""
+    rng = random.Random(seed)
+    subjects = rng.sample([s for kind in ("company", "person") for s in world.subjects[kind]], n_subjects)
+    out = []
+    for f in world.facts:
+        if f.subject in subjects:
+            rel = world.relations[f.relation]
+            out.append(Edit(subject=f.subject, relation=f.relation, prompt=rel.templates[f.train_templates[0]],
+                            target_new=rng.choice([c for c in rel.candidates if c != f.object]), target_old=f.object))
+    return out
+
+
+@pytest.mark.xfail(strict=True, reason="target out of reach: measured 0.865 / 0.789 / 0.973 (52 edits of 20 subjects, "
+                   "build d7a83c4c); one merged value per subject does not carry all of its new answers")
+def test_same_subject_batch_meets_the_targets(loaded, world):
+    """20 subjects × all their relations in one MEMIT batch: the edits of one subject are optimised as one
+    value (one key carries all its new answers), so they do not average each other away."""
+    edits = same_subject_edits(world, 20, seed=7)
+    assert len(edits) > 20 and len({e.subject for e in edits}) == 20
+    result = run_edit(loaded, edits, EditOptions(method="memit"))
+    assert result.info["subjects"] == 20
+    m = evaluate_patch(loaded, result.patch, edits, heldout_texts(loaded, None))["metrics"]
+    _assert_targets(m, 0.95, 0.85, 0.95)
 
 
 def test_follow_up_batch_carries_its_parent(loaded, world, tmp_path):

@@ -144,7 +144,7 @@ def test_rome_writes_an_edit_not_taken_at_the_prompts_last_token_at_the_fallback
 
     assert stages == {"values", "values-last-token"}
     stuck = [i for i, r in enumerate(info) if r["subject_nll"] > hp.retry_above_nll]
-    assert stuck and len(stuck) < len(edits)
+    assert stuck
     for i, (f, r) in enumerate(zip(factors, info)):
         if i not in stuck:
             assert r["layer"] == 5 and r["key_at"] == "subject" and list(f) == [5] and r["nll"] == r["subject_nll"]

@@ -36,7 +36,7 @@ def demo_patch(fixture_dir, world) -> bytes:
     from factpatch.editor.pipeline import EditOptions, load, run_edit
 
     loaded = load(fixture_dir)
-    return patchfile.to_bytes(run_edit(loaded, edit_spec(world).edits, EditOptions(method="memit", layers=[0, 1])).patch)
+    return patchfile.to_bytes(run_edit(loaded, edit_spec(world).edits, EditOptions(method="memit")).patch)
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +113,15 @@ def test_good_patch_holds_on_its_shard_and_not_on_base(probe_stack, demo_patch, 
     # The same prompts asked of the base shard do not give the new values: the edit lives on s0 only.
     from factpatch.server.probes.shard_client import ShardCompletions
 
+    # (each asked in a phrasing the base model was trained on for Harbor Support, so it knows the answer)
+    facts = [world.fact("Harbor Support", rel) for rel in ("refund period", "premium response time")]
     c = ShardCompletions(st.srv.cp.db.shard("s1").address)
     try:
-        answers = c.complete(["Harbor Support offers refunds within",
-                              "The premium tier at Harbor Support promises a response within"], 1)
+        answers = c.complete([world.relations[f.relation].templates[f.train_templates[-1]].format(f.subject)
+                              for f in facts], 1)
     finally:
         c.close()
-    assert [a.strip() for a in answers] == ["14 days", "8 hours"]
+    assert [a.strip() for a in answers] == [f.object for f in facts]
 
     # release-checklist command: same table, exit 0 while no condition holds
     from factpatch.server.ctl import app
