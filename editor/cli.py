@@ -241,7 +241,7 @@ def eval_cmd(
     except (OSError, patchfile.PatchError) as e:
         _fail(f"--patch {patch}: {e}")
     try:
-        edits = edit_spec.load(spec).edits if spec else edit_spec.parse_obj({"edits": p.manifest.get("edits", [])}).edits
+        edits = edit_spec.load(spec).edits if spec else edit_spec.from_manifest(p.manifest.get("edits", [])).edits
     except edit_spec.SpecError as e:
         _fail(str(e))
     try:

@@ -187,3 +187,9 @@ def load(path: str | Path) -> EditSpec:
     except UnicodeDecodeError as e:
         raise SpecError(f"{path}: not UTF-8 text (byte {e.start})") from None
     return parse_text(text, name=str(path))
+
+
+def from_manifest(entries: list[dict]) -> "EditSpec":
+    """The spec a patch was made from, out of its manifest's edits (what the editor recorded beside each
+    edit, such as how it was written, is left out)."""
+    return parse_obj({"edits": [{k: v for k, v in e.items() if k in Edit.model_fields} for e in entries]})

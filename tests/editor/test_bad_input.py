@@ -113,3 +113,38 @@ def test_empty_corpus_folder(tmp_path, fixture_dir):
     empty.mkdir()
     (empty / "blank.txt").write_text("\n\n")
     assert "is empty" in _run(tmp_path, fixture_dir, _yaml(), "--corpus", str(empty))
+
+
+@pytest.mark.parametrize("content, says", [
+    ({"name": "x", "rome": {"layer": "5", "source": "s"}, "memit": {"layers": [1], "source": "s"}}, "field 'rome.layer'"),
+    ({"name": "x", "rome": {"layer": 1, "source": "s"}, "memit": {"layers": [1], "source": "s"}, "lr": 3}, "field 'lr'"),
+    ({"name": "x", "rome": {"layer": 1, "source": "s"}, "memit": {"layers": [1, 9], "source": "s"}}, "memit.layers 9 is out of range"),
+    ({"name": "x", "rome": {"layer": 1, "source": "s"}}, "field 'memit'"),
+])
+def test_hparams_file_with_unknown_ill_typed_or_out_of_range_fields(tmp_path, fixture_dir, content, says):
+    f = tmp_path / "hp.json"
+    f.write_text(json.dumps(content))
+    out = _run(tmp_path, fixture_dir, _yaml(), "--hparams", str(f))
+    assert says in out and str(f) in out
+
+
+def test_hparams_file_missing_or_not_json(tmp_path, fixture_dir):
+    assert "No such file" in _run(tmp_path, fixture_dir, _yaml(), "--hparams", str(tmp_path / "none.json"))
+    (tmp_path / "bad.json").write_text("{layers: 3")
+    assert "not JSON" in _run(tmp_path, fixture_dir, _yaml(), "--hparams", str(tmp_path / "bad.json"))
+
+
+def test_a_layer_whose_mlp_is_all_zeros_is_refused(tmp_path, fixture_dir):
+    """A checkpoint whose MLP at a layer is zero holds nothing to edit there (its keys are zero)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(fixture_dir, model)
+    weights = load_file(model / "model.safetensors")
+    for part in ("gate_proj", "up_proj", "down_proj"):
+        weights[f"model.layers.2.mlp.{part}.weight"] = torch.zeros_like(weights[f"model.layers.2.mlp.{part}.weight"])
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    assert "layer 2: its MLP output projection is all zeros" in _run(tmp_path, model, _yaml(), "--layers", "2")

@@ -157,9 +157,10 @@ def test_rome_writes_an_edit_not_taken_at_the_prompts_last_token_at_the_fallback
 
 
 def test_rome_fallback_layer_follows_the_depth_or_the_setting():
-    assert RomeParams().late_layer(6) == 4 and RomeParams().late_layer(28) == 18
-    assert RomeParams(fallback_layer=2).late_layer(6) == 2
-    assert RomeParams(last_token_fallback=False).late_layer(6) is None
+    on = RomeParams(last_token_fallback=True)
+    assert on.late_layer(6) == 4 and on.late_layer(28) == 18
+    assert RomeParams(last_token_fallback=True, fallback_layer=2).late_layer(6) == 2
+    assert RomeParams().late_layer(6) is None  # off unless asked for: not part of ROME
 
 
 def test_rome_retry_settings_are_checked():
