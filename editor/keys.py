@@ -94,12 +94,6 @@ def subject_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], 
     return keys.view(len(edits), len(prefixes), -1).mean(1)
 
 
-def subject_residuals(adapter: Adapter, tok, layer: int, edits, chunk: int = 2048, prefixes: list[str] | None = None) -> torch.Tensor:
-    """[n_edits × n_prefixes, d] float64: the block output at `layer` at the subject's last token in
-    every context (edit-major); the plain prompt alone when no prefixes are given."""
-    return residuals_of_rows(adapter, tok, layer, _rows(tok, edits, prefixes or [""]), chunk)
-
-
 @torch.no_grad()
 def residuals_of_rows(adapter: Adapter, tok, layer: int, rows: list[Row], chunk: int = 2048) -> torch.Tensor:
     """[len(rows), d] float64: the block output at `layer` at each row's subject."""
