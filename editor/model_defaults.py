@@ -6,7 +6,8 @@ In order:
    for a recipe whose builds must recall like a real model (fixture/build.py, `accept_recall`);
 3. the published settings for the model's family and size, one file per model in `hparams/`, each
    naming the paper and the file of the authors' code it comes from;
-4. none: the caller falls back on a relative depth (`layers.default_layers`) and says so.
+4. none: the caller falls back on a relative depth (`layers.default_layers`), and the patch's manifest
+   records `hparams.model_defaults` as null.
 
 A file:
 
@@ -116,12 +117,12 @@ def published() -> list[ModelDefaults]:
 
 def for_model(model_dir: str | Path, config: Any, override: str | Path | None = None) -> ModelDefaults | None:
     """The defaults for this model, or None when neither a file nor the fixture's report has any."""
-    n_layers = _config_shape(config)["num_layers"]
+    shape = _config_shape(config)
+    n_layers = shape["num_layers"]
     if override:
         return load_file(override).check(n_layers)
     found = _fixture_defaults(Path(model_dir))
     if found is None:
-        shape = _config_shape(config)
         for d in published():
             m = d.match
             if m and all(getattr(m, k) in (None, shape[k]) for k in ("model_type", "num_layers", "hidden_size", "vocab_size")):
