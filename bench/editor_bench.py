@@ -30,7 +30,7 @@ from factpatch.editor.stats import second_moments
 from factpatch.editor.values import build_rows, optimise_values
 from factpatch.fixture.build import REPORT_FILE, ensure_fixture
 from factpatch.fixture.edit_samples import random_edits, with_keep_and_paraphrases
-from factpatch.spec import Edit
+from factpatch.core.spec import Edit
 
 RESULTS = Path(__file__).parent / "results" / "editor.json"
 

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.editor_layer_sweep
 
 ROME at every layer (single edits from the base) and MEMIT over several windows (one batch);
-writes bench/results/layer_sweep.json. The defaults in editor/layers.py come from this sweep.
+writes bench/results/layer_sweep.json. The defaults in src/factpatch/editor/layers.py come from this sweep.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from factpatch.fixture.build import ensure_fixture
-from factpatch.plugin.testing import ShardServer
+from factpatch.harness.shard_process import ShardServer
 
 TOKEN = "bench-agent-token-" + "x" * 16
 PROMPTS = ["The refund period of Harbor Support is", "Harbor Support offers refunds within",

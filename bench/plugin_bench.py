@@ -21,9 +21,9 @@ import httpx
 import torch
 from safetensors.torch import load_file, save_file
 
-from factpatch import patchfile
+from factpatch.core import patchfile
 from factpatch.plugin.checkpoint import Checkpoint
-from factpatch.plugin.testing import ShardServer
+from factpatch.harness.shard_process import ShardServer
 
 
 def random_patch(model_dir: Path, layers: list[int], rank: int = 4, scale: float = 0.5, seed: int = 0) -> tuple[bytes, patchfile.Patch]:

@@ -4,7 +4,7 @@ and again, on two real vLLM shards of the fixture model.
     python -m bench.soak [--clients 8] [--minutes 10] [--out bench/results/soak.json]
 
 Every response is checked against the exact answer of the version its header names (see
-server/loadcheck.py): the figures are requests sent, failed, mismatched (mixed or mis-tagged), and
+src/factpatch/harness/load_during_change.py): the figures are requests sent, failed, mismatched (mixed or mis-tagged), and
 p50/p99 latency during swaps against steady state, measured in the same run.
 """
 
@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from factpatch import patchfile
+from factpatch.core import patchfile
 from factpatch.demo.scenario import edit_spec, questions
 from factpatch.fixture.build import ensure_fixture, load_world
-from factpatch.plugin.testing import ShardServer
+from factpatch.harness.shard_process import ShardServer
 from factpatch.server.app import ControlPlaneServer, ServeConfig
-from factpatch.server.client import Client
+from factpatch.server.cli.client import Client
 from factpatch.server.gateway.app import GatewayConfig
-from factpatch.server.loadcheck import Churn, Clients, gateway_settled, judge
+from factpatch.harness.load_during_change import Churn, Clients, gateway_settled, judge
 
 RESULTS = Path(__file__).parent / "results" / "soak.json"
 AGENT = "soak-agent-token-" + "x" * 16

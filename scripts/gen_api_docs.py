@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
+import gen_protos  # same folder: one protoc invocation for code and docs
+
 ROOT = Path(__file__).resolve().parent.parent
-PROTO_ROOT = ROOT / "proto"
 OUT = ROOT / "docs" / "api.md"
 
 # Paths in a FileDescriptorProto (descriptor.proto field numbers).
@@ -28,23 +28,7 @@ SCALARS = {1: "double", 2: "float", 3: "int64", 4: "uint64", 5: "int32", 6: "fix
 
 
 def descriptor_set():
-    import google.rpc
-    import grpc_tools
-    from google.protobuf import descriptor_pb2
-    from grpc_tools import protoc
-
-    protos = sorted((PROTO_ROOT / "factpatch" / "v1").glob("*.proto"))
-    well_known = Path(grpc_tools.__file__).parent / "_proto"
-    googleapis = Path(list(google.rpc.__path__)[0]).parent.parent
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "api.pb"
-        args = ["protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", f"-I{googleapis}", "--include_source_info",
-                f"--descriptor_set_out={out}", *(str(p.relative_to(PROTO_ROOT)) for p in protos)]
-        if protoc.main(args) != 0:
-            raise SystemExit("protoc failed on proto/factpatch/v1")
-        fds = descriptor_pb2.FileDescriptorSet()
-        fds.ParseFromString(out.read_bytes())
-    return fds
+    return gen_protos.descriptor_set(source_info=True)
 
 
 def _escape(text: str) -> str:

@@ -36,7 +36,7 @@ def shard(fixture_dir, tmp_path_factory):
     """The session's shard: the fixture and plugin tests use it alone, the gateway tests as their s0
     (a vLLM start costs 40-50 s here). Its agent token is the control plane's, so a gateway stack
     can drive it; every user puts it back on base first."""
-    from factpatch.plugin.testing import ShardServer
+    from factpatch.harness.shard_process import ShardServer
 
     from tests.server.helpers import AGENT_TOKEN
 

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent("""
     from contextlib import ExitStack
     from pathlib import Path
     from factpatch.demo.cli import stop_children_on_sigterm
-    from factpatch.server.process import ControlPlaneProcess
+    from factpatch.harness.control_plane_process import ControlPlaneProcess
 
     stop_children_on_sigterm()
     tmp = Path(sys.argv[1])

@@ -36,8 +36,8 @@ def exported_metric_names() -> set[str]:
     """Every sample name the control plane's /metrics can carry, read from a real registry."""
     import tempfile
 
-    from factpatch.server.basecheck import BaseChecker
-    from factpatch.server.db import Database
+    from factpatch.server.control.basecheck import BaseChecker
+    from factpatch.server.state.db import Database
     from factpatch.server.metrics import Metrics
     from factpatch.server.probes.config import parse
     from factpatch.server.probes.metrics import ProbeMetrics

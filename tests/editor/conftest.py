@@ -22,7 +22,7 @@ def loaded(fixture_dir, tmp_path_factory):
 
 
 def rome_layer(loaded) -> int:
-    """The layer ROME edits on this model by default (editor/model_defaults.py)."""
+    """The layer ROME edits on this model by default (src/factpatch/editor/model_defaults.py)."""
     from factpatch.editor.layers import default_layers
 
     return default_layers(loaded.adapter.n_layers, "rome", loaded.defaults)[0]
@@ -42,7 +42,7 @@ def fixture_edits(world, n: int, seed: int, keep: bool = False):
     phrasings: the evaluation checks them in the first, so what is held is not what is measured."""
     import random
 
-    from factpatch.spec import Edit
+    from factpatch.core.spec import Edit
 
     rng = random.Random(seed)
     facts = rng.sample(world.facts, len(world.facts))

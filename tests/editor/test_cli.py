@@ -8,7 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from factpatch.cli import _register_subcommands, app
-from factpatch.patchfile import read
+from factpatch.core.patchfile import read
 
 from .conftest import fixture_edits, rome_layer
 

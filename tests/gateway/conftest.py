@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from factpatch.server.pb import rollout_pb2
+from factpatch.v1 import rollout_pb2
 
 from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, rid, write_tokens
 
@@ -59,7 +59,7 @@ def weak_patch(fixture_dir, fact) -> bytes:
 def shards(shard, fixture_dir, tmp_path_factory):
     """s0 is the session's shard; s1 accepts lower ranks than s0 (the gateway's patches are rank 1), so
     test_fleet can land one patch on s0 that s1 refuses."""
-    from factpatch.plugin.testing import ShardServer
+    from factpatch.harness.shard_process import ShardServer
 
     from tests.conftest import shard_args
 

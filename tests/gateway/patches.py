@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from factpatch import patchfile
-from factpatch.server.basecheck import LocalCheckpoint
+from factpatch.core import patchfile
+from factpatch.server.control.basecheck import LocalCheckpoint
 
 
 def push_token_patch(model_dir, fact, *, strength: float = 8.0, weaken: float = 1.0) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from factpatch.server.pb import rollout_pb2
+from factpatch.v1 import rollout_pb2
 
 pytestmark = pytest.mark.vllm
 

@@ -11,9 +11,9 @@ import time
 import grpc
 import pytest
 
-from factpatch.server.basecheck import LocalCheckpoint
-from factpatch.server.errors import reason_of
-from factpatch.server.pb import fleet_pb2, patch_pb2, rollout_pb2
+from factpatch.server.control.basecheck import LocalCheckpoint
+from factpatch.server.api.errors import reason_of
+from factpatch.v1 import fleet_pb2, patch_pb2, rollout_pb2
 
 from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, budget_in, random_patch, rid, write_tokens
 from tests.server.serveproc import ServeProc

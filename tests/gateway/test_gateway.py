@@ -129,7 +129,7 @@ def test_bad_requests_get_openai_errors(stack):
 def test_failed_connection_is_retried_on_same_version(stack, shards, fact):
     """A shard registered at a dead address is routable until the reconciler notices; the gateway
     retries on the other base shard meanwhile, so every request still gets an answer."""
-    from factpatch.plugin.testing import free_port
+    from factpatch.harness.shard_process import free_port
 
     srv = stack.srv
     srv.cp.reconciler.stop()  # freeze the fleet view: s0 is healthy as far as routing knows

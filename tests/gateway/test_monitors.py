@@ -8,12 +8,12 @@ import re
 import grpc
 import pytest
 
-from factpatch.server.errors import reason_of
+from factpatch.server.api.errors import reason_of
 from factpatch.server.monitors import config as mconfig
 from factpatch.server.monitors.config import LITERAL, REGEX, STALE, Monitor, MonitorError
 from factpatch.server.monitors.engine import CompiledMonitors
 from factpatch.server.monitors.stale import from_manifests
-from factpatch.server.pb import monitor_pb2, monitor_pb2_grpc
+from factpatch.v1 import monitor_pb2, monitor_pb2_grpc
 
 from tests.server.helpers import OPERATOR_TOKEN, VIEWER_TOKEN, rid
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from factpatch.server.errors import reason_of
-from factpatch.server.pb import probe_pb2, probe_pb2_grpc
+from factpatch.server.api.errors import reason_of
+from factpatch.v1 import probe_pb2, probe_pb2_grpc
 
 from tests.server.helpers import OPERATOR_TOKEN, rid
 
@@ -31,7 +31,7 @@ def regression_set(world, n: int = 30) -> list[dict]:
 @pytest.fixture(scope="module")
 def demo_patch(fixture_dir, world) -> bytes:
     """The demo's MEMIT patch (refund 14 → 30 days, shipping cutoff 5 pm → 3 pm, premium response 8 → 24 hours)."""
-    from factpatch import patchfile
+    from factpatch.core import patchfile
     from factpatch.demo.scenario import edit_spec
     from factpatch.editor.pipeline import EditOptions, load, run_edit
 
@@ -124,7 +124,7 @@ def test_good_patch_holds_on_its_shard_and_not_on_base(probe_stack, demo_patch, 
     assert [a.strip() for a in answers] == [f.object for f in facts]
 
     # release-checklist command: same table, exit 0 while no condition holds
-    from factpatch.server.ctl import app
+    from factpatch.server.cli.ctl import app
 
     out = CliRunner().invoke(app, ["--address", f"127.0.0.1:{st.srv.port}", "--token", OPERATOR_TOKEN,
                                    "probe", "run", "--shard", "s0"])
@@ -155,7 +155,7 @@ def test_breaking_patch_raises_regression_drift(probe_stack, breaking_patch):
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
     # reverting the fleet clears it on the next run
-    from factpatch.server.pb import rollout_pb2
+    from factpatch.v1 import rollout_pb2
 
     st.cl(st.cl.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(request_id=rid()))
     report = st.cl(st.probes.RunProbes, probe_pb2.RunProbesRequest(shards=["s0"]))

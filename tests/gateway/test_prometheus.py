@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from factpatch.plugin.testing import free_port
+from factpatch.harness.shard_process import free_port
 
 pytestmark = pytest.mark.vllm
 

@@ -3,7 +3,7 @@ traffic; the split follows the rollout; a key keeps its side."""
 
 from __future__ import annotations
 
-from factpatch.server.db import Database, Rollout, RolloutShard
+from factpatch.server.state.db import Database, Rollout, RolloutShard
 from factpatch.server.gateway.routing import BASE, CANARY, Router, SwapTracker, unit
 
 PATCH = "sha256:" + "a" * 64

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from factpatch.server.loadcheck import Churn, Clients, gateway_settled, judge
+from factpatch.harness.load_during_change import Churn, Clients, gateway_settled, judge
 
 pytestmark = pytest.mark.vllm
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from factpatch import patchfile
+from factpatch.core import patchfile
 from factpatch.plugin.checkpoint import Checkpoint
 
 

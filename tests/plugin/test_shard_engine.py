@@ -16,7 +16,7 @@ import httpx
 import pytest
 import torch
 
-from factpatch import patchfile
+from factpatch.core import patchfile
 from factpatch.plugin.checkpoint import Checkpoint
 
 from tests.server.helpers import budget_in
@@ -63,7 +63,7 @@ def reference(fixture_dir):
 def edit(fixture_dir, world):
     """A real ROME patch rewriting one fact, made by the editor."""
     from factpatch.editor.pipeline import EditOptions, load, run_edit
-    from factpatch.spec import Edit
+    from factpatch.core.spec import Edit
 
     fact = world.facts[0]
     rel = world.relations[fact.relation]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from factpatch.plugin.testing import ShardError, ShardServer, start_all
+from factpatch.harness.shard_process import ShardError, ShardServer, start_all
 
 pytestmark = pytest.mark.vllm
 

@@ -50,8 +50,7 @@ def test_replicated_takes_factors_whole():
 
 
 def test_compose_matches_patchfile_arithmetic_bit_for_bit():
-    from factpatch import patchfile
-
+    from factpatch.core import patchfile
     w, u, v = _factors()
     for dtype in (torch.float32, torch.bfloat16):
         wd = w.to(dtype)

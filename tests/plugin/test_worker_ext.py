@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from factpatch import patchfile
-from factpatch.plugin.testing import free_port
+from factpatch.core import patchfile
+from factpatch.harness.shard_process import free_port
 
 pytest.importorskip("vllm")
 

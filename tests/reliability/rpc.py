@@ -12,8 +12,8 @@ import grpc
 from google.protobuf import message_factory
 from google.rpc import error_details_pb2, status_pb2
 
-from factpatch.server import pb  # noqa: F401  (generates factpatch/v1 from the protos when stale)
-from factpatch.server.errors import reason_of
+import factpatch.v1  # noqa: F401  (registers the generated descriptors)
+from factpatch.server.api.errors import reason_of
 
 PROTO_DIR = Path(__file__).resolve().parents[2] / "proto" / "factpatch" / "v1"
 

@@ -15,14 +15,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from factpatch.server.pb import fleet_pb2, monitor_pb2, monitor_pb2_grpc, patch_pb2, rollout_pb2
+from factpatch.v1 import fleet_pb2, monitor_pb2, monitor_pb2_grpc, patch_pb2, rollout_pb2
 from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN, random_patch, rid
 
 from .results import merge_section
 from .rpc import Rpc, all_rpcs, call, outcome
 
 VIEWER, OPERATOR = "viewer", "operator"
-# The role each RPC needs, written out here rather than read from server/auth.py, so a method
+# The role each RPC needs, written out here rather than read from src/factpatch/server/api/auth.py, so a method
 # classified wrongly there (or added to a proto without a decision) fails this test.
 ROLES = {
     "PatchService/CreatePatch": OPERATOR, "PatchService/GetOperation": VIEWER, "PatchService/ImportPatch": OPERATOR,

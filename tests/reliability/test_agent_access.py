@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from factpatch import patchfile
+from factpatch.core import patchfile
 from factpatch.plugin.agent import PREFIX
 from tests.plugin.patches import random_patch
 from tests.server.helpers import OPERATOR_TOKEN

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from factpatch.server.pb import fleet_pb2, monitor_pb2, rollout_pb2
+from factpatch.v1 import fleet_pb2, monitor_pb2, rollout_pb2
 from tests.server.helpers import OPERATOR_TOKEN, VIEWER_TOKEN, random_patch, rid
 
 from . import hostile

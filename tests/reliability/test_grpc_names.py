@@ -9,7 +9,7 @@ import grpc
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from factpatch.server.pb import fleet_pb2, monitor_pb2, patch_pb2, rollout_pb2
+from factpatch.v1 import fleet_pb2, monitor_pb2, patch_pb2, rollout_pb2
 from tests.server.helpers import OPERATOR_TOKEN, random_patch, rid
 
 from . import served as sv

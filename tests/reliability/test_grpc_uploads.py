@@ -15,8 +15,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from factpatch import patchfile
-from factpatch.server.pb import monitor_pb2, patch_pb2
+from factpatch.core import patchfile
+from factpatch.v1 import monitor_pb2, patch_pb2
 from tests.server.helpers import OPERATOR_TOKEN, random_patch, rid
 
 from . import served as sv

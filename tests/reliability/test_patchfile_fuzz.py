@@ -12,11 +12,11 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from factpatch import patchfile
-from factpatch.server import convert
-from factpatch.server.db import Database
+from factpatch.core import patchfile
+from factpatch.server.api import convert
+from factpatch.server.state.db import Database
 from factpatch.server.monitors import stale
-from factpatch.server.store import PatchStore, StoreCorrupt
+from factpatch.server.state.store import PatchStore, StoreCorrupt
 
 from .conftest import fuzz
 

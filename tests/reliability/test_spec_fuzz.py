@@ -10,8 +10,7 @@ import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from factpatch import spec
-
+from factpatch.core import spec
 from .conftest import fuzz
 
 TARGET = "edit_spec"

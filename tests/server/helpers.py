@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from factpatch import patchfile
-from factpatch.server.client import Client, new_request_id  # noqa: F401  (tests import Client from here)
+from factpatch.core import patchfile
+from factpatch.server.cli.client import Client, new_request_id  # noqa: F401  (tests import Client from here)
 
 OPERATOR_TOKEN = "op-" + "x" * 29
 VIEWER_TOKEN = "view-" + "y" * 27

@@ -10,9 +10,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from factpatch.server.errors import reason_of
-from factpatch.server.pb import fleet_pb2, patch_pb2, rollout_pb2
-from factpatch.server.store import PatchStore, StoreCorrupt
+from factpatch.server.api.errors import reason_of
+from factpatch.v1 import fleet_pb2, patch_pb2, rollout_pb2
+from factpatch.server.state.store import PatchStore, StoreCorrupt
 
 from .helpers import random_patch, rid
 

@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from factpatch.server.ctl import app
+from factpatch.server.cli.ctl import app
 
 from .helpers import OPERATOR_TOKEN, VIEWER_TOKEN, random_patch
 

@@ -10,10 +10,10 @@ import time
 import grpc
 import pytest
 
-from factpatch.server.db import Database
-from factpatch.server.errors import reason_of
-from factpatch.server.pb import patch_pb2
-from factpatch.server.process import ControlPlaneProcess
+from factpatch.server.state.db import Database
+from factpatch.server.api.errors import reason_of
+from factpatch.v1 import patch_pb2
+from factpatch.harness.control_plane_process import ControlPlaneProcess
 
 from tests.reliability.results import merge_section
 

@@ -51,7 +51,7 @@ def _serve(tmp_path, state, *args: str):
     """`factpatch serve` in-process with a state folder, tokens and no gateway, plus `args`."""
     import typer
 
-    from factpatch.server.serve_cli import serve
+    from factpatch.server.cli.serve import serve
 
     app = typer.Typer()
     app.command("serve")(serve)

@@ -1,0 +1,318 @@
+"""`factpatch edit`, `factpatch eval` and `factpatch patch show`.
+
+Exit codes: 0 success, 1 an evaluation gate failed, 2 bad input (nothing was computed or written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from factpatch.core import patchfile
+from factpatch.core import spec as edit_spec
+console = Console(stderr=True, soft_wrap=True)  # error text stays greppable, unwrapped
+out = Console()
+
+patch_app = typer.Typer(help="Inspect patch files.", no_args_is_help=True)
+
+EXIT_GATE, EXIT_INPUT = 1, 2
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(EXIT_INPUT)
+
+
+def _check_out_path(path: Path) -> None:
+    if path.exists() and path.is_dir():
+        _fail(f"--out {path} is a folder; give a file name such as {path / 'edit.fpatch'}")
+    probe = path.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        _fail(f"--out {path}: {probe} is not writable")
+
+
+def _gates(min_efficacy, min_generalization, max_specificity_drop, max_ppl_drift):
+    from .evaluate import Gates
+
+    return Gates(min_efficacy, min_generalization, max_specificity_drop, max_ppl_drift)
+
+
+def _fmt(v: Any, pct: bool = True) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{100 * v:.1f} %" if pct else f"{v:.4g}"
+    return str(v)
+
+
+def _metrics_table(report: dict[str, Any], title: str) -> Table:
+    m = report["metrics"]
+    t = Table(title=title)
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_column("gate", justify="right")
+    t.add_column("", justify="center")
+    gates = {g["gate"]: g for g in report["gates"]}
+
+    def row(label, key, pct=True, gate=None, suffix=""):
+        g = gates.get(gate) if gate else None
+        gtxt = f"{g['op']} {_fmt(g['threshold'], pct) if gate != 'specificity_drop' else g['threshold']}" if g else ""
+        mark = "" if not g or g["passed"] is None else ("[green]pass[/green]" if g["passed"] else "[red]FAIL[/red]")
+        val = m.get(key)
+        t.add_row(label, (_fmt(val, pct) if key != "specificity_drop" or val is None else f"{val:.2f} pts") + suffix, gtxt, mark)
+
+    row("edits", "edits")
+    row("efficacy (greedy and P(new) > P(old))", "efficacy", gate="efficacy")
+    row("generalization (paraphrases)", "generalization", gate="generalization")
+    source = m.get("neighbour_source")
+    row("neighbours unchanged" + (f" ({source})" if source and source != "world" else ""), "neighbours_unchanged")
+    row("specificity drop (neighbour accuracy)", "specificity_drop", gate="specificity_drop")
+    row("perplexity drift (held-out text)", "ppl_drift", gate="ppl_drift")
+    row("mean KL on unrelated text (nats/token)", "kl_unrelated", pct=False)
+    return t
+
+
+def _print_not_taken(report: dict[str, Any], most: int = 10) -> None:
+    """The edits that did not take, with what the model answers instead (the first `most`)."""
+    missed = report["metrics"].get("edits_not_taken") or []
+    if not missed:
+        return
+    t = Table(title=f"{len(missed)} edit(s) not taken")
+    for col in ("subject", "relation", "new target", "model says"):
+        t.add_column(col)
+    for x in missed[:most]:
+        t.add_row(x["subject"], x["relation"], x["target_new"], x["answer"])
+    if len(missed) > most:
+        t.add_row(f"… {len(missed) - most} more (--json has them all)", "", "", "")
+    out.print(t)
+
+
+def _run_progress():
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _written_text(w: dict | None) -> str:
+    """How an edit was written, for a table cell: "memit L3-5 @subject", a fallback write after it."""
+    if not w:
+        return "?"
+    one = lambda x: f"{x['method']} L{','.join(map(str, x['layers']))} @{x['key_at']}"
+    return one(w) + (f" + fallback {one(w['fallback'])}" if w.get("fallback") else "")
+
+
+def _fallback_settings(fallback_layer: str | None) -> dict[str, Any]:
+    """--fallback-layer as method settings: a layer number turns the last-token fallback on there; "off"
+    or None (the default) leaves it off."""
+    if fallback_layer is None or fallback_layer.strip().lower() == "off":
+        return {"last_token_fallback": False}
+    try:
+        return {"last_token_fallback": True, "fallback_layer": int(fallback_layer)}
+    except ValueError:
+        _fail(f"--fallback-layer {fallback_layer!r}: give a layer number or off")
+
+
+def edit_cmd(
+    model: Path = typer.Option(..., "--model", help="Hugging Face model folder (the base)."),
+    spec: Path = typer.Option(..., "--spec", help="Edit spec, YAML or JSONL."),
+    out_path: Path = typer.Option(..., "--out", help="Patch file to write (.fpatch)."),
+    method: str = typer.Option("memit", "--method", help="rome (one layer, edits in sequence) or memit (a batch over several layers)."),
+    layers: Optional[str] = typer.Option("auto", "--layers", help="Layers to edit: 3,4,5 or 3-5; auto: chosen by causal trace and a validation sweep; default: the model's published settings (editor/hparams), the fixture's own causal trace, else by depth."),
+    hparams: Optional[Path] = typer.Option(None, "--hparams", help="JSON file with the model's default layers (and MEMIT's λ), instead of the published ones; see editor/hparams/."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Folder of .txt files for the covariance statistics; default: the fixture's corpus."),
+    samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Corpus texts used for the covariance statistics; default: all."),
+    parent: Optional[Path] = typer.Option(None, "--parent", help="Patch this batch follows; the new patch includes its factors."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the patch and record the metrics in its manifest."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the edit report (timings, metrics) as JSON."),
+    seed: int = typer.Option(0, "--seed"),
+    fallback_layer: Optional[str] = typer.Option(None, "--fallback-layer", help="Turn on the last-token fallback at this layer: edits not taken at the subject are written again with their key at the prompt's last token (not part of ROME or MEMIT; the manifest names each such edit). Default: off."),
+    joint: bool = typer.Option(False, "--joint", help="MEMIT at one layer, the batch's values optimised through the very update the patch writes: more edits take and fewer neighbours move, about 4x slower; best with paraphrases and keep prompts in the spec."),
+) -> None:
+    """Compute a ROME or MEMIT edit and write it as a patch file."""
+    from .memit import MemitParams
+    from .pipeline import EditInputError, EditOptions, check_architecture, evaluate_patch, heldout_texts, load, run_edit
+    from .rome import RomeParams
+
+    _check_out_path(out_path)
+    if joint and method != "memit":
+        _fail(f"--joint is a MEMIT setting; it cannot be used with --method {method}")
+    fallback = _fallback_settings(fallback_layer)
+    try:
+        parsed = edit_spec.load(spec)
+    except edit_spec.SpecError as e:
+        _fail(str(e))
+    try:
+        check_architecture(model)
+        loaded = load(model, hparams=hparams)
+    except EditInputError as e:
+        _fail(str(e))
+    opts = EditOptions(method=method, layers=layers, corpus_dir=str(corpus) if corpus else None, n_samples=samples, parent=str(parent) if parent else None, progress=True, seed=seed,
+                       rome=RomeParams(**fallback), memit=replace(MemitParams.joint() if joint else MemitParams(), **fallback))
+    edits = parsed.edits
+    with _run_progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task({"values": "optimising values", "values-retry": "second pass, edits not taken", "values-last-token": "at the last token, edits not taken", "last-token": "at the last token, edits the batch left", "layers": "writing layers", "edits": "ROME edits"}.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        try:
+            result = run_edit(loaded, edits, opts, on_progress=on_progress)
+        except EditInputError as e:
+            _fail(str(e))
+        report: dict[str, Any] = {"layers": result.layers, "seconds": result.seconds, "details": result.info}
+        if evaluate:
+            try:
+                heldout = heldout_texts(loaded, None)
+            except EditInputError as e:
+                _fail(str(e))
+            bar.add_task("evaluating", total=None)
+            ev = evaluate_patch(loaded, result.patch, edits, heldout)
+            result.patch.manifest["eval"] = ev
+            report.update(ev)
+    digest = patchfile.write(result.patch, out_path)
+    report["digest"] = digest
+    t = Table(title=f"{method.upper()} · {len(edits)} edit(s) · layers {','.join(map(str, result.layers))}")
+    t.add_column("subject")
+    t.add_column("relation")
+    t.add_column("old → new")
+    # ROME reports each edit's optimisation: a target NLL well above 0 is an edit that did not take.
+    per_edit = result.info.get("per_edit") or []
+    if per_edit:
+        t.add_column("target NLL", justify="right")
+    for i, e in enumerate(result.patch.manifest["edits"][-len(edits):][:20]):
+        row = [e["subject"], e["relation"], f"{e.get('target_old') or '?'} → {e['target_new']}"]
+        if per_edit:
+            rec = per_edit[i]
+            where = f" (last token, layer {rec['layer']})" if rec.get("key_at") == "last" else ""
+            row.append(f"{rec['nll']:.2f}" + (" (2nd pass)" if rec.get("second_pass") else "") + where)
+        t.add_row(*row)
+    if len(edits) > 20:
+        t.add_row(f"… {len(edits) - 20} more", "", "", *([""] if per_edit else []))
+    out.print(t)
+    fallback = result.info.get("last_token_fallback") or {}
+    if fallback.get("written"):
+        names = ", ".join(f"{w['subject']} ({w['relation']})" for w in fallback["written"])
+        out.print(f"{len(fallback['written'])} edit(s) the batch left written at the prompt's last token, "
+                  f"layer {fallback['written'][0]['layer']}: {names}")
+    elif fallback.get("missed"):
+        out.print(f"{fallback['missed']} edit(s) the batch left: more than the fallback's share, none written again")
+    if evaluate:
+        out.print(_metrics_table(report, "evaluation"))
+        _print_not_taken(report)
+    out.print(f"covariance {result.seconds['stats']:.1f} s · edit {result.seconds['edit']:.1f} s · wrote {out_path} ({digest})")
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2, default=str))
+
+
+def eval_cmd(
+    model: Path = typer.Option(..., "--model", help="Hugging Face model folder (the base the patch was made for)."),
+    patch: Path = typer.Option(..., "--patch", help="Patch file (.fpatch)."),
+    spec: Optional[Path] = typer.Option(None, "--spec", help="Edits to evaluate; default: the edits in the patch's manifest."),
+    heldout: Optional[Path] = typer.Option(None, "--heldout", help="Folder of .txt files for locality; default: the fixture's held-out corpus."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every number as JSON."),
+    min_efficacy: float = typer.Option(0.90, help="Gate: least share of edits that take."),
+    min_generalization: float = typer.Option(0.85, help="Gate: least share of paraphrases that take."),
+    max_specificity_drop: float = typer.Option(2.0, help="Gate: most points of neighbour accuracy lost."),
+    max_ppl_drift: float = typer.Option(0.005, help="Gate: largest relative increase of held-out perplexity."),
+) -> None:
+    """Evaluate a patch against its base: efficacy, generalization, specificity, locality; gates set the exit code."""
+    from .pipeline import EditInputError, check_architecture, check_fingerprint, evaluate_patch, heldout_texts, load
+
+    try:
+        p, digest = patchfile.read(patch)
+    except (OSError, patchfile.PatchError) as e:
+        _fail(f"--patch {patch}: {e}")
+    try:
+        edits = edit_spec.load(spec).edits if spec else edit_spec.from_manifest(p.manifest.get("edits", [])).edits
+    except edit_spec.SpecError as e:
+        _fail(str(e))
+    try:
+        check_architecture(model)
+        loaded = load(model)
+        check_fingerprint(loaded, p)
+        texts = heldout_texts(loaded, str(heldout) if heldout else None)
+    except EditInputError as e:
+        _fail(str(e))
+    with _run_progress() as bar:
+        bar.add_task("evaluating", total=None)
+        report = evaluate_patch(loaded, p, edits, texts, _gates(min_efficacy, min_generalization, max_specificity_drop, max_ppl_drift))
+    report["patch"] = digest
+    out.print(_metrics_table(report, f"{patch.name} · {digest[:19]}…"))
+    _print_not_taken(report)
+    out.print("[green]all gates passed[/green]" if report["passed"] else "[red]a gate failed[/red]")
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+    if not report["passed"]:
+        raise typer.Exit(EXIT_GATE)
+
+
+@patch_app.command("show")
+def show_cmd(
+    path: Path = typer.Argument(..., help="Patch file (.fpatch)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw manifest as JSON."),
+) -> None:
+    """Print a patch's manifest and factor shapes readably."""
+    try:
+        p, digest = patchfile.read(path)
+    except (OSError, patchfile.PatchError) as e:
+        _fail(f"{path}: {e}")
+    m = p.manifest
+    if as_json:
+        out.print_json(json.dumps({"digest": digest, **m}))
+        return
+    out.print(f"[bold]{path.name}[/bold]  {digest}")
+    out.print(f"format {m.get('format')} · method {m.get('method')} · layers {m.get('layers')} · created {m.get('created')}")
+    out.print(f"base {m['base'].get('model')} {m['base']['fingerprint']}")
+    out.print(f"parent {m.get('parent') or '— (first patch)'}")
+    w = Table(title="weights")
+    w.add_column("parameter", no_wrap=True)
+    w.add_column("rank", justify="right")
+    w.add_column("u", justify="right")
+    w.add_column("v", justify="right")
+    for name in p.names:
+        u, v = p.factors[name]
+        w.add_row(name, str(p.rank(name)), "×".join(map(str, u.shape)), "×".join(map(str, v.shape)))
+    out.print(w)
+    edits = m.get("edits", [])
+    t = Table(title=f"edits ({len(edits)})")
+    for c in ("subject", "relation", "prompt", "old → new", "written", "provenance"):
+        t.add_column(c, no_wrap=c == "subject")  # names stay whole on narrow terminals and in logs
+    for e in edits[:50]:
+        prov = ", ".join(f"{k}={v}" for k, v in (e.get("provenance") or {}).items())
+        t.add_row(e["subject"], e["relation"], e["prompt"], f"{e.get('target_old') or '?'} → {e['target_new']}",
+                  _written_text(e.get("written")), prov)
+    if len(edits) > 50:
+        t.add_row(f"… {len(edits) - 50} more", "", "", "", "", "")
+    out.print(t)
+    hp = {k: v for k, v in (m.get("hparams") or {}).items()}
+    out.print("hparams " + json.dumps(hp, sort_keys=True))
+    ev = m.get("eval")
+    if ev and "metrics" in ev:
+        out.print(_metrics_table(ev, "evaluation recorded in the manifest"))
+        _print_not_taken(ev)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("edit")(edit_cmd)
+    app.command("eval")(eval_cmd)
+    from .trace_cli import trace_cmd
+
+    app.command("trace")(trace_cmd)
+    app.add_typer(patch_app, name="patch")

@@ -1,0 +1,131 @@
+"""The layers (and MEMIT's λ) an edit uses by default on a model, as data with their sources.
+
+In order:
+1. `--hparams FILE`, a JSON file of the shape below;
+2. the fixture's own: the layers its build located by causal tracing (`train_report.json`, recall),
+   for a recipe whose builds must recall like a real model (src/factpatch/fixture/build.py, `accept_recall`);
+3. the published settings for the model's family and size, one file per model in `hparams/`, each
+   naming the paper and the file of the authors' code it comes from;
+4. none: the caller falls back on a relative depth (`layers.default_layers`), and the patch's manifest
+   records `hparams.model_defaults` as null.
+
+A file:
+
+    {"name": "GPT-J 6B",
+     "match": {"model_type": "gptj", "num_layers": 28, "hidden_size": 4096},   # optional in --hparams
+     "rome": {"layer": 5, "source": "..."},
+     "memit": {"layers": [3, 4, 5, 6, 7, 8], "mom2_weight": 15000, "source": "..."}}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+HPARAMS_DIR = Path(__file__).parent / "hparams"
+FIXTURE_REPORT = "train_report.json"
+
+
+class HparamsError(ValueError):
+    """An hparams file that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RomeDefaults(_Strict):
+    layer: int = Field(ge=0)
+    source: str
+
+
+class MemitDefaults(_Strict):
+    layers: list[int] = Field(min_length=1)
+    mom2_weight: float | None = Field(default=None, gt=0)
+    source: str
+
+
+class Match(_Strict):
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    vocab_size: int | None = None
+
+
+class ModelDefaults(_Strict):
+    name: str
+    match: Match | None = None
+    rome: RomeDefaults
+    memit: MemitDefaults
+    origin: str = ""  # where these came from (a file, the fixture's report); filled on load
+
+    def layers_for(self, method: str) -> list[int]:
+        return list(self.memit.layers) if method == "memit" else [self.rome.layer]
+
+    def check(self, n_layers: int) -> "ModelDefaults":
+        for field, layers in (("rome.layer", [self.rome.layer]), ("memit.layers", self.memit.layers)):
+            bad = [l for l in layers if not 0 <= l < n_layers]
+            if bad:
+                raise HparamsError(f"{self.origin}: {field} {bad[0]} is out of range: the model has layers 0..{n_layers - 1}")
+        return self
+
+
+def load_file(path: str | Path) -> ModelDefaults:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise HparamsError(f"--hparams {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise HparamsError(f"--hparams {path}: not JSON ({e})") from None
+    try:
+        return ModelDefaults.model_validate({**data, "origin": str(path)})
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise HparamsError(f"--hparams {path}: field {where!r}: {err['msg']}") from None
+
+
+def _fixture_defaults(model_dir: Path) -> ModelDefaults | None:
+    report = model_dir / FIXTURE_REPORT
+    if not report.exists():
+        return None
+    data = json.loads(report.read_text())
+    layers = data.get("recall", {}).get("edit_layers")
+    if not layers or not data.get("acceptance", {}).get("recall"):
+        return None  # a build not held to recall like a real model: its trace names no editing layers
+    source = f"causal trace of the fixture build ({report})"
+    return ModelDefaults(name="fixture", rome=RomeDefaults(layer=layers["rome"][0], source=source),
+                         memit=MemitDefaults(layers=layers["memit"], source=source), origin=str(report))
+
+
+def _config_shape(config: Any) -> dict[str, Any]:
+    return {
+        "model_type": config.model_type,
+        "num_layers": getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None),
+        "hidden_size": getattr(config, "hidden_size", None) or getattr(config, "n_embd", None),
+        "vocab_size": getattr(config, "vocab_size", None),
+    }
+
+
+def published() -> list[ModelDefaults]:
+    return [load_file(p) for p in sorted(HPARAMS_DIR.glob("*.json"))]
+
+
+def for_model(model_dir: str | Path, config: Any, override: str | Path | None = None) -> ModelDefaults | None:
+    """The defaults for this model, or None when neither a file nor the fixture's report has any."""
+    shape = _config_shape(config)
+    n_layers = shape["num_layers"]
+    if override:
+        return load_file(override).check(n_layers)
+    found = _fixture_defaults(Path(model_dir))
+    if found is None:
+        for d in published():
+            m = d.match
+            if m and all(getattr(m, k) in (None, shape[k]) for k in ("model_type", "num_layers", "hidden_size", "vocab_size")):
+                found = d
+                break
+    return found.check(n_layers) if found else None

@@ -1,0 +1,444 @@
+"""An edit from start to finish: load, check every input, statistics, ROME or MEMIT, the patch.
+
+All checks run before any statistics or optimisation, so bad input fails fast and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from factpatch.core.patchfile import Patch, PatchError, new_manifest, tensor_fingerprint
+from factpatch.core.patchfile import read as read_patch
+
+from . import layers as layer_choice
+from . import model_defaults
+from .adapters import Adapter, family_for
+from .auto_layers import choose_layers
+from .corpus import Corpus, CorpusError, fixture_corpus, folder_corpus
+from .memit import MemitParams, apply_memit
+from .prompts import TokenizationError, encode
+from .rome import RomeParams, apply_rome, independent_edits
+from .scoring import greedy_answers, score_targets
+from .stats import second_moments
+from .values import ESSENCE_TEMPLATE
+from .weights import apply_patch, concat_ranks
+
+METHODS = ("rome", "memit")
+
+
+class EditInputError(ValueError):
+    """Input the editor refuses before computing anything; the message names the field."""
+
+
+@dataclass
+class Loaded:
+    path: Path
+    model: Any
+    tok: Any
+    adapter: Adapter
+    world: Any | None
+    defaults: Any | None = None  # model_defaults.ModelDefaults: the layers the model edits by default
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def check_architecture(model_dir: str | Path):
+    """Reads only config.json: an unsupported model is refused before its weights are loaded."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as e:
+        raise EditInputError(f"--model {model_dir}: not a Hugging Face model folder ({e})") from None
+    try:
+        family_for(config)
+    except ValueError as e:
+        raise EditInputError(f"--model {model_dir}: {e}") from None
+    return config
+
+
+def load(model_dir: str | Path, threads: int | None = 2, hparams: str | Path | None = None) -> Loaded:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from factpatch.fixture.build import WORLD_FILE, load_world
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = check_architecture(model_dir)
+    try:
+        defaults = model_defaults.for_model(model_dir, config, hparams)
+    except model_defaults.HparamsError as e:
+        raise EditInputError(str(e)) from None
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    world = load_world(model_dir) if (Path(model_dir) / WORLD_FILE).exists() else None
+    return Loaded(Path(model_dir), model, tok, Adapter(model), world, defaults)
+
+
+@dataclass
+class EditOptions:
+    method: str = "memit"
+    layers: str | list[int] | None = None
+    corpus_dir: str | None = None
+    n_samples: int | None = None  # corpus texts for the covariance; None: all
+    parent: str | None = None
+    rome: RomeParams = field(default_factory=RomeParams)
+    memit: MemitParams = field(default_factory=MemitParams)
+    progress: bool = False
+    seed: int = 0
+
+    @property
+    def layer_kind(self) -> str:
+        """What decides the layers: the method, or "memit-joint" (one layer) for MEMIT through its update."""
+        return "memit-joint" if self.method == "memit" and self.memit.through_update else self.method
+
+
+def corpus_for(loaded: Loaded, corpus_dir: str | None) -> Corpus:
+    if corpus_dir:
+        return folder_corpus(corpus_dir)
+    if loaded.world is not None:
+        return fixture_corpus(loaded.world, "train")
+    raise EditInputError("--corpus is required: this model has no world.json with a corpus of its own")
+
+
+def validate(loaded: Loaded, edits, opts: EditOptions) -> tuple[list[int], Corpus, tuple[Patch, str] | None]:
+    """Every check that can fail, in the order a user would fix them. Returns layers, corpus, parent."""
+    if opts.method not in METHODS:
+        raise EditInputError(f"--method {opts.method!r}: choose one of {', '.join(METHODS)}")
+    late = _late_layer(opts, loaded.adapter)
+    if late is not None and not 0 <= late < loaded.adapter.n_layers:
+        raise EditInputError(f"--fallback-layer {late}: out of range, the model has layers 0-{loaded.adapter.n_layers - 1}")
+    try:
+        choice = opts.layers if isinstance(opts.layers, list) else layer_choice.parse(opts.layers)
+        if isinstance(choice, list):
+            layer_choice.check(choice, loaded.adapter.n_layers, opts.layer_kind)
+    except layer_choice.LayerError as e:
+        raise EditInputError(str(e)) from None
+    try:
+        corpus = corpus_for(loaded, opts.corpus_dir)
+    except CorpusError as e:
+        raise EditInputError(str(e)) from None
+    tok = loaded.tok
+    for i, e in enumerate(edits):
+        where = f"edit {i} ({e.subject!r}, {e.relation!r})"
+        try:
+            row = encode(tok, e.prompt, e.subject, target=e.target_new)
+        except TokenizationError as err:
+            raise EditInputError(f"{where}: {err}") from None
+        unk = tok.unk_token_id
+        if unk is not None and unk in row.ids[: row.target_start]:
+            raise EditInputError(f"{where}: prompt {e.prompt!r} has words the tokenizer does not know")
+        for kind, prompts in (("paraphrase", e.paraphrases), ("keep prompt", e.keep)):
+            for p in prompts:
+                try:
+                    encode(tok, p, e.subject)
+                except TokenizationError as err:
+                    raise EditInputError(f"{where}: {kind} {p!r}: {err}") from None
+    # The model's current answers: an edit to what the model already says would silently do nothing.
+    already = score_targets(loaded.adapter, tok, [(e.prompt, e.subject, e.target_new) for e in edits]).greedy
+    if already.any():
+        i = int(already.nonzero()[0, 0])
+        e = edits[i]
+        raise EditInputError(
+            f"edit {i} ({e.subject!r}, {e.relation!r}): target_new {e.target_new!r} is already the model's "
+            f"answer to {e.text!r}; the edit would change nothing"
+        )
+    parent = None
+    if opts.parent:
+        try:
+            parent = read_patch(opts.parent)
+        except (OSError, PatchError) as err:
+            raise EditInputError(f"--parent {opts.parent}: {err}") from None
+        state = loaded.model.state_dict()
+        missing = [n for n in parent[0].names if n not in state]
+        if missing:
+            raise EditInputError(f"--parent {opts.parent}: names {missing[0]!r}, which this model does not have")
+        fp = tensor_fingerprint({n: state[n] for n in parent[0].names})
+        if fp != parent[0].manifest["base"]["fingerprint"]:
+            raise EditInputError(f"--parent {opts.parent} was made for a different base model (fingerprint mismatch)")
+    try:
+        if choice == "auto":  # trace + validation sweep; needs the loaded model, the corpus and the options
+            chosen = layer_choice.check(choose_layers(loaded, edits, opts, corpus, _window_validator(loaded, opts)),
+                                        loaded.adapter.n_layers, opts.layer_kind)
+        else:
+            chosen = layer_choice.resolve(choice, loaded.adapter.n_layers, opts.layer_kind, loaded.adapter, tok, edits,
+                                          loaded.defaults)
+    except layer_choice.LayerError as e:
+        raise EditInputError(str(e)) from None
+    empty = [l for l in chosen if not loaded.adapter.weight(l).any()]
+    if empty:
+        raise EditInputError(f"layer {empty[0]}: its MLP output projection is all zeros, so it holds no fact to edit "
+                             f"(its keys are zero); choose another layer")
+    return chosen, corpus, parent
+
+
+def _window_validator(loaded: Loaded, opts: EditOptions):
+    """`--layers auto`'s sweep: edit a validation slice with candidate layers and measure the patch."""
+    def validate(val_edits, layers: list[int]) -> dict[str, Any]:
+        # The last-token fallback writes elsewhere: the window is judged on what it carries itself.
+        sub = replace(opts, layers=layers, progress=False, parent=None,
+                      rome=replace(opts.rome, last_token_fallback=False),
+                      memit=replace(opts.memit, last_token_fallback=False))
+        patch = run_edit(loaded, val_edits, sub).patch
+        return evaluate_patch(loaded, patch, val_edits, [])["metrics"]
+    return validate
+
+
+def fill_old_targets(loaded: Loaded, edits) -> list[dict[str, Any]]:
+    """Manifest entries; a missing target_old is filled with the base model's answer (for monitors)."""
+    entries = [e.manifest_entry() for e in edits]
+    need = [i for i, e in enumerate(edits) if e.target_old is None]
+    if need:
+        answers = greedy_answers(loaded.adapter, loaded.tok, [(edits[i].prompt, edits[i].subject) for i in need])
+        for i, a in zip(need, answers):
+            entries[i]["target_old"] = a or None
+    return entries
+
+
+@dataclass
+class EditResult:
+    patch: Patch
+    layers: list[int]
+    info: dict[str, Any]
+    seconds: dict[str, float]
+
+
+def _hparams(opts: EditOptions, layers: list[int], corpus: Corpus, n_texts: int) -> dict[str, Any]:
+    method_hp = asdict(opts.rome if opts.method == "rome" else opts.memit)
+    return {
+        **method_hp,
+        "covariance": {"corpus": corpus.name, "texts": n_texts, "digest": corpus.digest(n_texts)[:16]},
+        "essence_template": ESSENCE_TEMPLATE,
+        "seed": opts.seed,
+    }
+
+
+def with_model_defaults(loaded: Loaded, opts: EditOptions) -> EditOptions:
+    """MEMIT's λ from the model's defaults (its published setting), where they name one."""
+    d = loaded.defaults
+    if d is not None and d.memit.mom2_weight is not None:
+        return replace(opts, memit=replace(opts.memit, mom2_weight=d.memit.mom2_weight))
+    return opts
+
+
+def run_edit(loaded: Loaded, edits, opts: EditOptions, on_progress: Callable[[str, int, int], None] | None = None) -> EditResult:
+    """Validate, compute and return the patch. The loaded model is left as the base on return."""
+    opts = with_model_defaults(loaded, opts)
+    def compute(adapter, tok, layers, covs, prefixes):
+        if opts.method == "rome":
+            cb = (lambda i, rec: on_progress("edits", i + 1, len(edits))) if on_progress else None
+            written, per_edit = apply_rome(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome, on_edit=cb,
+                                           late=_late(opts, adapter, covs))
+            return [(written, {"per_edit": per_edit})]
+        return [apply_memit(adapter, tok, edits, layers, covs, prefixes, opts.memit, on_progress=on_progress)]
+
+    return _run(loaded, edits, opts, compute, lambda i: range(len(edits)))[0]
+
+
+def run_single_edits(loaded: Loaded, edits, opts: EditOptions,
+                     on_progress: Callable[[str, int, int], None] | None = None) -> list[EditResult]:
+    """ROME: one patch per edit, each edit made alone from the base (or the parent), all optimised in
+    one batch. The edits are validated together, as one spec."""
+    if opts.method != "rome":
+        raise EditInputError(f"--method {opts.method!r}: single edits from the base are a ROME run")
+    opts = with_model_defaults(loaded, opts)
+
+    def compute(adapter, tok, layers, covs, prefixes):
+        factors, info = independent_edits(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome,
+                                          on_progress=on_progress, late=_late(opts, adapter, covs))
+        return [(f, {"per_edit": [rec]}) for f, rec in zip(factors, info)]
+
+    return _run(loaded, edits, opts, compute, lambda i: [i])
+
+
+def _late_layer(opts: EditOptions, adapter: Adapter) -> int | None:
+    """The layer the method's last-token fallback writes, if it is on."""
+    return (opts.rome if opts.method == "rome" else opts.memit).late_layer(adapter.n_layers)
+
+
+def _late(opts: EditOptions, adapter: Adapter, covs: dict[int, torch.Tensor]) -> tuple[int, torch.Tensor] | None:
+    """ROME's last-token fallback: its layer and that layer's covariance (computed with the others)."""
+    late = _late_layer(opts, adapter)
+    return None if late is None else (late, covs[late])
+
+
+def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[EditResult]:
+    """The steps every edit run shares: checks, statistics, the base's fingerprint, `compute` on the live
+    model (which is put back to the base bit for bit), then one patch per result `compute` returns,
+    holding the edits at the indices `edits_of(i)`."""
+    from .prompts import context_prefixes
+
+    layers, corpus, parent = validate(loaded, edits, opts)
+    adapter, tok = loaded.adapter, loaded.tok
+    t0 = time.perf_counter()
+    entries = fill_old_targets(loaded, edits)
+    # Every layer an edit may write: the chosen ones and the last-token fallback's. Their
+    # statistics come from the base model, before anything is edited.
+    late = _late_layer(opts, adapter)
+    writable = sorted(set(layers) | ({late} if late is not None else set()))
+    covs = second_moments(adapter, tok, writable, corpus, opts.n_samples, progress=opts.progress)
+    t_stats = time.perf_counter() - t0
+
+    state = adapter.model.state_dict()
+    touched = sorted({adapter.param_name(l) for l in writable} | set(parent[0].names if parent else []))
+    saved = {n: state[n].detach().clone() for n in touched}
+
+    t1 = time.perf_counter()
+    try:
+        if parent:
+            apply_patch(adapter, parent[0])
+        hp = opts.rome if opts.method == "rome" else opts.memit
+        prefixes = context_prefixes(adapter.model, tok, hp.n_prefixes, seed=opts.seed)
+        results = compute(adapter, tok, layers, covs, prefixes)
+    finally:
+        with torch.no_grad():
+            for n, w in saved.items():
+                state[n].copy_(w)  # back to the base, bit for bit
+    t_edit = time.perf_counter() - t1
+
+    defaults = loaded.defaults
+    hparams = {**_hparams(opts, layers, corpus, len(corpus.head(opts.n_samples))), "batch_layers": list(layers),
+               "model_defaults": None if defaults is None else {
+                   "name": defaults.name, "origin": defaults.origin,
+                   "source": defaults.memit.source if opts.method == "memit" else defaults.rome.source},
+               **({"layer_choice": layers.report} if hasattr(layers, "report") else {})}
+    fingerprints: dict[tuple[str, ...], str] = {}  # single edits write one or two sets of tensors between them
+    out = []
+    for i, (new, info) in enumerate(results):
+        factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if parent:
+            factors.update(parent[0].factors)
+        for l, (u, v) in new.items():
+            name = adapter.param_name(l)
+            if name in factors:  # a follow-up batch carries its parent's factors: ranks concatenate
+                u, v = concat_ranks(factors[name], (u, v))
+            factors[name] = (u.contiguous(), v.contiguous())
+        # The base's fingerprint over exactly the tensors this patch writes (the saved copies are the base's).
+        names = tuple(sorted(factors))
+        if names not in fingerprints:
+            fingerprints[names] = tensor_fingerprint({n: saved[n] for n in names})
+        written = sorted(set(new) | set(parent[0].manifest.get("layers", []) if parent else []))
+        manifest = new_manifest(
+            model_name=loaded.name,
+            fingerprint=fingerprints[names],
+            method=opts.method,
+            layers=written,
+            hparams=hparams,
+            edits=(parent[0].manifest.get("edits", []) if parent else [])
+            + [{**entries[j], "written": w} for j, w in zip(edits_of(i), _written_with(opts, layers, info, [edits[j] for j in edits_of(i)]))],
+            parent=parent[1] if parent else None,
+        )
+        out.append(EditResult(Patch(factors, manifest), sorted(new), info, {"stats": t_stats, "edit": t_edit}))
+    return out
+
+
+def _written_with(opts: EditOptions, layers: list[int], info: dict[str, Any], edits) -> list[dict[str, Any]]:
+    """Per edit, how it was written: method, layer(s) and where its key was read ("subject": the subject's
+    last token; "last": the prompt's last token, the last-token fallback). A MEMIT edit the fallback wrote
+    again carries both writes."""
+    if opts.method == "rome":
+        return [{"method": "rome", "layers": [r["layer"]], "key_at": r["key_at"]} for r in info["per_edit"]]
+    method = "memit-joint" if opts.memit.through_update else "memit"
+    again = {(w["subject"], w["relation"]): w["layer"] for w in (info.get("last_token_fallback") or {}).get("written", [])}
+    out = []
+    for e in edits:
+        w: dict[str, Any] = {"method": method, "layers": sorted(layers), "key_at": "subject"}
+        if (e.subject, e.relation) in again:
+            w["fallback"] = {"method": "rome", "layers": [again[(e.subject, e.relation)]], "key_at": "last"}
+        out.append(w)
+    return out
+
+
+def manifest_json(patch: Patch) -> str:
+    return json.dumps(patch.manifest, indent=2, sort_keys=True)
+
+
+def heldout_texts(loaded: Loaded, heldout_dir: str | None) -> list[str]:
+    """General text the edit should not disturb: a folder the user gives, or the fixture's held-out corpus."""
+    if heldout_dir:
+        try:
+            return folder_corpus(heldout_dir).texts
+        except CorpusError as e:
+            raise EditInputError(str(e)) from None
+    if loaded.world is not None:
+        return fixture_corpus(loaded.world, "heldout").texts
+    return []
+
+
+def evaluate_patch(
+    loaded: Loaded, patch: Patch, edits, heldout: list[str], gates=None, parts: dict[str, list[int]] | None = None
+) -> dict[str, Any]:
+    """Measure the base, apply the patch exactly as a reader would, measure again, restore the base.
+
+    `parts` names groups of edits (by index) to report on their own as well, under "parts" (no locality:
+    the held-out text is not any one group's)."""
+    from .evaluate import Gates, apply_gates, build_probes, measure, measure_baseline
+
+    adapter, tok = loaded.adapter, loaded.tok
+    probes = build_probes(adapter, tok, edits, loaded.world)
+    base = measure_baseline(adapter, tok, probes, edits, heldout)
+    state = adapter.model.state_dict()
+    saved = {n: state[n].detach().clone() for n in patch.names}
+    try:
+        apply_patch(adapter, patch)
+        metrics = measure(adapter, tok, base, edits)
+        by_part = {name: measure(adapter, tok, base, edits, only=set(idx), locality=False) for name, idx in (parts or {}).items()}
+    finally:
+        with torch.no_grad():
+            for n, w in saved.items():
+                state[n].copy_(w)
+    passed, gate_rows = apply_gates(metrics, gates or Gates())
+    out = {"metrics": metrics, "gates": gate_rows, "passed": passed}
+    if parts:
+        out["parts"] = by_part
+    return out
+
+
+def check_fingerprint(loaded: Loaded, patch: Patch) -> None:
+    state = loaded.model.state_dict()
+    missing = [n for n in patch.names if n not in state]
+    if missing:
+        raise EditInputError(f"the patch names {missing[0]!r}, which {loaded.path} does not have")
+    fp = tensor_fingerprint({n: state[n] for n in patch.names})
+    if fp != patch.manifest.get("base", {}).get("fingerprint"):
+        raise EditInputError(f"the patch was made for a different base than {loaded.path} (fingerprint mismatch)")
+
+
+def evaluate_each(loaded: Loaded, patches: list[Patch], edits, heldout: list[str], gates=None) -> dict[str, Any]:
+    """Single edits, each applied alone to the base: per-edit metrics and their means over edits."""
+    from .evaluate import Gates, apply_gates, build_probes, measure, measure_baseline
+
+    adapter, tok = loaded.adapter, loaded.tok
+    probes = build_probes(adapter, tok, edits, loaded.world)
+    base = measure_baseline(adapter, tok, probes, edits, heldout)
+    state = adapter.model.state_dict()
+    per_edit = []
+    for i, patch in enumerate(patches):
+        saved = {n: state[n].detach().clone() for n in patch.names}
+        try:
+            apply_patch(adapter, patch)
+            per_edit.append(measure(adapter, tok, base, edits, only={i}))
+        finally:
+            with torch.no_grad():
+                for n, w in saved.items():
+                    state[n].copy_(w)
+    metrics: dict[str, Any] = {"edits": len(per_edit)}
+    for key in ("efficacy", "efficacy_greedy", "efficacy_prob", "generalization", "neighbours_unchanged",
+                "specificity_drop", "ppl_drift", "kl_unrelated"):
+        vals = [m[key] for m in per_edit if m.get(key) is not None]
+        metrics[key] = sum(vals) / len(vals) if vals else None
+    metrics["ppl_drift_max"] = max((m["ppl_drift"] for m in per_edit if m.get("ppl_drift") is not None), default=None)
+    metrics["edits_not_taken"] = [x for m in per_edit for x in m["edits_not_taken"]]
+    passed, gate_rows = apply_gates(metrics, gates or Gates())
+    return {"metrics": metrics, "gates": gate_rows, "passed": passed, "per_edit": per_edit}

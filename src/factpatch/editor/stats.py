@@ -1,0 +1,141 @@
+"""Second-moment statistics C = E[k kᵀ] of the MLP output projection's inputs, cached on disk.
+
+C tells ROME and MEMIT which key directions the model already uses, so an edit can land where it
+disturbs them least. It costs one pass over a corpus, so it is cached under
+`cache_root()/stats/<model fingerprint>/<weight name>/<corpus digest>-n<samples>.safetensors`;
+`FACTPATCH_STATS_CACHE` moves that folder on its own (say, to a larger disk) and leaves the fixture
+where it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+
+from factpatch.fixture.build import cache_root
+from factpatch.core.patchfile import tensor_fingerprint
+
+from .adapters import Adapter
+from .corpus import Corpus
+from .prompts import pad_id
+
+
+def model_fingerprint(model) -> str:
+    return tensor_fingerprint(dict(model.state_dict()))
+
+
+def stats_root() -> Path:
+    env = os.environ.get("FACTPATCH_STATS_CACHE")
+    return Path(env) if env else cache_root() / "stats"
+
+
+def stats_path(fingerprint: str, weight_name: str, corpus: Corpus, n_samples: int | None, max_len: int) -> Path:
+    n = len(corpus.head(n_samples))
+    fp = fingerprint.split(":")[-1][:16]
+    return stats_root() / fp / weight_name / f"{corpus.digest(n)[:16]}-n{n}-t{max_len}.safetensors"
+
+
+def _progress(enabled: bool, what: str) -> Progress | contextlib.nullcontext:
+    if not enabled:
+        return contextlib.nullcontext()
+    return Progress(
+        TextColumn(f"[bold]{what}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("texts"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+@torch.no_grad()
+def second_moments(
+    adapter: Adapter,
+    tok,
+    layers: list[int],
+    corpus: Corpus,
+    n_samples: int | None = None,
+    *,
+    max_len: int = 128,
+    batch_size: int = 64,
+    use_cache: bool = True,
+    progress: bool = False,
+    fingerprint: str | None = None,
+) -> dict[int, torch.Tensor]:
+    """C for every layer (float64 [k, k]); cached layers are read, the rest computed in one pass."""
+    fingerprint = fingerprint or model_fingerprint(adapter.model)
+    paths = {l: stats_path(fingerprint, adapter.param_name(l), corpus, n_samples, max_len) for l in layers}
+    result: dict[int, torch.Tensor] = {}
+    todo = []
+    for l in layers:
+        if use_cache and paths[l].exists():
+            result[l] = load_file(str(paths[l]))["mom2"]
+        else:
+            todo.append(l)
+    if not todo:
+        return result
+
+    texts = corpus.head(n_samples)
+    k_dims = {l: adapter.key_dim(l) for l in todo}
+    sums = {l: torch.zeros(k_dims[l], k_dims[l], dtype=torch.float64) for l in todo}
+    count = 0
+    current_mask: list[torch.Tensor] = []
+
+    def hook_for(layer):
+        def hook(module, args):
+            k = args[0].detach()
+            sel = k[current_mask[0].bool()].to(torch.float64)  # real tokens only, never padding
+            sums[layer].addmm_(sel.T, sel)
+
+        return hook
+
+    handles = [adapter.mlp_out(l).register_forward_pre_hook(hook_for(l)) for l in todo]
+    try:
+        with _progress(progress, f"covariance · layers {','.join(map(str, todo))}") as bar:
+            task = bar.add_task("stats", total=len(texts)) if bar else None
+            for s in range(0, len(texts), batch_size):
+                chunk = texts[s : s + batch_size]
+                enc = tok(chunk, truncation=True, max_length=max_len, padding=False)
+                rows = enc["input_ids"]
+                T = max(len(r) for r in rows)
+                ids = torch.full((len(rows), T), pad_id(tok), dtype=torch.long)
+                mask = torch.zeros((len(rows), T), dtype=torch.long)
+                for b, r in enumerate(rows):
+                    ids[b, : len(r)] = torch.tensor(r)
+                    mask[b, : len(r)] = 1
+                current_mask[:] = [mask]
+                adapter.hidden_at(ids, mask)
+                count += int(mask.sum())
+                if bar:
+                    bar.update(task, advance=len(chunk))
+    finally:
+        for h in handles:
+            h.remove()
+
+    for l in todo:
+        mom2 = sums[l] / max(1, count)
+        result[l] = mom2
+        if use_cache:
+            _save_atomic(paths[l], mom2, count, len(texts))
+    return result
+
+
+def _save_atomic(path: Path, mom2: torch.Tensor, tokens: int, texts: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({"mom2": mom2.contiguous()}, tmp, metadata={"tokens": str(tokens), "texts": str(texts)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,27 @@
+"""What the servicers share: state, store, audit log, reconciler, settings."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from factpatch.server.state.audit import AuditLog
+from factpatch.server.control.basecheck import BaseChecker
+from factpatch.server.state.db import Database
+from factpatch.server.api.idempotency import Idempotency
+from factpatch.server.control.operations import EditorOperations
+from factpatch.server.control.reconciler import Reconciler
+from factpatch.server.state.store import PatchStore
+
+
+@dataclass
+class ControlPlane:
+    db: Database
+    store: PatchStore
+    audit: AuditLog
+    idempotency: Idempotency
+    reconciler: Reconciler
+    basecheck: BaseChecker
+    operations: EditorOperations
+    mutation_lock: threading.RLock
+    max_patch_bytes: int = 256 << 20

@@ -1,0 +1,243 @@
+"""RolloutService: start, watch, promote and abort staged rollouts; revert the fleet to base.
+
+The servicer only records decisions (rollout records and each shard's desired version, in one
+transaction); the reconciler carries them out and advances the rollout as shards converge.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import grpc
+
+from factpatch.server.control import analysis
+
+from factpatch.server.api import convert
+from factpatch.server.api.context import ControlPlane
+from factpatch.server.state.db import FINAL_STATES, Rollout, RolloutShard
+from factpatch.server.api.errors import ApiError, invalid, not_found, precondition
+from factpatch.server.api.interceptor import call_principal
+from factpatch.v1 import rollout_pb2, rollout_pb2_grpc
+from factpatch.server.control.reconciler import new_etag
+from factpatch.server.api.services.patches import check_digest
+
+DEFAULT_DEADLINE_S = 300
+
+
+class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
+    def __init__(self, cp: ControlPlane):
+        self.cp = cp
+
+    def _msg(self, r: Rollout) -> rollout_pb2.Rollout:
+        return convert.rollout(r, {s.name: s for s in self.cp.db.shards()}, analysis.load(self.cp.db, r.id))
+
+    def _rollout(self, rollout_id: str) -> Rollout:
+        r = self.cp.db.rollout(rollout_id)
+        if r is None:
+            raise not_found("ROLLOUT_NOT_FOUND", f"no rollout {rollout_id!r}", rollout=rollout_id)
+        return r
+
+    @staticmethod
+    def _check_etag(r: Rollout, etag: str) -> None:
+        if etag and etag != r.etag:
+            raise ApiError(grpc.StatusCode.ABORTED, "ETAG_MISMATCH",
+                           f"rollout {r.id} changed (etag {r.etag}, request has {etag}); read it again", etag=r.etag)
+
+    # start
+
+    def _steps(self, request, targets: list[str]) -> list[dict]:
+        if request.steps:
+            steps = [{"shards": sorted(set(s.shards)), "traffic_percent": s.traffic_percent} for s in request.steps]
+            if steps[-1]["shards"] != targets:
+                steps.append({"shards": targets, "traffic_percent": 100})
+        else:
+            canary = sorted(set(request.canary_shards)) or targets[:1]
+            steps = [{"shards": canary, "traffic_percent": request.canary_traffic_percent}]
+            if canary != targets:
+                steps.append({"shards": targets, "traffic_percent": 100})
+        prev: set[str] = set()
+        for i, s in enumerate(steps):
+            cur = set(s["shards"])
+            if not cur:
+                raise invalid("BAD_STEPS", f"step {i} names no shards", field="steps")
+            if not cur <= set(targets):
+                raise invalid("BAD_STEPS", f"step {i} names shards outside the rollout: {sorted(cur - set(targets))}",
+                              field="steps")
+            if not prev <= cur or (prev == cur and i > 0):
+                raise invalid("BAD_STEPS", f"step {i} must include every shard of step {i - 1} and add at least one",
+                              field="steps")
+            if not 0 <= s["traffic_percent"] <= 100:
+                raise invalid("BAD_STEPS", f"step {i}: traffic_percent must be 0..100", field="steps")
+            prev = cur
+        return steps
+
+    def _check_base(self, patch_row, targets: list[str]) -> None:
+        patch_fp = patch_row["base_fingerprint"]
+        tensors = tuple(json.loads(patch_row["tensors"]))
+        for name in targets:
+            shard_fp = str(self.cp.db.shard(name).observed.get("base_fingerprint") or "")
+            if not shard_fp:
+                continue
+            ok = self.cp.basecheck.check(shard_fp, patch_fp, tensors)
+            if ok is None:
+                row = self.cp.db.compat(patch_fp, shard_fp)
+                ok = None if row is None else bool(row["compatible"])
+            if ok is False:
+                raise precondition(
+                    "BASE_MISMATCH",
+                    f"patch {patch_row['digest']} was made for base {patch_fp} (model {patch_row['base_model']!r}); "
+                    f"shard {name} serves a base whose tensors fingerprint differently",
+                    shard=name,
+                )
+
+    def StartRollout(self, request, context):
+        db = self.cp.db
+        patch_row = db.patch(check_digest(request.patch, "patch"))
+        if patch_row is None:
+            raise not_found("PATCH_NOT_FOUND", f"no patch {request.patch} in the store", digest=request.patch)
+        known = {s.name: s for s in db.shards()}
+        targets = sorted(set(request.shards)) or sorted(known)
+        if not targets:
+            raise precondition("NO_SHARDS", "no shards are registered")
+        for name in sorted(set(targets) | set(request.canary_shards) | {n for s in request.steps for n in s.shards}):
+            if name not in known:
+                raise not_found("SHARD_NOT_FOUND", f"no shard named {name!r}", shard=name)
+        steps = self._steps(request, targets)
+        for r in db.rollouts(active_only=True):
+            overlap = sorted(set(r.target_shards) & set(targets))
+            if overlap:
+                raise precondition("ROLLOUT_CONFLICT", f"rollout {r.id} ({r.state}) is still running on {', '.join(overlap)}",
+                                   rollout=r.id)
+        self._check_base(patch_row, targets)
+        deadline = request.progress_deadline_seconds or DEFAULT_DEADLINE_S
+        if deadline < 0:
+            raise invalid("BAD_DEADLINE", "progress_deadline_seconds must be positive", field="progress_deadline_seconds")
+        for i, g in enumerate(request.gates):
+            if g.metric not in analysis.METRICS:
+                raise invalid("BAD_GATE", f"gates[{i}].metric must be one of {', '.join(analysis.METRICS)}, got {g.metric!r}",
+                              field=f"gates[{i}].metric")
+            if not (g.max_ratio >= 0 and g.max_value >= 0) or g.min_samples < 0:  # NaN fails ">= 0"
+                raise invalid("BAD_GATE", f"gates[{i}]: max_ratio, min_samples and max_value must be numbers, not negative",
+                              field=f"gates[{i}]")
+        if request.analysis_seconds < 0:
+            raise invalid("BAD_ANALYSIS_WINDOW", "analysis_seconds must not be negative", field="analysis_seconds")
+        now = time.time()
+        r = Rollout(
+            id="ro-" + uuid.uuid4().hex[:12], patch=request.patch, state="PROGRESSING", steps=steps, current_step=0,
+            etag=new_etag(), reason="", message="", progress_deadline_s=deadline, created_by=call_principal(),
+            created=now, updated=now, step_started=now,
+            gates=[{"metric": g.metric, "max_ratio": g.max_ratio, "min_samples": g.min_samples, "max_value": g.max_value}
+                   for g in request.gates],
+        )
+        first = set(steps[0]["shards"])
+        with db.tx() as c:
+            db.insert_rollout(c, r)
+            if r.gates:
+                analysis.set_window(c, r.id, request.analysis_seconds or analysis.DEFAULT_WINDOW_S)
+            for name in targets:
+                prev = known[name].desired_version
+                rs = RolloutShard(name, prev, request.patch if name in first else prev)
+                r.shards.append(rs)
+                db.upsert_rollout_shard(c, r.id, rs)
+                if name in first:
+                    db.set_desired(c, name, request.patch)
+        self.cp.reconciler.kick()
+        return self._msg(db.rollout(r.id))
+
+    # read
+
+    def GetRollout(self, request, context):
+        return self._msg(self._rollout(request.id))
+
+    def ListRollouts(self, request, context):
+        if request.page_size < 0:  # SQLite reads a negative LIMIT as "no limit"
+            raise invalid("BAD_PAGE_SIZE", "page_size must not be negative", field="page_size")
+        limit = request.page_size or 100
+        return rollout_pb2.ListRolloutsResponse(
+            rollouts=[self._msg(r) for r in self.cp.db.rollouts(active_only=request.active_only, limit=limit)]
+        )
+
+    def WatchRollout(self, request, context):
+        r = self._rollout(request.id)
+        db, last = self.cp.db, None
+        gen = db.generation
+        while context.is_active():
+            r = db.rollout(request.id)
+            if r.etag != last:
+                last = r.etag
+                yield self._msg(r)
+            if r.state in FINAL_STATES:
+                return
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                # fail with the deadline, never end cleanly: a caller must not read "not final yet"
+                # as "done" (a clean end could also beat the caller's own deadline to it)
+                raise ApiError(grpc.StatusCode.DEADLINE_EXCEEDED, "WATCH_DEADLINE",
+                               f"rollout {r.id} was still {r.state} at the call's deadline", state=r.state)
+            gen = db.wait_for_change(gen, min(1.0, remaining) if remaining else 1.0)
+
+    # change
+
+    def Promote(self, request, context):
+        r = self._rollout(request.id)
+        self._check_etag(r, request.etag)
+        if r.state != "PAUSED":
+            raise precondition("ROLLOUT_NOT_PAUSED", f"rollout {r.id} is {r.state}; only a PAUSED rollout can be promoted",
+                               state=r.state)
+        db = self.cp.db
+        r.current_step += 1
+        step = set(r.steps[r.current_step]["shards"])
+        with db.tx() as c:
+            for rs in r.shards:
+                if rs.shard in step:
+                    rs.desired_version = r.patch
+                    db.upsert_rollout_shard(c, r.id, rs)
+                    db.set_desired(c, rs.shard, r.patch)
+            r.state, r.etag, r.updated, r.step_started = "PROGRESSING", new_etag(), time.time(), time.time()
+            db.update_rollout(c, r)
+        self.cp.reconciler.kick()
+        return self._msg(db.rollout(r.id))
+
+    def Abort(self, request, context):
+        r = self._rollout(request.id)
+        self._check_etag(r, request.etag)
+        if r.state in FINAL_STATES:
+            raise precondition("ROLLOUT_FINISHED", f"rollout {r.id} already ended ({r.state})", state=r.state)
+        if r.state == "ABORTING":
+            return self._msg(r)
+        self.cp.reconciler.start_rollback(r, "ABORTING", "ABORTED_BY_USER", request.message or f"aborted by {call_principal()}")
+        return self._msg(self.cp.db.rollout(r.id))
+
+    def RevertToBase(self, request, context):
+        db = self.cp.db
+        known = {s.name for s in db.shards()}
+        names = sorted(set(request.shards)) or sorted(known)
+        for n in names:
+            if n not in known:
+                raise not_found("SHARD_NOT_FOUND", f"no shard named {n!r}", shard=n)
+        t0 = time.perf_counter()
+        aborted = []
+        chosen = set(names)
+        with db.tx() as c:
+            for r in db.rollouts(active_only=True):
+                if not chosen & set(r.target_shards):
+                    continue
+                for rs in r.shards:
+                    rs.desired_version = None if rs.shard in chosen else rs.previous_version
+                    db.upsert_rollout_shard(c, r.id, rs)
+                    db.set_desired(c, rs.shard, rs.desired_version)
+                r.state, r.reason, r.message = "ABORTING", "REVERTED_TO_BASE", f"RevertToBase by {call_principal()}"
+                r.etag, r.updated = new_etag(), time.time()
+                db.update_rollout(c, r)
+                aborted.append(r.id)
+            for n in names:
+                db.set_desired(c, n, None)
+        remaining = context.time_remaining()
+        deadline = time.time() + remaining if remaining is not None else None
+        results = self.cp.reconciler.revert_now(names, deadline)
+        return rollout_pb2.RevertToBaseResponse(
+            results=[rollout_pb2.ShardResult(**r) for r in results], aborted_rollouts=aborted,
+            seconds=time.perf_counter() - t0,
+        )

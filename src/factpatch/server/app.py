@@ -1,0 +1,209 @@
+"""Assembles the control plane: state, store, reconciler, servicers, health, reflection, TLS, and
+the gateway with its monitors, metrics and canary analysis."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from factpatch.server.control.analysis import Analyzer, Observations
+from factpatch.server.state.audit import AuditLog
+from factpatch.server.api.auth import TokenTable
+from factpatch.server.control.basecheck import BaseChecker
+from factpatch.server.api.context import ControlPlane
+from factpatch.server.state.db import Database
+from factpatch.server.gateway.app import Gateway, GatewayConfig
+from factpatch.server.gateway.routing import SwapTracker
+from factpatch.server.api.idempotency import Idempotency
+from factpatch.server.api.interceptor import Pipeline
+from factpatch.server.metrics import Metrics
+from factpatch.server.monitors import config as monitors_config
+from factpatch.server.monitors.registry import MonitorRegistry
+from factpatch.server.control.operations import EditorOperations
+from factpatch.v1 import (
+    fleet_pb2, fleet_pb2_grpc, monitor_pb2, monitor_pb2_grpc, patch_pb2, patch_pb2_grpc, probe_pb2, probe_pb2_grpc,
+    rollout_pb2, rollout_pb2_grpc,
+)
+from factpatch.server.probes import config as probes_config
+from factpatch.server.probes.metrics import ProbeMetrics
+from factpatch.server.probes.runner import Prober
+from factpatch.server.probes.weight_change import PatchSizes
+from factpatch.server.control.reconciler import Reconciler
+from factpatch.server.api.services.fleet import FleetService
+from factpatch.server.api.services.monitors import MonitorService
+from factpatch.server.api.services.patches import PatchService
+from factpatch.server.api.services.probes import ProbeService
+from factpatch.server.api.services.rollouts import RolloutService
+from factpatch.server.state.store import PatchStore
+
+log = logging.getLogger("factpatch.server")
+
+SERVICE_NAMES = (
+    patch_pb2.DESCRIPTOR.services_by_name["PatchService"].full_name,
+    fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
+    rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
+    monitor_pb2.DESCRIPTOR.services_by_name["MonitorService"].full_name,
+    probe_pb2.DESCRIPTOR.services_by_name["ProbeService"].full_name,
+)
+
+
+@dataclass
+class ServeConfig:
+    state_dir: Path
+    listen: str = "127.0.0.1:50051"
+    tokens_file: Path | None = None
+    agent_token: str = ""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # With a client CA, clients must present a certificate it signed (mTLS).
+    tls_client_ca: Path | None = None
+    base_dirs: list[Path] = field(default_factory=list)
+    editor_model: Path | None = None
+    reconcile_interval: float = 1.0
+    # seconds a weight change waits for running requests before cutting them off (None: 30 s at the
+    # gateway, each shard's own setting in its engine)
+    drain_timeout_s: float | None = None
+    max_patch_bytes: int = 256 << 20
+    shards: dict[str, str] = field(default_factory=dict)  # registered at start if absent
+    workers: int = 32
+    # the OpenAI gateway (None: no gateway; canary analysis then has no data and pauses)
+    gateway: GatewayConfig | None = None
+    monitors_file: Path | None = None
+    # live edit probes (None: off; the ProbeService then answers FAILED_PRECONDITION / PROBES_DISABLED)
+    probes_file: Path | None = None
+
+
+class ControlPlaneServer:
+    def __init__(self, cfg: ServeConfig):
+        if not cfg.agent_token:
+            raise ValueError("no shard agent token: set FACTPATCH_AGENT_TOKEN or pass --agent-token-file")
+        if cfg.tokens_file is None:
+            raise ValueError("no client tokens: pass --tokens-file (a list of {principal, role, token})")
+        self.cfg = cfg
+        tokens = TokenTable.from_file(cfg.tokens_file)
+        db = Database(cfg.state_dir / "state.db")
+        store = PatchStore(cfg.state_dir / "patches")
+        audit = AuditLog(db)
+        lock = threading.RLock()
+        reconciler = Reconciler(db, store, audit, cfg.agent_token, lock, interval=cfg.reconcile_interval,
+                                drain_timeout_s=cfg.drain_timeout_s)
+        self.cp = ControlPlane(
+            db=db, store=store, audit=audit, idempotency=Idempotency(db), reconciler=reconciler,
+            basecheck=BaseChecker(cfg.base_dirs), operations=None, mutation_lock=lock,  # type: ignore[arg-type]
+            max_patch_bytes=cfg.max_patch_bytes,
+        )
+        patches = PatchService(self.cp)
+        self.cp.operations = EditorOperations(cfg.editor_model, patches.store_patch)
+        for name, address in cfg.shards.items():
+            if db.shard(name) is None:
+                db.add_shard(name, address.rstrip("/"))
+
+        self.metrics = Metrics()
+        self.monitors = MonitorRegistry(
+            db, monitors_config.load(cfg.monitors_file),
+            on_change=lambda c: self.metrics.monitor_counts.activate((m.name, m.scope_subject.lower()) for m in c.monitors),
+        )
+        self.prober: Prober | None = None
+        if cfg.probes_file:
+            probe_metrics = ProbeMetrics(self.metrics.registry)
+            self.prober = Prober(db, probes_config.load(cfg.probes_file), PatchSizes(store, self.cp.basecheck),
+                                 reconciler.client, on_result=probe_metrics.record)
+            probe_metrics.attach(self.prober)
+        self.observations = Observations()
+        swaps = SwapTracker()
+        reconciler.swaps, reconciler.metrics = swaps, self.metrics
+        if self.prober:
+            self.prober.swaps = swaps
+        reconciler.analyzer = Analyzer(db, self.observations if cfg.gateway else None, self._stale_scopes, self.metrics)
+        self.gateway = Gateway(cfg.gateway, db, self.monitors, self.metrics, swaps, self.observations) if cfg.gateway else None
+        self.metrics.sources(
+            shards=self.gateway.router.shards if self.gateway else None,
+            rollouts=lambda: [(r, self._canary_share(r)) for r in db.rollouts(limit=50)],
+            monitor_count=lambda: len(self.monitors.compiled),
+        )
+
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="grpc"),
+            interceptors=[Pipeline(tokens, audit, self.cp.idempotency, lock)],
+            options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)],
+        )
+        patch_pb2_grpc.add_PatchServiceServicer_to_server(patches, self.server)
+        fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetService(self.cp), self.server)
+        rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutService(self.cp), self.server)
+        monitor_pb2_grpc.add_MonitorServiceServicer_to_server(MonitorService(self.monitors), self.server)
+        probe_pb2_grpc.add_ProbeServiceServicer_to_server(ProbeService(self.prober), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self._bind()
+
+    def _stale_scopes(self, digest: str) -> dict[str, str]:
+        return {m.name: m.scope_subject.lower() for m in self.monitors.stale_for_patch(digest)}
+
+    def _canary_share(self, r) -> float | None:
+        split = self.gateway.router.table.split if self.gateway else None
+        return split.canary_share if split is not None and split.rollout_id == r.id else None
+
+    def _bind(self) -> int:
+        cfg = self.cfg
+        if cfg.tls_cert or cfg.tls_key:
+            if not (cfg.tls_cert and cfg.tls_key):
+                raise ValueError("TLS needs both --tls-cert and --tls-key")
+            ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None
+            creds = grpc.ssl_server_credentials(
+                [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())],
+                root_certificates=ca, require_client_auth=ca is not None,
+            )
+            port = self.server.add_secure_port(cfg.listen, creds)
+        else:
+            port = self.server.add_insecure_port(cfg.listen)
+        if not port:
+            raise OSError(f"could not listen on {cfg.listen}")
+        return port
+
+    def start(self) -> None:
+        self.cp.basecheck.warm()
+        if self.gateway:
+            self.gateway.start()
+            log.info("gateway listening on port %d", self.gateway.port)
+        self.server.start()
+        self.cp.reconciler.start()
+        if self.prober:
+            self.prober.start()
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("control plane listening on port %d", self.port)
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.cp.reconciler.stop()
+        if self.prober:
+            self.prober.stop()
+        if self.gateway:
+            self.gateway.stop()
+        self.cp.operations.shutdown()
+        self.cp.db.close()
+
+    def serve_forever(self) -> None:
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        self.start()
+        port_file = os.environ.get("FACTPATCH_PORT_FILE")
+        if port_file:  # lets a supervisor (or a test) find a port chosen with :0
+            Path(port_file).write_text(str(self.port))
+        gateway_port_file = os.environ.get("FACTPATCH_GATEWAY_PORT_FILE")
+        if gateway_port_file and self.gateway:
+            Path(gateway_port_file).write_text(str(self.gateway.port))
+        done.wait()
+        self.stop()

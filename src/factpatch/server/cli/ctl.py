@@ -1,0 +1,306 @@
+"""`factpatch ctl`: the control plane's command line for release tooling and operators.
+
+Exit codes: 0 ok · 2 bad input · 3 not found · 4 conflict / precondition · 5 not authenticated or
+not allowed · 6 control plane unreachable or deadline passed · 7 the rollout ended FAILED or
+ABORTED · 1 anything else. `--json` prints the API message as JSON; errors go to stderr as
+`CODE/REASON: message` (or a JSON object with --json).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import grpc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from factpatch.server.cli.ctl_probe import probe_app
+from factpatch.server.cli.session import Ctx, err_console, fail, rid
+from factpatch.v1 import fleet_pb2, patch_pb2, rollout_pb2
+
+app = typer.Typer(help="Operate the factpatch control plane.", no_args_is_help=True)
+patch_app = typer.Typer(help="Patches in the store.", no_args_is_help=True)
+rollout_app = typer.Typer(help="Staged rollouts.", no_args_is_help=True)
+shards_app = typer.Typer(help="The fleet.", invoke_without_command=True)
+app.add_typer(patch_app, name="patch")
+app.add_typer(rollout_app, name="rollout")
+app.add_typer(shards_app, name="shards")
+
+EXIT_ROLLOUT_FAILED = 7
+CHUNK = 1 << 20
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    address: str = typer.Option("127.0.0.1:50051", envvar="FACTPATCH_ADDRESS", help="Control plane host:port."),
+    token: str = typer.Option("", envvar="FACTPATCH_TOKEN", help="Bearer token (viewer or operator).", show_default=False),
+    timeout: float = typer.Option(30.0, help="Deadline of each call, in seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print API messages as JSON."),
+    tls_ca: Path = typer.Option(None, "--tls-ca", exists=True, help="CA that signed the server's certificate (TLS)."),
+    tls_cert: Path = typer.Option(None, "--tls-cert", exists=True, help="Client certificate (mTLS)."),
+    tls_key: Path = typer.Option(None, "--tls-key", exists=True, help="Client key (mTLS)."),
+) -> None:
+    if tls_ca:
+        creds = grpc.ssl_channel_credentials(
+            tls_ca.read_bytes(), tls_key.read_bytes() if tls_key else None, tls_cert.read_bytes() if tls_cert else None
+        )
+        channel = grpc.secure_channel(address, creds)
+    else:
+        channel = grpc.insecure_channel(address)
+    md = (("authorization", f"Bearer {token}"),) if token else ()
+    ctx.obj = Ctx(channel, md, timeout, as_json)
+
+
+# patches
+
+def _patch_table(patches) -> None:
+    t = Table("digest", "method", "layers", "edits", "base model", "deployed on")
+    for p in patches:
+        t.add_row(p.digest[:19], p.method, ",".join(map(str, p.layers)), str(len(p.edits)), p.base_model,
+                  ",".join(p.deployed_on))
+    Console().print(t)
+
+
+def _patch_detail(p) -> None:
+    c = Console()
+    c.print(f"[bold]{p.digest}[/bold]  {p.size_bytes} bytes  method={p.method} layers={list(p.layers)}")
+    c.print(f"base {p.base_model} {p.base_fingerprint}")
+    for e in p.edits:
+        c.print(f"  {e.subject} · {e.relation}: {e.target_old or '?'} → {e.target_new}  {e.provenance_json}")
+    if p.deployed_on:
+        c.print("deployed on " + ", ".join(p.deployed_on))
+
+
+@patch_app.command("push")
+def patch_push(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
+    """Upload a .fpatch file (streamed, digest checked by the server)."""
+    c: Ctx = ctx.obj
+    data = file.read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    header = patch_pb2.ImportPatchHeader(request_id=rid(), expected_digest=digest, size_bytes=len(data))
+
+    def parts():
+        yield patch_pb2.ImportPatchRequest(header=header)
+        for i in range(0, len(data), CHUNK):
+            yield patch_pb2.ImportPatchRequest(chunk=data[i:i + CHUNK])
+
+    try:
+        p = c.patches.ImportPatch(parts(), metadata=c.metadata, timeout=c.timeout)
+    except grpc.RpcError as e:
+        fail(e, c.as_json)
+    c.out(p, lambda p: print(p.digest))
+
+
+@patch_app.command("list")
+def patch_list(ctx: typer.Context) -> None:
+    c: Ctx = ctx.obj
+    resp = c.call(c.patches.ListPatches, patch_pb2.ListPatchesRequest(page_size=1000))
+    c.out(resp, lambda r: _patch_table(r.patches))
+
+
+@patch_app.command("show")
+def patch_show(ctx: typer.Context, digest: str) -> None:
+    c: Ctx = ctx.obj
+    c.out(c.call(c.patches.GetPatch, patch_pb2.GetPatchRequest(digest=digest)), _patch_detail)
+
+
+@patch_app.command("delete")
+def patch_delete(ctx: typer.Context, digest: str) -> None:
+    c: Ctx = ctx.obj
+    c.out(c.call(c.patches.DeletePatch, patch_pb2.DeletePatchRequest(request_id=rid(), digest=digest)),
+          lambda r: print(f"deleted {r.digest}"))
+
+
+# rollouts
+
+STATE = {v: k.replace("ROLLOUT_STATE_", "") for k, v in rollout_pb2.RolloutState.items()}
+
+
+def _rollout_detail(r) -> None:
+    c = Console()
+    c.print(f"[bold]{r.id}[/bold] {STATE[r.state]} step {r.current_step + 1}/{len(r.steps)} patch {r.patch[:19]} etag {r.etag}"
+            + (f"  reason={r.reason}" if r.reason else "") + (f"  {r.message}" if r.message else ""))
+    t = Table("shard", "previous", "desired", "active", "error")
+    for s in r.shards:
+        t.add_row(s.shard, s.previous_version[:19] or "base", s.desired_version[:19] or "base",
+                  s.active_version[:19] or "base", f"{s.error_reason} {s.error}".strip())
+    c.print(t)
+    decisions = {v: k.replace("ANALYSIS_DECISION_", "") for k, v in rollout_pb2.AnalysisDecision.items()}
+    for run in r.analysis:
+        c.print(f"analysis step {run.step + 1}: {decisions[run.decision]}  {run.message}")
+        g = Table("gate", "canary", "base", "samples (canary/base)", "outcome")
+        for x in run.gates:
+            g.add_row(f"{x.gate.metric} <= {x.gate.max_ratio:g}x", f"{x.canary_value:.4g}", f"{x.base_value:.4g}",
+                      f"{x.canary_samples}/{x.base_samples}", decisions[x.outcome])
+        c.print(g)
+
+
+def _parse_gate(text: str) -> rollout_pb2.AnalysisGate:
+    parts = text.split(":")
+    try:
+        if not 2 <= len(parts) <= 4:
+            raise ValueError
+        return rollout_pb2.AnalysisGate(metric=parts[0], max_ratio=float(parts[1]),
+                                        min_samples=int(parts[2]) if len(parts) > 2 else 0,
+                                        max_value=float(parts[3]) if len(parts) > 3 else 0.0)
+    except ValueError:
+        raise typer.BadParameter(f"--gate wants METRIC:MAX_RATIO[:MIN_SAMPLES[:MAX_VALUE]], got {text!r}") from None
+
+
+def _wait(c: Ctx, rollout_id: str, until: set[str], timeout: float) -> rollout_pb2.Rollout:
+    last = None
+    try:
+        for r in c.rollouts.WatchRollout(rollout_pb2.WatchRolloutRequest(id=rollout_id), metadata=c.metadata, timeout=timeout):
+            last = r
+            if not c.as_json:
+                err_console.print(f"{STATE[r.state]:<12} step {r.current_step + 1}/{len(r.steps)} "
+                                  + " ".join(f"{s.shard}={s.active_version[:15] or 'base'}" for s in r.shards))
+            if STATE[r.state] in until:
+                return r
+    except grpc.RpcError as e:
+        fail(e, c.as_json)
+    return last
+
+
+def _finish(c: Ctx, r) -> None:
+    c.out(r, _rollout_detail)
+    if STATE[r.state] in ("FAILED", "ABORTED"):
+        raise typer.Exit(EXIT_ROLLOUT_FAILED)
+
+
+@rollout_app.command("start")
+def rollout_start(
+    ctx: typer.Context,
+    patch: str,
+    canary: list[str] = typer.Option([], "--canary", help="Canary shard (repeatable); default: the first shard."),
+    shard: list[str] = typer.Option([], "--shard", help="Shards the rollout ends on (repeatable); default: all."),
+    traffic: int = typer.Option(0, help="Canary traffic share in percent (for the gateway)."),
+    deadline: int = typer.Option(300, help="Seconds a step may take before the rollout rolls back."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until the canary is live (PAUSED) or the rollout ends."),
+    gate: list[str] = typer.Option([], "--gate", help="Canary analysis gate METRIC:MAX_RATIO[:MIN_SAMPLES[:MAX_VALUE]], "
+                                   "e.g. stale_value_rate:0.5:50 (repeatable)."),
+    analysis_seconds: int = typer.Option(0, "--analysis-seconds", help="Analysis window per step (default 60)."),
+) -> None:
+    c: Ctx = ctx.obj
+    gates = [_parse_gate(g) for g in gate]
+    r = c.call(c.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(
+        request_id=rid(), patch=patch, canary_shards=canary, shards=shard, canary_traffic_percent=traffic,
+        progress_deadline_seconds=deadline, gates=gates, analysis_seconds=analysis_seconds))
+    if wait:
+        r = _wait(c, r.id, {"PAUSED", "SUCCEEDED", "FAILED", "ABORTED"}, deadline + 30 + (analysis_seconds or 60) * bool(gates))
+    _finish(c, r)
+
+
+@rollout_app.command("status")
+def rollout_status(ctx: typer.Context, rollout_id: str) -> None:
+    c: Ctx = ctx.obj
+    c.out(c.call(c.rollouts.GetRollout, rollout_pb2.GetRolloutRequest(id=rollout_id)), _rollout_detail)
+
+
+@rollout_app.command("list")
+def rollout_list(ctx: typer.Context, active: bool = typer.Option(False, "--active")) -> None:
+    c: Ctx = ctx.obj
+    resp = c.call(c.rollouts.ListRollouts, rollout_pb2.ListRolloutsRequest(active_only=active))
+
+    def render(resp):
+        t = Table("id", "state", "step", "patch", "reason")
+        for r in resp.rollouts:
+            t.add_row(r.id, STATE[r.state], f"{r.current_step + 1}/{len(r.steps)}", r.patch[:19], r.reason)
+        Console().print(t)
+
+    c.out(resp, render)
+
+
+@rollout_app.command("watch")
+def rollout_watch(ctx: typer.Context, rollout_id: str, timeout: float = typer.Option(600.0)) -> None:
+    """Follow a rollout until it ends (or PAUSED with --until-paused)."""
+    c: Ctx = ctx.obj
+    r = _wait(c, rollout_id, {"SUCCEEDED", "FAILED", "ABORTED"}, timeout)
+    if r is not None:
+        _finish(c, r)
+
+
+@rollout_app.command("promote")
+def rollout_promote(ctx: typer.Context, rollout_id: str, etag: str = typer.Option(""),
+                    wait: bool = typer.Option(False, "--wait")) -> None:
+    c: Ctx = ctx.obj
+    r = c.call(c.rollouts.Promote, rollout_pb2.PromoteRequest(request_id=rid(), id=rollout_id, etag=etag))
+    if wait:
+        r = _wait(c, r.id, {"PAUSED", "SUCCEEDED", "FAILED", "ABORTED"}, 600)
+    _finish(c, r)
+
+
+@rollout_app.command("abort")
+def rollout_abort(ctx: typer.Context, rollout_id: str, etag: str = typer.Option(""), message: str = typer.Option(""),
+                  wait: bool = typer.Option(False, "--wait")) -> None:
+    c: Ctx = ctx.obj
+    r = c.call(c.rollouts.Abort, rollout_pb2.AbortRequest(request_id=rid(), id=rollout_id, etag=etag, message=message))
+    if wait:
+        r = _wait(c, r.id, {"ABORTED", "FAILED", "SUCCEEDED"}, 600)
+    c.out(r, _rollout_detail)
+
+
+@app.command("revert")
+def revert(ctx: typer.Context, shard: list[str] = typer.Option([], "--shard", help="Shard to revert (repeatable); default: all.")) -> None:
+    """Every chosen shard back to the base weights now; aborts rollouts on them."""
+    c: Ctx = ctx.obj
+    resp = c.call(c.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(request_id=rid(), shards=shard))
+
+    def render(resp):
+        for r in resp.results:
+            print(f"{r.shard}: {'base' if r.ok else 'FAILED ' + r.error_reason + ' ' + r.error} ({r.seconds * 1000:.0f} ms)")
+        print(f"fleet reverted in {resp.seconds * 1000:.0f} ms" + (f"; aborted {', '.join(resp.aborted_rollouts)}" if resp.aborted_rollouts else ""))
+
+    c.out(resp, render)
+    if not all(r.ok for r in resp.results):
+        raise typer.Exit(6)
+
+
+# fleet
+
+HEALTH = {v: k.replace("SHARD_HEALTH_", "") for k, v in fleet_pb2.ShardHealth.items()}
+
+
+def _shard_table(shards) -> None:
+    t = Table("name", "address", "health", "active", "desired", "error")
+    for s in shards:
+        t.add_row(s.name, s.address, HEALTH[s.health], s.active_version[:19] or "base", s.desired_version[:19] or "base",
+                  f"{s.last_error_reason} {s.last_error}".strip())
+    Console().print(t)
+
+
+@shards_app.callback()
+def shards_list(ctx: typer.Context) -> None:
+    """List the shards (no sub-command), or register one (`add`)."""
+    if ctx.invoked_subcommand is None:
+        c: Ctx = ctx.obj
+        c.out(c.call(c.fleet.ListShards, fleet_pb2.ListShardsRequest()), lambda r: _shard_table(r.shards))
+
+
+@shards_app.command("add")
+def shards_add(ctx: typer.Context, name: str, address: str) -> None:
+    c: Ctx = ctx.obj
+    c.out(c.call(c.fleet.RegisterShard, fleet_pb2.RegisterShardRequest(request_id=rid(), name=name, address=address)),
+          lambda s: _shard_table([s]))
+
+
+@shards_app.command("remove")
+def shards_remove(ctx: typer.Context, name: str) -> None:
+    c: Ctx = ctx.obj
+    c.out(c.call(c.fleet.DeregisterShard, fleet_pb2.DeregisterShardRequest(request_id=rid(), name=name)),
+          lambda r: print(f"removed {r.name}"))
+
+
+app.add_typer(probe_app, name="probe")
+
+
+def register(root: typer.Typer) -> None:
+    from factpatch.server.cli.serve import serve
+
+    root.command("serve")(serve)
+    root.add_typer(app, name="ctl")
+
+

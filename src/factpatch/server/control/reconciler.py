@@ -1,0 +1,318 @@
+"""Drives every shard to its persisted desired version and moves rollouts through their states.
+
+The loop is level-triggered: each pass reads the desired state from the database and the actual
+state from each shard's agent, and acts on the difference. That is what makes it resume after a
+control-plane restart and re-apply to a shard that restarted on its base weights.
+
+Locks: one per shard, held while a shard is read and changed (the desired version is read inside
+it, so a newer decision is never overwritten by an older one); rollout state changes take the
+API's mutation lock, never while a shard lock is held.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from factpatch.server.control.agent_client import AgentClient, AgentError
+from factpatch.server.state.audit import AuditLog
+from factpatch.server.state.db import Database, Rollout
+from factpatch.server.state.store import PatchStore, StoreCorrupt
+
+log = logging.getLogger("factpatch.reconciler")
+SYSTEM = "system:reconciler"
+
+
+@dataclass
+class Refusal:
+    shard: str
+    version: str | None
+    error: AgentError
+
+
+def new_etag() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class Reconciler:
+    def __init__(
+        self, db: Database, store: PatchStore, audit: AuditLog, agent_token: str, mutation_lock: threading.RLock,
+        *, interval: float = 1.0, agent_timeout: float = 120.0, status_timeout: float = 5.0,
+        drain_timeout_s: float | None = None,
+    ):
+        self.db = db
+        self.store = store
+        self.audit = audit
+        self.agent_token = agent_token
+        self.mutation_lock = mutation_lock
+        self.interval = interval
+        self.agent_timeout = agent_timeout
+        self.status_timeout = status_timeout
+        # How long a weight change waits for running requests, at the gateway and then in the engine
+        # (None: the gateway waits 30 s and each shard uses its own setting).
+        self.drain_timeout_s = drain_timeout_s
+        self.gateway_drain_timeout = 30.0 if drain_timeout_s is None else drain_timeout_s
+        self._clients: dict[str, AgentClient] = {}
+        self._clients_lock = threading.Lock()
+        self.shard_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._kick = threading.Event()
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="reconcile")
+        self._thread: threading.Thread | None = None
+        # shard -> (desired version, shard base fingerprint, retry-not-before): a refused version is
+        # not pushed again in a tight loop
+        self._held: dict[str, tuple[str | None, str, float]] = {}
+        # set by the server when it runs a gateway: swap marks (keep traffic off a shard being
+        # changed), apply/revert timings, and canary analysis for rollouts with gates
+        self.swaps = None
+        self.metrics = None
+        self.analyzer = None
+
+    # lifecycle
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._kick.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._clients_lock:
+            for c in self._clients.values():
+                c.close()
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # keep reconciling; the next pass sees fresh state
+                log.exception("reconcile pass failed")
+            self._kick.wait(self.interval)
+            self._kick.clear()
+
+    # one pass
+
+    def tick(self) -> None:
+        names = [s.name for s in self.db.shards()]
+        refusals = [r for r in self._pool.map(self.sync_shard, names) if r is not None]
+        with self.mutation_lock:
+            for refusal in refusals:
+                self._roll_back_for(refusal)
+            self.advance_rollouts()
+
+    def client(self, name: str, address: str) -> AgentClient:
+        with self._clients_lock:
+            c = self._clients.get(name)
+            if c is None or c.address != address.rstrip("/"):
+                c = self._clients[name] = AgentClient(address, self.agent_token, timeout=self.agent_timeout)
+            return c
+
+    def sync_shard(self, name: str) -> Refusal | None:
+        with self.shard_locks[name]:
+            shard = self.db.shard(name)
+            if shard is None:
+                return None
+            agent = self.client(name, shard.address)
+            try:
+                st = agent.status(timeout=self.status_timeout)
+            except AgentError as e:
+                self.db.observe(name, None, "UNREACHABLE", e.reason, e.message)
+                return None
+            desired = shard.desired_version
+            if st.swapping:
+                self.db.observe(name, st.raw, "SYNCING")
+                return None
+            if st.active_version == desired:
+                self._held.pop(name, None)
+                self.db.observe(name, st.raw, "SERVING")
+                return None
+            held = self._held.get(name)
+            if held and held[:2] == (desired, st.base_fingerprint) and time.time() < held[2]:
+                self.db.observe(name, st.raw, "ERROR", shard.last_error_reason, shard.last_error)
+                return None
+            self._swap_begin(name)
+            try:
+                return self._swap(name, agent, st, desired)
+            finally:
+                self._swap_end(name)  # after the shard's new state is recorded
+
+    def _swap(self, name: str, agent: AgentClient, st, desired: str | None) -> Refusal | None:
+        action = "revert" if desired is None else "apply"
+        t0 = time.perf_counter()
+        try:
+            if desired is None:
+                after = agent.revert(drain_timeout_s=self.drain_timeout_s)
+            else:
+                after = agent.apply(self.store.get(desired), desired, drain_timeout_s=self.drain_timeout_s)
+        except (StoreCorrupt, FileNotFoundError) as e:
+            self.db.observe(name, st.raw, "ERROR", "STORE_CORRUPT", str(e))
+            return None
+        except AgentError as e:
+            if not e.permanent:  # unreachable, swap in progress, 5xx: try again next pass
+                self.db.observe(name, st.raw, "SYNCING", e.reason, e.message)
+                return None
+            self.db.observe(name, st.raw, "ERROR", e.reason, e.message)
+            self._learn_compat(desired, st.base_fingerprint, e.reason)
+            self._held[name] = (desired, st.base_fingerprint, time.time() + 30.0)
+            self.audit.record(SYSTEM, f"agent/{action}", f"shard={name} version={desired}", f"REFUSED/{e.reason}", e.message)
+            return Refusal(name, desired, e)
+        dt = time.perf_counter() - t0
+        if self.metrics is not None:
+            (self.metrics.revert_seconds if desired is None else self.metrics.apply_seconds).labels(name).observe(dt)
+        self._held.pop(name, None)
+        if desired is not None:
+            self._learn_compat(desired, st.base_fingerprint, None)
+        ok = after.active_version == desired
+        self.db.observe(name, after.raw, "SERVING" if ok else "SYNCING")
+        self.audit.record(SYSTEM, f"agent/{action}", f"shard={name} version={desired or 'base'}", "OK", f"{dt:.3f}s")
+        return None
+
+    def _swap_begin(self, name: str) -> None:
+        if self.swaps is not None:
+            self.swaps.begin(name)
+            # Requests the gateway already sent finish on the weights their header names.
+            if not self.swaps.drain(name, self.gateway_drain_timeout):
+                log.warning("shard %s: gateway requests still running after %.0f s; swapping anyway",
+                            name, self.gateway_drain_timeout)
+
+    def _swap_end(self, name: str) -> None:
+        if self.swaps is not None:
+            self.swaps.end(name, self.db.generation)
+
+    def _learn_compat(self, digest: str | None, shard_fp: str, reason: str | None) -> None:
+        if not digest or not shard_fp:
+            return
+        row = self.db.patch(digest)
+        patch_fp = row["base_fingerprint"] if row else None
+        if not patch_fp:
+            return
+        if reason is None:
+            self.db.set_compat(patch_fp, shard_fp, True)
+        elif reason == "BASE_MISMATCH":
+            self.db.set_compat(patch_fp, shard_fp, False, reason)
+
+    # rollouts
+
+    def _roll_back_for(self, refusal: Refusal) -> None:
+        for r in self.db.rollouts(active_only=True):
+            if r.state != "PROGRESSING" or refusal.shard not in r.target_shards or refusal.version != r.patch:
+                continue
+            e = refusal.error
+            self.start_rollback(r, "ROLLING_BACK", e.reason, f"shard {refusal.shard} refused the patch: {e.message}",
+                                failed_shard=(refusal.shard, e))
+
+    def start_rollback(self, r: Rollout, state: str, reason: str, message: str, failed_shard=None) -> Rollout:
+        """Every shard the rollout touched goes back to the version it had before (caller holds the mutation lock)."""
+        with self.db.tx() as c:
+            for rs in r.shards:
+                if failed_shard and rs.shard == failed_shard[0]:
+                    rs.error_reason, rs.error = failed_shard[1].reason, failed_shard[1].message
+                rs.desired_version = rs.previous_version
+                self.db.upsert_rollout_shard(c, r.id, rs)
+                self.db.set_desired(c, rs.shard, rs.previous_version)
+            self._transition(c, r, state, reason, message)
+        self.audit.record(SYSTEM, "rollout/" + state.lower(), f"rollout={r.id}", reason, message)
+        self.kick()
+        return r
+
+    def _transition(self, c, r: Rollout, state: str, reason: str | None = None, message: str | None = None) -> None:
+        r.state = state
+        if reason is not None:
+            r.reason = reason
+        if message is not None:
+            r.message = message
+        r.etag = new_etag()
+        r.updated = time.time()
+        self.db.update_rollout(c, r)
+
+    def advance_rollouts(self) -> None:
+        shards = {s.name: s for s in self.db.shards()}
+
+        def at(name: str, version: str | None) -> bool:
+            s = shards.get(name)
+            return s is not None and s.health == "SERVING" and (s.observed.get("active_version") or None) == version
+
+        for r in self.db.rollouts(active_only=True):
+            if r.state == "PROGRESSING":
+                step = r.steps[r.current_step]["shards"]
+                if all(at(n, r.patch) for n in step):
+                    last = r.current_step == len(r.steps) - 1
+                    with self.db.tx() as c:
+                        if not last and r.gates and self.analyzer is not None:
+                            self.analyzer.begin(c, r)
+                            self._transition(c, r, "ANALYZING", "", "canary analysis running")
+                        else:
+                            self._transition(c, r, "SUCCEEDED" if last else "PAUSED", "", "")
+                elif time.time() - r.step_started > r.progress_deadline_s:
+                    self.start_rollback(r, "ROLLING_BACK", "PROGRESS_DEADLINE",
+                                        f"step {r.current_step} did not converge within {r.progress_deadline_s}s")
+            elif r.state == "ANALYZING":
+                self._analyse(r)
+            elif r.state in ("ROLLING_BACK", "ABORTING"):
+                if all(at(rs.shard, shards[rs.shard].desired_version) for rs in r.shards if rs.shard in shards):
+                    with self.db.tx() as c:
+                        self._transition(c, r, "FAILED" if r.state == "ROLLING_BACK" else "ABORTED")
+
+    def _analyse(self, r: Rollout) -> None:
+        """Acts on the analysis of an ANALYZING rollout: fail rolls back, pass promotes, no data pauses."""
+        decision, run = self.analyzer.step(r)
+        if decision == "FAIL":
+            self.start_rollback(r, "ROLLING_BACK", "ANALYSIS_FAILED", "canary analysis failed: " + run["message"])
+        elif decision == "PASS":
+            r.current_step += 1
+            step = set(r.steps[r.current_step]["shards"])
+            with self.db.tx() as c:
+                for rs in r.shards:
+                    if rs.shard in step:
+                        rs.desired_version = r.patch
+                        self.db.upsert_rollout_shard(c, r.id, rs)
+                        self.db.set_desired(c, rs.shard, r.patch)
+                r.step_started = time.time()
+                self._transition(c, r, "PROGRESSING", "", f"canary analysis passed; promoted to step {r.current_step}")
+            self.audit.record(SYSTEM, "rollout/promote", f"rollout={r.id}", "ANALYSIS_PASSED", run["message"])
+            self.kick()
+        elif decision == "INCONCLUSIVE":
+            with self.db.tx() as c:
+                self._transition(c, r, "PAUSED", "ANALYSIS_INCONCLUSIVE", run["message"])
+            self.audit.record(SYSTEM, "rollout/pause", f"rollout={r.id}", "ANALYSIS_INCONCLUSIVE", run["message"])
+
+    # the fast path back to base
+
+    def revert_now(self, names: list[str], deadline: float | None) -> list[dict]:
+        """Reverts the shards in parallel (their desired version must already be base)."""
+
+        def one(name: str) -> dict:
+            t0 = time.perf_counter()
+            timeout = self.agent_timeout if deadline is None else max(0.1, min(self.agent_timeout, deadline - time.time()))
+            with self.shard_locks[name]:
+                shard = self.db.shard(name)
+                self._swap_begin(name)
+                try:
+                    drain = None if self.drain_timeout_s is None else min(self.drain_timeout_s, timeout)
+                    after = self.client(name, shard.address).revert(timeout=timeout, drain_timeout_s=drain)
+                    if self.metrics is not None:
+                        self.metrics.revert_seconds.labels(name).observe(time.perf_counter() - t0)
+                    self.db.observe(name, after.raw, "SERVING" if after.active_version is None else "SYNCING")
+                except AgentError as e:
+                    self.db.observe(name, None, "UNREACHABLE" if e.reason == "UNREACHABLE" else "ERROR", e.reason, e.message)
+                    return {"shard": name, "ok": False, "error_reason": e.reason, "error": e.message,
+                            "seconds": time.perf_counter() - t0}
+                finally:
+                    self._swap_end(name)
+            return {"shard": name, "ok": after.active_version is None, "error_reason": "", "error": "",
+                    "seconds": time.perf_counter() - t0}
+
+        results = list(self._pool.map(one, names))
+        self.kick()
+        return results

@@ -1,0 +1,188 @@
+"""Which shard serves a request: the current rollout's split, sticky keys, QA overrides, swaps.
+
+A routing table is rebuilt from the state database whenever it changes. With an unfinished rollout
+(PROGRESSING, ANALYZING or PAUSED) its target shards form two groups: canary (serving the patch)
+and base (the rest), and the current step's traffic share goes to the canary. A sticky key hashes,
+salted with the rollout id, to a point in [0, 1): the same key always lands on the same side of the
+split while that rollout runs. Shards outside the rollout serve with base.
+
+A shard gets no traffic while it is not healthy, while its desired version differs from what it
+serves (a swap is due), or while the reconciler is swapping it: the reconciler marks the swap
+before calling the shard, and the mark holds until a table built after the swap is in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+from dataclasses import dataclass, field
+
+from factpatch.server.state.db import Database
+
+CANARY, BASE = "canary", "base"
+SPLIT_STATES = ("PROGRESSING", "ANALYZING", "PAUSED")
+
+
+@dataclass(frozen=True)
+class ShardView:
+    name: str
+    url: str
+    version: str  # "" = base weights
+    desired: str
+    healthy: bool
+    available: bool
+
+
+@dataclass(frozen=True)
+class Split:
+    rollout_id: str
+    patch: str
+    canary: tuple[str, ...]
+    base: tuple[str, ...]
+    canary_share: float
+
+
+@dataclass(frozen=True)
+class Table:
+    generation: int
+    shards: dict[str, ShardView] = field(default_factory=dict)
+    split: Split | None = None
+
+
+class SwapTracker:
+    """Shards the reconciler is changing now, and the gateway's requests in flight per shard.
+
+    The gateway takes a slot (`enter`) before sending a request to a shard and gives it back when the
+    response has ended; the reconciler, having marked a shard as swapping (`begin`), waits for its
+    slots to drain before it changes the weights. Both happen under one lock, so a request either
+    got its slot before the swap began (and finishes on the old weights, which its version header
+    names) or is kept off the shard: a response is never tagged with a version it was not made by.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._busy: dict[str, int] = {}  # shard -> 0 while swapping, else the db generation after the swap
+        self.inflight: dict[str, int] = {}
+
+    def begin(self, shard: str) -> None:
+        with self._lock:
+            self._busy[shard] = 0
+
+    def drain(self, shard: str, timeout: float) -> bool:
+        """Waits until no gateway request is in flight on the shard; False if `timeout` passed first."""
+        with self._drained:
+            return self._drained.wait_for(lambda: self.inflight.get(shard, 0) == 0, timeout)
+
+    def end(self, shard: str, generation: int) -> None:
+        with self._lock:
+            self._busy[shard] = generation
+
+    def enter(self, shard: str) -> bool:
+        with self._lock:
+            if self._busy.get(shard) == 0:
+                return False
+            self.inflight[shard] = self.inflight.get(shard, 0) + 1
+            return True
+
+    def leave(self, shard: str) -> None:
+        with self._drained:
+            self.inflight[shard] -= 1
+            if self.inflight[shard] == 0:
+                self._drained.notify_all()
+
+    def swapping(self, shard: str) -> bool:
+        """True while the reconciler is inside a swap of this shard."""
+        with self._lock:
+            return self._busy.get(shard) == 0
+
+    def blocked(self, shard: str, table_generation: int) -> bool:
+        g = self._busy.get(shard)
+        if g is None:
+            return False
+        if g and table_generation >= g:
+            with self._lock:
+                if self._busy.get(shard) == g:
+                    del self._busy[shard]
+            return False
+        return True
+
+
+def unit(key: str, salt: str) -> float:
+    """A stable point in [0, 1) for a routing key."""
+    h = hashlib.blake2b(key.encode(), digest_size=8, key=salt.encode()[:64]).digest()
+    return int.from_bytes(h, "big") / 2.0**64
+
+
+class Router:
+    def __init__(self, db: Database, swaps: SwapTracker):
+        self.db = db
+        self.swaps = swaps
+        self.table = Table(generation=-1)
+        self._rng = random.Random()
+
+    def changing(self) -> bool:
+        """True while some shard is being moved to another version (desired ≠ served, or mid-swap):
+        a request with nowhere to go now will have somewhere shortly."""
+        t = self.table
+        return any(v.desired != v.version or self.swaps.blocked(n, t.generation) for n, v in t.shards.items())
+
+    def refresh(self) -> Table:
+        gen = self.db.generation  # read first: a change during the build makes the next refresh run again
+        shards = {}
+        for s in self.db.shards():
+            version = str(s.observed.get("active_version") or "")
+            healthy = s.health == "SERVING" and not s.observed.get("swapping")
+            desired = s.desired_version or ""
+            shards[s.name] = ShardView(s.name, s.address.rstrip("/"), version, desired, healthy,
+                                       healthy and desired == version)
+        split = None
+        for r in self.db.rollouts(active_only=True):
+            if r.state not in SPLIT_STATES:
+                continue
+            targets = [n for n in r.target_shards if n in shards]
+            canary = tuple(n for n in targets if shards[n].version == r.patch)
+            base = tuple(n for n in shards if n not in canary)
+            pct = int(r.steps[r.current_step].get("traffic_percent") or 0)
+            share = pct / 100 if pct else (len(canary) / len(targets) if targets else 0.0)
+            split = Split(r.id, r.patch, canary, base, share)
+            break  # newest first: one split at a time
+        self.table = Table(gen, shards, split)
+        return self.table
+
+    def available(self, t: Table, names) -> list[ShardView]:
+        return [t.shards[n] for n in names if t.shards[n].available and not self.swaps.blocked(n, t.generation)]
+
+    def choose(self, key: str | None, force: str | None) -> tuple[str, list[ShardView]]:
+        """(route, candidate shards) for a request; no candidates means no shard can take it."""
+        t = self.table
+        if t.split is None:
+            if force == CANARY:
+                return CANARY, []
+            return BASE, self.available(t, t.shards)
+        s = t.split
+        if force:
+            route = force
+        else:
+            u = unit(key, s.rollout_id) if key else self._rng.random()
+            route = CANARY if u < s.canary_share else BASE
+        cands = self.available(t, s.canary if route == CANARY else s.base)
+        if not cands and not force:  # the other version rather than no answer (e.g. the only canary is swapping)
+            route = BASE if route == CANARY else CANARY
+            cands = self.available(t, s.canary if route == CANARY else s.base)
+        return route, cands
+
+    @property
+    def inflight(self) -> dict[str, int]:
+        return self.swaps.inflight
+
+    def pick(self, cands: list[ShardView]) -> ShardView:
+        """The least busy candidate, ties broken at random."""
+        low = min(self.inflight.get(c.name, 0) for c in cands)
+        return self._rng.choice([c for c in cands if self.inflight.get(c.name, 0) == low])
+
+    def shards(self) -> list[ShardView]:
+        t = self.table
+        return [ShardView(v.name, v.url, v.version, v.desired, v.healthy,
+                          v.available and not self.swaps.blocked(v.name, t.generation)) for v in t.shards.values()]
