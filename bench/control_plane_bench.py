@@ -23,10 +23,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from factpatch.core.checkpoint import Checkpoint
 from factpatch.fixture.build import ensure_fixture
 from factpatch.harness.shard_process import ShardServer, start_all
 from factpatch.server.app import ControlPlaneServer, ServeConfig
-from factpatch.server.control.basecheck import LocalCheckpoint
 from factpatch.v1 import fleet_pb2, patch_pb2, rollout_pb2
 from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, random_patch, rid, write_tokens
 
@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--read-seconds", type=float, default=3.0)
     args = ap.parse_args()
     fixture = ensure_fixture()
-    patch = random_patch({W: (256, 1024)}, LocalCheckpoint(fixture).fingerprint([W]), rank=2, seed=1, scale=0.15)
+    patch = random_patch({W: (256, 1024)}, Checkpoint(fixture).fingerprint([W]), rank=2, seed=1, scale=0.15)
     shards = [ShardServer(fixture), ShardServer(fixture)]
     for s in shards:
         s.token = AGENT_TOKEN

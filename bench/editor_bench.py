@@ -21,16 +21,24 @@ from pathlib import Path
 
 import torch
 
+from factpatch.core.spec import Edit
 from factpatch.editor import layers as layer_choice
 from factpatch.editor.corpus import fixture_corpus
 from factpatch.editor.memit import MemitParams
-from factpatch.editor.pipeline import EditOptions, evaluate_each, evaluate_patch, heldout_texts, load, run_edit, run_single_edits
+from factpatch.editor.pipeline import (
+    EditOptions,
+    evaluate_each,
+    evaluate_patch,
+    heldout_texts,
+    load,
+    run_edit,
+    run_single_edits,
+)
 from factpatch.editor.prompts import context_prefixes
 from factpatch.editor.stats import second_moments
 from factpatch.editor.values import build_rows, optimise_values
 from factpatch.fixture.build import REPORT_FILE, ensure_fixture
 from factpatch.fixture.edit_samples import random_edits, with_keep_and_paraphrases
-from factpatch.core.spec import Edit
 
 RESULTS = Path(__file__).parent / "results" / "editor.json"
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from bench.editor_bench import round_metrics
-from factpatch.fixture.edit_samples import random_edits
 from factpatch.editor.pipeline import EditOptions, evaluate_each, evaluate_patch, heldout_texts, load, run_edit
 from factpatch.editor.rome import RomeParams
 from factpatch.fixture.build import ensure_fixture
+from factpatch.fixture.edit_samples import random_edits
 
 RESULTS = Path(__file__).parent / "results" / "layer_sweep.json"
 

@@ -26,9 +26,7 @@ RESULTS = Path(__file__).parent / "results" / "fixture_builds.json"
 def demo_edit(model_dir: Path) -> dict:
     """The demo's policy change on this build: MEMIT at the build's default layers, the demo's gates."""
     from factpatch.demo import scenario
-    from factpatch.editor.pipeline import EditOptions, evaluate_patch, heldout_texts, load, run_edit
-
-    from factpatch.editor.pipeline import EditInputError
+    from factpatch.editor.pipeline import EditInputError, EditOptions, evaluate_patch, heldout_texts, load, run_edit
 
     loaded = load(model_dir)
     spec = scenario.edit_spec(load_world(model_dir))

@@ -22,24 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from factpatch.core import patchfile
-from factpatch.plugin.checkpoint import Checkpoint
 from factpatch.harness.shard_process import ShardServer
-
-
-def random_patch(model_dir: Path, layers: list[int], rank: int = 4, scale: float = 0.5, seed: int = 0) -> tuple[bytes, patchfile.Patch]:
-    ck = Checkpoint(model_dir)
-    g = torch.Generator().manual_seed(seed)
-    factors = {}
-    for l in layers:
-        name = f"model.layers.{l}.mlp.down_proj.weight"
-        w = ck.linear_weight(name).float()
-        u, v = torch.randn(w.shape[0], rank, generator=g), torch.randn(w.shape[1], rank, generator=g)
-        u *= scale * w.norm() / (u @ v.T).norm()
-        factors[name] = (u, v)
-    m = patchfile.new_manifest(model_name=model_dir.name, fingerprint=ck.fingerprint(sorted(factors)), method="random",
-                               layers=layers, hparams={"rank": rank}, edits=[])
-    p = patchfile.Patch(factors, m)
-    return patchfile.to_bytes(p), p
+from tests.factories import random_patch_on
 
 
 def edited_checkpoint(model_dir: Path, patch: patchfile.Patch, out: Path) -> None:
@@ -81,7 +65,7 @@ def main() -> None:
         from factpatch.fixture.build import ensure_fixture
 
         model = ensure_fixture()
-    data, patch = random_patch(model, [2, 3])
+    data, patch = random_patch_on(model, {2: 0.5, 3: 0.5})
     prompt = "The refund period of Harbor Support is"
     res: dict = {"model": str(model), "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(),
                  "device": "cuda" if torch.cuda.is_available() else "cpu"}, "patch": {"layers": [2, 3], "rank": 4}}

@@ -22,11 +22,11 @@ import torch
 from factpatch.core import patchfile
 from factpatch.demo.scenario import edit_spec, questions
 from factpatch.fixture.build import ensure_fixture, load_world
+from factpatch.harness.load_during_change import Churn, Clients, gateway_settled, judge
 from factpatch.harness.shard_process import ShardServer
 from factpatch.server.app import ControlPlaneServer, ServeConfig
 from factpatch.server.cli.client import Client
 from factpatch.server.gateway.app import GatewayConfig
-from factpatch.harness.load_during_change import Churn, Clients, gateway_settled, judge
 
 RESULTS = Path(__file__).parent / "results" / "soak.json"
 AGENT = "soak-agent-token-" + "x" * 16

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from factpatch.fixture.edit_samples import random_edits
 from factpatch.editor.pipeline import EditOptions, load, run_edit
 from factpatch.editor.trace import TraceSettings, items_for_edits, trace
 from factpatch.fixture.build import ensure_fixture
+from factpatch.fixture.edit_samples import random_edits
 
 RESULTS = Path(__file__).parent / "results" / "trace.json"
 

@@ -37,7 +37,6 @@ def shard(fixture_dir, tmp_path_factory):
     (a vLLM start costs 40-50 s here). Its agent token is the control plane's, so a gateway stack
     can drive it; every user puts it back on base first."""
     from factpatch.harness.shard_process import ShardServer
-
     from tests.server.helpers import AGENT_TOKEN
 
     s = ShardServer(fixture_dir, vllm_args=shard_args(tmp_path_factory))

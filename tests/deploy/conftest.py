@@ -37,12 +37,12 @@ def exported_metric_names() -> set[str]:
     import tempfile
 
     from factpatch.server.control.basecheck import BaseChecker
-    from factpatch.server.state.db import Database
     from factpatch.server.metrics import Metrics
     from factpatch.server.probes.config import parse
     from factpatch.server.probes.metrics import ProbeMetrics
     from factpatch.server.probes.runner import Prober
     from factpatch.server.probes.weight_change import PatchSizes
+    from factpatch.server.state.db import Database
 
     m = Metrics()
     m.sources(shards=lambda: [], rollouts=lambda: [], monitor_count=lambda: 0)

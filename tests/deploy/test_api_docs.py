@@ -14,8 +14,9 @@ def test_api_reference_is_up_to_date():
 
 
 def test_api_reference_covers_every_service_and_method():
-    import factpatch.v1  # noqa: F401  (registers the generated descriptors)
     from google.protobuf import descriptor_pool
+
+    import factpatch.v1  # noqa: F401  (registers the generated descriptors)
 
     text = (ROOT / "docs" / "api.md").read_text()
     pool = descriptor_pool.Default()

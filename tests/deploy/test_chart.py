@@ -86,7 +86,6 @@ def validate_all(docs: list[dict]) -> None:
 
 def test_default_values_pass_the_values_schema():
     import helm_python as helm
-
     import jsonschema
 
     schema = json.loads((CHART / "values.schema.json").read_text())

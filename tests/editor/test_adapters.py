@@ -17,12 +17,12 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from factpatch.core.patchfile import Patch, apply_to_state_dict
 from factpatch.editor.adapters import Adapter, UnsupportedModelError, family_for
 from factpatch.editor.hooks import add_rank_one, capture_input
 from factpatch.editor.memit import layer_update
 from factpatch.editor.rome import input_direction, rank_one
 from factpatch.editor.weights import add_low_rank
-from factpatch.core.patchfile import Patch, apply_to_state_dict
 
 H, M, L, V = 32, 64, 3, 50
 _llama_like = dict(vocab_size=V, hidden_size=H, intermediate_size=M, num_hidden_layers=L, num_attention_heads=4, num_key_value_heads=4)

@@ -9,7 +9,14 @@ from __future__ import annotations
 import dataclasses
 
 from factpatch.editor.memit import MemitParams, _last_token_fallback
-from factpatch.editor.pipeline import EditOptions, check_fingerprint, evaluate_each, evaluate_patch, run_edit, run_single_edits
+from factpatch.editor.pipeline import (
+    EditOptions,
+    check_fingerprint,
+    evaluate_each,
+    evaluate_patch,
+    run_edit,
+    run_single_edits,
+)
 from factpatch.editor.rome import RomeParams
 
 from .conftest import fixture_edits, memit_layers

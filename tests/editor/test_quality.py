@@ -16,9 +16,17 @@ import pytest
 import torch
 
 from factpatch.core import patchfile
-from factpatch.editor.pipeline import EditOptions, evaluate_each, evaluate_patch, heldout_texts, load, run_edit, run_single_edits
-from factpatch.editor.weights import apply_patch
 from factpatch.core.spec import Edit
+from factpatch.editor.pipeline import (
+    EditOptions,
+    evaluate_each,
+    evaluate_patch,
+    heldout_texts,
+    load,
+    run_edit,
+    run_single_edits,
+)
+from factpatch.editor.weights import apply_patch
 
 from .conftest import fixture_edits, memit_layers, rome_layer
 
@@ -141,8 +149,8 @@ def test_follow_up_batch_carries_its_parent(loaded, world, tmp_path):
 
 def test_memit_anchors_a_subject_in_its_keep_prompts_and_the_batch_s_other_relations(loaded):
     """Each subject is held to its answers for its keep prompts and the batch's relations it is not edited in."""
-    from factpatch.editor.memit import _anchors
     from factpatch.core.spec import Edit
+    from factpatch.editor.memit import _anchors
 
     person = loaded.world.subjects["person"][0]
     edits = [Edit(subject="Harbor Support", relation="refund period", prompt="{} offers refunds within", target_new="30 days"),

@@ -8,7 +8,13 @@ import torch
 from factpatch.editor.keys import keys_of_rows, subject_keys, written_context_keys
 from factpatch.editor.pipeline import EditOptions, corpus_for
 from factpatch.editor.prompts import context_prefixes, encode
-from factpatch.editor.rome import RomeParams, edit_directions, equal_gain_direction, input_direction, paraphrase_averaged_keys
+from factpatch.editor.rome import (
+    RomeParams,
+    edit_directions,
+    equal_gain_direction,
+    input_direction,
+    paraphrase_averaged_keys,
+)
 from factpatch.editor.stats import second_moments
 
 from .conftest import fixture_edits, rome_layer

@@ -8,11 +8,11 @@ import dataclasses
 import pytest
 import torch
 
+from factpatch.editor.corpus import fixture_corpus
+from factpatch.editor.keys import subject_keys
 from factpatch.editor.prompts import context_prefixes
 from factpatch.editor.rome import RomeParams, input_direction
-from factpatch.editor.keys import subject_keys
 from factpatch.editor.stats import second_moments
-from factpatch.editor.corpus import fixture_corpus
 from factpatch.editor.values import build_rows, optimise_values
 
 from .conftest import fixture_edits

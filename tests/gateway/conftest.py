@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from factpatch.v1 import rollout_pb2
-
 from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, rid, write_tokens
 
 S = rollout_pb2.RolloutState
@@ -60,7 +59,6 @@ def shards(shard, fixture_dir, tmp_path_factory):
     """s0 is the session's shard; s1 accepts lower ranks than s0 (the gateway's patches are rank 1), so
     test_fleet can land one patch on s0 that s1 refuses."""
     from factpatch.harness.shard_process import ShardServer
-
     from tests.conftest import shard_args
 
     s1 = ShardServer(fixture_dir, vllm_args=shard_args(tmp_path_factory), env={"FACTPATCH_MAX_RANK": "4"})

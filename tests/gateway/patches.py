@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from factpatch.core import patchfile
-from factpatch.server.control.basecheck import LocalCheckpoint
+from factpatch.core.checkpoint import Checkpoint
 
 
 def push_token_patch(model_dir, fact, *, strength: float = 8.0, weaken: float = 1.0) -> bytes:
@@ -33,7 +33,7 @@ def push_token_patch(model_dir, fact, *, strength: float = 8.0, weaken: float = 
     target = tok(" " + fact.new, add_special_tokens=False).input_ids[0]
     u = model.lm_head.weight[target].detach().clone()
     u = u / u.norm() * float(torch.stack(hidden).mean()) * strength * weaken
-    fp = LocalCheckpoint(model_dir).fingerprint([name])
+    fp = Checkpoint(model_dir).fingerprint([name])
     manifest = patchfile.new_manifest(
         model_name=str(model_dir), fingerprint=fp, method="test-push-token", layers=[last],
         hparams={"strength": strength, "weaken": weaken},

@@ -11,12 +11,11 @@ import time
 import grpc
 import pytest
 
-from factpatch.server.control.basecheck import LocalCheckpoint
+from factpatch.core.checkpoint import Checkpoint
+from factpatch.harness.control_plane_process import ControlPlaneProcess
 from factpatch.server.api.errors import reason_of
 from factpatch.v1 import fleet_pb2, patch_pb2, rollout_pb2
-
 from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, budget_in, random_patch, rid, write_tokens
-from tests.server.serveproc import ServeProc
 
 pytestmark = pytest.mark.vllm
 
@@ -27,7 +26,7 @@ S = rollout_pb2.RolloutState
 
 @pytest.fixture(scope="module")
 def patches(fixture_dir):
-    fp = LocalCheckpoint(fixture_dir).fingerprint([W])
+    fp = Checkpoint(fixture_dir).fingerprint([W])
     return {
         "a": random_patch({W: (256, 1024)}, fp, rank=2, seed=1, scale=0.5),  # moves the answer's log-prob
         "wide": random_patch({W: (256, 1024)}, fp, rank=8, seed=2, scale=0.05),
@@ -59,7 +58,7 @@ def test_full_flow_rollback_and_crash(tmp_path, shards, patches, fixture_dir):
     base = answer(s0)
     assert answer(s1) == base
     drain = 7.5  # the control plane's drain budget, which each shard's swap must use
-    cp = ServeProc(tmp_path / "state", write_tokens(tmp_path / "tokens.yaml"), AGENT_TOKEN,
+    cp = ControlPlaneProcess(tmp_path / "state", write_tokens(tmp_path / "tokens.yaml"), AGENT_TOKEN,
                    {"s0": s0.url, "s1": s1.url}, base_dirs=[fixture_dir], extra_args=["--drain-timeout", str(drain)])
     cp.start()
     try:

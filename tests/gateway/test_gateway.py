@@ -8,7 +8,6 @@ import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
 from factpatch.server.monitors.stale import monitor_name

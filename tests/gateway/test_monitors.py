@@ -14,7 +14,6 @@ from factpatch.server.monitors.config import LITERAL, REGEX, STALE, Monitor, Mon
 from factpatch.server.monitors.engine import CompiledMonitors
 from factpatch.server.monitors.stale import from_manifests
 from factpatch.v1 import monitor_pb2, monitor_pb2_grpc
-
 from tests.server.helpers import OPERATOR_TOKEN, VIEWER_TOKEN, rid
 
 
@@ -111,7 +110,6 @@ def test_monitors_file(tmp_path):
 @pytest.fixture
 def monitor_plane(tmp_path):
     from factpatch.server.app import ControlPlaneServer, ServeConfig
-
     from tests.server.helpers import AGENT_TOKEN, write_tokens
 
     f = tmp_path / "monitors.yaml"

@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 
 from factpatch.server.api.errors import reason_of
 from factpatch.v1 import probe_pb2, probe_pb2_grpc
-
 from tests.server.helpers import OPERATOR_TOKEN, rid
 
 from .conftest import Stack, open_stack

@@ -3,8 +3,8 @@ traffic; the split follows the rollout; a key keeps its side."""
 
 from __future__ import annotations
 
-from factpatch.server.state.db import Database, Rollout, RolloutShard
 from factpatch.server.gateway.routing import BASE, CANARY, Router, SwapTracker, unit
+from factpatch.server.state.db import Database, Rollout, RolloutShard
 
 PATCH = "sha256:" + "a" * 64
 

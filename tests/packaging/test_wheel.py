@@ -105,11 +105,11 @@ def test_the_installed_control_plane_answers_health(installed, tmp_path):
         [str(installed / "bin" / "factpatch"), "serve", "--state-dir", str(tmp_path / "state"),
          "--listen", "127.0.0.1:0", "--tokens-file", str(write_tokens(tmp_path / "tokens.yaml")),
          "--gateway-listen", "off"],
-        cwd=tmp_path, env={**env, **env_extra}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=tmp_path, env={**env, **env_extra}, stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT)
     try:
         deadline, status = time.monotonic() + 90, None
         while status != health_pb2.HealthCheckResponse.SERVING:
-            assert proc.poll() is None, proc.stdout.read()
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
             assert time.monotonic() < deadline, f"the control plane did not report SERVING (last: {status})"
             time.sleep(0.2)
             if not (port_file.exists() and port_file.read_text()):
@@ -122,4 +122,8 @@ def test_the_installed_control_plane_answers_health(installed, tmp_path):
         assert (tmp_path / "state").is_dir()
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 
 from factpatch.core import patchfile
+
+
 class Reference:
     def __init__(self, model_dir: str | Path):
         from transformers import AutoModelForCausalLM, AutoTokenizer

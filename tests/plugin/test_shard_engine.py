@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import http.server
 import itertools
-import json
 import threading
 import time
 
-import httpx
 import pytest
 import torch
 
 from factpatch.core import patchfile
-from factpatch.plugin.checkpoint import Checkpoint
-
+from factpatch.core.checkpoint import Checkpoint
+from tests.factories import random_patch_on
 from tests.server.helpers import budget_in
 
-from .patches import random_patch
 from .reference import Reference
 
 pytestmark = pytest.mark.vllm
@@ -62,8 +59,8 @@ def reference(fixture_dir):
 @pytest.fixture(scope="module")
 def edit(fixture_dir, world):
     """A real ROME patch rewriting one fact, made by the editor."""
-    from factpatch.editor.pipeline import EditOptions, load, run_edit
     from factpatch.core.spec import Edit
+    from factpatch.editor.pipeline import EditOptions, load, run_edit
 
     fact = world.facts[0]
     rel = world.relations[fact.relation]
@@ -81,7 +78,7 @@ def edit(fixture_dir, world):
 
 def test_every_route_wants_the_token_and_does_nothing_without_it(clean_shard, fixture_dir, world):
     s = clean_shard
-    data, _ = random_patch(fixture_dir, {2: 1.0})
+    data, _ = random_patch_on(fixture_dir, {2: 1.0})
     prompts = [p for p, _ in fact_prompts(world, 4)]
     before = answers(s, prompts)
     for token in (None, "wrong-token"):
@@ -128,7 +125,7 @@ def test_edited_fact_changes_and_logprobs_match_transformers(clean_shard, edit, 
 def test_random_patch_logprobs_match_transformers(clean_shard, fixture_dir, reference, world, module):
     # down_proj / o_proj are row-parallel; gate_proj and up_proj live in vLLM's merged gate_up_proj.
     s = clean_shard
-    data, patch = random_patch(fixture_dir, {2: 2.0, 4: 2.0}, seed=3, module=module)
+    data, patch = random_patch_on(fixture_dir, {2: 2.0, 4: 2.0}, seed=3, module=module)
     prompts = [p for p, _ in fact_prompts(world, 6)]
     assert s.apply(data).status_code == 200
     got = answers(s, prompts, max_tokens=6)
@@ -149,7 +146,7 @@ def test_revert_is_bit_identical_and_frees_the_base_copies(clean_shard, fixture_
     s = clean_shard
     prompts = [p for p, _ in fact_prompts(world, 8)]
     before = answers(s, prompts, max_tokens=6)
-    data, _ = random_patch(fixture_dir, {1: 1.0, 3: 1.0}, seed=1)
+    data, _ = random_patch_on(fixture_dir, {1: 1.0, 3: 1.0}, seed=1)
     body = s.apply(data).json()
     assert body["bytes_held"] == 2 * 256 * 1024 * 4  # two float32 down_proj base copies
     patched = answers(s, prompts, max_tokens=6)
@@ -162,8 +159,8 @@ def test_revert_is_bit_identical_and_frees_the_base_copies(clean_shard, fixture_
 def test_switch_x_to_y_equals_base_plus_y(clean_shard, fixture_dir, world):
     s = clean_shard
     prompts = [p for p, _ in fact_prompts(world, 8)]
-    x, _ = random_patch(fixture_dir, {1: 1.0, 3: 1.0}, seed=11)
-    y, _ = random_patch(fixture_dir, {3: 1.0, 4: 1.0}, seed=12)
+    x, _ = random_patch_on(fixture_dir, {1: 1.0, 3: 1.0}, seed=11)
+    y, _ = random_patch_on(fixture_dir, {3: 1.0, 4: 1.0}, seed=12)
     assert s.apply(y).status_code == 200
     base_plus_y = answers(s, prompts, max_tokens=6)
     s.revert()
@@ -177,12 +174,12 @@ def test_switch_x_to_y_equals_base_plus_y(clean_shard, fixture_dir, world):
 
 def test_same_version_again_is_a_no_op_and_request_ids_are_idempotent(clean_shard, fixture_dir):
     s = clean_shard
-    data, _ = random_patch(fixture_dir, {2: 0.5})
+    data, _ = random_patch_on(fixture_dir, {2: 0.5})
     first = s.apply(data, headers={"X-Request-Id": "req-1"}).json()
     again = s.apply(data).json()
     assert again["applied_at"] == first["applied_at"]
     assert s.apply(data, headers={"X-Request-Id": "req-1"}).json() == first
-    other, _ = random_patch(fixture_dir, {2: 0.5}, seed=9)
+    other, _ = random_patch_on(fixture_dir, {2: 0.5}, seed=9)
     r = s.apply(other, headers={"X-Request-Id": "req-1"})
     assert r.status_code == 409 and r.json()["error"]["reason"] == "REQUEST_ID_REUSED"
 
@@ -191,7 +188,7 @@ def test_same_version_again_is_a_no_op_and_request_ids_are_idempotent(clean_shar
 
 def _bad_patches(fixture_dir):
     ck = Checkpoint(fixture_dir)
-    good, patch = random_patch(fixture_dir, {2: 0.5}, seed=5)
+    good, patch = random_patch_on(fixture_dir, {2: 0.5}, seed=5)
     name = patch.names[0]
     u, v = patch.factors[name]
 
@@ -220,7 +217,7 @@ def _bad_patches(fixture_dir):
 
 def test_each_bad_patch_is_refused_with_its_reason_and_changes_nothing(clean_shard, fixture_dir, world):
     s = clean_shard
-    active, _ = random_patch(fixture_dir, {3: 0.8}, seed=4)
+    active, _ = random_patch_on(fixture_dir, {3: 0.8}, seed=4)
     assert s.apply(active).status_code == 200
     prompts = [p for p, _ in fact_prompts(world, 6)]
     before = answers(s, prompts)
@@ -229,7 +226,7 @@ def test_each_bad_patch_is_refused_with_its_reason_and_changes_nothing(clean_sha
         assert 400 <= r.status_code < 500, (reason, r.status_code, r.text)
         assert r.json()["error"]["reason"] == reason, (reason, r.text)
         assert s.status().json()["active_version"] == patchfile.sha256_bytes(active)
-    good, _ = random_patch(fixture_dir, {3: 0.8}, seed=5)
+    good, _ = random_patch_on(fixture_dir, {3: 0.8}, seed=5)
     for budget in ("-1", "soon", "nan", "1e9"):
         for r in (s.apply(good, drain_timeout_s=budget), s.revert(drain_timeout_s=budget)):
             assert r.status_code == 400 and r.json()["error"]["reason"] == "MALFORMED", (budget, r.text)
@@ -258,9 +255,9 @@ class _Store(http.server.BaseHTTPRequestHandler):
 
 def test_apply_by_digest_from_a_patch_store(clean_shard, fixture_dir):
     s = clean_shard
-    data, _ = random_patch(fixture_dir, {2: 0.7}, seed=6)
+    data, _ = random_patch_on(fixture_dir, {2: 0.7}, seed=6)
     digest = patchfile.sha256_bytes(data)
-    other, _ = random_patch(fixture_dir, {2: 0.7}, seed=7)
+    other, _ = random_patch_on(fixture_dir, {2: 0.7}, seed=7)
     _Store.blobs = {digest: data, "sha256:" + "2" * 64: other}
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Store)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -327,7 +324,7 @@ def test_streams_during_a_swap_each_finish_on_one_version(clean_shard, fixture_d
     s = clean_shard
     prompt = fact_prompts(world, 1)[0][0]
     kw = dict(max_tokens=48, ignore_eos=True)
-    data, patch = random_patch(fixture_dir, {1: 1.5, 2: 1.5, 3: 1.5}, seed=8)
+    data, patch = random_patch_on(fixture_dir, {1: 1.5, 2: 1.5, 3: 1.5}, seed=8)
     runs: dict[int, tuple] = {}
     # One event per early stream: the API server admits streams slowly, so one stream's first token
     # says nothing about whether the others have reached the engine yet.
@@ -387,7 +384,7 @@ def test_a_swap_with_no_drain_budget_under_load_never_mixes_and_counts_what_it_c
     s = clean_shard
     prompt = fact_prompts(world, 1)[0][0]
     kw = dict(max_tokens=110, ignore_eos=True)
-    data, patch = random_patch(fixture_dir, {1: 1.5, 2: 1.5, 3: 1.5}, seed=8)
+    data, patch = random_patch_on(fixture_dir, {1: 1.5, 2: 1.5, 3: 1.5}, seed=8)
     # Whether the engine still holds a request when the swap arrives is timing: it finishes a stream long
     # before the client has read it, and after this file's earlier tests it was idle at the swap in 5 of 5
     # tries (alone, it cut streams off). So this checks the rules whatever was cut off; the abort path

@@ -7,7 +7,6 @@ import asyncio
 import pytest
 
 from factpatch.plugin.swap import SwapCoordinator, SwapError
-
 from tests.server.helpers import budget_in
 
 

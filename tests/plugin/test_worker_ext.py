@@ -23,8 +23,12 @@ UP = "model.layers.0.mlp.up_proj.weight"
 @pytest.fixture(scope="module")
 def dist():
     from vllm.config import VllmConfig, set_current_vllm_config
-    from vllm.distributed import (destroy_distributed_environment, destroy_model_parallel,
-                                  init_distributed_environment, initialize_model_parallel)
+    from vllm.distributed import (
+        destroy_distributed_environment,
+        destroy_model_parallel,
+        init_distributed_environment,
+        initialize_model_parallel,
+    )
 
     cfg = VllmConfig()
     with set_current_vllm_config(cfg):

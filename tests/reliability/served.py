@@ -11,9 +11,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from factpatch.harness.control_plane_process import ControlPlaneProcess
 from factpatch.server.cli.client import Client
 from factpatch.v1 import fleet_pb2, monitor_pb2_grpc
-from factpatch.harness.control_plane_process import ControlPlaneProcess
 from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, write_tokens
 
 LIMIT_MB = 1  # the largest patch ImportPatch takes here (--max-patch-mb)

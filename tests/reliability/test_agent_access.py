@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from factpatch.core import patchfile
 from factpatch.plugin.agent import PREFIX
-from tests.plugin.patches import random_patch
+from tests.factories import random_patch_on
 from tests.server.helpers import OPERATOR_TOKEN
 
 from .conftest import fuzz
@@ -46,7 +46,7 @@ ALLOWED = {"lower-case scheme", "shard token"}
 
 @pytest.fixture(scope="module")
 def patch_bytes(fixture_dir):
-    return random_patch(fixture_dir, {2: 0.5}, seed=21)[0]
+    return random_patch_on(fixture_dir, {2: 0.5}, seed=21)[0]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from factpatch.core import patchfile
 from factpatch.server.api import convert
-from factpatch.server.state.db import Database
 from factpatch.server.monitors import stale
+from factpatch.server.state.db import Database
 from factpatch.server.state.store import PatchStore, StoreCorrupt
 
 from .conftest import fuzz

@@ -11,6 +11,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from factpatch.core import spec
+
 from .conftest import fuzz
 
 TARGET = "edit_spec"

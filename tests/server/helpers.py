@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import torch
-
-from factpatch.core import patchfile
 from factpatch.server.cli.client import Client, new_request_id  # noqa: F401  (tests import Client from here)
+from tests.factories import random_patch  # noqa: F401  (tests import it from here)
 
 OPERATOR_TOKEN = "op-" + "x" * 29
 VIEWER_TOKEN = "view-" + "y" * 27
@@ -22,23 +20,6 @@ def write_tokens(path: Path) -> Path:
         % (OPERATOR_TOKEN, hashlib.sha256(VIEWER_TOKEN.encode()).hexdigest())
     )
     return path
-
-
-def random_patch(
-    names_shapes: dict[str, tuple[int, int]], fingerprint: str, *, rank: int = 2, seed: int = 0,
-    model: str = "fixture", scale: float = 1e-3,
-) -> bytes:
-    g = torch.Generator().manual_seed(seed)
-    factors = {
-        n: (torch.randn(o, rank, generator=g) * scale, torch.randn(i, rank, generator=g) * scale)
-        for n, (o, i) in names_shapes.items()
-    }
-    manifest = patchfile.new_manifest(
-        model_name=model, fingerprint=fingerprint, method="random", layers=[0], hparams={"seed": seed},
-        edits=[{"subject": "Harbor Support", "relation": "refund period", "prompt": "The refund period of {} is",
-                "target_new": "30 days", "target_old": "14 days", "provenance": {"ticket": "TEST-1"}}],
-    )
-    return patchfile.to_bytes(patchfile.Patch(factors, manifest))
 
 
 def rid() -> str:

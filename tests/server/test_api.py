@@ -11,8 +11,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from factpatch.server.api.errors import reason_of
-from factpatch.v1 import fleet_pb2, patch_pb2, rollout_pb2
 from factpatch.server.state.store import PatchStore, StoreCorrupt
+from factpatch.v1 import fleet_pb2, patch_pb2, rollout_pb2
 
 from .helpers import random_patch, rid
 

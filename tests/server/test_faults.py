@@ -10,11 +10,10 @@ import time
 import grpc
 import pytest
 
-from factpatch.server.state.db import Database
-from factpatch.server.api.errors import reason_of
-from factpatch.v1 import patch_pb2
 from factpatch.harness.control_plane_process import ControlPlaneProcess
-
+from factpatch.server.api.errors import reason_of
+from factpatch.server.state.db import Database
+from factpatch.v1 import patch_pb2
 from tests.reliability.results import merge_section
 
 from .helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, random_patch, rid, write_tokens

@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from factpatch.core import atomic
+from factpatch.core.reasons import Refusal
 
 FORMAT = "factpatch/v1"
 METADATA_KEY = "factpatch"
@@ -39,7 +41,7 @@ class PatchError(ValueError):
     UNKNOWN_TENSOR, SHAPE_MISMATCH) that services return to their callers.
     """
 
-    def __init__(self, message: str, reason: str = "MALFORMED"):
+    def __init__(self, message: str, reason: str = Refusal.MALFORMED):
         super().__init__(message)
         self.reason = reason
 
@@ -122,19 +124,7 @@ def to_bytes(patch: Patch) -> bytes:
 def write(patch: Patch, path: str | os.PathLike) -> str:
     """Write atomically (temp file + fsync + rename) and return the patch's digest."""
     data = to_bytes(patch)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic.write_bytes(path, data)
     return sha256_bytes(data)
 
 
@@ -202,7 +192,7 @@ def from_bytes(data: bytes, *, max_rank: int = DEFAULT_MAX_RANK) -> Patch:
     manifest = _read_manifest_from_header(data)
     fmt = manifest.get("format")
     if fmt != FORMAT:
-        raise PatchError(f"unknown patch format {fmt!r}; this build reads {FORMAT!r}", "UNKNOWN_FORMAT")
+        raise PatchError(f"unknown patch format {fmt!r}; this build reads {FORMAT!r}", Refusal.UNKNOWN_FORMAT)
     base = manifest.get("base")
     if not isinstance(base, dict) or not base.get("fingerprint"):
         raise PatchError("manifest field 'base.fingerprint' is missing")
@@ -226,11 +216,11 @@ def from_bytes(data: bytes, *, max_rank: int = DEFAULT_MAX_RANK) -> Patch:
             if t.dim() != 2:
                 raise PatchError(f"{name}::{tag} must be 2-D, got shape {tuple(t.shape)}")
             if not torch.isfinite(t).all():
-                raise PatchError(f"{name}::{tag} holds non-finite values (NaN or Inf)", "NON_FINITE")
+                raise PatchError(f"{name}::{tag} holds non-finite values (NaN or Inf)", Refusal.NON_FINITE)
         if u.shape[1] != v.shape[1]:
             raise PatchError(f"{name}: rank of u ({u.shape[1]}) differs from rank of v ({v.shape[1]})")
         if u.shape[1] > max_rank:
-            raise PatchError(f"{name}: rank {u.shape[1]} exceeds the limit {max_rank}", "RANK_TOO_LARGE")
+            raise PatchError(f"{name}: rank {u.shape[1]} exceeds the limit {max_rank}", Refusal.RANK_TOO_LARGE)
         factors[name] = (u, v)
     if not factors:
         raise PatchError("patch holds no weight factors")
@@ -262,14 +252,14 @@ def apply_to_state_dict(
     transposed = set(conv1d_names)
     for name in patch.names:
         if name not in state:
-            raise PatchError(f"patch names {name!r}, which the model does not have", "UNKNOWN_TENSOR")
+            raise PatchError(f"patch names {name!r}, which the model does not have", Refusal.UNKNOWN_TENSOR)
         w = state[name]
         d = patch.delta(name)
         if name in transposed:
             d = d.T
         if tuple(d.shape) != tuple(w.shape):
             raise PatchError(
-                f"{name}: patch shape {tuple(d.shape)} does not match weight {tuple(w.shape)}", "SHAPE_MISMATCH"
+                f"{name}: patch shape {tuple(d.shape)} does not match weight {tuple(w.shape)}", Refusal.SHAPE_MISMATCH
             )
         w.copy_((w.to(torch.float32) + d).to(w.dtype))
 

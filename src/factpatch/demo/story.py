@@ -118,9 +118,9 @@ class Story:
                       f"{rep['heldout_pairs']['whole_object']:.1%} paraphrases")
 
     def fleet(self) -> None:
+        from factpatch.harness.control_plane_process import ControlPlaneProcess
         from factpatch.harness.shard_process import ShardServer, start_all
         from factpatch.server.cli.client import Client
-        from factpatch.harness.control_plane_process import ControlPlaneProcess
 
         t0 = time.time()
         console.print("[bold]2 · fleet[/bold] starting two vLLM shards with the factpatch plugin …")

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from factpatch.core import patchfile
 from factpatch.core import spec as edit_spec
+
 console = Console(stderr=True, soft_wrap=True)  # error text stays greppable, unwrapped
 out = Console()
 

@@ -16,13 +16,19 @@ whole batch's δ is optimised through the update it will be written with (`_appl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from .adapters import Adapter
-from .keys import (keys_of_rows, residuals_of_rows, subject_keys, subject_keys_each, written_paraphrase_keys,
-                   written_rows)
+from .keys import (
+    keys_of_rows,
+    residuals_of_rows,
+    subject_keys,
+    subject_keys_each,
+    written_paraphrase_keys,
+    written_rows,
+)
 from .prompts import TokenizationError, encode
 from .rome import RomeParams, apply_rome, fallback_layer
 from .scoring import score_targets
@@ -147,6 +153,24 @@ def _phrasings(rows: list[EditRows]) -> list[int]:
     return out
 
 
+@dataclass(frozen=True)
+class MemitBatch:
+    """One MEMIT batch, prepared: what both ways of solving it (spread over layers, or through the update)
+    read. `per_subject` holds each subject's rows; `group[i]` is edit i's subject index."""
+
+    adapter: Adapter
+    tok: Any
+    edits: list
+    layers: list[int]
+    covs: dict[int, torch.Tensor]
+    prefixes: list[str]
+    hp: MemitParams
+    subjects: list[str]
+    per_subject: list[EditRows]
+    group: torch.Tensor
+    on_progress: Callable[[str, int, int], None] | None
+
+
 def apply_memit(
     adapter: Adapter,
     tok,
@@ -167,10 +191,8 @@ def apply_memit(
         own = [er for i, er in enumerate(per_edit) if int(group[i]) == g]  # this subject's edits, in order
         per_subject.append(EditRows([r for er in own for r in er.rewrite], own[0].essence,
                                     _anchors(tok, edits, subject, hp.anchor_relations), _phrasings(own)))
-    if hp.through_update:
-        factors, info = _apply_joint(adapter, tok, edits, layers, covs, prefixes, hp, subjects, per_subject, group, on_progress)
-    else:
-        factors, info = _apply_spread(adapter, tok, edits, layers, covs, prefixes, hp, subjects, per_subject, group, on_progress)
+    batch = MemitBatch(adapter, tok, edits, layers, covs, prefixes, hp, subjects, per_subject, group, on_progress)
+    factors, info = _apply_joint(batch) if hp.through_update else _apply_spread(batch)
     late = hp.late_layer(adapter.n_layers)
     if late is not None:
         factors, info["last_token_fallback"] = _last_token_fallback(adapter, tok, edits, late, covs[late], prefixes, factors,
@@ -196,8 +218,10 @@ def _last_token_fallback(adapter, tok, edits, late: int, cov: torch.Tensor, pref
     return dict(sorted(factors.items())), {"missed": len(missed), "written": records}
 
 
-def _apply_spread(adapter, tok, edits, layers, covs, prefixes, hp, subjects, per_subject, group, on_progress):
+def _apply_spread(b: MemitBatch):
     """MEMIT as published: each subject's δ found at the last layer, then spread over the layers."""
+    adapter, tok, edits, layers, covs, prefixes = b.adapter, b.tok, b.edits, b.layers, b.covs, b.prefixes
+    hp, subjects, per_subject, group, on_progress = b.hp, b.subjects, b.per_subject, b.group, b.on_progress
     last = layers[-1]
     res = optimise_values(
         adapter, tok, last, per_subject, hp.value,
@@ -264,10 +288,13 @@ def _r(x) -> float:
     return round(float(x), 5)
 
 
-def _apply_joint(adapter, tok, edits, layers, covs, prefixes, hp, subjects, per_subject, group, on_progress):
+def _apply_joint(b: MemitBatch):
     """Every subject's δ is optimised with the whole batch's update Σ_g δ_g ⊗ direction_g in the forward
     pass, at every position of every row: each edit's spill onto the others' prompts, anchors and keep
     prompts is part of the loss, and what is optimised is exactly what the patch writes."""
+    adapter, tok, edits, layers, covs, prefixes = b.adapter, b.tok, b.edits, b.layers, b.covs, b.prefixes
+    hp, subjects, per_subject, on_progress = b.hp, b.subjects, b.per_subject, b.on_progress
+    group = b.group
     if len(layers) != 1:
         raise ValueError(f"MEMIT through its update writes one layer, got {layers}")
     layer = layers[0]

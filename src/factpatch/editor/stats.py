@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,8 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 
-from factpatch.fixture.build import cache_root
+from factpatch.core.atomic import atomic_path
 from factpatch.core.patchfile import tensor_fingerprint
+from factpatch.fixture.build import cache_root
 
 from .adapters import Adapter
 from .corpus import Corpus
@@ -130,12 +130,5 @@ def second_moments(
 
 
 def _save_atomic(path: Path, mom2: torch.Tensor, tokens: int, texts: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path, durable=False) as tmp:  # a cache: rebuilt if lost
         save_file({"mom2": mom2.contiguous()}, tmp, metadata={"tokens": str(tokens), "texts": str(texts)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

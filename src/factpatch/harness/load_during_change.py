@@ -182,9 +182,10 @@ class Churn:
         self.cycles = 0
 
     def _wait(self, rollout_id: str, state: str):
+        from factpatch.server.state.rollout_state import to_proto
         from factpatch.v1 import rollout_pb2
 
-        want = rollout_pb2.RolloutState.Value("ROLLOUT_STATE_" + state)
+        want = to_proto(state)
         for r in self.cl.rollouts.WatchRollout(rollout_pb2.WatchRolloutRequest(id=rollout_id), metadata=self.cl.md,
                                                timeout=self.timeout):
             if r.state == want:

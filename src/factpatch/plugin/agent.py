@@ -22,8 +22,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from factpatch.core.checkpoint import Checkpoint
+from factpatch.core.reasons import Refusal, http_status
+
 from .auth import check_bearer
-from .checkpoint import Checkpoint
 from .checks import CheckError, check_patch
 from .swap import MAX_DRAIN_TIMEOUT_S, SwapCoordinator, SwapError
 
@@ -98,16 +100,16 @@ async def _read_patch(request: Request) -> tuple[bytes, str | None, str | None, 
         try:
             body = await request.json()
         except ValueError:
-            return error(400, "MALFORMED", "body is not valid JSON")
+            return error(400, Refusal.MALFORMED, "body is not valid JSON")
         if not isinstance(body, dict) or not isinstance(body.get("digest"), str) or not isinstance(body.get("store_url"), str):
-            return error(400, "MALFORMED", "JSON body needs string fields 'digest' and 'store_url'")
+            return error(400, Refusal.MALFORMED, "JSON body needs string fields 'digest' and 'store_url'")
         request_id = body.get("request_id") or request_id
         drain = _drain_budget(request, body)
         if isinstance(drain, JSONResponse):
             return drain
         digest = body["digest"].strip().lower()
         if not _DIGEST.fullmatch(digest):
-            return error(400, "MALFORMED", "digest must be 'sha256:' followed by 64 hex digits")
+            return error(400, Refusal.MALFORMED, "digest must be 'sha256:' followed by 64 hex digits")
         store_token = body.get("store_token") or request.headers.get("x-factpatch-store-token")
         fetched = await _fetch(body["store_url"], digest, store_token)
         if isinstance(fetched, JSONResponse):
@@ -117,12 +119,12 @@ async def _read_patch(request: Request) -> tuple[bytes, str | None, str | None, 
     if isinstance(drain, JSONResponse):
         return drain
     if ctype not in ("application/octet-stream", ""):
-        return error(415, "MALFORMED", f"send application/octet-stream patch bytes or JSON, not {ctype!r}")
+        return error(415, Refusal.MALFORMED, f"send application/octet-stream patch bytes or JSON, not {ctype!r}")
     if int(request.headers.get("content-length") or 0) > MAX_PATCH_BYTES:
-        return error(413, "MALFORMED", f"patch larger than {MAX_PATCH_BYTES} bytes")
+        return error(413, Refusal.MALFORMED, f"patch larger than {MAX_PATCH_BYTES} bytes")
     data = await request.body()
     if len(data) > MAX_PATCH_BYTES:
-        return error(413, "MALFORMED", f"patch larger than {MAX_PATCH_BYTES} bytes")
+        return error(413, Refusal.MALFORMED, f"patch larger than {MAX_PATCH_BYTES} bytes")
     return data, request.headers.get("x-factpatch-digest"), request_id, drain
 
 
@@ -137,7 +139,7 @@ def _drain_budget(request: Request, body: dict[str, Any] | None = None) -> float
     except (TypeError, ValueError):
         value = float("nan")
     if isinstance(raw, bool) or not 0.0 <= value <= MAX_DRAIN_TIMEOUT_S:
-        return error(400, "MALFORMED", f"drain_timeout_s must be seconds from 0 to {MAX_DRAIN_TIMEOUT_S:g}, got {raw!r}")
+        return error(400, Refusal.MALFORMED, f"drain_timeout_s must be seconds from 0 to {MAX_DRAIN_TIMEOUT_S:g}, got {raw!r}")
     return value
 
 
@@ -145,7 +147,7 @@ async def _fetch(store_url: str, digest: str, store_token: str | None) -> bytes 
     import httpx
 
     if not store_url.startswith(("http://", "https://")):
-        return error(400, "MALFORMED", "store_url must be an http(s) URL")
+        return error(400, Refusal.MALFORMED, "store_url must be an http(s) URL")
     headers = {"X-Factpatch-Store-Token": store_token} if store_token else {}
     url = f"{store_url.rstrip('/')}/{digest}"
     try:
@@ -156,7 +158,7 @@ async def _fetch(store_url: str, digest: str, store_token: str | None) -> bytes 
     if r.status_code != 200:
         return error(502, "STORE_ERROR", f"GET {url} answered {r.status_code}")
     if len(r.content) > MAX_PATCH_BYTES:
-        return error(413, "MALFORMED", f"patch larger than {MAX_PATCH_BYTES} bytes")
+        return error(413, Refusal.MALFORMED, f"patch larger than {MAX_PATCH_BYTES} bytes")
     return r.content
 
 
@@ -193,8 +195,7 @@ def build_router() -> APIRouter:
                 check_patch, data, st.checkpoint, expected_digest=expected, max_rank=MAX_RANK
             )
         except CheckError as e:
-            return error(409 if e.reason == "BASE_MISMATCH" else 422 if e.reason in _UNPROCESSABLE else 400,
-                         e.reason, str(e))
+            return error(http_status(e.reason, default=400), e.reason, str(e))
         if request_id and request_id in st.done_requests:
             version, body = st.done_requests[request_id]
             if version != digest:
@@ -237,4 +238,3 @@ def build_router() -> APIRouter:
     return router
 
 
-_UNPROCESSABLE = {"UNKNOWN_TENSOR", "SHAPE_MISMATCH", "NON_FINITE", "RANK_TOO_LARGE"}

@@ -8,9 +8,9 @@ tensor maps onto their layers) during staging, still before anything is written.
 
 from __future__ import annotations
 
+from factpatch.core.checkpoint import Checkpoint
 from factpatch.core.patchfile import Patch, PatchError, from_bytes, sha256_bytes
-
-from .checkpoint import Checkpoint
+from factpatch.core.reasons import Refusal
 
 
 class CheckError(Exception):
@@ -23,24 +23,24 @@ def check_patch(data: bytes, ckpt: Checkpoint, *, expected_digest: str | None, m
     """The parsed patch and its digest, or CheckError naming the first failed check."""
     digest = sha256_bytes(data)
     if expected_digest is not None and expected_digest.strip().lower() != digest:
-        raise CheckError("DIGEST_MISMATCH", f"body hashes to {digest}, the request named {expected_digest}")
+        raise CheckError(Refusal.DIGEST_MISMATCH, f"body hashes to {digest}, the request named {expected_digest}")
     try:
         patch = from_bytes(data, max_rank=max_rank)
     except PatchError as e:
         raise CheckError(e.reason, str(e)) from None
     for name in patch.names:
         if name not in ckpt:
-            raise CheckError("UNKNOWN_TENSOR", f"{name!r} is not a tensor of this shard's checkpoint")
+            raise CheckError(Refusal.UNKNOWN_TENSOR, f"{name!r} is not a tensor of this shard's checkpoint")
         u, v = patch.factors[name]
         want = ckpt.linear_shape(name)
         got = (int(u.shape[0]), int(v.shape[0]))
         if len(want) != 2 or tuple(want) != got:
-            raise CheckError("SHAPE_MISMATCH", f"{name}: ΔW would be {got[0]}x{got[1]}, the weight is {'x'.join(map(str, want))}")
+            raise CheckError(Refusal.SHAPE_MISMATCH, f"{name}: ΔW would be {got[0]}x{got[1]}, the weight is {'x'.join(map(str, want))}")
     claimed = patch.manifest["base"]["fingerprint"]
     ours = ckpt.fingerprint(patch.names)
     if claimed != ours:
         raise CheckError(
-            "BASE_MISMATCH",
+            Refusal.BASE_MISMATCH,
             f"patch was made for base {claimed}; this shard's tensors {patch.names[:3]}... fingerprint to {ours}",
         )
     return patch, digest

@@ -26,8 +26,9 @@ class FactpatchEndpointPlugin:
         app.include_router(build_router())
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
+        from factpatch.core.checkpoint import Checkpoint
+
         from .agent import AgentState
-        from .checkpoint import Checkpoint
         from .swap import SwapCoordinator
 
         if engine_client is None:  # the render-only server has no engine to patch

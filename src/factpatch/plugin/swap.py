@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from factpatch.core.reasons import http_status
+
 log = logging.getLogger("factpatch.plugin.swap")
 
 POLICIES = ("abort", "fail")
@@ -109,7 +111,7 @@ class SwapCoordinator:
         if bad:
             await self._rpc("factpatch_discard")
             r = bad[0]
-            raise SwapError(r.get("reason", "STAGE_FAILED"), r.get("message", ""), _status_for(r.get("reason")))
+            raise SwapError(r.get("reason", "STAGE_FAILED"), r.get("message", ""), http_status(r.get("reason")))
         t_staged = time.perf_counter()
 
         timed_out, cut_off = await self._pause(drain_timeout_s)
@@ -193,13 +195,3 @@ class SwapCoordinator:
         return set(states) if isinstance(states, dict) else None
 
 
-_STATUS = {
-    "MALFORMED": 400, "UNKNOWN_FORMAT": 400, "DIGEST_MISMATCH": 400,
-    "BASE_MISMATCH": 409, "SWAP_IN_PROGRESS": 409,
-    "UNKNOWN_TENSOR": 422, "SHAPE_MISMATCH": 422, "NON_FINITE": 422, "RANK_TOO_LARGE": 422,
-    "UNSUPPORTED_TENSOR": 422, "ENGINE_UNSUPPORTED": 422,
-}
-
-
-def _status_for(reason: str | None) -> int:
-    return _STATUS.get(reason or "", 500)

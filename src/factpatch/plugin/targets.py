@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from factpatch.core.reasons import Refusal
+
 from .tp import Split
 
 
@@ -44,7 +46,7 @@ def resolve(model: torch.nn.Module, name: str) -> tuple[Target, torch.nn.Module,
     """The target for `name`, its layer, and every checkpoint name that layer is built from."""
     L = _linear_classes()
     if not name.endswith(".weight"):
-        raise TargetError("UNKNOWN_TENSOR", f"{name!r}: only '.weight' tensors of linear layers can be patched")
+        raise TargetError(Refusal.UNKNOWN_TENSOR, f"{name!r}: only '.weight' tensors of linear layers can be patched")
     path = name[: -len(".weight")]
     parent, _, leaf = path.rpartition(".")
     shard_idx, parts = None, [name]
@@ -63,15 +65,15 @@ def resolve(model: torch.nn.Module, name: str) -> tuple[Target, torch.nn.Module,
                 path = f"{parent}.{packed}" if parent else packed
                 break
         if layer is None:
-            raise TargetError("UNKNOWN_TENSOR", f"{name!r}: this model has no such weight") from None
+            raise TargetError(Refusal.UNKNOWN_TENSOR, f"{name!r}: this model has no such weight") from None
 
     if not isinstance(layer, L.LinearBase):
-        raise TargetError("UNSUPPORTED_TENSOR", f"{name!r} is not a linear layer ({type(layer).__name__})")
+        raise TargetError(Refusal.UNSUPPORTED_TENSOR, f"{name!r} is not a linear layer ({type(layer).__name__})")
     if not isinstance(getattr(layer, "quant_method", None), L.UnquantizedLinearMethod):
-        raise TargetError("UNSUPPORTED_TENSOR", f"{name!r}: quantized layers cannot take a dense delta")
+        raise TargetError(Refusal.UNSUPPORTED_TENSOR, f"{name!r}: quantized layers cannot take a dense delta")
     if isinstance(layer, L.QKVParallelLinear):
         # Head-wise splitting (and KV-head replication) is not handled; MLP edits never need it.
-        raise TargetError("UNSUPPORTED_TENSOR", f"{name!r}: fused q/k/v projections are not supported")
+        raise TargetError(Refusal.UNSUPPORTED_TENSOR, f"{name!r}: fused q/k/v projections are not supported")
 
     tp_size, tp_rank = int(getattr(layer, "tp_size", 1)), int(getattr(layer, "tp_rank", 0))
     if isinstance(layer, L.RowParallelLinear):
@@ -79,7 +81,7 @@ def resolve(model: torch.nn.Module, name: str) -> tuple[Target, torch.nn.Module,
         row0, rows = 0, layer.output_size
     elif isinstance(layer, L.MergedColumnParallelLinear):
         if shard_idx is None:
-            raise TargetError("UNSUPPORTED_TENSOR", f"{name!r}: patch the checkpoint's own tensors, not the merged layer")
+            raise TargetError(Refusal.UNSUPPORTED_TENSOR, f"{name!r}: patch the checkpoint's own tensors, not the merged layer")
         split, out_f, in_f = Split.COLUMN, layer.output_sizes[shard_idx], layer.input_size
         row0 = sum(layer.output_sizes[:shard_idx]) // tp_size
         rows = out_f // tp_size
@@ -91,9 +93,9 @@ def resolve(model: torch.nn.Module, name: str) -> tuple[Target, torch.nn.Module,
         row0, rows = 0, out_f
         tp_size, tp_rank = 1, 0
     else:
-        raise TargetError("UNSUPPORTED_TENSOR", f"{name!r}: unsupported layer type {type(layer).__name__}")
+        raise TargetError(Refusal.UNSUPPORTED_TENSOR, f"{name!r}: unsupported layer type {type(layer).__name__}")
     if split == Split.ROW and tp_size > 1 and in_f % tp_size:
-        raise TargetError("UNSUPPORTED_TENSOR", f"{name!r}: input {in_f} does not split across {tp_size} ranks")
+        raise TargetError(Refusal.UNSUPPORTED_TENSOR, f"{name!r}: input {in_f} does not split across {tp_size} ranks")
     t = Target(name, path, split, tp_size, tp_rank, row0, rows, out_f, in_f)
     return t, layer, parts
 

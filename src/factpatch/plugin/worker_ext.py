@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
+from factpatch.core.checkpoint import Checkpoint
 from factpatch.core.patchfile import Patch, PatchError, from_bytes
+from factpatch.core.reasons import Refusal
 
-from .checkpoint import Checkpoint
 from .targets import Target, TargetError, layer_shape, resolve
 from .tp import compose, slice_dense, slice_factors
 from .writer import Writer, writer_for_platform
@@ -115,7 +116,7 @@ class FactpatchWorkerExtension:
             u, v = patch.factors[name]
             if tuple(u.shape[:1]) != (t.out_features,) or tuple(v.shape[:1]) != (t.in_features,):
                 raise TargetError(
-                    "SHAPE_MISMATCH",
+                    Refusal.SHAPE_MISMATCH,
                     f"{name}: factors give ΔW {u.shape[0]}x{v.shape[0]}, the weight is {t.out_features}x{t.in_features}",
                 )
             u_k, v_k = slice_factors(u, v, t.split, t.tp_size, t.tp_rank)
@@ -156,7 +157,7 @@ class FactpatchWorkerExtension:
         # A traced CPU graph bakes the packed weight handle in, so a re-pack would be ignored.
         if current_platform.is_cpu() and self.vllm_config.compilation_config.mode != CompilationMode.NONE:
             raise TargetError(
-                "ENGINE_UNSUPPORTED", "on the CPU backend patches need an eager engine (start vLLM with --enforce-eager)"
+                Refusal.ENGINE_UNSUPPORTED, "on the CPU backend patches need an eager engine (start vLLM with --enforce-eager)"
             )
 
     # --- RPC surface -----------------------------------------------------------------------------

@@ -15,35 +15,43 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from factpatch.server.control.analysis import Analyzer, Observations
-from factpatch.server.state.audit import AuditLog
 from factpatch.server.api.auth import TokenTable
-from factpatch.server.control.basecheck import BaseChecker
 from factpatch.server.api.context import ControlPlane
-from factpatch.server.state.db import Database
-from factpatch.server.gateway.app import Gateway, GatewayConfig
-from factpatch.server.gateway.routing import SwapTracker
 from factpatch.server.api.idempotency import Idempotency
 from factpatch.server.api.interceptor import Pipeline
-from factpatch.server.metrics import Metrics
-from factpatch.server.monitors import config as monitors_config
-from factpatch.server.monitors.registry import MonitorRegistry
-from factpatch.server.control.operations import EditorOperations
-from factpatch.v1 import (
-    fleet_pb2, fleet_pb2_grpc, monitor_pb2, monitor_pb2_grpc, patch_pb2, patch_pb2_grpc, probe_pb2, probe_pb2_grpc,
-    rollout_pb2, rollout_pb2_grpc,
-)
-from factpatch.server.probes import config as probes_config
-from factpatch.server.probes.metrics import ProbeMetrics
-from factpatch.server.probes.runner import Prober
-from factpatch.server.probes.weight_change import PatchSizes
-from factpatch.server.control.reconciler import Reconciler
 from factpatch.server.api.services.fleet import FleetService
 from factpatch.server.api.services.monitors import MonitorService
 from factpatch.server.api.services.patches import PatchService
 from factpatch.server.api.services.probes import ProbeService
 from factpatch.server.api.services.rollouts import RolloutService
+from factpatch.server.control.analysis import Analyzer, Observations
+from factpatch.server.control.basecheck import BaseChecker
+from factpatch.server.control.operations import EditorOperations
+from factpatch.server.control.reconciler import Reconciler
+from factpatch.server.gateway.app import Gateway, GatewayConfig
+from factpatch.server.gateway.routing import SwapTracker
+from factpatch.server.metrics import Metrics
+from factpatch.server.monitors import config as monitors_config
+from factpatch.server.monitors.registry import MonitorRegistry
+from factpatch.server.probes import config as probes_config
+from factpatch.server.probes.metrics import ProbeMetrics
+from factpatch.server.probes.runner import Prober
+from factpatch.server.probes.weight_change import PatchSizes
+from factpatch.server.state.audit import AuditLog
+from factpatch.server.state.db import Database
 from factpatch.server.state.store import PatchStore
+from factpatch.v1 import (
+    fleet_pb2,
+    fleet_pb2_grpc,
+    monitor_pb2,
+    monitor_pb2_grpc,
+    patch_pb2,
+    patch_pb2_grpc,
+    probe_pb2,
+    probe_pb2_grpc,
+    rollout_pb2,
+    rollout_pb2_grpc,
+)
 
 log = logging.getLogger("factpatch.server")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from factpatch.server.state.audit import AuditLog
-from factpatch.server.control.basecheck import BaseChecker
-from factpatch.server.state.db import Database
 from factpatch.server.api.idempotency import Idempotency
+from factpatch.server.control.basecheck import BaseChecker
 from factpatch.server.control.operations import EditorOperations
 from factpatch.server.control.reconciler import Reconciler
+from factpatch.server.state.audit import AuditLog
+from factpatch.server.state.db import Database
 from factpatch.server.state.store import PatchStore
 
 

@@ -8,6 +8,7 @@ import sqlite3
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from factpatch.server.state import db as dbm
+from factpatch.server.state.rollout_state import to_proto
 from factpatch.v1 import common_pb2, fleet_pb2, rollout_pb2
 
 
@@ -81,7 +82,7 @@ def rollout(r: dbm.Rollout, shards: dict[str, dbm.Shard] | None = None,
     shards = shards or {}
     window_s, runs = analysis or (0, [])
     return rollout_pb2.Rollout(
-        id=r.id, patch=r.patch, state=rollout_pb2.RolloutState.Value("ROLLOUT_STATE_" + r.state),
+        id=r.id, patch=r.patch, state=to_proto(r.state),
         steps=[rollout_pb2.RolloutStep(shards=s["shards"], traffic_percent=s.get("traffic_percent", 0)) for s in r.steps],
         current_step=r.current_step, etag=r.etag, reason=r.reason, message=r.message,
         shards=[

@@ -13,8 +13,8 @@ import grpc
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 
-from factpatch.server.state.db import Database
 from factpatch.server.api.errors import ApiError, invalid
+from factpatch.server.state.db import Database
 
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}

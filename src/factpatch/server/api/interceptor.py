@@ -11,10 +11,18 @@ from dataclasses import dataclass
 
 import grpc
 
-from factpatch.server.state.audit import AuditLog
-from factpatch.server.api.auth import ANONYMOUS, OPERATOR, UNLOCKED_METHODS, Principal, TokenTable, allowed, required_role
+from factpatch.server.api.auth import (
+    ANONYMOUS,
+    OPERATOR,
+    UNLOCKED_METHODS,
+    Principal,
+    TokenTable,
+    allowed,
+    required_role,
+)
 from factpatch.server.api.errors import ApiError, invalid, to_status
 from factpatch.server.api.idempotency import Idempotency, request_hash
+from factpatch.server.state.audit import AuditLog
 
 
 @dataclass

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from factpatch.server.cli.ctl_probe import probe_app
 from factpatch.server.cli.session import Ctx, err_console, fail, rid
+from factpatch.server.state.rollout_state import FINAL, RolloutState, from_proto
 from factpatch.v1 import fleet_pb2, patch_pb2, rollout_pb2
 
 app = typer.Typer(help="Operate the factpatch control plane.", no_args_is_help=True)
@@ -116,12 +117,11 @@ def patch_delete(ctx: typer.Context, digest: str) -> None:
 
 # rollouts
 
-STATE = {v: k.replace("ROLLOUT_STATE_", "") for k, v in rollout_pb2.RolloutState.items()}
 
 
 def _rollout_detail(r) -> None:
     c = Console()
-    c.print(f"[bold]{r.id}[/bold] {STATE[r.state]} step {r.current_step + 1}/{len(r.steps)} patch {r.patch[:19]} etag {r.etag}"
+    c.print(f"[bold]{r.id}[/bold] {from_proto(r.state)} step {r.current_step + 1}/{len(r.steps)} patch {r.patch[:19]} etag {r.etag}"
             + (f"  reason={r.reason}" if r.reason else "") + (f"  {r.message}" if r.message else ""))
     t = Table("shard", "previous", "desired", "active", "error")
     for s in r.shards:
@@ -156,9 +156,9 @@ def _wait(c: Ctx, rollout_id: str, until: set[str], timeout: float) -> rollout_p
         for r in c.rollouts.WatchRollout(rollout_pb2.WatchRolloutRequest(id=rollout_id), metadata=c.metadata, timeout=timeout):
             last = r
             if not c.as_json:
-                err_console.print(f"{STATE[r.state]:<12} step {r.current_step + 1}/{len(r.steps)} "
+                err_console.print(f"{from_proto(r.state):<12} step {r.current_step + 1}/{len(r.steps)} "
                                   + " ".join(f"{s.shard}={s.active_version[:15] or 'base'}" for s in r.shards))
-            if STATE[r.state] in until:
+            if from_proto(r.state) in until:
                 return r
     except grpc.RpcError as e:
         fail(e, c.as_json)
@@ -167,7 +167,7 @@ def _wait(c: Ctx, rollout_id: str, until: set[str], timeout: float) -> rollout_p
 
 def _finish(c: Ctx, r) -> None:
     c.out(r, _rollout_detail)
-    if STATE[r.state] in ("FAILED", "ABORTED"):
+    if from_proto(r.state) in (RolloutState.FAILED, RolloutState.ABORTED):
         raise typer.Exit(EXIT_ROLLOUT_FAILED)
 
 
@@ -190,7 +190,7 @@ def rollout_start(
         request_id=rid(), patch=patch, canary_shards=canary, shards=shard, canary_traffic_percent=traffic,
         progress_deadline_seconds=deadline, gates=gates, analysis_seconds=analysis_seconds))
     if wait:
-        r = _wait(c, r.id, {"PAUSED", "SUCCEEDED", "FAILED", "ABORTED"}, deadline + 30 + (analysis_seconds or 60) * bool(gates))
+        r = _wait(c, r.id, {RolloutState.PAUSED, *FINAL}, deadline + 30 + (analysis_seconds or 60) * bool(gates))
     _finish(c, r)
 
 
@@ -208,7 +208,7 @@ def rollout_list(ctx: typer.Context, active: bool = typer.Option(False, "--activ
     def render(resp):
         t = Table("id", "state", "step", "patch", "reason")
         for r in resp.rollouts:
-            t.add_row(r.id, STATE[r.state], f"{r.current_step + 1}/{len(r.steps)}", r.patch[:19], r.reason)
+            t.add_row(r.id, from_proto(r.state), f"{r.current_step + 1}/{len(r.steps)}", r.patch[:19], r.reason)
         Console().print(t)
 
     c.out(resp, render)
@@ -218,7 +218,7 @@ def rollout_list(ctx: typer.Context, active: bool = typer.Option(False, "--activ
 def rollout_watch(ctx: typer.Context, rollout_id: str, timeout: float = typer.Option(600.0)) -> None:
     """Follow a rollout until it ends (or PAUSED with --until-paused)."""
     c: Ctx = ctx.obj
-    r = _wait(c, rollout_id, {"SUCCEEDED", "FAILED", "ABORTED"}, timeout)
+    r = _wait(c, rollout_id, set(FINAL), timeout)
     if r is not None:
         _finish(c, r)
 
@@ -229,7 +229,7 @@ def rollout_promote(ctx: typer.Context, rollout_id: str, etag: str = typer.Optio
     c: Ctx = ctx.obj
     r = c.call(c.rollouts.Promote, rollout_pb2.PromoteRequest(request_id=rid(), id=rollout_id, etag=etag))
     if wait:
-        r = _wait(c, r.id, {"PAUSED", "SUCCEEDED", "FAILED", "ABORTED"}, 600)
+        r = _wait(c, r.id, {RolloutState.PAUSED, *FINAL}, 600)
     _finish(c, r)
 
 
@@ -239,7 +239,7 @@ def rollout_abort(ctx: typer.Context, rollout_id: str, etag: str = typer.Option(
     c: Ctx = ctx.obj
     r = c.call(c.rollouts.Abort, rollout_pb2.AbortRequest(request_id=rid(), id=rollout_id, etag=etag, message=message))
     if wait:
-        r = _wait(c, r.id, {"ABORTED", "FAILED", "SUCCEEDED"}, 600)
+        r = _wait(c, r.id, set(FINAL), 600)
     c.out(r, _rollout_detail)
 
 

@@ -12,11 +12,7 @@ from typing import Any
 
 import httpx
 
-# Refusals that say the patch itself can never land on this shard, as opposed to "try again later".
-PERMANENT_REASONS = frozenset(
-    {"BASE_MISMATCH", "DIGEST_MISMATCH", "UNKNOWN_FORMAT", "UNKNOWN_TENSOR", "SHAPE_MISMATCH",
-     "NON_FINITE", "RANK_TOO_LARGE", "MALFORMED"}
-)
+from factpatch.core.reasons import PERMANENT
 
 
 class AgentError(Exception):
@@ -30,7 +26,7 @@ class AgentError(Exception):
 
     @property
     def permanent(self) -> bool:
-        return self.reason in PERMANENT_REASONS
+        return self.reason in PERMANENT
 
 
 @dataclass

@@ -11,54 +11,28 @@ it unchanged and rolls the rollout back.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from functools import lru_cache
 from pathlib import Path
 
-from safetensors import safe_open
-
-from factpatch.core.patchfile import tensor_fingerprint
+from factpatch.core.checkpoint import Checkpoint
 
 log = logging.getLogger("factpatch.basecheck")
-
-
-class LocalCheckpoint:
-    def __init__(self, model_dir: str | Path):
-        self.dir = Path(model_dir)
-        index = self.dir / "model.safetensors.index.json"
-        if index.exists():
-            self.files = {n: self.dir / f for n, f in json.loads(index.read_text())["weight_map"].items()}
-        else:
-            self.files = {}
-            for f in sorted(self.dir.glob("*.safetensors")):
-                with safe_open(str(f), framework="pt") as h:
-                    self.files.update({k: f for k in h.keys()})
-        if not self.files:
-            raise FileNotFoundError(f"{self.dir} holds no .safetensors checkpoint")
-
-    def tensor(self, name: str):
-        with safe_open(str(self.files[name]), framework="pt") as h:
-            return h.get_tensor(name)
-
-    def fingerprint(self, names: list[str] | None = None) -> str:
-        names = sorted(self.files) if names is None else names
-        return tensor_fingerprint({n: self.tensor(n) for n in names})
 
 
 class BaseChecker:
     def __init__(self, base_dirs: list[str | Path] = ()):
         self._dirs = [Path(d) for d in base_dirs]
-        self._by_fp: dict[str, LocalCheckpoint] | None = None
+        self._by_fp: dict[str, Checkpoint] | None = None
+        self._touched: dict[tuple[str, tuple[str, ...]], str] = {}  # (base, tensors) -> their fingerprint
         self._lock = threading.Lock()
 
-    def _index(self) -> dict[str, LocalCheckpoint]:
+    def _index(self) -> dict[str, Checkpoint]:
         with self._lock:
             if self._by_fp is None:
                 self._by_fp = {}
                 for d in self._dirs:
-                    ckpt = LocalCheckpoint(d)
+                    ckpt = Checkpoint(d)
                     self._by_fp[ckpt.fingerprint()] = ckpt
                     log.info("base %s known locally", d)
             return self._by_fp
@@ -66,7 +40,7 @@ class BaseChecker:
     def warm(self) -> None:
         self._index()
 
-    def checkpoint(self, shard_fingerprint: str) -> LocalCheckpoint | None:
+    def checkpoint(self, shard_fingerprint: str) -> Checkpoint | None:
         """The local copy of the base a shard reports, when one was given with --base-dir."""
         return self._index().get(shard_fingerprint)
 
@@ -75,9 +49,11 @@ class BaseChecker:
         ckpt = self._index().get(shard_fingerprint)
         if ckpt is None:
             return None
-        return _touched_fingerprint(ckpt, tensors) == patch_fingerprint if all(t in ckpt.files for t in tensors) else False
-
-
-@lru_cache(maxsize=256)
-def _touched_fingerprint(ckpt: LocalCheckpoint, tensors: tuple[str, ...]) -> str:
-    return ckpt.fingerprint(list(tensors))
+        if not all(t in ckpt for t in tensors):
+            return False
+        key = (shard_fingerprint, tensors)
+        if key not in self._touched:
+            if len(self._touched) >= 256:  # a bound, not an LRU: patches come and go slowly
+                self._touched.clear()
+            self._touched[key] = ckpt.fingerprint(list(tensors))
+        return self._touched[key] == patch_fingerprint

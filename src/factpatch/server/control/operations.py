@@ -74,8 +74,8 @@ class EditorOperations:
         return op
 
     def _run(self, op: OperationState, edits, method: str, principal: str) -> None:
-        from factpatch.editor import pipeline
         from factpatch.core.patchfile import to_bytes
+        from factpatch.editor import pipeline
 
         def progress(stage: str, i: int, n: int) -> None:
             lo, hi = _STAGES.get(stage, (0.0, 1.0))

@@ -19,9 +19,11 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from factpatch.core.reasons import Refusal as Reason
 from factpatch.server.control.agent_client import AgentClient, AgentError
 from factpatch.server.state.audit import AuditLog
 from factpatch.server.state.db import Database, Rollout
+from factpatch.server.state.rollout_state import RolloutReason, RolloutState
 from factpatch.server.state.store import PatchStore, StoreCorrupt
 
 log = logging.getLogger("factpatch.reconciler")
@@ -199,17 +201,17 @@ class Reconciler:
             return
         if reason is None:
             self.db.set_compat(patch_fp, shard_fp, True)
-        elif reason == "BASE_MISMATCH":
+        elif reason == Reason.BASE_MISMATCH:
             self.db.set_compat(patch_fp, shard_fp, False, reason)
 
     # rollouts
 
     def _roll_back_for(self, refusal: Refusal) -> None:
         for r in self.db.rollouts(active_only=True):
-            if r.state != "PROGRESSING" or refusal.shard not in r.target_shards or refusal.version != r.patch:
+            if r.state != RolloutState.PROGRESSING or refusal.shard not in r.target_shards or refusal.version != r.patch:
                 continue
             e = refusal.error
-            self.start_rollback(r, "ROLLING_BACK", e.reason, f"shard {refusal.shard} refused the patch: {e.message}",
+            self.start_rollback(r, RolloutState.ROLLING_BACK, e.reason, f"shard {refusal.shard} refused the patch: {e.message}",
                                 failed_shard=(refusal.shard, e))
 
     def start_rollback(self, r: Rollout, state: str, reason: str, message: str, failed_shard=None) -> Rollout:
@@ -244,31 +246,31 @@ class Reconciler:
             return s is not None and s.health == "SERVING" and (s.observed.get("active_version") or None) == version
 
         for r in self.db.rollouts(active_only=True):
-            if r.state == "PROGRESSING":
+            if r.state == RolloutState.PROGRESSING:
                 step = r.steps[r.current_step]["shards"]
                 if all(at(n, r.patch) for n in step):
                     last = r.current_step == len(r.steps) - 1
                     with self.db.tx() as c:
                         if not last and r.gates and self.analyzer is not None:
                             self.analyzer.begin(c, r)
-                            self._transition(c, r, "ANALYZING", "", "canary analysis running")
+                            self._transition(c, r, RolloutState.ANALYZING, "", "canary analysis running")
                         else:
-                            self._transition(c, r, "SUCCEEDED" if last else "PAUSED", "", "")
+                            self._transition(c, r, RolloutState.SUCCEEDED if last else RolloutState.PAUSED, "", "")
                 elif time.time() - r.step_started > r.progress_deadline_s:
-                    self.start_rollback(r, "ROLLING_BACK", "PROGRESS_DEADLINE",
+                    self.start_rollback(r, RolloutState.ROLLING_BACK, RolloutReason.PROGRESS_DEADLINE,
                                         f"step {r.current_step} did not converge within {r.progress_deadline_s}s")
-            elif r.state == "ANALYZING":
+            elif r.state == RolloutState.ANALYZING:
                 self._analyse(r)
-            elif r.state in ("ROLLING_BACK", "ABORTING"):
+            elif r.state in (RolloutState.ROLLING_BACK, RolloutState.ABORTING):
                 if all(at(rs.shard, shards[rs.shard].desired_version) for rs in r.shards if rs.shard in shards):
                     with self.db.tx() as c:
-                        self._transition(c, r, "FAILED" if r.state == "ROLLING_BACK" else "ABORTED")
+                        self._transition(c, r, RolloutState.FAILED if r.state == RolloutState.ROLLING_BACK else RolloutState.ABORTED)
 
     def _analyse(self, r: Rollout) -> None:
         """Acts on the analysis of an ANALYZING rollout: fail rolls back, pass promotes, no data pauses."""
         decision, run = self.analyzer.step(r)
         if decision == "FAIL":
-            self.start_rollback(r, "ROLLING_BACK", "ANALYSIS_FAILED", "canary analysis failed: " + run["message"])
+            self.start_rollback(r, RolloutState.ROLLING_BACK, RolloutReason.ANALYSIS_FAILED, "canary analysis failed: " + run["message"])
         elif decision == "PASS":
             r.current_step += 1
             step = set(r.steps[r.current_step]["shards"])
@@ -279,13 +281,13 @@ class Reconciler:
                         self.db.upsert_rollout_shard(c, r.id, rs)
                         self.db.set_desired(c, rs.shard, r.patch)
                 r.step_started = time.time()
-                self._transition(c, r, "PROGRESSING", "", f"canary analysis passed; promoted to step {r.current_step}")
+                self._transition(c, r, RolloutState.PROGRESSING, "", f"canary analysis passed; promoted to step {r.current_step}")
             self.audit.record(SYSTEM, "rollout/promote", f"rollout={r.id}", "ANALYSIS_PASSED", run["message"])
             self.kick()
         elif decision == "INCONCLUSIVE":
             with self.db.tx() as c:
-                self._transition(c, r, "PAUSED", "ANALYSIS_INCONCLUSIVE", run["message"])
-            self.audit.record(SYSTEM, "rollout/pause", f"rollout={r.id}", "ANALYSIS_INCONCLUSIVE", run["message"])
+                self._transition(c, r, RolloutState.PAUSED, RolloutReason.ANALYSIS_INCONCLUSIVE, run["message"])
+            self.audit.record(SYSTEM, "rollout/pause", f"rollout={r.id}", RolloutReason.ANALYSIS_INCONCLUSIVE, run["message"])
 
     # the fast path back to base
 

@@ -22,11 +22,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from factpatch.server.control.analysis import Observation, Observations
-from factpatch.server.state.db import Database
 from factpatch.server.gateway.proxy import NoShard, SSEReader, choice_texts, forward_headers, prompt_text, send
 from factpatch.server.gateway.routing import BASE, CANARY, Router, SwapTracker
 from factpatch.server.metrics import Metrics, version_label
 from factpatch.server.monitors.registry import MonitorRegistry
+from factpatch.server.state.db import Database
 
 log = logging.getLogger("factpatch.gateway")
 

@@ -19,9 +19,9 @@ import threading
 from dataclasses import dataclass, field
 
 from factpatch.server.state.db import Database
+from factpatch.server.state.rollout_state import TRAFFIC_SPLIT
 
 CANARY, BASE = "canary", "base"
-SPLIT_STATES = ("PROGRESSING", "ANALYZING", "PAUSED")
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ class Router:
                                        healthy and desired == version)
         split = None
         for r in self.db.rollouts(active_only=True):
-            if r.state not in SPLIT_STATES:
+            if r.state not in TRAFFIC_SPLIT:
                 continue
             targets = [n for n in r.target_shards if n in shards]
             canary = tuple(n for n in targets if shards[n].version == r.patch)

@@ -20,7 +20,6 @@ from factpatch.server.monitors.config import Monitor
 from factpatch.server.monitors.patterns import FLAGS
 
 
-
 def _flags(m: Monitor) -> int:
     return FLAGS | (hyperscan.HS_FLAG_CASELESS if m.ignore_case else 0)
 

@@ -13,11 +13,11 @@ from typing import Callable
 
 import hyperscan
 
-from factpatch.server.state.db import Database
 from factpatch.server.monitors import stale
 from factpatch.server.monitors.config import API, PATCH, Monitor, MonitorError, MonitorsConfig, validate
 from factpatch.server.monitors.engine import CompiledMonitors
 from factpatch.server.monitors.patterns import hyperscan_error
+from factpatch.server.state.db import Database
 
 log = logging.getLogger("factpatch.monitors")
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from factpatch.server.state.rollout_state import ACTIVE
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS patches (
   digest TEXT PRIMARY KEY, size INTEGER NOT NULL, manifest TEXT NOT NULL,
@@ -51,8 +53,6 @@ CREATE TABLE IF NOT EXISTS audit (
   result TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
 """
 
-ACTIVE_STATES = ("PROGRESSING", "ANALYZING", "PAUSED", "ROLLING_BACK", "ABORTING")
-FINAL_STATES = ("SUCCEEDED", "FAILED", "ABORTED")
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Rollout:
 
     @property
     def active(self) -> bool:
-        return self.state in ACTIVE_STATES
+        return self.state in ACTIVE
 
     @property
     def target_shards(self) -> list[str]:
@@ -265,9 +265,9 @@ class Database:
     def rollouts(self, active_only: bool = False, limit: int = 1000) -> list[Rollout]:
         sql = "SELECT * FROM rollouts"
         if active_only:
-            sql += " WHERE state IN (%s)" % ",".join("?" * len(ACTIVE_STATES))
+            sql += " WHERE state IN (%s)" % ",".join("?" * len(ACTIVE))
         sql += " ORDER BY created DESC LIMIT ?"
-        args = (*ACTIVE_STATES, limit) if active_only else (limit,)
+        args = (*ACTIVE, limit) if active_only else (limit,)
         return [self._rollout(r) for r in self.q(sql, args)]
 
     def insert_rollout(self, c: sqlite3.Connection, r: Rollout) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
+
+from factpatch.core import atomic
+from factpatch.core.atomic import fsync_dir
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -22,14 +24,6 @@ class StoreCorrupt(Exception):
 
 def valid_digest(digest: str) -> bool:
     return bool(_DIGEST.match(digest or ""))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class PatchStore:
@@ -52,20 +46,8 @@ class PatchStore:
         dest = self.path(digest)
         if dest.exists():
             return digest
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".incoming-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(dest.parent)
-        _fsync_dir(self.blobs)
+        atomic.write_bytes(dest, data, prefix=".incoming-")  # readers skip dot-names: a crash leaves no blob
+        fsync_dir(self.blobs)
         return digest
 
     def get(self, digest: str) -> bytes:
@@ -79,7 +61,7 @@ class PatchStore:
         p = self.path(digest)
         if p.exists():
             p.unlink()
-            _fsync_dir(p.parent)
+            fsync_dir(p.parent)
 
     def digests(self) -> list[str]:
         return sorted("sha256:" + p.name for p in self.blobs.glob("??/*") if not p.name.startswith("."))

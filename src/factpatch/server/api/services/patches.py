@@ -9,13 +9,14 @@ import grpc
 from google.rpc import code_pb2, status_pb2
 
 from factpatch.core import patchfile
+from factpatch.core.reasons import Refusal
 from factpatch.server.api import convert
 from factpatch.server.api.context import ControlPlane
 from factpatch.server.api.errors import ApiError, invalid, not_found, precondition
 from factpatch.server.api.idempotency import request_hash
 from factpatch.server.api.interceptor import call_principal, current_call
-from factpatch.v1 import common_pb2, patch_pb2, patch_pb2_grpc
 from factpatch.server.state.store import StoreCorrupt, valid_digest
+from factpatch.v1 import common_pb2, patch_pb2, patch_pb2_grpc
 
 BLOB_CHUNK = 1 << 20
 IMPORT_METHOD = "/factpatch.v1.PatchService/ImportPatch"
@@ -115,7 +116,7 @@ class PatchService(patch_pb2_grpc.PatchServiceServicer):
         digest = "sha256:" + h.hexdigest()
         call.target = f"digest={digest}"
         if header.expected_digest and header.expected_digest != digest:
-            raise invalid("DIGEST_MISMATCH", f"received bytes hash to {digest}, the header says {header.expected_digest}",
+            raise invalid(Refusal.DIGEST_MISMATCH, f"received bytes hash to {digest}, the header says {header.expected_digest}",
                           received=digest, field="header.expected_digest")
         if header.size_bytes and header.size_bytes != len(buf):  # a cut-short or overlong upload
             raise invalid("SIZE_MISMATCH", f"received {len(buf)} bytes, the header says size_bytes {header.size_bytes}",

@@ -7,11 +7,11 @@ import json
 from factpatch.server.api.convert import ts
 from factpatch.server.api.errors import invalid, not_found, precondition
 from factpatch.server.api.interceptor import call_principal
-from factpatch.v1 import probe_pb2, probe_pb2_grpc
+from factpatch.server.api.services.patches import check_digest
 from factpatch.server.probes.config import ProbeConfigError, Schedule, check_schedule
 from factpatch.server.probes.runner import Condition, Prober, ProbeResult
 from factpatch.server.probes.sets import EDIT, PARAPHRASE, REGRESSION, ProbeSetError, check_extras
-from factpatch.server.api.services.patches import check_digest
+from factpatch.v1 import probe_pb2, probe_pb2_grpc
 
 OUTCOMES = {name.removeprefix("PROBE_OUTCOME_"): value for name, value in probe_pb2.ProbeOutcome.items()}
 CONDITIONS = {name.removeprefix("CONDITION_TYPE_"): value for name, value in probe_pb2.ConditionType.items()}

@@ -12,16 +12,17 @@ import uuid
 
 import grpc
 
-from factpatch.server.control import analysis
-
+from factpatch.core.reasons import Refusal
 from factpatch.server.api import convert
 from factpatch.server.api.context import ControlPlane
-from factpatch.server.state.db import FINAL_STATES, Rollout, RolloutShard
 from factpatch.server.api.errors import ApiError, invalid, not_found, precondition
 from factpatch.server.api.interceptor import call_principal
-from factpatch.v1 import rollout_pb2, rollout_pb2_grpc
-from factpatch.server.control.reconciler import new_etag
 from factpatch.server.api.services.patches import check_digest
+from factpatch.server.control import analysis
+from factpatch.server.control.reconciler import new_etag
+from factpatch.server.state.db import Rollout, RolloutShard
+from factpatch.server.state.rollout_state import FINAL, RolloutReason, RolloutState
+from factpatch.v1 import rollout_pb2, rollout_pb2_grpc
 
 DEFAULT_DEADLINE_S = 300
 
@@ -86,7 +87,7 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
                 ok = None if row is None else bool(row["compatible"])
             if ok is False:
                 raise precondition(
-                    "BASE_MISMATCH",
+                    Refusal.BASE_MISMATCH,
                     f"patch {patch_row['digest']} was made for base {patch_fp} (model {patch_row['base_model']!r}); "
                     f"shard {name} serves a base whose tensors fingerprint differently",
                     shard=name,
@@ -125,7 +126,7 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
             raise invalid("BAD_ANALYSIS_WINDOW", "analysis_seconds must not be negative", field="analysis_seconds")
         now = time.time()
         r = Rollout(
-            id="ro-" + uuid.uuid4().hex[:12], patch=request.patch, state="PROGRESSING", steps=steps, current_step=0,
+            id="ro-" + uuid.uuid4().hex[:12], patch=request.patch, state=RolloutState.PROGRESSING, steps=steps, current_step=0,
             etag=new_etag(), reason="", message="", progress_deadline_s=deadline, created_by=call_principal(),
             created=now, updated=now, step_started=now,
             gates=[{"metric": g.metric, "max_ratio": g.max_ratio, "min_samples": g.min_samples, "max_value": g.max_value}
@@ -168,7 +169,7 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
             if r.etag != last:
                 last = r.etag
                 yield self._msg(r)
-            if r.state in FINAL_STATES:
+            if r.state in FINAL:
                 return
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
@@ -183,7 +184,7 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
     def Promote(self, request, context):
         r = self._rollout(request.id)
         self._check_etag(r, request.etag)
-        if r.state != "PAUSED":
+        if r.state != RolloutState.PAUSED:
             raise precondition("ROLLOUT_NOT_PAUSED", f"rollout {r.id} is {r.state}; only a PAUSED rollout can be promoted",
                                state=r.state)
         db = self.cp.db
@@ -195,7 +196,7 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
                     rs.desired_version = r.patch
                     db.upsert_rollout_shard(c, r.id, rs)
                     db.set_desired(c, rs.shard, r.patch)
-            r.state, r.etag, r.updated, r.step_started = "PROGRESSING", new_etag(), time.time(), time.time()
+            r.state, r.etag, r.updated, r.step_started = RolloutState.PROGRESSING, new_etag(), time.time(), time.time()
             db.update_rollout(c, r)
         self.cp.reconciler.kick()
         return self._msg(db.rollout(r.id))
@@ -203,11 +204,11 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
     def Abort(self, request, context):
         r = self._rollout(request.id)
         self._check_etag(r, request.etag)
-        if r.state in FINAL_STATES:
+        if r.state in FINAL:
             raise precondition("ROLLOUT_FINISHED", f"rollout {r.id} already ended ({r.state})", state=r.state)
-        if r.state == "ABORTING":
+        if r.state == RolloutState.ABORTING:
             return self._msg(r)
-        self.cp.reconciler.start_rollback(r, "ABORTING", "ABORTED_BY_USER", request.message or f"aborted by {call_principal()}")
+        self.cp.reconciler.start_rollback(r, RolloutState.ABORTING, RolloutReason.ABORTED_BY_USER, request.message or f"aborted by {call_principal()}")
         return self._msg(self.cp.db.rollout(r.id))
 
     def RevertToBase(self, request, context):
@@ -228,7 +229,7 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
                     rs.desired_version = None if rs.shard in chosen else rs.previous_version
                     db.upsert_rollout_shard(c, r.id, rs)
                     db.set_desired(c, rs.shard, rs.desired_version)
-                r.state, r.reason, r.message = "ABORTING", "REVERTED_TO_BASE", f"RevertToBase by {call_principal()}"
+                r.state, r.reason, r.message = RolloutState.ABORTING, RolloutReason.REVERTED_TO_BASE, f"RevertToBase by {call_principal()}"
                 r.etag, r.updated = new_etag(), time.time()
                 db.update_rollout(c, r)
                 aborted.append(r.id)
