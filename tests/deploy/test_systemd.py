@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.server.helpers import AGENT_TOKEN
+
 from .conftest import DEPLOY, tool
 
 UNITS = DEPLOY / "systemd"
@@ -65,7 +67,7 @@ def test_units_pass_real_flags_and_token_by_environment():
 
 def test_shard_command_from_the_unit_starts_vllm_with_the_plugin(tmp_path):
     """What the shard unit runs, with the example settings, in --dry-run: vLLM with both plugins."""
-    env = {**os.environ, "FACTPATCH_AGENT_TOKEN": "t"}
+    env = {**os.environ, "FACTPATCH_AGENT_TOKEN": AGENT_TOKEN}
     r = subprocess.run([FACTPATCH, "shard", "--model", str(tmp_path), "--host", "0.0.0.0", "--port", "8000", "--dry-run",
                         "--", "--max-model-len", "4096"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr

@@ -21,7 +21,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.server.helpers import write_tokens
+from tests.server.helpers import AGENT_TOKEN, write_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,7 +99,7 @@ def test_every_subpackage_imports_from_the_wheel_not_the_tree(installed):
 
 def test_the_installed_control_plane_answers_health(installed, tmp_path):
     port_file = tmp_path / "serve.port"
-    env_extra = {"FACTPATCH_AGENT_TOKEN": "agent-" + "q" * 26, "FACTPATCH_PORT_FILE": str(port_file)}
+    env_extra = {"FACTPATCH_AGENT_TOKEN": AGENT_TOKEN, "FACTPATCH_PORT_FILE": str(port_file)}
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     proc = subprocess.Popen(
         [str(installed / "bin" / "factpatch"), "serve", "--state-dir", str(tmp_path / "state"),

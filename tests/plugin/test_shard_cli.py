@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from factpatch.plugin.shard_cli import shard_command
+from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN
 
 
 def test_command_and_environment(tmp_path):
     tok = tmp_path / "token"
-    tok.write_text("s3cret")
+    tok.write_text(AGENT_TOKEN)
     argv, env = shard_command("/m", port=9001, token_file=str(tok), extra=["--max-model-len", "128"],
                               env={"VLLM_PLUGINS": "other", "FACTPATCH_AGENT_TOKEN": "old"})
     assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
@@ -22,8 +23,36 @@ def test_command_and_environment(tmp_path):
 def test_a_token_is_required():
     with pytest.raises(ValueError, match="token"):
         shard_command("/m", env={})
-    argv, env = shard_command("/m", env={"FACTPATCH_AGENT_TOKEN": "t"})
-    assert env["FACTPATCH_AGENT_TOKEN"] == "t"
+    argv, env = shard_command("/m", env={"FACTPATCH_AGENT_TOKEN": AGENT_TOKEN})
+    assert env["FACTPATCH_AGENT_TOKEN"] == AGENT_TOKEN
+
+
+@pytest.mark.parametrize("token, says", [
+    (" ", "empty or whitespace"), ("\xa0" * 40, "empty or whitespace"),
+    ("Q7fK2d9xLm4Tz8Rb 1Vn6Wc3Yh5Ja0Ps", "characters outside"), ("Q7fK2d9xLm4Tz8Rb1Vn6Wc3Yh5Ja0Psé", "characters outside"), ("change-me", "characters; at least 32"),
+    ("change-me-change-me-change-me-change-me", "placeholder"), ("s3cret", "at least 32"), ("a" * 40, "distinct"),
+])
+def test_a_weak_token_is_refused_before_vllm_starts(tmp_path, token, says):
+    with pytest.raises(ValueError, match=says):
+        shard_command("/m", env={"FACTPATCH_AGENT_TOKEN": token})
+    tok = tmp_path / "token"
+    tok.write_text(token + "\n")
+    with pytest.raises(ValueError, match="agent token"):
+        shard_command("/m", token_file=str(tok), env={})
+
+
+def test_a_token_file_may_hold_the_next_token_too(tmp_path):
+    tok = tmp_path / "token"
+    tok.write_text(f"# rotation: both accepted until the old line goes\n{AGENT_TOKEN}\n{OPERATOR_TOKEN}\n")
+    from factpatch.plugin.auth import configured_tokens
+
+    _, env = shard_command("/m", token_file=str(tok), env={})
+    assert configured_tokens(env) == [AGENT_TOKEN, OPERATOR_TOKEN]
+
+
+def test_vllm_dev_mode_is_refused():
+    with pytest.raises(ValueError, match="VLLM_SERVER_DEV_MODE"):
+        shard_command("/m", env={"FACTPATCH_AGENT_TOKEN": AGENT_TOKEN, "VLLM_SERVER_DEV_MODE": "1"})
 
 
 def test_a_folder_that_is_no_model_is_refused_before_vllm_starts(tmp_path):
@@ -31,7 +60,7 @@ def test_a_folder_that_is_no_model_is_refused_before_vllm_starts(tmp_path):
     import sys
 
     tok = tmp_path / "token"
-    tok.write_text("s3cret")
+    tok.write_text(AGENT_TOKEN)
     empty = tmp_path / "empty"
     empty.mkdir()
     for model, says in ((str(empty), "the folder has no config.json"), (str(tmp_path / "missing"), "no such folder")):

@@ -155,6 +155,8 @@ def test_staging_writes_nothing_and_reports_reasons(worker):
     for factors, reason in (
         ({DOWN: (bad_u, torch.randn(64, 2))}, "SHAPE_MISMATCH"),
         ({"model.layers.0.mlp.nothing.weight": (torch.randn(32, 2), torch.randn(64, 2))}, "UNKNOWN_TENSOR"),
+        # finite factors whose product is not: 1e20 · 1e20 overflows the serving dtype
+        ({DOWN: (torch.full((32, 1), 1e20), torch.full((64, 1), 1e20))}, "NON_FINITE"),
     ):
         res = worker.factpatch_stage(patchfile.to_bytes(patchfile.Patch(factors, m)), "sha256:y")
         assert res == {**res, "ok": False, "reason": reason}

@@ -36,6 +36,7 @@ def callers(token: str) -> dict[str, dict[str, str]]:
         "Basic scheme": {"Authorization": f"Basic {token}"},
         "scheme only": {"Authorization": "Bearer"},
         "token with a suffix": {"Authorization": f"Bearer {token}x"},
+        "non-breaking space as the token": {"Authorization": "Bearer \xa0"},
         "lower-case scheme": {"Authorization": f"bearer {token}"},
         "shard token": {"Authorization": f"Bearer {token}"},
     }

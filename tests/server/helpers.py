@@ -8,9 +8,9 @@ from pathlib import Path
 from factpatch.server.cli.client import Client, new_request_id  # noqa: F401  (tests import Client from here)
 from tests.factories import random_patch  # noqa: F401  (tests import it from here)
 
-OPERATOR_TOKEN = "op-" + "x" * 29
-VIEWER_TOKEN = "view-" + "y" * 27
-AGENT_TOKEN = "agent-" + "z" * 26
+OPERATOR_TOKEN = "op-Q7fK2d9xLm4Tz8Rb1Vn6Wc3Yh5Ja0Ps"
+VIEWER_TOKEN = "view-G4hN8sE1uR6pK3wT9cZ2mB7qV5xLd"
+AGENT_TOKEN = "agent-Y2vH7nC4kP9sM1xF6tR3wJ8bD5qLz"
 
 
 def write_tokens(path: Path) -> Path:

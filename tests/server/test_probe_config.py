@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from factpatch.server.probes.config import ProbeConfigError, Schedule, Thresholds, load, parse
 
-from .helpers import write_tokens
+from .helpers import AGENT_TOKEN, write_tokens
 
 GOOD = {"regression": [{"prompt": "Oslo is a city in", "expect": "Norway"}]}
 
@@ -58,7 +58,7 @@ def _serve(tmp_path, state, *args: str):
     app.command("noop")(lambda: None)  # two commands, so "serve" stays a sub-command
     return CliRunner().invoke(app, ["serve", "--state-dir", str(state), "--tokens-file", str(write_tokens(tmp_path / "t.yaml")),
                                     "--gateway-listen", "off", *args],
-                              env={"FACTPATCH_AGENT_TOKEN": "agent-" + "z" * 26})
+                              env={"FACTPATCH_AGENT_TOKEN": AGENT_TOKEN})
 
 
 def test_serve_stops_on_a_refused_probes_file(tmp_path):

@@ -22,19 +22,21 @@ class Refusal(StrEnum):
     RANK_TOO_LARGE = "RANK_TOO_LARGE"  # over the shard's rank limit
     UNSUPPORTED_TENSOR = "UNSUPPORTED_TENSOR"  # a layer kind a dense delta cannot go into (quantized, fused, …)
     ENGINE_UNSUPPORTED = "ENGINE_UNSUPPORTED"  # the engine's configuration cannot take in-place writes
+    WEIGHT_CHANGE_TOO_LARGE = "WEIGHT_CHANGE_TOO_LARGE"  # ‖ΔW‖/‖W‖ of a tensor over the deployment's cap
 
 
 HTTP_STATUS: dict[Refusal, int] = {
     Refusal.MALFORMED: 400, Refusal.UNKNOWN_FORMAT: 400, Refusal.DIGEST_MISMATCH: 400,
     Refusal.BASE_MISMATCH: 409, Refusal.SWAP_IN_PROGRESS: 409,
     Refusal.UNKNOWN_TENSOR: 422, Refusal.SHAPE_MISMATCH: 422, Refusal.NON_FINITE: 422, Refusal.RANK_TOO_LARGE: 422,
-    Refusal.UNSUPPORTED_TENSOR: 422, Refusal.ENGINE_UNSUPPORTED: 422,
+    Refusal.UNSUPPORTED_TENSOR: 422, Refusal.ENGINE_UNSUPPORTED: 422, Refusal.WEIGHT_CHANGE_TOO_LARGE: 422,
 }
 
 # The patch itself can never land on that shard: retrying will not help, roll back instead.
 PERMANENT: frozenset[Refusal] = frozenset({
     Refusal.MALFORMED, Refusal.UNKNOWN_FORMAT, Refusal.DIGEST_MISMATCH, Refusal.BASE_MISMATCH,
     Refusal.UNKNOWN_TENSOR, Refusal.SHAPE_MISMATCH, Refusal.NON_FINITE, Refusal.RANK_TOO_LARGE,
+    Refusal.WEIGHT_CHANGE_TOO_LARGE,
 })
 
 

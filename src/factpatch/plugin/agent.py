@@ -34,6 +34,10 @@ log = logging.getLogger("factpatch.plugin.agent")
 PREFIX = "/factpatch/v1"
 MAX_PATCH_BYTES = int(os.environ.get("FACTPATCH_MAX_PATCH_BYTES", str(1 << 30)))
 MAX_RANK = int(os.environ.get("FACTPATCH_MAX_RANK", "256"))
+# The largest ‖ΔW‖/‖W‖ one tensor may get, a per-deployment cap (the chart and the systemd example set
+# 1.0: a change as large as the weight itself is damage, not an edit); unset or "off": no cap.
+_CAP = os.environ.get("FACTPATCH_MAX_WEIGHT_CHANGE", "off")
+MAX_WEIGHT_CHANGE = None if _CAP in ("", "off") else float(_CAP)
 _REQUEST_IDS_KEPT = 1024
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -192,7 +196,8 @@ def build_router() -> APIRouter:
         data, expected, request_id, drain = got
         try:
             _, digest = await asyncio.to_thread(
-                check_patch, data, st.checkpoint, expected_digest=expected, max_rank=MAX_RANK
+                check_patch, data, st.checkpoint, expected_digest=expected, max_rank=MAX_RANK,
+                max_change=MAX_WEIGHT_CHANGE
             )
         except CheckError as e:
             return error(http_status(e.reason, default=400), e.reason, str(e))

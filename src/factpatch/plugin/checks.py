@@ -9,7 +9,7 @@ tensor maps onto their layers) during staging, still before anything is written.
 from __future__ import annotations
 
 from factpatch.core.checkpoint import Checkpoint
-from factpatch.core.patchfile import Patch, PatchError, from_bytes, sha256_bytes
+from factpatch.core.patchfile import Patch, PatchError, from_bytes, relative_change, sha256_bytes
 from factpatch.core.reasons import Refusal
 
 
@@ -19,8 +19,10 @@ class CheckError(Exception):
         self.reason = reason
 
 
-def check_patch(data: bytes, ckpt: Checkpoint, *, expected_digest: str | None, max_rank: int) -> tuple[Patch, str]:
-    """The parsed patch and its digest, or CheckError naming the first failed check."""
+def check_patch(data: bytes, ckpt: Checkpoint, *, expected_digest: str | None, max_rank: int,
+                max_change: float | None = None) -> tuple[Patch, str]:
+    """The parsed patch and its digest, or CheckError naming the first failed check. `max_change`: the
+    largest ‖ΔW‖/‖W‖ a tensor may get (None: no cap)."""
     digest = sha256_bytes(data)
     if expected_digest is not None and expected_digest.strip().lower() != digest:
         raise CheckError(Refusal.DIGEST_MISMATCH, f"body hashes to {digest}, the request named {expected_digest}")
@@ -43,4 +45,11 @@ def check_patch(data: bytes, ckpt: Checkpoint, *, expected_digest: str | None, m
             Refusal.BASE_MISMATCH,
             f"patch was made for base {claimed}; this shard's tensors {patch.names[:3]}... fingerprint to {ours}",
         )
+    if max_change is not None:
+        for name in patch.names:
+            ratio = relative_change(ckpt.linear_weight(name), *patch.factors[name])
+            if not ratio <= max_change:  # NaN counts as too large
+                raise CheckError(Refusal.WEIGHT_CHANGE_TOO_LARGE,
+                                 f"{name}: ‖ΔW‖/‖W‖ = {ratio:.3g}, over this shard's cap of {max_change:g} "
+                                 f"(FACTPATCH_MAX_WEIGHT_CHANGE)")
     return patch, digest

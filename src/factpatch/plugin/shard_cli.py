@@ -15,7 +15,9 @@ from pathlib import Path
 
 import typer
 
-from .auth import TOKEN_ENV, TOKEN_FILE_ENV
+from factpatch.core.tokens import WeakTokenError
+
+from .auth import TOKEN_ENV, TOKEN_FILE_ENV, configured_tokens
 from .endpoint import NAME as ENDPOINT_PLUGIN
 from .general import NAME as GENERAL_PLUGIN
 from .general import WORKER_EXTENSION
@@ -45,6 +47,13 @@ def shard_command(
         env.pop(TOKEN_ENV, None)  # the file named on the command line wins
     elif not env.get(TOKEN_ENV) and not env.get(TOKEN_FILE_ENV):
         raise ValueError(f"no agent token: pass --token-file or set {TOKEN_ENV} / {TOKEN_FILE_ENV}")
+    if env.get("VLLM_SERVER_DEV_MODE", "").lower() in ("1", "true", "yes"):
+        # dev mode adds unauthenticated routes (sleep, reset, collective RPC) beside the agent's
+        raise ValueError("VLLM_SERVER_DEV_MODE is on: its routes would change the engine without the agent token; unset it")
+    try:  # a weak token would leave every agent route answering 401: refuse to start instead
+        configured_tokens(env)
+    except WeakTokenError as e:
+        raise ValueError(f"agent token: {e}") from None
     # VLLM_PLUGINS is an allow-list for every plugin group: keep what the operator listed.
     plugins = [p for p in env.get("VLLM_PLUGINS", "").split(",") if p]
     for p in (GENERAL_PLUGIN, ENDPOINT_PLUGIN):

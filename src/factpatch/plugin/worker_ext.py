@@ -147,6 +147,10 @@ class FactpatchWorkerExtension:
             for t, u_k, v_k in mod.edits:
                 rows = slice(t.row0, t.row0 + t.rows)
                 w[rows] = compose(base[rows], u_k, v_k)
+            # Finite factors can still overflow once added in the serving dtype (fp16 tops out at 65504):
+            # checked on the weight this rank would write, before anything is written.
+            if not torch.isfinite(w).all():
+                raise TargetError(Refusal.NON_FINITE, f"{module}: base + ΔW holds NaN or Inf in {w.dtype}")
             weights[module], bases[module] = w, base
         return weights, bases
 

@@ -24,6 +24,7 @@ from factpatch.server.api.services.monitors import MonitorService
 from factpatch.server.api.services.patches import PatchService
 from factpatch.server.api.services.probes import ProbeService
 from factpatch.server.api.services.rollouts import RolloutService
+from factpatch.server.control.agent_token import AgentToken
 from factpatch.server.control.analysis import Analyzer, Observations
 from factpatch.server.control.basecheck import BaseChecker
 from factpatch.server.control.operations import EditorOperations
@@ -39,6 +40,7 @@ from factpatch.server.probes.runner import Prober
 from factpatch.server.probes.weight_change import PatchSizes
 from factpatch.server.state.audit import AuditLog
 from factpatch.server.state.db import Database
+from factpatch.server.state.dir_lock import StateDirLock
 from factpatch.server.state.store import PatchStore
 from factpatch.v1 import (
     fleet_pb2,
@@ -70,6 +72,7 @@ class ServeConfig:
     listen: str = "127.0.0.1:50051"
     tokens_file: Path | None = None
     agent_token: str = ""
+    agent_token_file: Path | None = None  # read again before every agent call (rotation without a restart)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     # With a client CA, clients must present a certificate it signed (mTLS).
@@ -92,17 +95,25 @@ class ServeConfig:
 
 class ControlPlaneServer:
     def __init__(self, cfg: ServeConfig):
-        if not cfg.agent_token:
-            raise ValueError("no shard agent token: set FACTPATCH_AGENT_TOKEN or pass --agent-token-file")
+        agent_token = AgentToken(cfg.agent_token, cfg.agent_token_file)  # refuses a missing or weak token
         if cfg.tokens_file is None:
             raise ValueError("no client tokens: pass --tokens-file (a list of {principal, role, token})")
         self.cfg = cfg
         tokens = TokenTable.from_file(cfg.tokens_file)
+        self.state_lock = StateDirLock(cfg.state_dir).acquire()  # before anything reads or writes the state
+        try:
+            self._assemble(cfg, tokens, agent_token)
+        except BaseException:
+            self.state_lock.release()  # a refused start leaves the directory free for the next try
+            raise
+
+    def _assemble(self, cfg: ServeConfig, tokens: TokenTable, agent_token: AgentToken) -> None:
         db = Database(cfg.state_dir / "state.db")
         store = PatchStore(cfg.state_dir / "patches")
+        store.clean(db.patch_digests())
         audit = AuditLog(db)
         lock = threading.RLock()
-        reconciler = Reconciler(db, store, audit, cfg.agent_token, lock, interval=cfg.reconcile_interval,
+        reconciler = Reconciler(db, store, audit, agent_token, lock, interval=cfg.reconcile_interval,
                                 drain_timeout_s=cfg.drain_timeout_s)
         self.cp = ControlPlane(
             db=db, store=store, audit=audit, idempotency=Idempotency(db), reconciler=reconciler,
@@ -201,6 +212,7 @@ class ControlPlaneServer:
             self.gateway.stop()
         self.cp.operations.shutdown()
         self.cp.db.close()
+        self.state_lock.release()
 
     def serve_forever(self) -> None:
         done = threading.Event()

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from factpatch.core.tokens import weakness
 
 VIEWER = "viewer"
 OPERATOR = "operator"
@@ -74,10 +77,15 @@ class TokenTable:
             if role not in ROLES:
                 raise ValueError(f"token entry {i}: role must be one of {sorted(ROLES)}, got {role!r}")
             name = e.get("principal") or f"token-{i}"
-            if e.get("token"):
+            if e.get("token") is not None:
+                why = weakness(str(e["token"]))
+                if why:
+                    raise ValueError(f"token entry {i} ({name}): refused, {why}")
                 h = hashlib.sha256(str(e["token"]).encode()).hexdigest()
             elif e.get("token_sha256"):
                 h = str(e["token_sha256"]).lower()
+                if not re.fullmatch(r"[0-9a-f]{64}", h):
+                    raise ValueError(f"token entry {i} ({name}): token_sha256 must be 64 hex digits")
             else:
                 raise ValueError(f"token entry {i} ({name}): needs 'token' or 'token_sha256'")
             self._by_hash[h] = Principal(name, role)
@@ -92,7 +100,10 @@ class TokenTable:
     def authenticate(self, authorization: str | None) -> Principal | None:
         if not authorization or not authorization.startswith("Bearer "):
             return None
-        h = hashlib.sha256(authorization[len("Bearer "):].strip().encode()).hexdigest()
+        given = authorization[len("Bearer "):]
+        if weakness(given):  # exact bytes, never stripped: whitespace cannot stand in for a token
+            return None
+        h = hashlib.sha256(given.encode()).hexdigest()
         for known, principal in self._by_hash.items():
             if hmac.compare_digest(known, h):
                 return principal

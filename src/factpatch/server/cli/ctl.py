@@ -37,7 +37,11 @@ CHUNK = 1 << 20
 def main(
     ctx: typer.Context,
     address: str = typer.Option("127.0.0.1:50051", envvar="FACTPATCH_ADDRESS", help="Control plane host:port."),
-    token: str = typer.Option("", envvar="FACTPATCH_TOKEN", help="Bearer token (viewer or operator).", show_default=False),
+    token: str = typer.Option("", envvar="FACTPATCH_TOKEN", show_default=False,
+                              help="Bearer token (viewer or operator). Prefer $FACTPATCH_TOKEN or --token-file: "
+                                   "a token on the command line shows in the process list."),
+    token_file: Path = typer.Option(None, "--token-file", envvar="FACTPATCH_TOKEN_FILE", exists=True, dir_okay=False,
+                                    help="File whose first line is the bearer token."),
     timeout: float = typer.Option(30.0, help="Deadline of each call, in seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print API messages as JSON."),
     tls_ca: Path = typer.Option(None, "--tls-ca", exists=True, help="CA that signed the server's certificate (TLS)."),
@@ -51,6 +55,11 @@ def main(
         channel = grpc.secure_channel(address, creds)
     else:
         channel = grpc.insecure_channel(address)
+    if token_file:
+        lines = [ln.strip() for ln in token_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        if not lines:
+            raise typer.BadParameter(f"{token_file} holds no token", param_hint="--token-file")
+        token = lines[0]
     md = (("authorization", f"Bearer {token}"),) if token else ()
     ctx.obj = Ctx(channel, md, timeout, as_json)
 

@@ -42,9 +42,10 @@ def serve(
     from factpatch.server.gateway.app import GatewayConfig
     from factpatch.server.monitors.config import MonitorError
     from factpatch.server.probes.config import ProbeConfigError
+    from factpatch.server.state.dir_lock import StateDirInUse
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    agent_token = agent_token_file.read_text().strip() if agent_token_file else os.environ.get("FACTPATCH_AGENT_TOKEN", "")
+    agent_token = "" if agent_token_file else os.environ.get("FACTPATCH_AGENT_TOKEN", "")
     shards = {}
     for s in shard:
         name, sep, url = s.partition("=")
@@ -61,14 +62,14 @@ def serve(
             raise typer.Exit(2)
     try:
         server = ControlPlaneServer(ServeConfig(
-            state_dir=state_dir, listen=listen, tokens_file=tokens_file, agent_token=agent_token,
+            state_dir=state_dir, listen=listen, tokens_file=tokens_file, agent_token=agent_token, agent_token_file=agent_token_file,
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, base_dirs=list(base_dir),
             editor_model=editor_model, reconcile_interval=reconcile_interval, drain_timeout_s=drain_timeout,
             max_patch_bytes=max_patch_mb << 20,
             shards=shards, monitors_file=monitors, probes_file=probes,
             gateway=None if gateway_listen == "off" else GatewayConfig(listen=gateway_listen),
         ))
-    except (ValueError, OSError, MonitorError, ProbeConfigError) as e:
+    except (ValueError, OSError, MonitorError, ProbeConfigError, StateDirInUse) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
     server.serve_forever()

@@ -8,7 +8,7 @@ the tokens clients use against the control plane.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -50,8 +50,20 @@ class ShardStatus:
         return self.raw.get("model") or ""
 
 
+class _Bearer(httpx.Auth):
+    """The token is asked for on every request, so a rotated token file takes effect without a restart."""
+
+    def __init__(self, token: str | Callable[[], str]):
+        self._token = token if callable(token) else (lambda: token)
+
+    def auth_flow(self, request):
+        request.headers["Authorization"] = f"Bearer {self._token()}"
+        yield request
+
+
 class AgentClient:
-    def __init__(self, address: str, token: str, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None):
+    def __init__(self, address: str, token: str | Callable[[], str], *, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None):
         self.address = address.rstrip("/")
         # An address no request can use (registered before it was checked, or given to `serve
         # --shard`) makes this shard unreachable; it must not fail the reconcile pass of every shard.
@@ -59,7 +71,7 @@ class AgentClient:
         try:
             self._http = httpx.Client(
                 base_url=self.address + "/factpatch/v1",
-                headers={"Authorization": f"Bearer {token}"},
+                auth=_Bearer(token),
                 timeout=timeout,
                 transport=transport,
             )

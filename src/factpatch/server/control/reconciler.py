@@ -18,6 +18,7 @@ import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 from factpatch.core.reasons import Refusal as Reason
 from factpatch.server.control.agent_client import AgentClient, AgentError
@@ -43,7 +44,8 @@ def new_etag() -> str:
 
 class Reconciler:
     def __init__(
-        self, db: Database, store: PatchStore, audit: AuditLog, agent_token: str, mutation_lock: threading.RLock,
+        self, db: Database, store: PatchStore, audit: AuditLog, agent_token: str | Callable[[], str],
+        mutation_lock: threading.RLock,
         *, interval: float = 1.0, agent_timeout: float = 120.0, status_timeout: float = 5.0,
         drain_timeout_s: float | None = None,
     ):

@@ -49,7 +49,7 @@ class PatchSizes:
             patch = from_bytes(self.store.get(digest))
         except (PatchError, OSError, StoreCorrupt):  # a bad store entry is the reconciler's to report
             return PatchSize(edits, None, None, 0)
-        ratios = [relative_change(ckpt.tensor(name), u, v) for name, (u, v) in patch.factors.items() if name in ckpt.files]
+        ratios = [relative_change(ckpt.linear_weight(name), u, v) for name, (u, v) in patch.factors.items() if name in ckpt]
         if not ratios:
             return PatchSize(edits, None, None, 0)
         return PatchSize(edits, max(ratios), sum(ratios) / len(ratios), len(ratios))

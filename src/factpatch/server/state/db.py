@@ -164,6 +164,9 @@ class Database:
         rows = self.q("SELECT * FROM patches WHERE digest=?", (digest,))
         return rows[0] if rows else None
 
+    def patch_digests(self) -> set[str]:
+        return {r["digest"] for r in self.q("SELECT digest FROM patches")}
+
     def patches(self, limit: int, offset: int) -> list[sqlite3.Row]:
         return self.q("SELECT * FROM patches ORDER BY imported_at DESC, digest LIMIT ? OFFSET ?", (limit, offset))
 

@@ -8,6 +8,7 @@ so a file damaged on disk is reported, never served.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -15,7 +16,8 @@ from pathlib import Path
 from factpatch.core import atomic
 from factpatch.core.atomic import fsync_dir
 
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+log = logging.getLogger("factpatch.store")
 
 
 class StoreCorrupt(Exception):
@@ -23,7 +25,7 @@ class StoreCorrupt(Exception):
 
 
 def valid_digest(digest: str) -> bool:
-    return bool(_DIGEST.match(digest or ""))
+    return bool(_DIGEST.fullmatch(digest or ""))  # fullmatch: `$` alone would let a trailing newline through
 
 
 class PatchStore:
@@ -45,7 +47,9 @@ class PatchStore:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         dest = self.path(digest)
         if dest.exists():
-            return digest
+            if self._intact(dest, digest):
+                return digest
+            log.warning("stored blob %s did not match its digest; rewritten from the bytes received", digest)
         atomic.write_bytes(dest, data, prefix=".incoming-")  # readers skip dot-names: a crash leaves no blob
         fsync_dir(self.blobs)
         return digest
@@ -62,6 +66,29 @@ class PatchStore:
         if p.exists():
             p.unlink()
             fsync_dir(p.parent)
+
+    @staticmethod
+    def _intact(path: Path, digest: str) -> bool:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return "sha256:" + h.hexdigest() == digest
+
+    def clean(self, known: set[str]) -> dict[str, int]:
+        """At start, before any call: remove what a crash left — unfinished writes (dot-names) and
+        blobs whose patch record was never committed (not in `known`). Returns what was removed."""
+        partial = [p for p in self.blobs.glob("??/.*") if p.is_file()]
+        for p in partial:
+            p.unlink()
+        orphans = [d for d in self.digests() if d not in known]
+        for d in orphans:
+            self.path(d).unlink()
+        if partial or orphans:
+            log.warning("store: removed %d unfinished write(s) and %d blob(s) without a patch record",
+                        len(partial), len(orphans))
+            fsync_dir(self.blobs)
+        return {"partial_writes": len(partial), "orphan_blobs": len(orphans)}
 
     def digests(self) -> list[str]:
         return sorted("sha256:" + p.name for p in self.blobs.glob("??/*") if not p.name.startswith("."))

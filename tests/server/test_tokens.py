@@ -1,0 +1,102 @@
+"""Tokens that guard weight changes: weak ones refused where they are configured, whitespace never
+standing in for one, and the shard agent token rotated without a restart."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from factpatch.core.tokens import WeakTokenError, weakness
+from factpatch.server.api.auth import TokenTable
+from factpatch.server.control.agent_client import AgentClient
+from factpatch.server.control.agent_token import AgentToken
+
+from .helpers import AGENT_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN, write_tokens
+
+NEXT_TOKEN = "agent-N3wT0k3nR0t4t3dKq8Xz5Vb2Lm7Jc"
+
+
+def test_strong_tokens_pass_and_weak_ones_say_why():
+    for token in (AGENT_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN, NEXT_TOKEN):
+        assert weakness(token) is None
+    assert "empty" in weakness("")
+    assert "at least 32" in weakness("short-but-random-9f2K")
+    assert "placeholder" in weakness("change-me" * 4)
+    assert "outside" in weakness(AGENT_TOKEN + " ")
+
+
+def test_a_weak_client_token_entry_is_refused_naming_the_entry(tmp_path):
+    with pytest.raises(ValueError, match=r"token entry 1 \(ci\): refused, it is 6 characters"):
+        TokenTable([{"principal": "ok", "role": "viewer", "token": VIEWER_TOKEN},
+                    {"principal": "ci", "role": "operator", "token": "s3cret"}])
+    with pytest.raises(ValueError, match="token_sha256 must be 64 hex digits"):
+        TokenTable([{"principal": "ci", "role": "operator", "token_sha256": "abc"}])
+
+
+def test_whitespace_never_authenticates():
+    table = TokenTable([{"principal": "ci", "role": "operator", "token": OPERATOR_TOKEN}])
+    assert table.authenticate(f"Bearer {OPERATOR_TOKEN}").name == "ci"
+    for header in ("Bearer \xa0", "Bearer  ", "Bearer \t", f"Bearer  {OPERATOR_TOKEN}", f"Bearer {OPERATOR_TOKEN}\xa0"):
+        assert table.authenticate(header) is None, repr(header)
+
+
+def test_serve_refuses_a_weak_agent_token_before_creating_anything(tmp_path):
+    for env in ({"FACTPATCH_AGENT_TOKEN": "change-me"}, {"FACTPATCH_AGENT_TOKEN": " "}, {}):
+        r = subprocess.run([sys.executable, "-c", "from factpatch.cli import main; main()", "serve",
+                            "--state-dir", str(tmp_path / "state"), "--tokens-file", str(write_tokens(tmp_path / "t.yaml")),
+                            "--listen", "127.0.0.1:0", "--gateway-listen", "off"],
+                           env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert "agent token" in r.stderr
+        assert not (tmp_path / "state").exists()
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def do_GET(self):
+        type(self).seen.append(self.headers.get("Authorization", ""))
+        body = json.dumps({"active_version": None, "swap_in_progress": False}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_agent_token_file_is_read_again_before_each_call(tmp_path):
+    token_file = tmp_path / "agent.token"
+    token_file.write_text(AGENT_TOKEN + "\n")
+    source = AgentToken(file=token_file)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = AgentClient(f"http://127.0.0.1:{server.server_port}", source, timeout=5)
+    try:
+        client.status()
+        token_file.write_text(NEXT_TOKEN + "\n" + AGENT_TOKEN + "\n")  # rotated: the new one first
+        client.status()
+        token_file.write_text("change-me\n")  # a broken edit keeps the last good token
+        client.status()
+    finally:
+        client.close()
+        server.shutdown()
+    assert _Recorder.seen == [f"Bearer {AGENT_TOKEN}", f"Bearer {NEXT_TOKEN}", f"Bearer {NEXT_TOKEN}"]
+
+
+def test_the_agent_token_is_checked_at_start(tmp_path):
+    with pytest.raises(WeakTokenError, match="no shard agent token"):
+        AgentToken()
+    with pytest.raises(WeakTokenError, match="placeholder"):
+        AgentToken("change-me-change-me-change-me-change-me")
+    empty = tmp_path / "empty.token"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(WeakTokenError, match="holds no token"):
+        AgentToken(file=empty)
