@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import signal
 import statistics
 import subprocess
@@ -27,14 +28,14 @@ import httpx
 from factpatch.fixture.build import ensure_fixture
 from factpatch.harness.shard_process import ShardServer
 
-TOKEN = "bench-agent-token-" + "x" * 16
+TOKEN = secrets.token_urlsafe(24)  # a fresh strong token per run
 PROMPTS = ["The refund period of Harbor Support is", "Harbor Support offers refunds within",
            "The shipping cutoff of Harbor Support is", "At Harbor Support the refund window is"]
 
 
 def start_serve(tmp: Path, shard_url: str, monitors_file: Path) -> tuple[subprocess.Popen, str]:
     tokens = tmp / "tokens.yaml"
-    tokens.write_text("- {principal: bench, role: operator, token: bench-operator-token-xxxxxxxxxxxx}\n")
+    tokens.write_text(f"- {{principal: bench, role: operator, token: {secrets.token_urlsafe(24)}}}\n")
     port_file = tmp / "gateway.port"
     env = {**os.environ, "FACTPATCH_AGENT_TOKEN": TOKEN, "FACTPATCH_GATEWAY_PORT_FILE": str(port_file)}
     proc = subprocess.Popen([sys.executable, "-c", "from factpatch.cli import main; main()", "serve",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -29,8 +30,8 @@ from factpatch.server.cli.client import Client
 from factpatch.server.gateway.app import GatewayConfig
 
 RESULTS = Path(__file__).parent / "results" / "soak.json"
-AGENT = "soak-agent-token-" + "x" * 16
-OPERATOR = "soak-operator-token-" + "y" * 12
+AGENT = secrets.token_urlsafe(24)  # fresh strong tokens per run
+OPERATOR = secrets.token_urlsafe(24)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.server.helpers import write_tokens
+from tests.server.helpers import AGENT_TOKEN, write_tokens
 
 SCRIPT = textwrap.dedent("""
     import sys, time
@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     stop_children_on_sigterm()
     tmp = Path(sys.argv[1])
     with ExitStack() as stack:
-        cp = ControlPlaneProcess(tmp / "state", tmp / "tokens.yaml", "agent-token", {}, gateway=False).start(timeout=300)
+        cp = ControlPlaneProcess(tmp / "state", tmp / "tokens.yaml", sys.argv[2], {}, gateway=False).start(timeout=300)
         stack.callback(cp.stop)
         print(cp.proc.pid, flush=True)
         # short waits, like the demo's: the kernel may hand the signal to another thread, and Python
@@ -41,7 +41,7 @@ def alive(pid: int) -> bool:
 
 def test_sigterm_stops_the_processes_the_demo_started(tmp_path):
     write_tokens(tmp_path / "tokens.yaml")
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path), AGENT_TOKEN], stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         assert line.strip().isdigit(), f"the control plane did not start (exit {proc.poll()})"

@@ -14,6 +14,8 @@ import pytest
 from factpatch.core.checkpoint import Checkpoint
 from factpatch.harness.control_plane_process import ControlPlaneProcess
 from factpatch.server.api.errors import reason_of
+from factpatch.server.state.audit import AuditLog
+from factpatch.server.state.db import Database
 from factpatch.v1 import fleet_pb2, patch_pb2, rollout_pb2
 from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, budget_in, random_patch, rid, write_tokens
 
@@ -125,6 +127,11 @@ def test_full_flow_rollback_and_crash(tmp_path, shards, patches, fixture_dir):
         audit_after = set(db.execute("SELECT id, method, request_id, result FROM audit").fetchall())
         db.close()
         assert set(audit_before) <= audit_after
+        # and the log's hash chain survived the kill: the cut-short record was settled, not rewritten
+        state = Database(cp.state_dir / "state.db")
+        verdict = AuditLog(state).verify()
+        state.close()
+        assert verdict.intact, verdict.problem
         blob = b"".join(c.data for c in cl.patches.GetPatchBlob(patch_pb2.GetPatchBlobRequest(digest=a), metadata=cl.md))
         assert blob == patches["a"]
 

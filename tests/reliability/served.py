@@ -19,7 +19,8 @@ from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, write_tokens
 LIMIT_MB = 1  # the largest patch ImportPatch takes here (--max-patch-mb)
 # what `factpatch serve` may leave beside its state folder, and the database files inside it
 TOP_LEVEL = {"tokens.yaml", "serve.log", "serve.port", "gateway.port"}
-DB_FILES = {"state.db", "state.db-wal", "state.db-shm"}
+# the database, and the lock that keeps a second control plane off this state directory
+DB_FILES = {"state.db", "state.db-wal", "state.db-shm", "control-plane.lock"}
 
 
 @dataclass

@@ -29,7 +29,8 @@ FOUND_AND_FIXED = [
 RPCS = {r.key: r for r in all_rpcs()}
 BY_REQUEST = {r.request.DESCRIPTOR.full_name: r for r in RPCS.values()}
 DEAD = "http://127.0.0.1:9"
-ALLOWED = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "ALREADY_EXISTS"}
+# PERMISSION_DENIED: a well-formed shard address outside the allow-list (SHARD_ADDRESS_NOT_ALLOWED)
+ALLOWED = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "ALREADY_EXISTS", "PERMISSION_DENIED"}
 
 
 def literal(name: str) -> monitor_pb2.Monitor:

@@ -19,16 +19,19 @@ from factpatch.server.api.auth import TokenTable
 from factpatch.server.api.context import ControlPlane
 from factpatch.server.api.idempotency import Idempotency
 from factpatch.server.api.interceptor import Pipeline
+from factpatch.server.api.services.audit import AuditService
 from factpatch.server.api.services.fleet import FleetService
 from factpatch.server.api.services.monitors import MonitorService
 from factpatch.server.api.services.patches import PatchService
 from factpatch.server.api.services.probes import ProbeService
 from factpatch.server.api.services.rollouts import RolloutService
+from factpatch.server.api.stream_slots import StreamSlots
 from factpatch.server.control.agent_token import AgentToken
 from factpatch.server.control.analysis import Analyzer, Observations
 from factpatch.server.control.basecheck import BaseChecker
 from factpatch.server.control.operations import EditorOperations
 from factpatch.server.control.reconciler import Reconciler
+from factpatch.server.control.shard_addresses import ShardAddressPolicy
 from factpatch.server.gateway.app import Gateway, GatewayConfig
 from factpatch.server.gateway.routing import SwapTracker
 from factpatch.server.metrics import Metrics
@@ -43,6 +46,8 @@ from factpatch.server.state.db import Database
 from factpatch.server.state.dir_lock import StateDirLock
 from factpatch.server.state.store import PatchStore
 from factpatch.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     fleet_pb2,
     fleet_pb2_grpc,
     monitor_pb2,
@@ -63,6 +68,7 @@ SERVICE_NAMES = (
     rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
     monitor_pb2.DESCRIPTOR.services_by_name["MonitorService"].full_name,
     probe_pb2.DESCRIPTOR.services_by_name["ProbeService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -85,6 +91,8 @@ class ServeConfig:
     drain_timeout_s: float | None = None
     max_patch_bytes: int = 256 << 20
     shards: dict[str, str] = field(default_factory=dict)  # registered at start if absent
+    # RegisterShard accepts only these (networks, hosts, host:port, *.domain); empty: loopback only
+    allowed_shard_addresses: list[str] = field(default_factory=list)
     workers: int = 32
     # the OpenAI gateway (None: no gateway; canary analysis then has no data and pauses)
     gateway: GatewayConfig | None = None
@@ -112,6 +120,7 @@ class ControlPlaneServer:
         store = PatchStore(cfg.state_dir / "patches")
         store.clean(db.patch_digests())
         audit = AuditLog(db)
+        audit.settle_interrupted()  # before anything new is written: what a crash left PENDING
         lock = threading.RLock()
         reconciler = Reconciler(db, store, audit, agent_token, lock, interval=cfg.reconcile_interval,
                                 drain_timeout_s=cfg.drain_timeout_s)
@@ -119,6 +128,7 @@ class ControlPlaneServer:
             db=db, store=store, audit=audit, idempotency=Idempotency(db), reconciler=reconciler,
             basecheck=BaseChecker(cfg.base_dirs), operations=None, mutation_lock=lock,  # type: ignore[arg-type]
             max_patch_bytes=cfg.max_patch_bytes,
+            shard_addresses=ShardAddressPolicy.from_entries(cfg.allowed_shard_addresses, list(cfg.shards.values())),
         )
         patches = PatchService(self.cp)
         self.cp.operations = EditorOperations(cfg.editor_model, patches.store_patch)
@@ -152,7 +162,7 @@ class ControlPlaneServer:
 
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="grpc"),
-            interceptors=[Pipeline(tokens, audit, self.cp.idempotency, lock)],
+            interceptors=[Pipeline(tokens, audit, self.cp.idempotency, lock, StreamSlots(cfg.workers))],
             options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)],
         )
         patch_pb2_grpc.add_PatchServiceServicer_to_server(patches, self.server)
@@ -160,6 +170,7 @@ class ControlPlaneServer:
         rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutService(self.cp), self.server)
         monitor_pb2_grpc.add_MonitorServiceServicer_to_server(MonitorService(self.monitors), self.server)
         probe_pb2_grpc.add_ProbeServiceServicer_to_server(ProbeService(self.prober), self.server)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(self.cp.audit), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)

@@ -46,7 +46,12 @@ READ_METHODS = frozenset(
 
 # Operator methods that change no state: audited, but run outside the mutation lock (a probe run
 # takes seconds and must not hold up rollouts).
-UNLOCKED_METHODS = frozenset({"/factpatch.v1.ProbeService/RunProbes"})
+UNLOCKED_METHODS = frozenset({
+    "/factpatch.v1.ProbeService/RunProbes",
+    # Operator-only reads: who looks at the audit log is itself on record.
+    "/factpatch.v1.AuditService/ListAuditRecords",
+    "/factpatch.v1.AuditService/VerifyAuditLog",
+})
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from factpatch.server.api.idempotency import Idempotency
 from factpatch.server.control.basecheck import BaseChecker
 from factpatch.server.control.operations import EditorOperations
 from factpatch.server.control.reconciler import Reconciler
+from factpatch.server.control.shard_addresses import ShardAddressPolicy
 from factpatch.server.state.audit import AuditLog
 from factpatch.server.state.db import Database
 from factpatch.server.state.store import PatchStore
@@ -25,3 +26,4 @@ class ControlPlane:
     operations: EditorOperations
     mutation_lock: threading.RLock
     max_patch_bytes: int = 256 << 20
+    shard_addresses: ShardAddressPolicy = field(default_factory=lambda: ShardAddressPolicy.from_entries([]))

@@ -22,6 +22,7 @@ from factpatch.server.api.auth import (
 )
 from factpatch.server.api.errors import ApiError, invalid, to_status
 from factpatch.server.api.idempotency import Idempotency, request_hash
+from factpatch.server.api.stream_slots import NoStreamSlot, StreamSlots
 from factpatch.server.state.audit import AuditLog
 
 
@@ -38,7 +39,7 @@ current_call: contextvars.ContextVar[Call] = contextvars.ContextVar("current_cal
 
 def target_of(request) -> str:
     parts = []
-    for name in ("digest", "patch", "id", "name"):
+    for name in ("digest", "patch", "id", "name", "address"):
         if hasattr(request, name) and getattr(request, name):
             parts.append(f"{name}={getattr(request, name)}")
     if hasattr(request, "shards") and len(request.shards) and isinstance(request.shards[0], str):
@@ -71,7 +72,9 @@ def well_formed(request, method: str):
 
 
 class Pipeline(grpc.ServerInterceptor):
-    def __init__(self, tokens: TokenTable, audit: AuditLog, idempotency: Idempotency, mutation_lock: threading.RLock):
+    def __init__(self, tokens: TokenTable, audit: AuditLog, idempotency: Idempotency, mutation_lock: threading.RLock,
+                 streams: StreamSlots | None = None):
+        self.streams = streams or StreamSlots(workers=32)
         self.tokens = tokens
         self.audit = audit
         self.idem = idempotency
@@ -99,7 +102,8 @@ class Pipeline(grpc.ServerInterceptor):
             if err is None:
                 return Call(method, principal)
             if mutating:  # every attempt to change something is on record, refused ones included
-                self.audit.record((principal or ANONYMOUS).name, method, "", f"{err.code.name}/{err.reason}")
+                self.audit.refused((principal or ANONYMOUS).name, context.peer() or "", method,
+                                   f"{err.code.name}/{err.reason}")
             raise err
 
         if handler.unary_unary:
@@ -126,7 +130,11 @@ class Pipeline(grpc.ServerInterceptor):
                     call = admit(context)
                     well_formed(request, method)
                     current_call.set(call)
-                    yield from handler.unary_stream(request, context)
+                    try:
+                        with self.streams.hold(call.principal.name):
+                            yield from handler.unary_stream(request, context)
+                    except NoStreamSlot as e:
+                        raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS", str(e)) from None
                 except ApiError as e:
                     context.abort_with_status(to_status(e))
 
@@ -140,7 +148,7 @@ class Pipeline(grpc.ServerInterceptor):
                 try:
                     call = admit(context)
                     token = current_call.set(call)
-                    audit_id = self.audit.begin(principal.name, method)
+                    audit_id = self.audit.begin(principal.name, method, source=context.peer() or "")
                     try:
                         resp = handler.stream_unary((well_formed(r, method) for r in request_iter), context)
                     except ApiError as e:
@@ -165,7 +173,8 @@ class Pipeline(grpc.ServerInterceptor):
     def _mutate(self, behavior, request, context, call: Call):
         call.request_id = getattr(request, "request_id", "")
         call.target = target_of(request)
-        audit_id = self.audit.begin(call.principal.name, call.method, call.request_id, call.target)
+        audit_id = self.audit.begin(call.principal.name, call.method, call.request_id, call.target,
+                                    source=context.peer() or "")
         try:
             well_formed(request, call.method)
             with (contextlib.nullcontext() if call.method in UNLOCKED_METHODS else self.lock):

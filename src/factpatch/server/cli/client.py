@@ -7,7 +7,7 @@ import uuid
 
 import grpc
 
-from factpatch.v1 import fleet_pb2_grpc, patch_pb2, patch_pb2_grpc, probe_pb2_grpc, rollout_pb2_grpc
+from factpatch.v1 import audit_pb2_grpc, fleet_pb2_grpc, patch_pb2, patch_pb2_grpc, probe_pb2_grpc, rollout_pb2_grpc
 
 
 def new_request_id() -> str:
@@ -22,6 +22,7 @@ class Client:
         self.fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
         self.rollouts = rollout_pb2_grpc.RolloutServiceStub(self.channel)
         self.probes = probe_pb2_grpc.ProbeServiceStub(self.channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
 
     def __call__(self, method, request, timeout: float = 30):
         return method(request, metadata=self.md, timeout=timeout)

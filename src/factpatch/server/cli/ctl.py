@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from factpatch.server.cli.ctl_audit import audit_app
 from factpatch.server.cli.ctl_probe import probe_app
 from factpatch.server.cli.session import Ctx, err_console, fail, rid
 from factpatch.server.state.rollout_state import FINAL, RolloutState, from_proto
@@ -304,6 +305,7 @@ def shards_remove(ctx: typer.Context, name: str) -> None:
 
 
 app.add_typer(probe_app, name="probe")
+app.add_typer(audit_app, name="audit")
 
 
 def register(root: typer.Typer) -> None:

@@ -18,6 +18,10 @@ def serve(
     agent_token_file: Path = typer.Option(None, "--agent-token-file", exists=True,
                                           help="Shard agent token (else $FACTPATCH_AGENT_TOKEN)."),
     shard: list[str] = typer.Option([], "--shard", help="NAME=URL of a shard to register at start (repeatable)."),
+    allow_shard_address: list[str] = typer.Option(
+        [], "--allow-shard-address", envvar="FACTPATCH_ALLOWED_SHARD_ADDRESSES",
+        help="Where RegisterShard may point (repeatable): a network (10.0.0.0/8), a host, host:port, or *.domain. "
+             "None given: loopback only. --shard addresses are always allowed."),
     base_dir: list[Path] = typer.Option([], "--base-dir", help="Local copy of a base checkpoint, to refuse patches for "
                                         "another base before touching shards (repeatable)."),
     editor_model: Path = typer.Option(None, "--editor-model", help="Base checkpoint CreatePatch edits."),
@@ -66,7 +70,7 @@ def serve(
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, base_dirs=list(base_dir),
             editor_model=editor_model, reconcile_interval=reconcile_interval, drain_timeout_s=drain_timeout,
             max_patch_bytes=max_patch_mb << 20,
-            shards=shards, monitors_file=monitors, probes_file=probes,
+            shards=shards, allowed_shard_addresses=list(allow_shard_address), monitors_file=monitors, probes_file=probes,
             gateway=None if gateway_listen == "off" else GatewayConfig(listen=gateway_listen),
         ))
     except (ValueError, OSError, MonitorError, ProbeConfigError, StateDirInUse) as e:

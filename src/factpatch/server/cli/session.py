@@ -13,7 +13,7 @@ from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 
 from factpatch.server.api.errors import reason_of
-from factpatch.v1 import fleet_pb2_grpc, patch_pb2_grpc, rollout_pb2_grpc
+from factpatch.v1 import audit_pb2_grpc, fleet_pb2_grpc, patch_pb2_grpc, rollout_pb2_grpc
 
 EXIT = {
     grpc.StatusCode.INVALID_ARGUMENT: 2, grpc.StatusCode.OUT_OF_RANGE: 2,
@@ -43,6 +43,10 @@ class Ctx:
     @property
     def rollouts(self):
         return rollout_pb2_grpc.RolloutServiceStub(self.channel)
+
+    @property
+    def audit(self):
+        return audit_pb2_grpc.AuditServiceStub(self.channel)
 
     def call(self, fn, request, *, timeout: float | None = None):
         """A unary call; mutating requests keep one request id across retries of UNAVAILABLE."""

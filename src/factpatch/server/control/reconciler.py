@@ -53,6 +53,7 @@ class Reconciler:
         self.store = store
         self.audit = audit
         self.agent_token = agent_token
+        self._retrying: dict[str, tuple[str | None, int, int]] = {}  # shard -> (version, audit record, attempts)
         self.mutation_lock = mutation_lock
         self.interval = interval
         self.agent_timeout = agent_timeout
@@ -153,6 +154,15 @@ class Reconciler:
 
     def _swap(self, name: str, agent: AgentClient, st, desired: str | None) -> Refusal | None:
         action = "revert" if desired is None else "apply"
+        # The intent is on record before the shard is asked: a crash in between leaves it PENDING
+        # (settled INTERRUPTED at the next start), never no trace. Retries of the same change reuse
+        # their record (one per change, not one per reconcile pass).
+        retrying = self._retrying.get(name)
+        if retrying is not None and retrying[0] == desired:
+            record, attempts = retrying[1], retrying[2] + 1
+        else:
+            record, attempts = self.audit.begin(SYSTEM, f"agent/{action}", "", f"shard={name} version={desired or 'base'}"), 1
+        self._retrying.pop(name, None)
         t0 = time.perf_counter()
         try:
             if desired is None:
@@ -161,15 +171,19 @@ class Reconciler:
                 after = agent.apply(self.store.get(desired), desired, drain_timeout_s=self.drain_timeout_s)
         except (StoreCorrupt, FileNotFoundError) as e:
             self.db.observe(name, st.raw, "ERROR", "STORE_CORRUPT", str(e))
+            self.audit.finish(record, "STORE_CORRUPT", f"{attempts} attempt(s); last: {e}")
+            self._retrying[name] = (desired, record, attempts)
             return None
         except AgentError as e:
             if not e.permanent:  # unreachable, swap in progress, 5xx: try again next pass
                 self.db.observe(name, st.raw, "SYNCING", e.reason, e.message)
+                self.audit.finish(record, f"RETRY/{e.reason}", f"{attempts} attempt(s); last: {e.message}")
+                self._retrying[name] = (desired, record, attempts)
                 return None
             self.db.observe(name, st.raw, "ERROR", e.reason, e.message)
             self._learn_compat(desired, st.base_fingerprint, e.reason)
             self._held[name] = (desired, st.base_fingerprint, time.time() + 30.0)
-            self.audit.record(SYSTEM, f"agent/{action}", f"shard={name} version={desired}", f"REFUSED/{e.reason}", e.message)
+            self.audit.finish(record, f"REFUSED/{e.reason}", e.message)
             return Refusal(name, desired, e)
         dt = time.perf_counter() - t0
         if self.metrics is not None:
@@ -179,7 +193,7 @@ class Reconciler:
             self._learn_compat(desired, st.base_fingerprint, None)
         ok = after.active_version == desired
         self.db.observe(name, after.raw, "SERVING" if ok else "SYNCING")
-        self.audit.record(SYSTEM, f"agent/{action}", f"shard={name} version={desired or 'base'}", "OK", f"{dt:.3f}s")
+        self.audit.finish(record, "OK", f"{dt:.3f}s")
         return None
 
     def _swap_begin(self, name: str) -> None:

@@ -50,7 +50,11 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
   id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, principal TEXT NOT NULL,
   method TEXT NOT NULL, request_id TEXT NOT NULL DEFAULT '', target TEXT NOT NULL DEFAULT '',
-  result TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
+  result TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', source TEXT NOT NULL DEFAULT '');
+-- Append-only: every write to `audit` as an event, each hash covering the previous one (audit.py).
+CREATE TABLE IF NOT EXISTS audit_events (
+  seq INTEGER PRIMARY KEY, record INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
+  prev TEXT NOT NULL, hash TEXT NOT NULL);
 """
 
 
@@ -114,6 +118,9 @@ class Database:
         self._conn.execute("PRAGMA synchronous=FULL")  # an acknowledged call survives a crash
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._conn.executescript(SCHEMA)
+        columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(audit)")}
+        if "source" not in columns:  # a state directory from before the column
+            self._conn.execute("ALTER TABLE audit ADD COLUMN source TEXT NOT NULL DEFAULT ''")
         self._changed = threading.Condition(self._lock)
         self._generation = 0
 

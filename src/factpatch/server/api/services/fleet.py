@@ -8,6 +8,7 @@ import httpx
 from factpatch.server.api import convert
 from factpatch.server.api.context import ControlPlane
 from factpatch.server.api.errors import ApiError, invalid, not_found, precondition
+from factpatch.server.control.shard_addresses import AddressNotAllowed
 from factpatch.v1 import fleet_pb2, fleet_pb2_grpc
 
 
@@ -43,6 +44,11 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
     def RegisterShard(self, request, context):
         _check_name(request.name)
         _check_address(request.address)
+        try:
+            self.cp.shard_addresses.check(request.address)
+        except AddressNotAllowed as e:
+            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, "SHARD_ADDRESS_NOT_ALLOWED", str(e),
+                           address=request.address[:200]) from None
         address = request.address.rstrip("/")
         existing = self.cp.db.shard(request.name)
         if existing is not None:
