@@ -97,12 +97,13 @@ class Stack:
             time.sleep(0.1)
 
     def complete(self, prompt: str, *, key: str | None = None, route: str | None = None, max_tokens: int = 4,
-                 **body) -> httpx.Response:
+                 route_token: str = OPERATOR_TOKEN, **body) -> httpx.Response:
         headers = {}
         if key:
             headers["X-Factpatch-Route-Key"] = key
         if route:
             headers["X-Factpatch-Route"] = route
+            headers["X-Factpatch-Route-Token"] = route_token
         return self.http.post("/v1/completions", headers=headers, json={
             "model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, **body})
 

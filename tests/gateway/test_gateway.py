@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from factpatch.server.monitors.stale import monitor_name
+from tests.server.helpers import VIEWER_TOKEN
 
 pytestmark = pytest.mark.vllm
 
@@ -49,7 +50,14 @@ def test_split_sticky_keys_and_override(stack, fix_patch, fact):
             stack.complete(fact.prompts[1], max_tokens=1, user=key)
         assert again.headers["X-Factpatch-Version"] == served[key][0]
 
-    # QA override wins over the key
+    # QA override: only with an operator token, and never a sample for the canary's analysis
+    for token in ("", VIEWER_TOKEN, "not-a-token"):
+        refused = stack.complete(fact.prompts[0], route="canary", route_token=token)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "route_override_forbidden"
+    seen = len(stack.srv.observations.since(0))
+    stack.complete(fact.prompts[0], route="canary")
+    assert len(stack.srv.observations.since(0)) == seen
+    # ... and with one it wins over the key
     for route, version, shard in (("canary", patch, "s0"), ("base", "base", "s1")):
         resp = stack.complete(fact.prompts[0], key="customer-1", route=route)
         assert (resp.headers["X-Factpatch-Version"], resp.headers["X-Factpatch-Shard"],

@@ -10,12 +10,13 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from factpatch.server.api.auth import TokenTable
+from factpatch.server.api.auth import OPERATOR, TokenTable, allowed
 from factpatch.server.api.context import ControlPlane
 from factpatch.server.api.idempotency import Idempotency
 from factpatch.server.api.interceptor import Pipeline
@@ -101,6 +102,13 @@ class ServeConfig:
     probes_file: Path | None = None
 
 
+def _operator_token(tokens: TokenTable) -> Callable[[str | None], bool]:
+    def check(token: str | None) -> bool:
+        principal = tokens.authenticate(f"Bearer {token}") if token else None
+        return principal is not None and allowed(principal, OPERATOR)
+    return check
+
+
 class ControlPlaneServer:
     def __init__(self, cfg: ServeConfig):
         agent_token = AgentToken(cfg.agent_token, cfg.agent_token_file)  # refuses a missing or weak token
@@ -153,7 +161,8 @@ class ControlPlaneServer:
         if self.prober:
             self.prober.swaps = swaps
         reconciler.analyzer = Analyzer(db, self.observations if cfg.gateway else None, self._stale_scopes, self.metrics)
-        self.gateway = Gateway(cfg.gateway, db, self.monitors, self.metrics, swaps, self.observations) if cfg.gateway else None
+        self.gateway = Gateway(cfg.gateway, db, self.monitors, self.metrics, swaps, self.observations,
+                              may_force_route=_operator_token(tokens)) if cfg.gateway else None
         self.metrics.sources(
             shards=self.gateway.router.shards if self.gateway else None,
             rollouts=lambda: [(r, self._canary_share(r)) for r in db.rollouts(limit=50)],

@@ -3,7 +3,8 @@
 
 Routing headers (request):
   X-Factpatch-Route-Key: sticky key (else the body's `user` field) — one key, one version
-  X-Factpatch-Route: canary | base — QA override; 503 when that side has no shard
+  X-Factpatch-Route: canary | base — QA override, with X-Factpatch-Route-Token: <an operator token>;
+    403 without it, 503 when that side has no shard. Forced requests never count in canary analysis.
 Response headers: X-Factpatch-Version (digest or "base"), X-Factpatch-Shard, X-Factpatch-Route.
 """
 
@@ -15,7 +16,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
@@ -32,6 +33,7 @@ log = logging.getLogger("factpatch.gateway")
 
 KEY_HEADER = "X-Factpatch-Route-Key"
 ROUTE_HEADER = "X-Factpatch-Route"
+ROUTE_TOKEN_HEADER = "X-Factpatch-Route-Token"
 VERSION_HEADER = "X-Factpatch-Version"
 SHARD_HEADER = "X-Factpatch-Shard"
 MAX_BODY = 16 << 20
@@ -58,7 +60,9 @@ def openai_error(status: int, message: str, *, type_: str = "invalid_request_err
 
 class Gateway:
     def __init__(self, cfg: GatewayConfig, db: Database, registry: MonitorRegistry, metrics: Metrics,
-                 swaps: SwapTracker, observations: Observations):
+                 swaps: SwapTracker, observations: Observations,
+                 may_force_route: Callable[[str | None], bool] = lambda token: False):
+        self.may_force_route = may_force_route  # is this X-Factpatch-Route-Token an operator's?
         self.cfg = cfg
         self.db = db
         self.monitors = registry
@@ -203,6 +207,10 @@ class Gateway:
         if route is not None and route not in (CANARY, BASE):
             return None, openai_error(400, f"header {ROUTE_HEADER} must be 'canary' or 'base', got {route!r}",
                                       param=ROUTE_HEADER)
+        # A client steering itself onto one side would also steer the canary's analysis.
+        if route is not None and not self.may_force_route(request.headers.get(ROUTE_TOKEN_HEADER)):
+            return None, openai_error(403, f"header {ROUTE_HEADER} needs {ROUTE_TOKEN_HEADER} with an operator token",
+                                      type_="permission_error", param=ROUTE_TOKEN_HEADER, code="route_override_forbidden")
         return body, None
 
     async def _proxy(self, request: web.Request, path: str, chat: bool) -> web.StreamResponse:
@@ -284,9 +292,11 @@ class Gateway:
             self.router.swaps.leave(shard.name)
             matched = scanner.close()
             if failed != "client_gone":
-                self._record(shard, resp.status, failed, time.perf_counter() - t0, compiled, mentioned, matched)
+                self._record(shard, resp.status, failed, time.perf_counter() - t0, compiled, mentioned, matched,
+                             forced=request.headers.get(ROUTE_HEADER) is not None)
 
-    def _record(self, shard, status: int, failed: str | None, latency: float, compiled, mentioned, matched) -> None:
+    def _record(self, shard, status: int, failed: str | None, latency: float, compiled, mentioned, matched,
+                forced: bool = False) -> None:
         v, s = version_label(shard.version), shard.name
         m = self.metrics
         m.requests.labels(v, s).inc()
@@ -299,6 +309,7 @@ class Gateway:
             m.monitor_counts.record(("", *mentioned), v, s)
             names = frozenset(compiled.monitors[i].name for i in matched & evaluated)
             m.monitor_counts.match(names, v, s)
-        # 4xx are the client's doing: neither an error of the version nor a sample for it
-        if failed or status < 400:
+        # 4xx are the client's doing: neither an error of the version nor a sample for it; QA's forced
+        # requests are not a sample of the traffic the canary gets
+        if (failed or status < 400) and not forced:
             self.observations.add(Observation(time.time(), shard.version, s, bool(failed), latency, names, mentioned))
