@@ -123,6 +123,9 @@ def test_an_unauthenticated_flood_is_counted_not_stored_per_call(tmp_path):
             with pytest.raises(grpc.RpcError):
                 anon(anon.fleet.RegisterShard, fleet_pb2.RegisterShardRequest(request_id=rid(), name="x", address="http://x"))
         anon.close()
+        events = len(srv.cp.db.q("SELECT seq FROM audit_events"))
+        assert events <= 2 + 16 + 3  # a begin, then writes at counts 1-16, 32, 64 and 128: not 150
+        srv.cp.audit.flush_refusals()  # the exact count, as at stop or before a listing
         rows = [e for e in srv.cp.audit.entries() if e.method.endswith("RegisterShard")]
         assert len(rows) == 1
         assert rows[0].principal == "anonymous" and rows[0].result == "UNAUTHENTICATED/UNAUTHENTICATED"

@@ -231,6 +231,7 @@ class ControlPlaneServer:
         if self.gateway:
             self.gateway.stop()
         self.cp.operations.shutdown()
+        self.cp.audit.flush_refusals()
         self.cp.db.close()
         self.state_lock.release()
 

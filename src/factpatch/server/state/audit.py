@@ -59,6 +59,7 @@ class _RefusalWindow:
     start: float
     count: int = 1
     result: str = ""
+    written: int = 0  # the count the record says
 
 
 def _digest(prev: str, seq: int, record: int, kind: str, body: str) -> str:
@@ -114,7 +115,9 @@ class AuditLog:
 
     def refused(self, principal: str, source: str, method: str, result: str) -> None:
         """A call refused before it ran. Known principals get a record each; calls without a valid
-        token are counted in one record per source, method, reason and window."""
+        token are counted in one record per source, method, reason and window, and the count is
+        written at 1-16 and then at powers of two (a flood costs log₂ n writes, not n);
+        `flush_refusals` writes the exact counts."""
         if principal not in ("anonymous", ""):
             self.record(principal, method, "", result, source=source)
             return
@@ -126,17 +129,36 @@ class AuditLog:
             if window is not None and now - window.start < self.refusal_window_s:
                 window.count += 1
                 count, record = window.count, window.record
+                write = count <= 16 or count & (count - 1) == 0
+                if write:
+                    window.written = count
             else:
                 window = None
         if window is not None:
-            self.finish(record, result, f"{count} calls refused from {host} since {_iso(window.start)}")
+            if write:
+                self.finish(record, result, _refusal_detail(count, host, window.start))
             return
         record = self.begin(principal or "anonymous", method, "", "", host)
-        self.finish(record, result, f"1 call refused from {host} since {_iso(now)}")
+        self.finish(record, result, _refusal_detail(1, host, now))
         with self._refusals_lock:
-            self._refusals[key] = _RefusalWindow(record, now, 1, result)
-            if len(self._refusals) > 4096:  # forget closed windows
+            self._refusals[key] = _RefusalWindow(record, now, 1, result, written=1)
+            crowded = len(self._refusals) > 4096
+        if crowded:  # settle and forget the windows that are over
+            self.flush_refusals(closed_only=True)
+
+    def flush_refusals(self, closed_only: bool = False) -> None:
+        """Write the exact count of every refusal window whose record lags behind (at stop, before a
+        listing); with `closed_only`, only of windows that are over, which are then forgotten."""
+        now = time.time()
+        with self._refusals_lock:
+            due = [(k, w) for k, w in self._refusals.items()
+                   if w.count != w.written and (not closed_only or now - w.start >= self.refusal_window_s)]
+            for _, w in due:
+                w.written = w.count
+            if closed_only:
                 self._refusals = {k: w for k, w in self._refusals.items() if now - w.start < self.refusal_window_s}
+        for (host, _, _, _), w in due:
+            self.finish(w.record, w.result, _refusal_detail(w.count, host, w.start))
 
     def settle_interrupted(self) -> int:
         """At start: records a crash left PENDING become INTERRUPTED. Returns how many."""
@@ -200,6 +222,10 @@ class AuditLog:
                     return Verdict(False, len(records), len(events), head, record,
                                    f"record {record}: {k} is {have[k]!r}, the log wrote {want[k]!r}")
         return Verdict(True, len(records), len(events), head)
+
+
+def _refusal_detail(count: int, host: str, since: float) -> str:
+    return f"{count} call{'s' if count > 1 else ''} refused from {host} since {_iso(since)}"
 
 
 def _iso(t: float) -> str:

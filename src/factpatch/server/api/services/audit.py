@@ -24,6 +24,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             raise invalid("BAD_LIMIT", f"limit must be 0-{MAX_LIMIT} (0: 100), got {request.limit}", field="limit")
         if request.before_id < 0:
             raise invalid("BAD_PAGE", f"before_id must be a record id, got {request.before_id}", field="before_id")
+        self.audit.flush_refusals()  # exact counts of refused-call records before they are read
         entries = self.audit.entries(request.limit or 100, request.before_id, request.principal)
         return audit_pb2.ListAuditRecordsResponse(records=[record_pb(e) for e in entries], head_hash=self.audit.head())
 
