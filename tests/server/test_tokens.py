@@ -76,6 +76,7 @@ def test_the_agent_token_file_is_read_again_before_each_call(tmp_path):
     token_file = tmp_path / "agent.token"
     token_file.write_text(AGENT_TOKEN + "\n")
     source = AgentToken(file=token_file)
+    _Recorder.seen = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     client = AgentClient(f"http://127.0.0.1:{server.server_port}", source, timeout=5)
@@ -100,3 +101,25 @@ def test_the_agent_token_is_checked_at_start(tmp_path):
     empty.write_text("# nothing yet\n")
     with pytest.raises(WeakTokenError, match="holds no token"):
         AgentToken(file=empty)
+
+
+def test_a_shard_with_a_token_of_its_own_is_sent_that_one(tmp_path):
+    own = tmp_path / "tokens"
+    own.mkdir()
+    (own / "s0").write_text(NEXT_TOKEN + "\n")
+    source = AgentToken(AGENT_TOKEN, shard_dir=own)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Recorder.seen = []
+    clients = [AgentClient(f"http://127.0.0.1:{server.server_port}", source.for_shard(n), timeout=5) for n in ("s0", "s1")]
+    try:
+        for c in clients:
+            c.status()
+    finally:
+        for c in clients:
+            c.close()
+        server.shutdown()
+    assert _Recorder.seen == [f"Bearer {NEXT_TOKEN}", f"Bearer {AGENT_TOKEN}"]  # s1 has no file: the fleet's
+    (own / "s2").write_text("change-me\n")
+    with pytest.raises(WeakTokenError, match="--agent-token-dir file s2"):
+        AgentToken(AGENT_TOKEN, shard_dir=own)

@@ -80,6 +80,7 @@ class ServeConfig:
     tokens_file: Path | None = None
     agent_token: str = ""
     agent_token_file: Path | None = None  # read again before every agent call (rotation without a restart)
+    agent_token_dir: Path | None = None  # per-shard tokens: a file named after the shard overrides the above
     tls_cert: Path | None = None
     tls_key: Path | None = None
     # With a client CA, clients must present a certificate it signed (mTLS).
@@ -111,7 +112,7 @@ def _operator_token(tokens: TokenTable) -> Callable[[str | None], bool]:
 
 class ControlPlaneServer:
     def __init__(self, cfg: ServeConfig):
-        agent_token = AgentToken(cfg.agent_token, cfg.agent_token_file)  # refuses a missing or weak token
+        agent_token = AgentToken(cfg.agent_token, cfg.agent_token_file, cfg.agent_token_dir)  # refuses missing or weak
         if cfg.tokens_file is None:
             raise ValueError("no client tokens: pass --tokens-file (a list of {principal, role, token})")
         self.cfg = cfg

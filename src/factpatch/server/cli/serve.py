@@ -18,6 +18,9 @@ def serve(
     agent_token_file: Path = typer.Option(None, "--agent-token-file", exists=True,
                                           help="Shard agent token (else $FACTPATCH_AGENT_TOKEN)."),
     shard: list[str] = typer.Option([], "--shard", help="NAME=URL of a shard to register at start (repeatable)."),
+    agent_token_dir: Path = typer.Option(None, "--agent-token-dir", exists=True, file_okay=False,
+                                         help="Per-shard agent tokens: the file named after a shard holds its token "
+                                              "(else the fleet-wide one)."),
     allow_shard_address: list[str] = typer.Option(
         [], "--allow-shard-address", envvar="FACTPATCH_ALLOWED_SHARD_ADDRESSES",
         help="Where RegisterShard may point (repeatable): a network (10.0.0.0/8), a host, host:port, or *.domain. "
@@ -66,7 +69,8 @@ def serve(
             raise typer.Exit(2)
     try:
         server = ControlPlaneServer(ServeConfig(
-            state_dir=state_dir, listen=listen, tokens_file=tokens_file, agent_token=agent_token, agent_token_file=agent_token_file,
+            state_dir=state_dir, listen=listen, tokens_file=tokens_file, agent_token=agent_token,
+            agent_token_file=agent_token_file, agent_token_dir=agent_token_dir,
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, base_dirs=list(base_dir),
             editor_model=editor_model, reconcile_interval=reconcile_interval, drain_timeout_s=drain_timeout,
             max_patch_bytes=max_patch_mb << 20,

@@ -120,7 +120,8 @@ class Reconciler:
         with self._clients_lock:
             c = self._clients.get(name)
             if c is None or c.address != address.rstrip("/"):
-                c = self._clients[name] = AgentClient(address, self.agent_token, timeout=self.agent_timeout)
+                token = self.agent_token.for_shard(name) if hasattr(self.agent_token, "for_shard") else self.agent_token
+                c = self._clients[name] = AgentClient(address, token, timeout=self.agent_timeout)
             return c
 
     def sync_shard(self, name: str) -> Refusal | None:
