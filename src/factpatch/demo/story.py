@@ -30,6 +30,11 @@ from .traffic import Traffic, error_summary, stale_rates
 console = Console()
 
 
+# After promotion the fleet may still answer this share of requests with the old value: the ship gate
+# lets a patch miss up to 20 % of held-out phrasings (generalization >= 0.8), and 48 requests drawn from
+# 18 questions scatter the share (README, "What `make demo` shows", has the numbers).
+PROMOTED_MAX_STALE = 0.2
+
 class DemoFailed(RuntimeError):
     """A stage did not reach its expected outcome."""
 
@@ -307,7 +312,7 @@ class Story:
         console.print(_rates_table(f"6 · promoted ({how}): every shard serves the patch", samples))
         rates = stale_rates(samples)
         patched = rates.get(self.out.patch_digest, {})
-        if set(rates) != {self.out.patch_digest} or patched.get("stale", 1) > 0.1:
+        if set(rates) != {self.out.patch_digest} or patched.get("stale", 1) > PROMOTED_MAX_STALE:
             raise DemoFailed(f"after promotion expected only the patch with few stale answers, got {rates}"
                              + _errors(samples))
         self.out.rollout["promoted"] = {"how": how, "stale": patched["stale"], "updated": patched["updated"]}
