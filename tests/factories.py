@@ -56,7 +56,7 @@ def random_patch_on(
     names = {f"model.layers.{layer}.{module}.weight": share for layer, share in sorted(layers.items())}
     weights = {name: ck.linear_weight(name).float() for name in names}
     factors = {}
-    for i, (name, share) in enumerate(names.items()):  # one generator stream across the tensors, in layer order
+    for i, (name, share) in enumerate(names.items()):  # a generator per tensor, seeded seed + its place in layer order
         factors.update(_factors({name: tuple(weights[name].shape)}, rank, seed + i, {name: float(weights[name].norm())},
                                 share))
     manifest = patchfile.new_manifest(

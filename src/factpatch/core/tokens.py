@@ -40,17 +40,20 @@ class WeakTokenError(ValueError):
     pass
 
 
+def token_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, token) for every line of a token file that holds one, first one first."""
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.strip().startswith("#")]
+
+
 def read_token_file(path: str | Path, what: str) -> list[str]:
     """The tokens in a file, first one first; WeakTokenError names the line of a weak one."""
     try:
-        lines = Path(path).read_text().splitlines()
+        text = Path(path).read_text()
     except OSError as e:
         raise WeakTokenError(f"{what} {path}: cannot be read ({e.strerror})") from None
     tokens = []
-    for number, line in enumerate(lines, 1):
-        value = line.strip()
-        if not value or value.startswith("#"):
-            continue
+    for number, value in token_lines(text):
         why = weakness(value)
         if why:
             raise WeakTokenError(f"{what} {path} line {number}: refused, {why}")

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from factpatch.core.tokens import token_lines
 from factpatch.server.cli.ctl_audit import audit_app
 from factpatch.server.cli.ctl_probe import probe_app
 from factpatch.server.cli.session import Ctx, err_console, fail, rid
@@ -57,10 +58,10 @@ def main(
     else:
         channel = grpc.insecure_channel(address)
     if token_file:
-        lines = [ln.strip() for ln in token_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        lines = token_lines(token_file.read_text())
         if not lines:
             raise typer.BadParameter(f"{token_file} holds no token", param_hint="--token-file")
-        token = lines[0]
+        token = lines[0][1]
     md = (("authorization", f"Bearer {token}"),) if token else ()
     ctx.obj = Ctx(channel, md, timeout, as_json)
 

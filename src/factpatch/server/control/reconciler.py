@@ -18,10 +18,10 @@ import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from factpatch.core.reasons import Refusal as Reason
 from factpatch.server.control.agent_client import AgentClient, AgentError
+from factpatch.server.control.agent_token import AgentToken
 from factpatch.server.state.audit import AuditLog
 from factpatch.server.state.db import Database, Rollout
 from factpatch.server.state.rollout_state import RolloutReason, RolloutState
@@ -44,7 +44,7 @@ def new_etag() -> str:
 
 class Reconciler:
     def __init__(
-        self, db: Database, store: PatchStore, audit: AuditLog, agent_token: str | Callable[[], str],
+        self, db: Database, store: PatchStore, audit: AuditLog, agent_token: AgentToken,
         mutation_lock: threading.RLock,
         *, interval: float = 1.0, agent_timeout: float = 120.0, status_timeout: float = 5.0,
         drain_timeout_s: float | None = None,
@@ -120,8 +120,7 @@ class Reconciler:
         with self._clients_lock:
             c = self._clients.get(name)
             if c is None or c.address != address.rstrip("/"):
-                token = self.agent_token.for_shard(name) if hasattr(self.agent_token, "for_shard") else self.agent_token
-                c = self._clients[name] = AgentClient(address, token, timeout=self.agent_timeout)
+                c = self._clients[name] = AgentClient(address, self.agent_token.for_shard(name), timeout=self.agent_timeout)
             return c
 
     def sync_shard(self, name: str) -> Refusal | None:
