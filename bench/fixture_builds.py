@@ -1,11 +1,12 @@
 """Builds of the fixture recipe with other seeds: does every build meet the acceptance, and does the
 demo's edit pass its gates on each?
 
-    .venv/bin/python -m bench.fixture_builds [--seeds 1,2,3] [--keep DIR]
+    .venv/bin/python -m bench.fixture_builds [--recipe default|middle] [--seeds 1,2,3] [--keep DIR]
 
 For each seed (world and training both), one build (`factpatch fixture build --seed N`), then the demo's
 MEMIT patch on it with the editor's default layers for that build (its causal trace), evaluated against
-the demo's gates. Writes bench/results/fixture_builds.json: per build the acceptance figures, the recall
+the demo's gates. Writes bench/results/fixture_builds.json (another recipe: fixture_builds-<recipe>.json):
+per build the acceptance figures, the recall
 table by layer, the layers to edit, and the demo edit's metrics. About 10 minutes a build on 2 cores.
 """
 
@@ -42,10 +43,10 @@ def demo_edit(model_dir: Path) -> dict:
             **{k: m.get(k) for k in ("efficacy", "generalization", "neighbours_unchanged", "ppl_drift")}}
 
 
-def one_build(seed: int, root: Path) -> dict:
-    out = root / f"seed-{seed}"
+def one_build(recipe: str, seed: int, root: Path) -> dict:
+    out = root / f"{recipe}-seed-{seed}"
     t0 = time.perf_counter()
-    build(out, recipe_named("default", seed=seed), enforce_floors=False,
+    build(out, recipe_named(recipe, seed=seed), enforce_floors=False,
           log=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     wall = time.perf_counter() - t0
     r = json.loads((out / REPORT_FILE).read_text())
@@ -53,7 +54,7 @@ def one_build(seed: int, root: Path) -> dict:
         from factpatch.fixture.build import acceptance_failures, demo_subject_accuracy
 
         r["demo_subject"] = demo_subject_accuracy(out)
-        r["failures"] = acceptance_failures(r, recipe_named("default").accept_recall)
+        r["failures"] = acceptance_failures(r, recipe_named(recipe).accept_recall)
         r["passed"] = not r["failures"]
     recall = r["recall"]
     row = {
@@ -81,21 +82,23 @@ def one_build(seed: int, root: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="default")
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--keep", type=Path, help="folder to keep the builds in (default: a temporary one)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
-        rows = [one_build(s, root) for s in seeds]
-    RESULTS.write_text(json.dumps({
-        "what": "fixture recipe 'default' built with other seeds; acceptance and the demo's edit on each",
+        rows = [one_build(args.recipe, s, root) for s in seeds]
+    results = RESULTS if args.recipe == "default" else RESULTS.with_name(f"fixture_builds-{args.recipe}.json")
+    results.write_text(json.dumps({
+        "what": f"fixture recipe {args.recipe!r} built with other seeds; acceptance and the demo's edit on each",
         "created": time.strftime("%Y-%m-%d"),
         "builds": rows,
         "all_accepted": all(r["passed"] for r in rows),
         "demo_edit_passed_everywhere": all(r["demo_edit"]["passed"] for r in rows),
     }, indent=2) + "\n")
-    print(f"wrote {RESULTS}", file=sys.stderr)
+    print(f"wrote {results}", file=sys.stderr)
     return 0 if all(r["passed"] and r["demo_edit"]["passed"] for r in rows) else 1
 
 
