@@ -9,8 +9,23 @@ app = typer.Typer(
     help="Hot-patch facts inside running LLM servers: compute ROME/MEMIT edits, ship them as versioned "
     "weight patches to vLLM, watch the outputs, roll back in one command.",
     no_args_is_help=True,
-    add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        from factpatch.core.patchfile import FORMAT
+
+        typer.echo(f"factpatch {version('factpatch')} (patches {FORMAT}, API factpatch.v1)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Hot-patch facts inside running LLM servers."""
 
 
 def _register_subcommands() -> None:

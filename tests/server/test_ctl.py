@@ -44,3 +44,41 @@ def test_push_list_show_and_exit_codes(control_plane, tmp_path):
 def test_unreachable_control_plane_exit_code():
     r = CliRunner().invoke(app, ["--address", "127.0.0.1:9", "--timeout", "1", "patch", "list"])
     assert r.exit_code == 6
+
+
+def test_a_rerun_with_the_same_request_id_changes_nothing(control_plane, tmp_path):
+    """A CI job that runs again (same --request-id) gets the first answer instead of a second change."""
+    f = tmp_path / "p.fpatch"
+    f.write_bytes(random_patch({W: (64, 128)}, "sha256:" + "1" * 64))
+    digest = json.loads(ctl(control_plane, "--json", "patch", "push", str(f)).stdout)["digest"]
+    delete = ["patch", "delete", digest]
+    first = ctl(control_plane, "--json", "--request-id", "ci-job-41", *delete)
+    assert first.exit_code == 0, first.output
+    again = ctl(control_plane, "--json", "--request-id", "ci-job-41", *delete)
+    assert again.exit_code == 0 and json.loads(again.stdout) == json.loads(first.stdout)
+    assert ctl(control_plane, *delete).exit_code == 3  # a new request id is a new change: the patch is gone
+    # the same id for a different change is refused, naming the id, and changes nothing
+    assert ctl(control_plane, "shards", "add", "s-rerun", "http://127.0.0.1:9").exit_code == 0
+    r = ctl(control_plane, "--request-id", "ci-job-41", "shards", "remove", "s-rerun")
+    assert r.exit_code == 2 and "ci-job-41" in r.stderr
+    assert "s-rerun" in ctl(control_plane, "shards").stdout
+
+
+def test_help_lists_exit_codes_and_watch_has_until_paused():
+    r = CliRunner().invoke(app, ["--help"])
+    assert r.exit_code == 0 and "8 a probe found a condition" in " ".join(r.stdout.split())
+    r = CliRunner().invoke(app, ["rollout", "watch", "--help"])
+    assert r.exit_code == 0 and "--until-paused" in r.stdout
+
+
+def test_output_formats_carry_the_same_message(control_plane):
+    import yaml
+
+    assert ctl(control_plane, "shards", "add", "s-out", "http://127.0.0.1:9").exit_code == 0
+    as_json = ctl(control_plane, "-o", "json", "shards", token=VIEWER_TOKEN)
+    as_yaml = ctl(control_plane, "-o", "yaml", "shards", token=VIEWER_TOKEN)
+    assert as_json.exit_code == as_yaml.exit_code == 0
+    assert yaml.safe_load(as_yaml.stdout) == json.loads(as_json.stdout)
+    assert "s-out" in [s["name"] for s in json.loads(as_json.stdout)["shards"]]
+    r = ctl(control_plane, "-o", "xml", "shards", token=VIEWER_TOKEN)
+    assert r.exit_code == 2 and "'xml' is not one of table, json, yaml" in " ".join(r.output.split())

@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok · 2 bad input · 3 not found · 4 conflict / precondition · 5 not authenticated or
 not allowed · 6 control plane unreachable or deadline passed · 7 the rollout ended FAILED or
-ABORTED · 1 anything else. `--json` prints the API message as JSON; errors go to stderr as
+ABORTED · 8 `probe run` found a condition · 1 anything else (`audit verify` exits 1 on a broken chain). `--json` prints the API message as JSON; errors go to stderr as
 `CODE/REASON: message` (or a JSON object with --json).
 """
 
@@ -19,11 +19,14 @@ from rich.table import Table
 from factpatch.core.tokens import token_lines
 from factpatch.server.cli.ctl_audit import audit_app
 from factpatch.server.cli.ctl_probe import probe_app
-from factpatch.server.cli.session import Ctx, err_console, fail, rid
+from factpatch.server.cli.session import CHANNEL_OPTIONS, OUTPUTS, Ctx, err_console, fail
 from factpatch.server.state.rollout_state import FINAL, RolloutState, from_proto
 from factpatch.v1 import fleet_pb2, patch_pb2, rollout_pb2
 
-app = typer.Typer(help="Operate the factpatch control plane.", no_args_is_help=True)
+EPILOG = ("Exit codes: 0 ok · 2 bad input · 3 not found · 4 conflict or precondition · 5 not authenticated or not "
+          "allowed · 6 unreachable or deadline passed · 7 the rollout ended FAILED or ABORTED · 8 a probe found a "
+          "condition · 1 anything else. A re-run with the same --request-id returns the first answer and changes nothing.")
+app = typer.Typer(help="Operate the factpatch control plane.", no_args_is_help=True, epilog=EPILOG)
 patch_app = typer.Typer(help="Patches in the store.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Staged rollouts.", no_args_is_help=True)
 shards_app = typer.Typer(help="The fleet.", invoke_without_command=True)
@@ -45,25 +48,31 @@ def main(
     token_file: Path = typer.Option(None, "--token-file", envvar="FACTPATCH_TOKEN_FILE", exists=True, dir_okay=False,
                                     help="File whose first line is the bearer token."),
     timeout: float = typer.Option(30.0, help="Deadline of each call, in seconds."),
-    as_json: bool = typer.Option(False, "--json", help="Print API messages as JSON."),
+    output: str = typer.Option("table", "--output", "-o", help=f"Output format: {', '.join(OUTPUTS)}."),
+    as_json: bool = typer.Option(False, "--json", help="The same as -o json."),
     tls_ca: Path = typer.Option(None, "--tls-ca", exists=True, help="CA that signed the server's certificate (TLS)."),
     tls_cert: Path = typer.Option(None, "--tls-cert", exists=True, help="Client certificate (mTLS)."),
     tls_key: Path = typer.Option(None, "--tls-key", exists=True, help="Client key (mTLS)."),
+    request_id: str = typer.Option("", "--request-id", envvar="FACTPATCH_REQUEST_ID", show_default=False,
+                                   help="Id of this command's change (e.g. the CI job's id): run again with the same "
+                                        "id, it returns the first answer and changes nothing."),
 ) -> None:
+    if output not in OUTPUTS:
+        raise typer.BadParameter(f"{output!r} is not one of {', '.join(OUTPUTS)}", param_hint="-o/--output")
     if tls_ca:
         creds = grpc.ssl_channel_credentials(
             tls_ca.read_bytes(), tls_key.read_bytes() if tls_key else None, tls_cert.read_bytes() if tls_cert else None
         )
-        channel = grpc.secure_channel(address, creds)
+        channel = grpc.secure_channel(address, creds, options=CHANNEL_OPTIONS)
     else:
-        channel = grpc.insecure_channel(address)
+        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
     if token_file:
         lines = token_lines(token_file.read_text())
         if not lines:
             raise typer.BadParameter(f"{token_file} holds no token", param_hint="--token-file")
         token = lines[0][1]
     md = (("authorization", f"Bearer {token}"),) if token else ()
-    ctx.obj = Ctx(channel, md, timeout, as_json)
+    ctx.obj = Ctx(channel, md, timeout, "json" if as_json else output, request_id)
 
 
 # patches
@@ -92,7 +101,7 @@ def patch_push(ctx: typer.Context, file: Path = typer.Argument(..., exists=True,
     c: Ctx = ctx.obj
     data = file.read_bytes()
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    header = patch_pb2.ImportPatchHeader(request_id=rid(), expected_digest=digest, size_bytes=len(data))
+    header = patch_pb2.ImportPatchHeader(request_id=c.rid(), expected_digest=digest, size_bytes=len(data))
 
     def parts():
         yield patch_pb2.ImportPatchRequest(header=header)
@@ -122,7 +131,7 @@ def patch_show(ctx: typer.Context, digest: str) -> None:
 @patch_app.command("delete")
 def patch_delete(ctx: typer.Context, digest: str) -> None:
     c: Ctx = ctx.obj
-    c.out(c.call(c.patches.DeletePatch, patch_pb2.DeletePatchRequest(request_id=rid(), digest=digest)),
+    c.out(c.call(c.patches.DeletePatch, patch_pb2.DeletePatchRequest(request_id=c.rid(), digest=digest)),
           lambda r: print(f"deleted {r.digest}"))
 
 
@@ -188,17 +197,19 @@ def rollout_start(
     patch: str,
     canary: list[str] = typer.Option([], "--canary", help="Canary shard (repeatable); default: the first shard."),
     shard: list[str] = typer.Option([], "--shard", help="Shards the rollout ends on (repeatable); default: all."),
-    traffic: int = typer.Option(0, help="Canary traffic share in percent (for the gateway)."),
+    traffic: int = typer.Option(0, help="Canary traffic share in percent (for the gateway); 0: by shard count "
+                                        "(the canary shards' share of the fleet, 50 with two shards)."),
     deadline: int = typer.Option(300, help="Seconds a step may take before the rollout rolls back."),
     wait: bool = typer.Option(False, "--wait", help="Wait until the canary is live (PAUSED) or the rollout ends."),
     gate: list[str] = typer.Option([], "--gate", help="Canary analysis gate METRIC:MAX_RATIO[:MIN_SAMPLES[:MAX_VALUE]], "
                                    "e.g. stale_value_rate:0.5:50 (repeatable)."),
-    analysis_seconds: int = typer.Option(0, "--analysis-seconds", help="Analysis window per step (default 60)."),
+    analysis_seconds: int = typer.Option(0, "--analysis-seconds", help="Analysis window per step in seconds; "
+                                         "0: the control plane's default (60)."),
 ) -> None:
     c: Ctx = ctx.obj
     gates = [_parse_gate(g) for g in gate]
     r = c.call(c.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(
-        request_id=rid(), patch=patch, canary_shards=canary, shards=shard, canary_traffic_percent=traffic,
+        request_id=c.rid(), patch=patch, canary_shards=canary, shards=shard, canary_traffic_percent=traffic,
         progress_deadline_seconds=deadline, gates=gates, analysis_seconds=analysis_seconds))
     if wait:
         r = _wait(c, r.id, {RolloutState.PAUSED, *FINAL}, deadline + 30 + (analysis_seconds or 60) * bool(gates))
@@ -226,10 +237,12 @@ def rollout_list(ctx: typer.Context, active: bool = typer.Option(False, "--activ
 
 
 @rollout_app.command("watch")
-def rollout_watch(ctx: typer.Context, rollout_id: str, timeout: float = typer.Option(600.0)) -> None:
-    """Follow a rollout until it ends (or PAUSED with --until-paused)."""
+def rollout_watch(ctx: typer.Context, rollout_id: str, timeout: float = typer.Option(600.0),
+                  until_paused: bool = typer.Option(False, "--until-paused",
+                                                    help="Return when the rollout pauses (canary live) too.")) -> None:
+    """Follow a rollout until it ends (or pauses, with --until-paused)."""
     c: Ctx = ctx.obj
-    r = _wait(c, rollout_id, set(FINAL), timeout)
+    r = _wait(c, rollout_id, {*FINAL, *([RolloutState.PAUSED] if until_paused else [])}, timeout)
     if r is not None:
         _finish(c, r)
 
@@ -238,7 +251,7 @@ def rollout_watch(ctx: typer.Context, rollout_id: str, timeout: float = typer.Op
 def rollout_promote(ctx: typer.Context, rollout_id: str, etag: str = typer.Option(""),
                     wait: bool = typer.Option(False, "--wait")) -> None:
     c: Ctx = ctx.obj
-    r = c.call(c.rollouts.Promote, rollout_pb2.PromoteRequest(request_id=rid(), id=rollout_id, etag=etag))
+    r = c.call(c.rollouts.Promote, rollout_pb2.PromoteRequest(request_id=c.rid(), id=rollout_id, etag=etag))
     if wait:
         r = _wait(c, r.id, {RolloutState.PAUSED, *FINAL}, 600)
     _finish(c, r)
@@ -248,7 +261,7 @@ def rollout_promote(ctx: typer.Context, rollout_id: str, etag: str = typer.Optio
 def rollout_abort(ctx: typer.Context, rollout_id: str, etag: str = typer.Option(""), message: str = typer.Option(""),
                   wait: bool = typer.Option(False, "--wait")) -> None:
     c: Ctx = ctx.obj
-    r = c.call(c.rollouts.Abort, rollout_pb2.AbortRequest(request_id=rid(), id=rollout_id, etag=etag, message=message))
+    r = c.call(c.rollouts.Abort, rollout_pb2.AbortRequest(request_id=c.rid(), id=rollout_id, etag=etag, message=message))
     if wait:
         r = _wait(c, r.id, set(FINAL), 600)
     c.out(r, _rollout_detail)
@@ -258,7 +271,7 @@ def rollout_abort(ctx: typer.Context, rollout_id: str, etag: str = typer.Option(
 def revert(ctx: typer.Context, shard: list[str] = typer.Option([], "--shard", help="Shard to revert (repeatable); default: all.")) -> None:
     """Every chosen shard back to the base weights now; aborts rollouts on them."""
     c: Ctx = ctx.obj
-    resp = c.call(c.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(request_id=rid(), shards=shard))
+    resp = c.call(c.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(request_id=c.rid(), shards=shard))
 
     def render(resp):
         for r in resp.results:
@@ -294,14 +307,14 @@ def shards_list(ctx: typer.Context) -> None:
 @shards_app.command("add")
 def shards_add(ctx: typer.Context, name: str, address: str) -> None:
     c: Ctx = ctx.obj
-    c.out(c.call(c.fleet.RegisterShard, fleet_pb2.RegisterShardRequest(request_id=rid(), name=name, address=address)),
+    c.out(c.call(c.fleet.RegisterShard, fleet_pb2.RegisterShardRequest(request_id=c.rid(), name=name, address=address)),
           lambda s: _shard_table([s]))
 
 
 @shards_app.command("remove")
 def shards_remove(ctx: typer.Context, name: str) -> None:
     c: Ctx = ctx.obj
-    c.out(c.call(c.fleet.DeregisterShard, fleet_pb2.DeregisterShardRequest(request_id=rid(), name=name)),
+    c.out(c.call(c.fleet.DeregisterShard, fleet_pb2.DeregisterShardRequest(request_id=c.rid(), name=name)),
           lambda r: print(f"removed {r.name}"))
 
 

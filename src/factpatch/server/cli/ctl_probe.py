@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from factpatch.server.cli.session import Ctx, rid
+from factpatch.server.cli.session import Ctx
 from factpatch.v1 import probe_pb2, probe_pb2_grpc
 
 EXIT_CONDITION = 8
@@ -87,4 +87,4 @@ def probe_schedule(
     c: Ctx = ctx.obj
     s = probe_pb2.ProbeSchedule(interval_seconds=interval, sample_size=sample_size, concurrency=concurrency,
                                 max_busy_share=max_busy_share)
-    c.out(c.call(_stub(c).SetProbeSchedule, probe_pb2.SetProbeScheduleRequest(request_id=rid(), schedule=s)))
+    c.out(c.call(_stub(c).SetProbeSchedule, probe_pb2.SetProbeScheduleRequest(request_id=c.rid(), schedule=s)))

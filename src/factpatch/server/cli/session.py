@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 import typer
+import yaml
 from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 
@@ -25,12 +26,25 @@ EXIT = {
 err_console = Console(stderr=True)
 
 
+# Retries of UNAVAILABLE by the gRPC library, with exponential backoff and jitter (its service config):
+# every read is safe to repeat, and every mutation carries a request id the server answers once.
+RETRY_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": f"factpatch.v1.{s}"} for s in
+             ("PatchService", "FleetService", "RolloutService", "ProbeService", "AuditService", "MonitorService")],
+    "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.2s", "maxBackoff": "2s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"]},
+}]})
+OUTPUTS = ("table", "json", "yaml")
+CHANNEL_OPTIONS = [("grpc.enable_retries", 1), ("grpc.service_config", RETRY_SERVICE_CONFIG)]
+
+
 @dataclass
 class Ctx:
     channel: grpc.Channel
     metadata: tuple
     timeout: float
-    as_json: bool
+    output: str  # table, json or yaml (-o)
+    request_id: str = ""  # --request-id: what this command's mutation sends, so a re-run changes nothing
 
     @property
     def patches(self):
@@ -49,17 +63,27 @@ class Ctx:
         return audit_pb2_grpc.AuditServiceStub(self.channel)
 
     def call(self, fn, request, *, timeout: float | None = None):
-        """A unary call; mutating requests keep one request id across retries of UNAVAILABLE."""
-        for attempt in range(3):
-            try:
-                return fn(request, metadata=self.metadata, timeout=timeout or self.timeout)
-            except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == 2 or not getattr(request, "request_id", ""):
-                    fail(e, self.as_json)
+        """A unary call (retried by the channel, see RETRY_SERVICE_CONFIG); an error exits with its code."""
+        try:
+            return fn(request, metadata=self.metadata, timeout=timeout or self.timeout)
+        except grpc.RpcError as e:
+            fail(e, self.as_json)
+
+    def rid(self) -> str:
+        """The request id of this command's mutation: --request-id, or a fresh one."""
+        return self.request_id or uuid.uuid4().hex
+
+    @property
+    def as_json(self) -> bool:
+        """Machine-readable output (json or yaml): progress lines are left out, errors go out as JSON."""
+        return self.output != "table"
 
     def out(self, msg, render=None) -> None:
-        if self.as_json or render is None:
-            print(json.dumps(MessageToDict(msg, preserving_proto_field_name=True), indent=2))
+        data = MessageToDict(msg, preserving_proto_field_name=True)
+        if self.output == "yaml":
+            print(yaml.safe_dump(data, sort_keys=False), end="")
+        elif self.output == "json" or render is None:
+            print(json.dumps(data, indent=2))
         else:
             render(msg)
 
@@ -71,7 +95,3 @@ def fail(e: grpc.RpcError, as_json: bool):
     else:
         err_console.print(f"[red]{e.code().name}/{reason or '-'}[/red]: {e.details()}")
     raise typer.Exit(EXIT.get(e.code(), 1))
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
