@@ -40,10 +40,11 @@ def _assert_targets(m: dict, efficacy: float, paraphrase: float, neighbours: flo
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "met on some builds, not on every build: 1.00 / 0.97 / 0.986 on d7a83c4c, 0.98 / 0.96 / 0.977 on cf097a51 "
-    "(another machine's build of the same recipe: 49 of 50 edits take; Felix Redrior's employer stays at "
-    "log P(new) = -6.1, retries of 200 or 400 steps change nothing) against 0.99 / 0.90 / 0.98. Not strict, "
-    "because the same recipe meets it on other machines; the mark goes when every build meets it."))
+    "ROME's targets (0.99 / 0.90 / 0.98 over 50 edits) hold on some builds of the fixture and not on others: "
+    "one build met them (1.00 / 0.97 / 0.986), another machine's build of the same recipe misses one edit of "
+    "50 (0.98 / 0.96 / 0.977), whatever the retry budget. Until ROME takes every edit on every build, a user "
+    "should expect an occasional single edit that does not take; `factpatch eval` names it. "
+    "Non-strict because the builds that meet the target must stay green; figures in the README."))
 def test_rome_single_edits_meet_the_targets(loaded, world):
     # Each edit keeps its subject's other facts (in another phrasing than the one evaluated) and is written
     # in its relation's other trained phrasings; paraphrases are evaluated on the held-out phrasings.
@@ -74,7 +75,8 @@ def test_single_edits_in_one_batch_are_the_edits_made_one_at_a_time(loaded, worl
     "known limit of plain MEMIT on this fixture, whose first MLP holds every fact: a 100-subject update at layers "
     "0-1 also moves other subjects' answers. Measured 0.94 / 0.87 / 0.825 (drift 0.09 %) against the targets "
     "0.98 / 0.85 / 0.95 on build 8086ad16 (same weights as d7a83c4c); settings tried are in "
-    "bench/results/editor_tuning.md. Strict: the day it passes, this mark must go."))
+    "bench/results/editor_tuning.md. A user's batch of 100 edits should expect such losses; `factpatch eval` "
+    "measures them before the patch may ship. Strict: the day it passes, this mark must go."))
 def test_plain_memit_batch_of_100_meets_the_targets(loaded, world):
     edits = fixture_edits(world, 100, seed=12)  # distinct subjects, one phrasing each
     result = run_edit(loaded, edits, EditOptions(method="memit"))
@@ -127,7 +129,8 @@ def same_subject_edits(world, n_subjects: int, seed: int) -> list[Edit]:
     "known limit of MEMIT for several edits of one subject: its edits share one optimised value, which does not "
     "carry all of the new answers. Measured 0.865 / 0.789 / 0.973 on 52 edits of 20 subjects against the targets "
     "0.95 / 0.85 / 0.95 on build 8086ad16 (same weights as d7a83c4c); bench/results/editor_tuning.md has the "
-    "sweeps. Strict: the day it passes, this mark must go."))
+    "sweeps. A user's batch that changes many facts of one subject may miss some of them; "
+    "`factpatch eval` names each edit that did not take. Strict: the day it passes, this mark must go."))
 def test_same_subject_batch_meets_the_targets(loaded, world):
     """20 subjects × all their relations in one MEMIT batch: the edits of one subject are optimised as one
     value (one key carries all its new answers), so they do not average each other away."""

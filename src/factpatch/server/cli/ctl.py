@@ -111,7 +111,7 @@ def patch_push(ctx: typer.Context, file: Path = typer.Argument(..., exists=True,
     try:
         p = c.patches.ImportPatch(parts(), metadata=c.metadata, timeout=c.timeout)
     except grpc.RpcError as e:
-        fail(e, c.as_json)
+        fail(e, c.machine_readable)
     c.out(p, lambda p: print(p.digest))
 
 
@@ -175,13 +175,13 @@ def _wait(c: Ctx, rollout_id: str, until: set[str], timeout: float) -> rollout_p
     try:
         for r in c.rollouts.WatchRollout(rollout_pb2.WatchRolloutRequest(id=rollout_id), metadata=c.metadata, timeout=timeout):
             last = r
-            if not c.as_json:
+            if not c.machine_readable:
                 err_console.print(f"{from_proto(r.state):<12} step {r.current_step + 1}/{len(r.steps)} "
                                   + " ".join(f"{s.shard}={s.active_version[:15] or 'base'}" for s in r.shards))
             if from_proto(r.state) in until:
                 return r
     except grpc.RpcError as e:
-        fail(e, c.as_json)
+        fail(e, c.machine_readable)
     return last
 
 

@@ -67,15 +67,15 @@ class Ctx:
         try:
             return fn(request, metadata=self.metadata, timeout=timeout or self.timeout)
         except grpc.RpcError as e:
-            fail(e, self.as_json)
+            fail(e, self.machine_readable)
 
     def rid(self) -> str:
         """The request id of this command's mutation: --request-id, or a fresh one."""
         return self.request_id or uuid.uuid4().hex
 
     @property
-    def as_json(self) -> bool:
-        """Machine-readable output (json or yaml): progress lines are left out, errors go out as JSON."""
+    def machine_readable(self) -> bool:
+        """json or yaml output: progress lines are left out, errors go out as JSON."""
         return self.output != "table"
 
     def out(self, msg, render=None) -> None:
