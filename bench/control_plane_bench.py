@@ -7,6 +7,8 @@ Writes bench/results/control_plane.json:
   answers after every shard confirmed, then one completion per shard is timed on top), against the
   alternative of restarting the shards on their checkpoints (stop, start, first completion), both
   shards in parallel in both cases.
+- Rollback to the previous patch (two patches released one after the other; each round goes back one,
+  so rounds alternate between them): the same two timings, beside the revert's in the same run.
 - Read-call rate: GetRollout, ListShards and GetPatch from 4 client threads for a fixed time.
 Measured in one run on one machine; the shards share the machine's cores with the control plane.
 """
@@ -84,7 +86,9 @@ def main() -> None:
     ap.add_argument("--read-seconds", type=float, default=3.0)
     args = ap.parse_args()
     fixture = ensure_fixture()
-    patch = random_patch({W: (256, 1024)}, Checkpoint(fixture).fingerprint([W]), rank=2, seed=1, scale=0.15)
+    fp = Checkpoint(fixture).fingerprint([W])
+    patch = random_patch({W: (256, 1024)}, fp, rank=2, seed=1, scale=0.15)
+    other = random_patch({W: (256, 1024)}, fp, rank=2, seed=2, scale=0.15)
     shards = [ShardServer(fixture), ShardServer(fixture)]
     for s in shards:
         s.token = AGENT_TOKEN
@@ -98,6 +102,22 @@ def main() -> None:
         try:
             cl = Client(f"127.0.0.1:{srv.port}", OPERATOR_TOKEN)
             digest = cl.push(patch).digest
+            digest_other = cl.push(other).digest
+            back_s, back_serving_s = [], []
+            answer_on = {}
+            for d in (digest, digest_other):
+                roll_out(cl, d)
+                answer_on[d] = [s.complete(PROMPT)["choices"][0]["text"] for s in shards]
+            now = digest_other
+            for _ in range(args.rounds):
+                t0 = time.perf_counter()
+                resp = cl(cl.rollouts.Rollback, rollout_pb2.RollbackRequest(request_id=rid()))
+                back_s.append(time.perf_counter() - t0)
+                now = digest if now == digest_other else digest_other
+                assert all(x.ok and x.version == now for x in resp.results), resp
+                answers = list(pool.map(lambda s: s.complete(PROMPT)["choices"][0]["text"], shards))
+                back_serving_s.append(time.perf_counter() - t0)
+                assert answers == answer_on[now]
             revert_s, serving_s = [], []
             for _ in range(args.rounds):
                 roll_out(cl, digest)
@@ -139,6 +159,13 @@ def main() -> None:
             "until_serving_base_s_median": round(med, 4),
             "until_serving_base_s_all": [round(x, 4) for x in serving_s],
         },
+        "rollback_to_previous_patch": {
+            "rounds": args.rounds,
+            "call_s_median": round(statistics.median(back_s), 4),
+            "until_serving_it_s_median": round(statistics.median(back_serving_s), 4),
+            "until_serving_it_s_all": [round(x, 4) for x in back_serving_s],
+        },
+        "rollback_vs_revert_until_serving": round(statistics.median(back_serving_s) / med, 2),
         "restart_shards": {"until_serving_base_s": round(restart_s, 2)},
         "speedup_revert_vs_restart": round(restart_s / med, 1),
         "read_calls": reads,

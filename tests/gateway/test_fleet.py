@@ -1,5 +1,6 @@
 """The control plane driving two real vLLM shards (fixture model): full flow, rollback on a refused
-apply, base mismatch refused before any shard is touched, kill -9 in the middle of a rollout.
+apply, base mismatch refused before any shard is touched, kill -9 in the middle of a rollout; Rollback
+to each shard's previous release.
 
 It uses the package's two shards (no gateway): starting two more engines would cost over a minute."""
 
@@ -31,6 +32,7 @@ def patches(fixture_dir):
     fp = Checkpoint(fixture_dir).fingerprint([W])
     return {
         "a": random_patch({W: (256, 1024)}, fp, rank=2, seed=1, scale=0.5),  # moves the answer's log-prob
+        "b": random_patch({W: (256, 1024)}, fp, rank=2, seed=4, scale=0.5),
         "wide": random_patch({W: (256, 1024)}, fp, rank=8, seed=2, scale=0.05),
         "other_base": random_patch({W: (256, 1024)}, "sha256:" + "e" * 64, rank=2, seed=3),
     }
@@ -143,6 +145,69 @@ def test_full_flow_rollback_and_crash(tmp_path, shards, patches, fixture_dir):
             time.sleep(0.3)
         assert answer(s0) == patched
         cl(cl.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(request_id=rid()))
+        cl.close()
+    finally:
+        cp.stop()
+
+
+def roll_out(cl: Client, digest: str) -> None:
+    r = cl(cl.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(
+        request_id=rid(), patch=digest, steps=[rollout_pb2.RolloutStep(shards=["s0", "s1"])]))
+    wait_state(cl, r.id, {S.Value("ROLLOUT_STATE_SUCCEEDED")})
+
+
+def test_rollback_returns_each_shard_to_its_previous_release(tmp_path, shards, patches, fixture_dir):
+    s0, s1 = shards["s0"], shards["s1"]
+    assert s0.revert().status_code == 200 and s1.revert().status_code == 200
+    base = answer(s0)
+    cp = ControlPlaneProcess(tmp_path / "state", write_tokens(tmp_path / "tokens.yaml"), AGENT_TOKEN,
+                             {"s0": s0.url, "s1": s1.url}, base_dirs=[fixture_dir])
+    cp.start()
+    try:
+        cl = Client(cp.target, OPERATOR_TOKEN)
+        a, b = cl.push(patches["a"]).digest, cl.push(patches["b"]).digest
+        roll_out(cl, a)
+        on_a = answer(s0)
+        roll_out(cl, b)
+        on_b = answer(s0)
+        assert len({base, on_a, on_b}) == 3
+
+        def rollback(**kw) -> rollout_pb2.RollbackResponse:
+            return cl(cl.rollouts.Rollback, rollout_pb2.RollbackRequest(request_id=rid(), **kw))
+
+        # one call: both shards back on a, answering exactly as a did
+        resp = rollback()
+        assert [(x.shard, x.ok, x.previous_version, x.version) for x in resp.results] == [
+            ("s0", True, b, a), ("s1", True, b, a)]
+        assert active(s0) == a and active(s1) == a and answer(s0) == on_a and answer(s1) == on_a
+        history = cl(cl.rollouts.ListReleases, rollout_pb2.ListReleasesRequest(shard="s0")).releases
+        assert [(h.version, h.source.split()[0]) for h in history] == [
+            (a, "rollback"), (b, "rollout"), (a, "rollout"), ("", "before")]
+
+        # a version the shard never had is refused, and nothing moves
+        with pytest.raises(grpc.RpcError) as ei:
+            rollback(to_version=cl.push(patches["wide"]).digest)
+        assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION and reason_of(ei.value) == "NOT_IN_HISTORY"
+        assert active(s0) == a and active(s1) == a
+
+        # a canary still running is undone: its shard goes back to what the rollout found there
+        r = cl(cl.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(request_id=rid(), patch=b, canary_shards=["s0"]))
+        wait_state(cl, r.id, {S.Value("ROLLOUT_STATE_PAUSED")})
+        assert answer(s0) == on_b
+        resp = rollback(shards=["s0"])
+        assert list(resp.aborted_rollouts) == [r.id] and (resp.results[0].version, resp.results[0].ok) == (a, True)
+        done = wait_state(cl, r.id, {S.Value("ROLLOUT_STATE_ABORTED")})
+        assert done.reason == "ROLLED_BACK" and active(s0) == a and answer(s0) == on_a
+
+        # after a revert to base, rollback puts the last release back; further back is refused nowhere
+        cl(cl.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(request_id=rid()))
+        assert answer(s0) == base
+        assert all(x.version == a and x.ok for x in rollback().results)
+        assert answer(s0) == on_a and answer(s1) == on_a
+        resp = rollback(to_version=b)
+        assert all(x.ok for x in resp.results) and answer(s0) == on_b and answer(s1) == on_b
+        cl(cl.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(request_id=rid()))
+        assert answer(s0) == base and answer(s1) == base
         cl.close()
     finally:
         cp.stop()

@@ -32,7 +32,7 @@ ROLES = {
     "FleetService/GetShard": VIEWER,
     "RolloutService/StartRollout": OPERATOR, "RolloutService/GetRollout": VIEWER, "RolloutService/ListRollouts": VIEWER,
     "RolloutService/WatchRollout": VIEWER, "RolloutService/Promote": OPERATOR, "RolloutService/Abort": OPERATOR,
-    "RolloutService/RevertToBase": OPERATOR,
+    "RolloutService/RevertToBase": OPERATOR, "RolloutService/Rollback": OPERATOR, "RolloutService/ListReleases": VIEWER,
     "MonitorService/CreateMonitor": OPERATOR, "MonitorService/ListMonitors": VIEWER, "MonitorService/DeleteMonitor": OPERATOR,
     # probes: running them loads the shards, so it is an operator's call even though it stores nothing
     "ProbeService/RunProbes": OPERATOR, "ProbeService/GetProbeReport": VIEWER, "ProbeService/SetProbeSet": OPERATOR,
@@ -109,6 +109,9 @@ def setup(rpc: Rpc, op):
         return rollout_pb2.AbortRequest(request_id=rid(), id=_rollout(op)), "OK"
     if k == "RolloutService/RevertToBase":
         return rollout_pb2.RevertToBaseRequest(request_id=rid()), "OK"
+    if k == "RolloutService/Rollback":  # undoes the canary (the shards are unreachable; the call itself answers)
+        _rollout(op)
+        return rollout_pb2.RollbackRequest(request_id=rid(), shards=["s1"]), "OK"
     if k == "MonitorService/CreateMonitor":
         m = monitor_pb2.Monitor(name="competitor", kind=monitor_pb2.MONITOR_KIND_LITERAL, pattern="Acme Corp")
         return monitor_pb2.CreateMonitorRequest(request_id=rid(), monitor=m), "OK"
@@ -118,7 +121,7 @@ def setup(rpc: Rpc, op):
            monitor_pb2.CreateMonitorRequest(request_id=rid(), monitor=m))
         return monitor_pb2.DeleteMonitorRequest(request_id=rid(), name="competitor"), "OK"
     if k in ("PatchService/ListPatches", "FleetService/ListShards", "RolloutService/ListRollouts",
-             "MonitorService/ListMonitors"):
+             "MonitorService/ListMonitors", "RolloutService/ListReleases"):
         return rpc.request(), "OK"
     # the rest (the probe calls): whatever the server's set-up lets them answer, past authentication
     return (rpc.request(request_id=rid()) if rpc.has_field("request_id") else rpc.request()), None
@@ -133,6 +136,7 @@ def snapshot(srv) -> tuple:
         [(s.name, s.address, s.desired_version) for s in db.shards()],
         [(r.id, r.state, r.etag) for r in db.rollouts()],
         [r["name"] for r in db.q("SELECT name FROM monitors ORDER BY name")],
+        [tuple(r) for r in db.q("SELECT shard, version, source FROM releases ORDER BY seq")],
     )
 
 

@@ -82,3 +82,22 @@ def test_output_formats_carry_the_same_message(control_plane):
     assert "s-out" in [s["name"] for s in json.loads(as_json.stdout)["shards"]]
     r = ctl(control_plane, "-o", "xml", "shards", token=VIEWER_TOKEN)
     assert r.exit_code == 2 and "'xml' is not one of table, json, yaml" in " ".join(r.output.split())
+
+
+def test_rollback_and_releases_commands(control_plane, tmp_path):
+    """Nothing released yet: rollback refuses naming the shard (exit 4); after a revert the history
+    holds base, and `releases` lists it; rolling back an unreachable shard exits 6."""
+    assert ctl(control_plane, "shards", "add", "s1", "http://127.0.0.1:9").exit_code == 0
+    r = ctl(control_plane, "--json", "rollback")
+    assert r.exit_code == 4 and json.loads(r.stderr)["error"]["reason"] == "NO_PREVIOUS_VERSION" and "s1" in r.stderr
+    f = tmp_path / "p.fpatch"
+    f.write_bytes(random_patch({W: (64, 128)}, "sha256:" + "2" * 64))
+    digest = json.loads(ctl(control_plane, "--json", "patch", "push", str(f)).stdout)["digest"]
+    r = ctl(control_plane, "rollback", "--to", digest)
+    assert r.exit_code == 4 and "NOT_IN_HISTORY" in r.stderr
+    assert ctl(control_plane, "rollback", "--to", "not-a-digest").exit_code == 2
+    assert ctl(control_plane, "revert").exit_code == 6  # the shard is unreachable, but base is now its release
+    r = ctl(control_plane, "--json", "releases", token=VIEWER_TOKEN)
+    assert r.exit_code == 0 and [(x["shard"], x.get("version", ""), x["source"]) for x in json.loads(r.stdout)["releases"]] == [
+        ("s1", "", "revert")]
+    assert ctl(control_plane, "rollback", token=VIEWER_TOKEN).exit_code == 5

@@ -233,18 +233,22 @@ class RevertToBaseRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., shards: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShardResult(_message.Message):
-    __slots__ = ("shard", "ok", "error_reason", "error", "seconds")
+    __slots__ = ("shard", "ok", "error_reason", "error", "seconds", "version", "previous_version")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_REASON_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     shard: str
     ok: bool
     error_reason: str
     error: str
     seconds: float
-    def __init__(self, shard: _Optional[str] = ..., ok: _Optional[bool] = ..., error_reason: _Optional[str] = ..., error: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+    version: str
+    previous_version: str
+    def __init__(self, shard: _Optional[str] = ..., ok: _Optional[bool] = ..., error_reason: _Optional[str] = ..., error: _Optional[str] = ..., seconds: _Optional[float] = ..., version: _Optional[str] = ..., previous_version: _Optional[str] = ...) -> None: ...
 
 class RevertToBaseResponse(_message.Message):
     __slots__ = ("results", "aborted_rollouts", "seconds")
@@ -255,3 +259,51 @@ class RevertToBaseResponse(_message.Message):
     aborted_rollouts: _containers.RepeatedScalarFieldContainer[str]
     seconds: float
     def __init__(self, results: _Optional[_Iterable[_Union[ShardResult, _Mapping]]] = ..., aborted_rollouts: _Optional[_Iterable[str]] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("request_id", "shards", "to_version")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    shards: _containers.RepeatedScalarFieldContainer[str]
+    to_version: str
+    def __init__(self, request_id: _Optional[str] = ..., shards: _Optional[_Iterable[str]] = ..., to_version: _Optional[str] = ...) -> None: ...
+
+class RollbackResponse(_message.Message):
+    __slots__ = ("results", "aborted_rollouts", "seconds")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ABORTED_ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ShardResult]
+    aborted_rollouts: _containers.RepeatedScalarFieldContainer[str]
+    seconds: float
+    def __init__(self, results: _Optional[_Iterable[_Union[ShardResult, _Mapping]]] = ..., aborted_rollouts: _Optional[_Iterable[str]] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class Release(_message.Message):
+    __slots__ = ("shard", "version", "source", "principal", "time")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    shard: str
+    version: str
+    source: str
+    principal: str
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, shard: _Optional[str] = ..., version: _Optional[str] = ..., source: _Optional[str] = ..., principal: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListReleasesRequest(_message.Message):
+    __slots__ = ("shard", "page_size")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    shard: str
+    page_size: int
+    def __init__(self, shard: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class ListReleasesResponse(_message.Message):
+    __slots__ = ("releases",)
+    RELEASES_FIELD_NUMBER: _ClassVar[int]
+    releases: _containers.RepeatedCompositeFieldContainer[Release]
+    def __init__(self, releases: _Optional[_Iterable[_Union[Release, _Mapping]]] = ...) -> None: ...

@@ -84,6 +84,16 @@ class RolloutServiceStub:
                 request_serializer=factpatch_dot_v1_dot_rollout__pb2.RevertToBaseRequest.SerializeToString,
                 response_deserializer=factpatch_dot_v1_dot_rollout__pb2.RevertToBaseResponse.FromString,
                 _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/factpatch.v1.RolloutService/Rollback',
+                request_serializer=factpatch_dot_v1_dot_rollout__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=factpatch_dot_v1_dot_rollout__pb2.RollbackResponse.FromString,
+                _registered_method=True)
+        self.ListReleases = channel.unary_unary(
+                '/factpatch.v1.RolloutService/ListReleases',
+                request_serializer=factpatch_dot_v1_dot_rollout__pb2.ListReleasesRequest.SerializeToString,
+                response_deserializer=factpatch_dot_v1_dot_rollout__pb2.ListReleasesResponse.FromString,
+                _registered_method=True)
 
 
 class RolloutServiceServicer:
@@ -161,6 +171,30 @@ class RolloutServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rollback(self, request, context):
+        """Puts the chosen shards (all registered shards when none are named) back on the version each
+        served before its current one, at once and without analysis, as RevertToBase does for base.
+        "Before" is the shard's release history (`ListReleases`): the newest release that differs from
+        its current one, or, while an unfinished rollout includes the shard, the version that rollout
+        found there (the rollout is aborted, its other shards go back to their versions too). The
+        weights come from the patch on the shard (base plus its change), not from a reload.
+        Errors: NOT_FOUND / SHARD_NOT_FOUND; FAILED_PRECONDITION / NO_PREVIOUS_VERSION (a shard's history
+        holds no other version), NOT_IN_HISTORY (`to_version` was never released on a shard),
+        PATCH_NOT_FOUND (the version to go back to was deleted from the store). Nothing changes when
+        any shard is refused. Answers when every shard has switched or the deadline passes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReleases(self, request, context):
+        """The versions each shard was released on, newest first: a rollout that succeeded, a
+        RevertToBase, a Rollback.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +232,16 @@ def add_RolloutServiceServicer_to_server(servicer, server):
                     servicer.RevertToBase,
                     request_deserializer=factpatch_dot_v1_dot_rollout__pb2.RevertToBaseRequest.FromString,
                     response_serializer=factpatch_dot_v1_dot_rollout__pb2.RevertToBaseResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=factpatch_dot_v1_dot_rollout__pb2.RollbackRequest.FromString,
+                    response_serializer=factpatch_dot_v1_dot_rollout__pb2.RollbackResponse.SerializeToString,
+            ),
+            'ListReleases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReleases,
+                    request_deserializer=factpatch_dot_v1_dot_rollout__pb2.ListReleasesRequest.FromString,
+                    response_serializer=factpatch_dot_v1_dot_rollout__pb2.ListReleasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -404,6 +448,60 @@ class RolloutService:
             '/factpatch.v1.RolloutService/RevertToBase',
             factpatch_dot_v1_dot_rollout__pb2.RevertToBaseRequest.SerializeToString,
             factpatch_dot_v1_dot_rollout__pb2.RevertToBaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/factpatch.v1.RolloutService/Rollback',
+            factpatch_dot_v1_dot_rollout__pb2.RollbackRequest.SerializeToString,
+            factpatch_dot_v1_dot_rollout__pb2.RollbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReleases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/factpatch.v1.RolloutService/ListReleases',
+            factpatch_dot_v1_dot_rollout__pb2.ListReleasesRequest.SerializeToString,
+            factpatch_dot_v1_dot_rollout__pb2.ListReleasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,7 @@ READ_METHODS = frozenset(
         "RolloutService/GetRollout",
         "RolloutService/ListRollouts",
         "RolloutService/WatchRollout",
+        "RolloutService/ListReleases",
         "MonitorService/ListMonitors",
         "ProbeService/GetProbeReport",
         "ProbeService/GetProbeSet",

@@ -39,7 +39,7 @@ current_call: contextvars.ContextVar[Call] = contextvars.ContextVar("current_cal
 
 def target_of(request) -> str:
     parts = []
-    for name in ("digest", "patch", "id", "name", "address"):
+    for name in ("digest", "patch", "id", "name", "address", "to_version"):
         if hasattr(request, name) and getattr(request, name):
             parts.append(f"{name}={getattr(request, name)}")
     if hasattr(request, "shards") and len(request.shards) and isinstance(request.shards[0], str):

@@ -283,6 +283,47 @@ def revert(ctx: typer.Context, shard: list[str] = typer.Option([], "--shard", he
         raise typer.Exit(6)
 
 
+@app.command("rollback")
+def rollback(ctx: typer.Context,
+             shard: list[str] = typer.Option([], "--shard", help="Shard to roll back (repeatable); default: all."),
+             to: str = typer.Option("", "--to", show_default=False,
+                                    help="Go back to this patch digest (one in each shard's `ctl releases`) instead "
+                                         "of each shard's previous version.")) -> None:
+    """Every chosen shard back to the version it ran before its current one, now; aborts rollouts on them.
+
+    Where a rollout is still running on a shard, back means the version that rollout found there.
+    Example: `factpatch ctl rollback` after a patch that succeeded turns out wrong.
+    """
+    c: Ctx = ctx.obj
+    resp = c.call(c.rollouts.Rollback, rollout_pb2.RollbackRequest(request_id=c.rid(), shards=shard, to_version=to))
+
+    def render(resp):
+        for r in resp.results:
+            moved = f"{r.previous_version[:19] or 'base'} -> {r.version[:19] or 'base'}"
+            print(f"{r.shard}: {moved}" + ("" if r.ok else f" FAILED {r.error_reason} {r.error}") + f" ({r.seconds * 1000:.0f} ms)")
+        print(f"fleet rolled back in {resp.seconds * 1000:.0f} ms" + (f"; aborted {', '.join(resp.aborted_rollouts)}" if resp.aborted_rollouts else ""))
+
+    c.out(resp, render)
+    if not all(r.ok for r in resp.results):
+        raise typer.Exit(6)
+
+
+@app.command("releases")
+def list_releases(ctx: typer.Context, shard: str = typer.Option("", "--shard", help="One shard; default: all."),
+                  limit: int = typer.Option(20, "--limit", min=1, max=20, help="Releases per shard, newest first.")) -> None:
+    """The versions each shard was released on, newest first: what `ctl rollback` goes back along."""
+    c: Ctx = ctx.obj
+    resp = c.call(c.rollouts.ListReleases, rollout_pb2.ListReleasesRequest(shard=shard, page_size=limit))
+
+    def render(resp):
+        t = Table("shard", "version", "source", "by", "time")
+        for r in resp.releases:
+            t.add_row(r.shard, r.version[:19] or "base", r.source, r.principal, r.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"))
+        Console().print(t)
+
+    c.out(resp, render)
+
+
 # fleet
 
 HEALTH = {v: k.replace("SHARD_HEALTH_", "") for k, v in fleet_pb2.ShardHealth.items()}

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from factpatch.core.reasons import Refusal as Reason
+from factpatch.server.control import releases
 from factpatch.server.control.agent_client import AgentClient, AgentError
 from factpatch.server.control.agent_token import AgentToken
 from factpatch.server.state.audit import AuditLog
@@ -272,6 +273,10 @@ class Reconciler:
                             self._transition(c, r, RolloutState.ANALYZING, "", "canary analysis running")
                         else:
                             self._transition(c, r, RolloutState.SUCCEEDED if last else RolloutState.PAUSED, "", "")
+                        if last:  # every target shard is released on the patch: Rollback's history
+                            for rs in r.shards:
+                                releases.record(self.db, c, rs.shard, r.patch, f"rollout {r.id}", r.created_by,
+                                                before=rs.previous_version)
                 elif time.time() - r.step_started > r.progress_deadline_s:
                     self.start_rollback(r, RolloutState.ROLLING_BACK, RolloutReason.PROGRESS_DEADLINE,
                                         f"step {r.current_step} did not converge within {r.progress_deadline_s}s")
@@ -305,12 +310,15 @@ class Reconciler:
                 self._transition(c, r, RolloutState.PAUSED, RolloutReason.ANALYSIS_INCONCLUSIVE, run["message"])
             self.audit.record(SYSTEM, "rollout/pause", f"rollout={r.id}", RolloutReason.ANALYSIS_INCONCLUSIVE, run["message"])
 
-    # the fast path back to base
+    # the fast path back: to base (RevertToBase) or to an earlier version (Rollback)
 
-    def revert_now(self, names: list[str], deadline: float | None) -> list[dict]:
-        """Reverts the shards in parallel (their desired version must already be base)."""
+    def switch_now(self, targets: dict[str, str | None], deadline: float | None) -> list[dict]:
+        """Switches the shards in parallel to the given versions (None = base); each one's desired
+        version must already say so. A version is written from its patch on the shard (base plus its
+        change), as a rollout's apply is; nothing is reloaded."""
 
         def one(name: str) -> dict:
+            version = targets[name]
             t0 = time.perf_counter()
             timeout = self.agent_timeout if deadline is None else max(0.1, min(self.agent_timeout, deadline - time.time()))
             with self.shard_locks[name]:
@@ -318,19 +326,28 @@ class Reconciler:
                 self._swap_begin(name)
                 try:
                     drain = None if self.drain_timeout_s is None else min(self.drain_timeout_s, timeout)
-                    after = self.client(name, shard.address).revert(timeout=timeout, drain_timeout_s=drain)
+                    agent = self.client(name, shard.address)
+                    if version is None:
+                        after = agent.revert(timeout=timeout, drain_timeout_s=drain)
+                    else:
+                        after = agent.apply(self.store.get(version), version, timeout=timeout, drain_timeout_s=drain)
                     if self.metrics is not None:
-                        self.metrics.revert_seconds.labels(name).observe(time.perf_counter() - t0)
-                    self.db.observe(name, after.raw, "SERVING" if after.active_version is None else "SYNCING")
+                        (self.metrics.revert_seconds if version is None else self.metrics.apply_seconds).labels(name).observe(
+                            time.perf_counter() - t0)
+                    ok = after.active_version == version
+                    self.db.observe(name, after.raw, "SERVING" if ok else "SYNCING")
+                except (StoreCorrupt, FileNotFoundError) as e:
+                    self.db.observe(name, None, "ERROR", "STORE_CORRUPT", str(e))
+                    return {"shard": name, "ok": False, "error_reason": "STORE_CORRUPT", "error": str(e),
+                            "seconds": time.perf_counter() - t0}
                 except AgentError as e:
                     self.db.observe(name, None, "UNREACHABLE" if e.reason == "UNREACHABLE" else "ERROR", e.reason, e.message)
                     return {"shard": name, "ok": False, "error_reason": e.reason, "error": e.message,
                             "seconds": time.perf_counter() - t0}
                 finally:
                     self._swap_end(name)
-            return {"shard": name, "ok": after.active_version is None, "error_reason": "", "error": "",
-                    "seconds": time.perf_counter() - t0}
+            return {"shard": name, "ok": ok, "error_reason": "", "error": "", "seconds": time.perf_counter() - t0}
 
-        results = list(self._pool.map(one, names))
+        results = list(self._pool.map(one, list(targets)))
         self.kick()
         return results

@@ -51,6 +51,12 @@ CREATE TABLE IF NOT EXISTS audit (
   id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, principal TEXT NOT NULL,
   method TEXT NOT NULL, request_id TEXT NOT NULL DEFAULT '', target TEXT NOT NULL DEFAULT '',
   result TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', source TEXT NOT NULL DEFAULT '');
+-- The versions each shard was released on (a rollout that succeeded, a revert, a rollback): what
+-- Rollback goes back along. version NULL = base.
+CREATE TABLE IF NOT EXISTS releases (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, shard TEXT NOT NULL, version TEXT, source TEXT NOT NULL,
+  principal TEXT NOT NULL, time REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS releases_by_shard ON releases (shard, seq);
 -- Append-only: every write to `audit` as an event, each hash covering the previous one (audit.py).
 CREATE TABLE IF NOT EXISTS audit_events (
   seq INTEGER PRIMARY KEY, record INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
@@ -69,6 +75,15 @@ class Shard:
     last_seen: float | None
     last_error_reason: str
     last_error: str
+
+
+@dataclass(frozen=True)
+class Release:
+    shard: str
+    version: str | None  # None = base
+    source: str
+    principal: str
+    time: float
 
 
 @dataclass
@@ -222,6 +237,7 @@ class Database:
     def remove_shard(self, name: str) -> None:
         with self.tx() as c:
             c.execute("DELETE FROM shards WHERE name=?", (name,))
+            c.execute("DELETE FROM releases WHERE shard=?", (name,))  # a new shard of that name starts afresh
 
     def set_desired(self, c: sqlite3.Connection, name: str, version: str | None) -> None:
         c.execute(
@@ -302,6 +318,17 @@ class Database:
             "desired_version=excluded.desired_version, error_reason=excluded.error_reason, error=excluded.error",
             (rollout_id, s.shard, s.previous_version, s.desired_version, s.error_reason, s.error),
         )
+
+    # release history
+
+    def add_release(self, c: sqlite3.Connection, shard: str, version: str | None, source: str, principal: str) -> None:
+        c.execute("INSERT INTO releases (shard, version, source, principal, time) VALUES (?,?,?,?,?)",
+                  (shard, version, source, principal, time.time()))
+
+    def releases(self, shard: str, limit: int = 20) -> list[Release]:
+        """The shard's releases, newest first."""
+        rows = self.q("SELECT * FROM releases WHERE shard=? ORDER BY seq DESC LIMIT ?", (shard, limit))
+        return [Release(r["shard"], r["version"], r["source"], r["principal"], r["time"]) for r in rows]
 
     # request ids
 

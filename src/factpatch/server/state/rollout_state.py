@@ -34,6 +34,7 @@ class RolloutReason(StrEnum):
     ANALYSIS_INCONCLUSIVE = "ANALYSIS_INCONCLUSIVE"
     ABORTED_BY_USER = "ABORTED_BY_USER"
     REVERTED_TO_BASE = "REVERTED_TO_BASE"
+    ROLLED_BACK = "ROLLED_BACK"  # a Rollback put its shards back on their previous versions
 
 
 ACTIVE = (RolloutState.PROGRESSING, RolloutState.ANALYZING, RolloutState.PAUSED, RolloutState.ROLLING_BACK,

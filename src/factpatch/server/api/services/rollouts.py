@@ -18,7 +18,7 @@ from factpatch.server.api.context import ControlPlane
 from factpatch.server.api.errors import ApiError, invalid, not_found, precondition
 from factpatch.server.api.interceptor import call_principal
 from factpatch.server.api.services.patches import check_digest
-from factpatch.server.control import analysis
+from factpatch.server.control import analysis, releases
 from factpatch.server.control.reconciler import new_etag
 from factpatch.server.state.db import Rollout, RolloutShard
 from factpatch.server.state.rollout_state import FINAL, RolloutReason, RolloutState
@@ -221,8 +221,10 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
         t0 = time.perf_counter()
         aborted = []
         chosen = set(names)
+        active = db.rollouts(active_only=True)
+        stable = {n: releases.stable_version(db, n, active) for n in names}
         with db.tx() as c:
-            for r in db.rollouts(active_only=True):
+            for r in active:
                 if not chosen & set(r.target_shards):
                     continue
                 for rs in r.shards:
@@ -235,10 +237,70 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
                 aborted.append(r.id)
             for n in names:
                 db.set_desired(c, n, None)
-        remaining = context.time_remaining()
-        deadline = time.time() + remaining if remaining is not None else None
-        results = self.cp.reconciler.revert_now(names, deadline)
+                releases.record(db, c, n, None, "revert", call_principal(), before=stable[n])
+        results = self.cp.reconciler.switch_now(dict.fromkeys(names), _deadline(context))
         return rollout_pb2.RevertToBaseResponse(
             results=[rollout_pb2.ShardResult(**r) for r in results], aborted_rollouts=aborted,
             seconds=time.perf_counter() - t0,
         )
+
+    def Rollback(self, request, context):
+        db = self.cp.db
+        known = {s.name for s in db.shards()}
+        names = sorted(set(request.shards)) or sorted(known)
+        for n in names:
+            if n not in known:
+                raise not_found("SHARD_NOT_FOUND", f"no shard named {n!r}", shard=n)
+        if not names:
+            raise precondition("NO_SHARDS", "no shards are registered")
+        if request.to_version:
+            check_digest(request.to_version, "to_version")
+        t0 = time.perf_counter()
+        try:
+            plan = releases.rollback_plan(db, names, request.to_version)
+        except releases.RollbackRefused as e:
+            raise precondition(e.reason, e.message, shard=e.shard) from None
+        principal = call_principal()
+        aborted = []
+        with db.tx() as c:
+            # An unfinished rollout on a chosen shard is over: its other shards go back too.
+            for r in db.rollouts(active_only=True):
+                if not set(plan) & {rs.shard for rs in r.shards}:
+                    continue
+                for rs in r.shards:
+                    rs.desired_version = plan[rs.shard].to if rs.shard in plan else rs.previous_version
+                    db.upsert_rollout_shard(c, r.id, rs)
+                    db.set_desired(c, rs.shard, rs.desired_version)
+                if r.state not in (RolloutState.ROLLING_BACK, RolloutState.ABORTING):
+                    r.state, r.reason, r.message = RolloutState.ABORTING, RolloutReason.ROLLED_BACK, f"Rollback by {principal}"
+                    r.etag, r.updated = new_etag(), time.time()
+                    db.update_rollout(c, r)
+                aborted.append(r.id)
+            for n, move in plan.items():
+                db.set_desired(c, n, move.to)
+                releases.record(db, c, n, move.to, "rollback", principal, before=move.left)
+        results = self.cp.reconciler.switch_now({n: m.to for n, m in plan.items()}, _deadline(context))
+        return rollout_pb2.RollbackResponse(
+            results=[rollout_pb2.ShardResult(**r, version=plan[r["shard"]].to or "", previous_version=plan[r["shard"]].left or "")
+                     for r in results],
+            aborted_rollouts=aborted, seconds=time.perf_counter() - t0,
+        )
+
+    def ListReleases(self, request, context):
+        if request.page_size < 0:
+            raise invalid("BAD_PAGE_SIZE", "page_size must not be negative", field="page_size")
+        db = self.cp.db
+        names = [request.shard] if request.shard else [s.name for s in db.shards()]
+        if request.shard and db.shard(request.shard) is None:
+            raise not_found("SHARD_NOT_FOUND", f"no shard named {request.shard!r}", shard=request.shard)
+        out = rollout_pb2.ListReleasesResponse()
+        for n in names:
+            for rel in db.releases(n, min(request.page_size or releases.HISTORY, releases.HISTORY)):
+                m = out.releases.add(shard=rel.shard, version=rel.version or "", source=rel.source, principal=rel.principal)
+                m.time.FromNanoseconds(int(rel.time * 1e9))
+        return out
+
+
+def _deadline(context) -> float | None:
+    remaining = context.time_remaining()
+    return time.time() + remaining if remaining is not None else None
