@@ -41,17 +41,22 @@ def test_passing_gates_promote(stack, shards, fix_patch, fact):
     patch = stack.cl.push(fix_patch).digest
     # 20 s of traffic gives each side its 8 samples even when the machine is loaded (with 8 s a slow
     # run could end inconclusive and pause instead of promoting)
+    # then the whole fleet is watched for 15 s after promotion, against the base the canary step measured
     r = stack.start(patch, canary_shards=["s0"], canary_traffic_percent=50, analysis_seconds=20, gates=[
         Gate(metric="stale_value_rate", max_ratio=0.5, min_samples=8),
         Gate(metric="error_rate", max_ratio=1.0, max_value=0.01, min_samples=8),
-    ])
+    ], analysis_policy=rollout_pb2.AnalysisPolicy(post_promotion_seconds=15))
     r = stack.wait_state(r.id, {"ANALYZING"})
     with stack.traffic(fact.prompts):
-        r = stack.wait_state(r.id, {"SUCCEEDED"})
+        r = stack.wait_state(r.id, {"SUCCEEDED", "PAUSED", "FAILED"})
+    assert rollout_pb2.RolloutState.Name(r.state) == "ROLLOUT_STATE_SUCCEEDED", r.message
     run = r.analysis[0]
     assert run.decision == D.Value("ANALYSIS_DECISION_PASS"), run
     stale = run.gates[0]
     assert stale.canary_value == 0 and stale.base_value > 0.9
+    watch = r.analysis[1]
+    assert watch.post_promotion and watch.step == 1 and watch.decision == D.Value("ANALYSIS_DECISION_PASS"), watch
+    assert watch.gates[0].base_value == stale.base_value and watch.gates[0].canary_samples >= 8
     assert active(shards["s0"]) == patch and active(shards["s1"]) == patch
 
 

@@ -101,3 +101,19 @@ def test_rollback_and_releases_commands(control_plane, tmp_path):
     assert r.exit_code == 0 and [(x["shard"], x.get("version", ""), x["source"]) for x in json.loads(r.stdout)["releases"]] == [
         ("s1", "", "revert")]
     assert ctl(control_plane, "rollback", token=VIEWER_TOKEN).exit_code == 5
+
+
+def test_rollout_start_analysis_policy_flags(control_plane, tmp_path):
+    """The policy flags reach the rollout; a policy without gates is refused naming the field (exit 2)."""
+    f = tmp_path / "p.fpatch"
+    f.write_bytes(random_patch({W: (64, 128)}, "sha256:" + "3" * 64))
+    digest = json.loads(ctl(control_plane, "--json", "patch", "push", str(f)).stdout)["digest"]
+    assert ctl(control_plane, "shards", "add", "s1", "http://127.0.0.1:9").exit_code == 0
+    r = ctl(control_plane, "--json", "rollout", "start", digest, "--failure-limit", "1")
+    assert r.exit_code == 2 and json.loads(r.stderr)["error"]["reason"] == "BAD_ANALYSIS_POLICY"
+    r = ctl(control_plane, "--json", "rollout", "start", digest, "--gate", "error_rate:1.5:20", "--analysis-seconds", "120",
+            "--measurement-seconds", "30", "--failure-limit", "1", "--inconclusive-limit", "2",
+            "--watch-after-promotion", "300")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["analysis_policy"] == {"failure_limit": 1, "inconclusive_limit": 2,
+                                                       "measurement_seconds": 30, "post_promotion_seconds": 300}

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61\x63tpatch/v1/rollout.proto\x12\x0c\x66\x61\x63tpatch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"6\n\x0bRolloutStep\x12\x0e\n\x06shards\x18\x01 \x03(\t\x12\x17\n\x0ftraffic_percent\x18\x02 \x01(\x05\"Y\n\x0c\x41nalysisGate\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x11\n\tmax_ratio\x18\x02 \x01(\x01\x12\x13\n\x0bmin_samples\x18\x03 \x01(\x03\x12\x11\n\tmax_value\x18\x04 \x01(\x01\"\xcf\x01\n\nGateResult\x12(\n\x04gate\x18\x01 \x01(\x0b\x32\x1a.factpatch.v1.AnalysisGate\x12\x14\n\x0c\x63\x61nary_value\x18\x02 \x01(\x01\x12\x12\n\nbase_value\x18\x03 \x01(\x01\x12\x16\n\x0e\x63\x61nary_samples\x18\x04 \x01(\x03\x12\x14\n\x0c\x62\x61se_samples\x18\x05 \x01(\x03\x12/\n\x07outcome\x18\x06 \x01(\x0e\x32\x1e.factpatch.v1.AnalysisDecision\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"\x98\x02\n\x0b\x41nalysisRun\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x30\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x1e.factpatch.v1.AnalysisDecision\x12\x30\n\x0cwindow_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63\x61nary_version\x18\x05 \x01(\t\x12\x15\n\rbase_versions\x18\x06 \x03(\t\x12\'\n\x05gates\x18\x07 \x03(\x0b\x32\x18.factpatch.v1.GateResult\x12\x0f\n\x07message\x18\x08 \x01(\t\"\x8e\x01\n\rShardProgress\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65sired_version\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x63tive_version\x18\x04 \x01(\t\x12\x14\n\x0c\x65rror_reason\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\xee\x03\n\x07Rollout\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05patch\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.factpatch.v1.RolloutState\x12(\n\x05steps\x18\x04 \x03(\x0b\x32\x19.factpatch.v1.RolloutStep\x12\x14\n\x0c\x63urrent_step\x18\x05 \x01(\x05\x12\x0c\n\x04\x65tag\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12+\n\x06shards\x18\t \x03(\x0b\x32\x1b.factpatch.v1.ShardProgress\x12)\n\x05gates\x18\n \x03(\x0b\x32\x1a.factpatch.v1.AnalysisGate\x12!\n\x19progress_deadline_seconds\x18\x0b \x01(\x05\x12\x12\n\ncreated_by\x18\x0c \x01(\t\x12+\n\x07\x63reated\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07updated\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x61nalysis\x18\x0f \x03(\x0b\x32\x19.factpatch.v1.AnalysisRun\x12\x18\n\x10\x61nalysis_seconds\x18\x10 \x01(\x05\"\x91\x02\n\x13StartRolloutRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05patch\x18\x02 \x01(\t\x12(\n\x05steps\x18\x03 \x03(\x0b\x32\x19.factpatch.v1.RolloutStep\x12\x0e\n\x06shards\x18\x04 \x03(\t\x12\x15\n\rcanary_shards\x18\x05 \x03(\t\x12\x1e\n\x16\x63\x61nary_traffic_percent\x18\x06 \x01(\x05\x12)\n\x05gates\x18\x07 \x03(\x0b\x32\x1a.factpatch.v1.AnalysisGate\x12!\n\x19progress_deadline_seconds\x18\x08 \x01(\x05\x12\x18\n\x10\x61nalysis_seconds\x18\t \x01(\x05\"\x1f\n\x11GetRolloutRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\x13ListRolloutsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x13\n\x0b\x61\x63tive_only\x18\x02 \x01(\x08\"?\n\x14ListRolloutsResponse\x12\'\n\x08rollouts\x18\x01 \x03(\x0b\x32\x15.factpatch.v1.Rollout\"!\n\x13WatchRolloutRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x0ePromoteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"M\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"9\n\x13RevertToBaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06shards\x18\x02 \x03(\t\"\x89\x01\n\x0bShardResult\x12\r\n\x05shard\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x14\n\x0c\x65rror_reason\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x18\n\x10previous_version\x18\x07 \x01(\t\"m\n\x14RevertToBaseResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.factpatch.v1.ShardResult\x12\x18\n\x10\x61\x62orted_rollouts\x18\x02 \x03(\t\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\"I\n\x0fRollbackRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06shards\x18\x02 \x03(\t\x12\x12\n\nto_version\x18\x03 \x01(\t\"i\n\x10RollbackResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.factpatch.v1.ShardResult\x12\x18\n\x10\x61\x62orted_rollouts\x18\x02 \x03(\t\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\"v\n\x07Release\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x13ListReleasesRequest\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"?\n\x14ListReleasesResponse\x12\'\n\x08releases\x18\x01 \x03(\x0b\x32\x15.factpatch.v1.Release*\x91\x02\n\x0cRolloutState\x12\x1d\n\x19ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19ROLLOUT_STATE_PROGRESSING\x10\x01\x12\x18\n\x14ROLLOUT_STATE_PAUSED\x10\x02\x12\x1b\n\x17ROLLOUT_STATE_SUCCEEDED\x10\x03\x12\x1e\n\x1aROLLOUT_STATE_ROLLING_BACK\x10\x04\x12\x18\n\x14ROLLOUT_STATE_FAILED\x10\x05\x12\x1a\n\x16ROLLOUT_STATE_ABORTING\x10\x06\x12\x19\n\x15ROLLOUT_STATE_ABORTED\x10\x07\x12\x1b\n\x17ROLLOUT_STATE_ANALYZING\x10\x08*\xb0\x01\n\x10\x41nalysisDecision\x12!\n\x1d\x41NALYSIS_DECISION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41NALYSIS_DECISION_RUNNING\x10\x01\x12\x1a\n\x16\x41NALYSIS_DECISION_PASS\x10\x02\x12\x1a\n\x16\x41NALYSIS_DECISION_FAIL\x10\x03\x12\"\n\x1e\x41NALYSIS_DECISION_INCONCLUSIVE\x10\x04\x32\xb8\x05\n\x0eRolloutService\x12H\n\x0cStartRollout\x12!.factpatch.v1.StartRolloutRequest\x1a\x15.factpatch.v1.Rollout\x12\x44\n\nGetRollout\x12\x1f.factpatch.v1.GetRolloutRequest\x1a\x15.factpatch.v1.Rollout\x12U\n\x0cListRollouts\x12!.factpatch.v1.ListRolloutsRequest\x1a\".factpatch.v1.ListRolloutsResponse\x12J\n\x0cWatchRollout\x12!.factpatch.v1.WatchRolloutRequest\x1a\x15.factpatch.v1.Rollout0\x01\x12>\n\x07Promote\x12\x1c.factpatch.v1.PromoteRequest\x1a\x15.factpatch.v1.Rollout\x12:\n\x05\x41\x62ort\x12\x1a.factpatch.v1.AbortRequest\x1a\x15.factpatch.v1.Rollout\x12U\n\x0cRevertToBase\x12!.factpatch.v1.RevertToBaseRequest\x1a\".factpatch.v1.RevertToBaseResponse\x12I\n\x08Rollback\x12\x1d.factpatch.v1.RollbackRequest\x1a\x1e.factpatch.v1.RollbackResponse\x12U\n\x0cListReleases\x12!.factpatch.v1.ListReleasesRequest\x1a\".factpatch.v1.ListReleasesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61\x63tpatch/v1/rollout.proto\x12\x0c\x66\x61\x63tpatch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"6\n\x0bRolloutStep\x12\x0e\n\x06shards\x18\x01 \x03(\t\x12\x17\n\x0ftraffic_percent\x18\x02 \x01(\x05\"Y\n\x0c\x41nalysisGate\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x11\n\tmax_ratio\x18\x02 \x01(\x01\x12\x13\n\x0bmin_samples\x18\x03 \x01(\x03\x12\x11\n\tmax_value\x18\x04 \x01(\x01\"\xcf\x01\n\nGateResult\x12(\n\x04gate\x18\x01 \x01(\x0b\x32\x1a.factpatch.v1.AnalysisGate\x12\x14\n\x0c\x63\x61nary_value\x18\x02 \x01(\x01\x12\x12\n\nbase_value\x18\x03 \x01(\x01\x12\x16\n\x0e\x63\x61nary_samples\x18\x04 \x01(\x03\x12\x14\n\x0c\x62\x61se_samples\x18\x05 \x01(\x03\x12/\n\x07outcome\x18\x06 \x01(\x0e\x32\x1e.factpatch.v1.AnalysisDecision\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"\xe9\x02\n\x0b\x41nalysisRun\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x30\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x1e.factpatch.v1.AnalysisDecision\x12\x30\n\x0cwindow_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63\x61nary_version\x18\x05 \x01(\t\x12\x15\n\rbase_versions\x18\x06 \x03(\t\x12\'\n\x05gates\x18\x07 \x03(\x0b\x32\x18.factpatch.v1.GateResult\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x37\n\x0cmeasurements\x18\t \x03(\x0b\x32!.factpatch.v1.AnalysisMeasurement\x12\x16\n\x0epost_promotion\x18\n \x01(\x08\"\xc4\x01\n\x13\x41nalysisMeasurement\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x1e.factpatch.v1.AnalysisDecision\x12\'\n\x05gates\x18\x04 \x03(\x0b\x32\x18.factpatch.v1.GateResult\"\x8e\x01\n\rShardProgress\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65sired_version\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x63tive_version\x18\x04 \x01(\t\x12\x14\n\x0c\x65rror_reason\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\xa5\x04\n\x07Rollout\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05patch\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.factpatch.v1.RolloutState\x12(\n\x05steps\x18\x04 \x03(\x0b\x32\x19.factpatch.v1.RolloutStep\x12\x14\n\x0c\x63urrent_step\x18\x05 \x01(\x05\x12\x0c\n\x04\x65tag\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12+\n\x06shards\x18\t \x03(\x0b\x32\x1b.factpatch.v1.ShardProgress\x12)\n\x05gates\x18\n \x03(\x0b\x32\x1a.factpatch.v1.AnalysisGate\x12!\n\x19progress_deadline_seconds\x18\x0b \x01(\x05\x12\x12\n\ncreated_by\x18\x0c \x01(\t\x12+\n\x07\x63reated\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07updated\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x61nalysis\x18\x0f \x03(\x0b\x32\x19.factpatch.v1.AnalysisRun\x12\x18\n\x10\x61nalysis_seconds\x18\x10 \x01(\x05\x12\x35\n\x0f\x61nalysis_policy\x18\x11 \x01(\x0b\x32\x1c.factpatch.v1.AnalysisPolicy\"\x80\x01\n\x0e\x41nalysisPolicy\x12\x15\n\rfailure_limit\x18\x01 \x01(\x05\x12\x1a\n\x12inconclusive_limit\x18\x02 \x01(\x05\x12\x1b\n\x13measurement_seconds\x18\x03 \x01(\x05\x12\x1e\n\x16post_promotion_seconds\x18\x04 \x01(\x05\"\xc8\x02\n\x13StartRolloutRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05patch\x18\x02 \x01(\t\x12(\n\x05steps\x18\x03 \x03(\x0b\x32\x19.factpatch.v1.RolloutStep\x12\x0e\n\x06shards\x18\x04 \x03(\t\x12\x15\n\rcanary_shards\x18\x05 \x03(\t\x12\x1e\n\x16\x63\x61nary_traffic_percent\x18\x06 \x01(\x05\x12)\n\x05gates\x18\x07 \x03(\x0b\x32\x1a.factpatch.v1.AnalysisGate\x12!\n\x19progress_deadline_seconds\x18\x08 \x01(\x05\x12\x18\n\x10\x61nalysis_seconds\x18\t \x01(\x05\x12\x35\n\x0f\x61nalysis_policy\x18\n \x01(\x0b\x32\x1c.factpatch.v1.AnalysisPolicy\"\x1f\n\x11GetRolloutRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\x13ListRolloutsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x13\n\x0b\x61\x63tive_only\x18\x02 \x01(\x08\"?\n\x14ListRolloutsResponse\x12\'\n\x08rollouts\x18\x01 \x03(\x0b\x32\x15.factpatch.v1.Rollout\"!\n\x13WatchRolloutRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x0ePromoteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"M\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"9\n\x13RevertToBaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06shards\x18\x02 \x03(\t\"\x89\x01\n\x0bShardResult\x12\r\n\x05shard\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x14\n\x0c\x65rror_reason\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x18\n\x10previous_version\x18\x07 \x01(\t\"m\n\x14RevertToBaseResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.factpatch.v1.ShardResult\x12\x18\n\x10\x61\x62orted_rollouts\x18\x02 \x03(\t\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\"I\n\x0fRollbackRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06shards\x18\x02 \x03(\t\x12\x12\n\nto_version\x18\x03 \x01(\t\"i\n\x10RollbackResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.factpatch.v1.ShardResult\x12\x18\n\x10\x61\x62orted_rollouts\x18\x02 \x03(\t\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\"v\n\x07Release\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x13ListReleasesRequest\x12\r\n\x05shard\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"?\n\x14ListReleasesResponse\x12\'\n\x08releases\x18\x01 \x03(\x0b\x32\x15.factpatch.v1.Release*\x91\x02\n\x0cRolloutState\x12\x1d\n\x19ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19ROLLOUT_STATE_PROGRESSING\x10\x01\x12\x18\n\x14ROLLOUT_STATE_PAUSED\x10\x02\x12\x1b\n\x17ROLLOUT_STATE_SUCCEEDED\x10\x03\x12\x1e\n\x1aROLLOUT_STATE_ROLLING_BACK\x10\x04\x12\x18\n\x14ROLLOUT_STATE_FAILED\x10\x05\x12\x1a\n\x16ROLLOUT_STATE_ABORTING\x10\x06\x12\x19\n\x15ROLLOUT_STATE_ABORTED\x10\x07\x12\x1b\n\x17ROLLOUT_STATE_ANALYZING\x10\x08*\xb0\x01\n\x10\x41nalysisDecision\x12!\n\x1d\x41NALYSIS_DECISION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41NALYSIS_DECISION_RUNNING\x10\x01\x12\x1a\n\x16\x41NALYSIS_DECISION_PASS\x10\x02\x12\x1a\n\x16\x41NALYSIS_DECISION_FAIL\x10\x03\x12\"\n\x1e\x41NALYSIS_DECISION_INCONCLUSIVE\x10\x04\x32\xb8\x05\n\x0eRolloutService\x12H\n\x0cStartRollout\x12!.factpatch.v1.StartRolloutRequest\x1a\x15.factpatch.v1.Rollout\x12\x44\n\nGetRollout\x12\x1f.factpatch.v1.GetRolloutRequest\x1a\x15.factpatch.v1.Rollout\x12U\n\x0cListRollouts\x12!.factpatch.v1.ListRolloutsRequest\x1a\".factpatch.v1.ListRolloutsResponse\x12J\n\x0cWatchRollout\x12!.factpatch.v1.WatchRolloutRequest\x1a\x15.factpatch.v1.Rollout0\x01\x12>\n\x07Promote\x12\x1c.factpatch.v1.PromoteRequest\x1a\x15.factpatch.v1.Rollout\x12:\n\x05\x41\x62ort\x12\x1a.factpatch.v1.AbortRequest\x1a\x15.factpatch.v1.Rollout\x12U\n\x0cRevertToBase\x12!.factpatch.v1.RevertToBaseRequest\x1a\".factpatch.v1.RevertToBaseResponse\x12I\n\x08Rollback\x12\x1d.factpatch.v1.RollbackRequest\x1a\x1e.factpatch.v1.RollbackResponse\x12U\n\x0cListReleases\x12!.factpatch.v1.ListReleasesRequest\x1a\".factpatch.v1.ListReleasesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'factpatch.v1.rollout_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLLOUTSTATE']._serialized_start=2709
-  _globals['_ROLLOUTSTATE']._serialized_end=2982
-  _globals['_ANALYSISDECISION']._serialized_start=2985
-  _globals['_ANALYSISDECISION']._serialized_end=3161
+  _globals['_ROLLOUTSTATE']._serialized_start=3230
+  _globals['_ROLLOUTSTATE']._serialized_end=3503
+  _globals['_ANALYSISDECISION']._serialized_start=3506
+  _globals['_ANALYSISDECISION']._serialized_end=3682
   _globals['_ROLLOUTSTEP']._serialized_start=77
   _globals['_ROLLOUTSTEP']._serialized_end=131
   _globals['_ANALYSISGATE']._serialized_start=133
@@ -43,41 +43,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GATERESULT']._serialized_start=225
   _globals['_GATERESULT']._serialized_end=432
   _globals['_ANALYSISRUN']._serialized_start=435
-  _globals['_ANALYSISRUN']._serialized_end=715
-  _globals['_SHARDPROGRESS']._serialized_start=718
-  _globals['_SHARDPROGRESS']._serialized_end=860
-  _globals['_ROLLOUT']._serialized_start=863
-  _globals['_ROLLOUT']._serialized_end=1357
-  _globals['_STARTROLLOUTREQUEST']._serialized_start=1360
-  _globals['_STARTROLLOUTREQUEST']._serialized_end=1633
-  _globals['_GETROLLOUTREQUEST']._serialized_start=1635
-  _globals['_GETROLLOUTREQUEST']._serialized_end=1666
-  _globals['_LISTROLLOUTSREQUEST']._serialized_start=1668
-  _globals['_LISTROLLOUTSREQUEST']._serialized_end=1729
-  _globals['_LISTROLLOUTSRESPONSE']._serialized_start=1731
-  _globals['_LISTROLLOUTSRESPONSE']._serialized_end=1794
-  _globals['_WATCHROLLOUTREQUEST']._serialized_start=1796
-  _globals['_WATCHROLLOUTREQUEST']._serialized_end=1829
-  _globals['_PROMOTEREQUEST']._serialized_start=1831
-  _globals['_PROMOTEREQUEST']._serialized_end=1893
-  _globals['_ABORTREQUEST']._serialized_start=1895
-  _globals['_ABORTREQUEST']._serialized_end=1972
-  _globals['_REVERTTOBASEREQUEST']._serialized_start=1974
-  _globals['_REVERTTOBASEREQUEST']._serialized_end=2031
-  _globals['_SHARDRESULT']._serialized_start=2034
-  _globals['_SHARDRESULT']._serialized_end=2171
-  _globals['_REVERTTOBASERESPONSE']._serialized_start=2173
-  _globals['_REVERTTOBASERESPONSE']._serialized_end=2282
-  _globals['_ROLLBACKREQUEST']._serialized_start=2284
-  _globals['_ROLLBACKREQUEST']._serialized_end=2357
-  _globals['_ROLLBACKRESPONSE']._serialized_start=2359
-  _globals['_ROLLBACKRESPONSE']._serialized_end=2464
-  _globals['_RELEASE']._serialized_start=2466
-  _globals['_RELEASE']._serialized_end=2584
-  _globals['_LISTRELEASESREQUEST']._serialized_start=2586
-  _globals['_LISTRELEASESREQUEST']._serialized_end=2641
-  _globals['_LISTRELEASESRESPONSE']._serialized_start=2643
-  _globals['_LISTRELEASESRESPONSE']._serialized_end=2706
-  _globals['_ROLLOUTSERVICE']._serialized_start=3164
-  _globals['_ROLLOUTSERVICE']._serialized_end=3860
+  _globals['_ANALYSISRUN']._serialized_end=796
+  _globals['_ANALYSISMEASUREMENT']._serialized_start=799
+  _globals['_ANALYSISMEASUREMENT']._serialized_end=995
+  _globals['_SHARDPROGRESS']._serialized_start=998
+  _globals['_SHARDPROGRESS']._serialized_end=1140
+  _globals['_ROLLOUT']._serialized_start=1143
+  _globals['_ROLLOUT']._serialized_end=1692
+  _globals['_ANALYSISPOLICY']._serialized_start=1695
+  _globals['_ANALYSISPOLICY']._serialized_end=1823
+  _globals['_STARTROLLOUTREQUEST']._serialized_start=1826
+  _globals['_STARTROLLOUTREQUEST']._serialized_end=2154
+  _globals['_GETROLLOUTREQUEST']._serialized_start=2156
+  _globals['_GETROLLOUTREQUEST']._serialized_end=2187
+  _globals['_LISTROLLOUTSREQUEST']._serialized_start=2189
+  _globals['_LISTROLLOUTSREQUEST']._serialized_end=2250
+  _globals['_LISTROLLOUTSRESPONSE']._serialized_start=2252
+  _globals['_LISTROLLOUTSRESPONSE']._serialized_end=2315
+  _globals['_WATCHROLLOUTREQUEST']._serialized_start=2317
+  _globals['_WATCHROLLOUTREQUEST']._serialized_end=2350
+  _globals['_PROMOTEREQUEST']._serialized_start=2352
+  _globals['_PROMOTEREQUEST']._serialized_end=2414
+  _globals['_ABORTREQUEST']._serialized_start=2416
+  _globals['_ABORTREQUEST']._serialized_end=2493
+  _globals['_REVERTTOBASEREQUEST']._serialized_start=2495
+  _globals['_REVERTTOBASEREQUEST']._serialized_end=2552
+  _globals['_SHARDRESULT']._serialized_start=2555
+  _globals['_SHARDRESULT']._serialized_end=2692
+  _globals['_REVERTTOBASERESPONSE']._serialized_start=2694
+  _globals['_REVERTTOBASERESPONSE']._serialized_end=2803
+  _globals['_ROLLBACKREQUEST']._serialized_start=2805
+  _globals['_ROLLBACKREQUEST']._serialized_end=2878
+  _globals['_ROLLBACKRESPONSE']._serialized_start=2880
+  _globals['_ROLLBACKRESPONSE']._serialized_end=2985
+  _globals['_RELEASE']._serialized_start=2987
+  _globals['_RELEASE']._serialized_end=3105
+  _globals['_LISTRELEASESREQUEST']._serialized_start=3107
+  _globals['_LISTRELEASESREQUEST']._serialized_end=3162
+  _globals['_LISTRELEASESRESPONSE']._serialized_start=3164
+  _globals['_LISTRELEASESRESPONSE']._serialized_end=3227
+  _globals['_ROLLOUTSERVICE']._serialized_start=3685
+  _globals['_ROLLOUTSERVICE']._serialized_end=4381
 # @@protoc_insertion_point(module_scope)

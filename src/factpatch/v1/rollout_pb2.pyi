@@ -83,7 +83,7 @@ class GateResult(_message.Message):
     def __init__(self, gate: _Optional[_Union[AnalysisGate, _Mapping]] = ..., canary_value: _Optional[float] = ..., base_value: _Optional[float] = ..., canary_samples: _Optional[int] = ..., base_samples: _Optional[int] = ..., outcome: _Optional[_Union[AnalysisDecision, str]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class AnalysisRun(_message.Message):
-    __slots__ = ("step", "decision", "window_start", "window_end", "canary_version", "base_versions", "gates", "message")
+    __slots__ = ("step", "decision", "window_start", "window_end", "canary_version", "base_versions", "gates", "message", "measurements", "post_promotion")
     STEP_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     WINDOW_START_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,8 @@ class AnalysisRun(_message.Message):
     BASE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     GATES_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MEASUREMENTS_FIELD_NUMBER: _ClassVar[int]
+    POST_PROMOTION_FIELD_NUMBER: _ClassVar[int]
     step: int
     decision: AnalysisDecision
     window_start: _timestamp_pb2.Timestamp
@@ -100,7 +102,21 @@ class AnalysisRun(_message.Message):
     base_versions: _containers.RepeatedScalarFieldContainer[str]
     gates: _containers.RepeatedCompositeFieldContainer[GateResult]
     message: str
-    def __init__(self, step: _Optional[int] = ..., decision: _Optional[_Union[AnalysisDecision, str]] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., canary_version: _Optional[str] = ..., base_versions: _Optional[_Iterable[str]] = ..., gates: _Optional[_Iterable[_Union[GateResult, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
+    measurements: _containers.RepeatedCompositeFieldContainer[AnalysisMeasurement]
+    post_promotion: bool
+    def __init__(self, step: _Optional[int] = ..., decision: _Optional[_Union[AnalysisDecision, str]] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., canary_version: _Optional[str] = ..., base_versions: _Optional[_Iterable[str]] = ..., gates: _Optional[_Iterable[_Union[GateResult, _Mapping]]] = ..., message: _Optional[str] = ..., measurements: _Optional[_Iterable[_Union[AnalysisMeasurement, _Mapping]]] = ..., post_promotion: _Optional[bool] = ...) -> None: ...
+
+class AnalysisMeasurement(_message.Message):
+    __slots__ = ("start", "end", "decision", "gates")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    GATES_FIELD_NUMBER: _ClassVar[int]
+    start: _timestamp_pb2.Timestamp
+    end: _timestamp_pb2.Timestamp
+    decision: AnalysisDecision
+    gates: _containers.RepeatedCompositeFieldContainer[GateResult]
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decision: _Optional[_Union[AnalysisDecision, str]] = ..., gates: _Optional[_Iterable[_Union[GateResult, _Mapping]]] = ...) -> None: ...
 
 class ShardProgress(_message.Message):
     __slots__ = ("shard", "previous_version", "desired_version", "active_version", "error_reason", "error")
@@ -119,7 +135,7 @@ class ShardProgress(_message.Message):
     def __init__(self, shard: _Optional[str] = ..., previous_version: _Optional[str] = ..., desired_version: _Optional[str] = ..., active_version: _Optional[str] = ..., error_reason: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("id", "patch", "state", "steps", "current_step", "etag", "reason", "message", "shards", "gates", "progress_deadline_seconds", "created_by", "created", "updated", "analysis", "analysis_seconds")
+    __slots__ = ("id", "patch", "state", "steps", "current_step", "etag", "reason", "message", "shards", "gates", "progress_deadline_seconds", "created_by", "created", "updated", "analysis", "analysis_seconds", "analysis_policy")
     ID_FIELD_NUMBER: _ClassVar[int]
     PATCH_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +152,7 @@ class Rollout(_message.Message):
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     ANALYSIS_FIELD_NUMBER: _ClassVar[int]
     ANALYSIS_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ANALYSIS_POLICY_FIELD_NUMBER: _ClassVar[int]
     id: str
     patch: str
     state: RolloutState
@@ -152,10 +169,23 @@ class Rollout(_message.Message):
     updated: _timestamp_pb2.Timestamp
     analysis: _containers.RepeatedCompositeFieldContainer[AnalysisRun]
     analysis_seconds: int
-    def __init__(self, id: _Optional[str] = ..., patch: _Optional[str] = ..., state: _Optional[_Union[RolloutState, str]] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., current_step: _Optional[int] = ..., etag: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardProgress, _Mapping]]] = ..., gates: _Optional[_Iterable[_Union[AnalysisGate, _Mapping]]] = ..., progress_deadline_seconds: _Optional[int] = ..., created_by: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., analysis: _Optional[_Iterable[_Union[AnalysisRun, _Mapping]]] = ..., analysis_seconds: _Optional[int] = ...) -> None: ...
+    analysis_policy: AnalysisPolicy
+    def __init__(self, id: _Optional[str] = ..., patch: _Optional[str] = ..., state: _Optional[_Union[RolloutState, str]] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., current_step: _Optional[int] = ..., etag: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardProgress, _Mapping]]] = ..., gates: _Optional[_Iterable[_Union[AnalysisGate, _Mapping]]] = ..., progress_deadline_seconds: _Optional[int] = ..., created_by: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., analysis: _Optional[_Iterable[_Union[AnalysisRun, _Mapping]]] = ..., analysis_seconds: _Optional[int] = ..., analysis_policy: _Optional[_Union[AnalysisPolicy, _Mapping]] = ...) -> None: ...
+
+class AnalysisPolicy(_message.Message):
+    __slots__ = ("failure_limit", "inconclusive_limit", "measurement_seconds", "post_promotion_seconds")
+    FAILURE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    INCONCLUSIVE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MEASUREMENT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    POST_PROMOTION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    failure_limit: int
+    inconclusive_limit: int
+    measurement_seconds: int
+    post_promotion_seconds: int
+    def __init__(self, failure_limit: _Optional[int] = ..., inconclusive_limit: _Optional[int] = ..., measurement_seconds: _Optional[int] = ..., post_promotion_seconds: _Optional[int] = ...) -> None: ...
 
 class StartRolloutRequest(_message.Message):
-    __slots__ = ("request_id", "patch", "steps", "shards", "canary_shards", "canary_traffic_percent", "gates", "progress_deadline_seconds", "analysis_seconds")
+    __slots__ = ("request_id", "patch", "steps", "shards", "canary_shards", "canary_traffic_percent", "gates", "progress_deadline_seconds", "analysis_seconds", "analysis_policy")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PATCH_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +195,7 @@ class StartRolloutRequest(_message.Message):
     GATES_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ANALYSIS_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ANALYSIS_POLICY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     patch: str
     steps: _containers.RepeatedCompositeFieldContainer[RolloutStep]
@@ -174,7 +205,8 @@ class StartRolloutRequest(_message.Message):
     gates: _containers.RepeatedCompositeFieldContainer[AnalysisGate]
     progress_deadline_seconds: int
     analysis_seconds: int
-    def __init__(self, request_id: _Optional[str] = ..., patch: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., shards: _Optional[_Iterable[str]] = ..., canary_shards: _Optional[_Iterable[str]] = ..., canary_traffic_percent: _Optional[int] = ..., gates: _Optional[_Iterable[_Union[AnalysisGate, _Mapping]]] = ..., progress_deadline_seconds: _Optional[int] = ..., analysis_seconds: _Optional[int] = ...) -> None: ...
+    analysis_policy: AnalysisPolicy
+    def __init__(self, request_id: _Optional[str] = ..., patch: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[RolloutStep, _Mapping]]] = ..., shards: _Optional[_Iterable[str]] = ..., canary_shards: _Optional[_Iterable[str]] = ..., canary_traffic_percent: _Optional[int] = ..., gates: _Optional[_Iterable[_Union[AnalysisGate, _Mapping]]] = ..., progress_deadline_seconds: _Optional[int] = ..., analysis_seconds: _Optional[int] = ..., analysis_policy: _Optional[_Union[AnalysisPolicy, _Mapping]] = ...) -> None: ...
 
 class GetRolloutRequest(_message.Message):
     __slots__ = ("id",)

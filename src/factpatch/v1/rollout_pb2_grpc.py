@@ -36,11 +36,17 @@ class RolloutServiceStub:
     (ROLLING_BACK, then FAILED with the shard's reason).
 
     Canary analysis: when the rollout has gates, a converged step that is not the last is ANALYZING
-    for `analysis_seconds` while the gateway serves it its traffic share. A gate whose canary value
-    fails (with enough samples) rolls the rollout back at once (FAILED / ANALYSIS_FAILED); every gate
-    passing at the end of the window promotes to the next step; otherwise (too few samples, no
-    gateway traffic) the rollout is PAUSED with reason ANALYSIS_INCONCLUSIVE and waits for an
-    operator: analysis never promotes without data. Each decision and its numbers are in `analysis`.
+    for `analysis_seconds` while the gateway serves it its traffic share. The window is cut into
+    measurements of `measurement_seconds` (default: one measurement, the whole window); each judges
+    every gate on its own requests: FAIL when a gate fails with enough samples (which ends that
+    measurement at once), INCONCLUSIVE when a gate lacks samples at its end, PASS otherwise. More than
+    `failure_limit` failed measurements roll the rollout back at once (FAILED / ANALYSIS_FAILED); at the
+    end of the window, more than `inconclusive_limit` inconclusive measurements, or none that passed,
+    leave it PAUSED with reason ANALYSIS_INCONCLUSIVE for an operator (analysis never promotes without
+    data); otherwise it moves to the next step. With `post_promotion_seconds`, the last step is watched
+    the same way after it converged, against the base numbers the earlier steps measured (a gate's
+    `max_value` alone where none were measured): a failure rolls every shard back, a pass ends it
+    SUCCEEDED. Each decision and its numbers are in `analysis`.
     """
 
     def __init__(self, channel):
@@ -107,11 +113,17 @@ class RolloutServiceServicer:
     (ROLLING_BACK, then FAILED with the shard's reason).
 
     Canary analysis: when the rollout has gates, a converged step that is not the last is ANALYZING
-    for `analysis_seconds` while the gateway serves it its traffic share. A gate whose canary value
-    fails (with enough samples) rolls the rollout back at once (FAILED / ANALYSIS_FAILED); every gate
-    passing at the end of the window promotes to the next step; otherwise (too few samples, no
-    gateway traffic) the rollout is PAUSED with reason ANALYSIS_INCONCLUSIVE and waits for an
-    operator: analysis never promotes without data. Each decision and its numbers are in `analysis`.
+    for `analysis_seconds` while the gateway serves it its traffic share. The window is cut into
+    measurements of `measurement_seconds` (default: one measurement, the whole window); each judges
+    every gate on its own requests: FAIL when a gate fails with enough samples (which ends that
+    measurement at once), INCONCLUSIVE when a gate lacks samples at its end, PASS otherwise. More than
+    `failure_limit` failed measurements roll the rollout back at once (FAILED / ANALYSIS_FAILED); at the
+    end of the window, more than `inconclusive_limit` inconclusive measurements, or none that passed,
+    leave it PAUSED with reason ANALYSIS_INCONCLUSIVE for an operator (analysis never promotes without
+    data); otherwise it moves to the next step. With `post_promotion_seconds`, the last step is watched
+    the same way after it converged, against the base numbers the earlier steps measured (a gate's
+    `max_value` alone where none were measured): a failure rolls every shard back, a pass ends it
+    SUCCEEDED. Each decision and its numbers are in `analysis`.
     """
 
     def StartRollout(self, request, context):
@@ -262,11 +274,17 @@ class RolloutService:
     (ROLLING_BACK, then FAILED with the shard's reason).
 
     Canary analysis: when the rollout has gates, a converged step that is not the last is ANALYZING
-    for `analysis_seconds` while the gateway serves it its traffic share. A gate whose canary value
-    fails (with enough samples) rolls the rollout back at once (FAILED / ANALYSIS_FAILED); every gate
-    passing at the end of the window promotes to the next step; otherwise (too few samples, no
-    gateway traffic) the rollout is PAUSED with reason ANALYSIS_INCONCLUSIVE and waits for an
-    operator: analysis never promotes without data. Each decision and its numbers are in `analysis`.
+    for `analysis_seconds` while the gateway serves it its traffic share. The window is cut into
+    measurements of `measurement_seconds` (default: one measurement, the whole window); each judges
+    every gate on its own requests: FAIL when a gate fails with enough samples (which ends that
+    measurement at once), INCONCLUSIVE when a gate lacks samples at its end, PASS otherwise. More than
+    `failure_limit` failed measurements roll the rollout back at once (FAILED / ANALYSIS_FAILED); at the
+    end of the window, more than `inconclusive_limit` inconclusive measurements, or none that passed,
+    leave it PAUSED with reason ANALYSIS_INCONCLUSIVE for an operator (analysis never promotes without
+    data); otherwise it moves to the next step. With `post_promotion_seconds`, the last step is watched
+    the same way after it converged, against the base numbers the earlier steps measured (a gate's
+    `max_value` alone where none were measured): a failure rolls every shard back, a pass ends it
+    SUCCEEDED. Each decision and its numbers are in `analysis`.
     """
 
     @staticmethod

@@ -59,28 +59,43 @@ def shard(s: dbm.Shard) -> fleet_pb2.Shard:
     )
 
 
+def gate_result(g: dict) -> rollout_pb2.GateResult:
+    D = rollout_pb2.AnalysisDecision
+    return rollout_pb2.GateResult(
+        gate=rollout_pb2.AnalysisGate(**g["gate"]), canary_value=g["canary_value"], base_value=g["base_value"],
+        canary_samples=g["canary_samples"], base_samples=g["base_samples"],
+        outcome=D.Value("ANALYSIS_DECISION_" + g["outcome"]), detail=g["detail"],
+    )
+
+
 def analysis_run(run: dict) -> rollout_pb2.AnalysisRun:
     D = rollout_pb2.AnalysisDecision
     return rollout_pb2.AnalysisRun(
         step=run["step"], decision=D.Value("ANALYSIS_DECISION_" + run["decision"]),
         window_start=ts(run["window_start"]), window_end=ts(run["window_end"]),
         canary_version=run.get("canary_version") or "", base_versions=run.get("base_versions") or [],
-        gates=[
-            rollout_pb2.GateResult(
-                gate=rollout_pb2.AnalysisGate(**g["gate"]), canary_value=g["canary_value"], base_value=g["base_value"],
-                canary_samples=g["canary_samples"], base_samples=g["base_samples"],
-                outcome=D.Value("ANALYSIS_DECISION_" + g["outcome"]), detail=g["detail"],
-            )
-            for g in run.get("gates") or []
-        ],
+        gates=[gate_result(g) for g in run.get("gates") or []],
         message=run.get("message") or "",
+        measurements=[
+            rollout_pb2.AnalysisMeasurement(start=ts(m["start"]), end=ts(m["end"]),
+                                            decision=D.Value("ANALYSIS_DECISION_" + m["decision"]),
+                                            gates=[gate_result(g) for g in m.get("gates") or []])
+            for m in run.get("measurements") or []
+        ],
+        post_promotion=bool(run.get("post_promotion")),
     )
 
 
 def rollout(r: dbm.Rollout, shards: dict[str, dbm.Shard] | None = None,
-            analysis: tuple[float, list[dict]] | None = None) -> rollout_pb2.Rollout:
+            analysis: tuple[float, list[dict]] | None = None, policy=None) -> rollout_pb2.Rollout:
+    """`policy`: the rollout's analysis.Policy, when it has gates."""
     shards = shards or {}
     window_s, runs = analysis or (0, [])
+    policy_msg = None
+    if policy is not None and r.gates:
+        policy_msg = rollout_pb2.AnalysisPolicy(
+            failure_limit=policy.failure_limit, inconclusive_limit=policy.inconclusive_limit,
+            measurement_seconds=int(policy.measurement_s), post_promotion_seconds=int(policy.post_promotion_s))
     return rollout_pb2.Rollout(
         id=r.id, patch=r.patch, state=to_proto(r.state),
         steps=[rollout_pb2.RolloutStep(shards=s["shards"], traffic_percent=s.get("traffic_percent", 0)) for s in r.steps],
@@ -97,4 +112,5 @@ def rollout(r: dbm.Rollout, shards: dict[str, dbm.Shard] | None = None,
         progress_deadline_seconds=r.progress_deadline_s, created_by=r.created_by,
         created=ts(r.created), updated=ts(r.updated),
         analysis=[analysis_run(x) for x in runs], analysis_seconds=int(window_s) if r.gates else 0,
+        analysis_policy=policy_msg,
     )

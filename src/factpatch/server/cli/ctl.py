@@ -150,7 +150,11 @@ def _rollout_detail(r) -> None:
     c.print(t)
     decisions = {v: k.replace("ANALYSIS_DECISION_", "") for k, v in rollout_pb2.AnalysisDecision.items()}
     for run in r.analysis:
-        c.print(f"analysis step {run.step + 1}: {decisions[run.decision]}  {run.message}")
+        when = " (after promotion)" if run.post_promotion else ""
+        tally = ""
+        if len(run.measurements) > 1:
+            tally = " [" + " ".join(decisions[m.decision] for m in run.measurements) + "]"
+        c.print(f"analysis step {run.step + 1}{when}: {decisions[run.decision]}{tally}  {run.message}")
         g = Table("gate", "canary", "base", "samples (canary/base)", "outcome")
         for x in run.gates:
             g.add_row(f"{x.gate.metric} <= {x.gate.max_ratio:g}x", f"{x.canary_value:.4g}", f"{x.base_value:.4g}",
@@ -205,12 +209,28 @@ def rollout_start(
                                    "e.g. stale_value_rate:0.5:50 (repeatable)."),
     analysis_seconds: int = typer.Option(0, "--analysis-seconds", help="Analysis window per step in seconds; "
                                          "0: the control plane's default (60)."),
+    measurement_seconds: int = typer.Option(0, "--measurement-seconds", min=0,
+                                            help="Cut each window into measurements this long; 0: one measurement."),
+    failure_limit: int = typer.Option(0, "--failure-limit", min=0, help="Failed measurements tolerated per window."),
+    inconclusive_limit: int = typer.Option(0, "--inconclusive-limit", min=0,
+                                           help="Inconclusive measurements tolerated per window."),
+    watch_after_promotion: int = typer.Option(0, "--watch-after-promotion", min=0,
+                                              help="Seconds to analyse the last step once it converged (rolls every "
+                                                   "shard back on failure); 0: not watched."),
 ) -> None:
+    """Start a rollout of a stored patch: a canary step, then the rest of the fleet.
+
+    Example: `factpatch ctl rollout start sha256:… --canary s0 --traffic 10 --gate stale_value_rate:0.5:50
+    --gate error_rate:1.5:200 --measurement-seconds 30 --failure-limit 1 --watch-after-promotion 300 --wait`
+    """
     c: Ctx = ctx.obj
     gates = [_parse_gate(g) for g in gate]
+    policy = rollout_pb2.AnalysisPolicy(failure_limit=failure_limit, inconclusive_limit=inconclusive_limit,
+                                        measurement_seconds=measurement_seconds, post_promotion_seconds=watch_after_promotion)
     r = c.call(c.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(
         request_id=c.rid(), patch=patch, canary_shards=canary, shards=shard, canary_traffic_percent=traffic,
-        progress_deadline_seconds=deadline, gates=gates, analysis_seconds=analysis_seconds))
+        progress_deadline_seconds=deadline, gates=gates, analysis_seconds=analysis_seconds,
+        analysis_policy=policy if policy.ByteSize() else None))
     if wait:
         r = _wait(c, r.id, {RolloutState.PAUSED, *FINAL}, deadline + 30 + (analysis_seconds or 60) * bool(gates))
     _finish(c, r)

@@ -267,16 +267,17 @@ class Reconciler:
                 step = r.steps[r.current_step]["shards"]
                 if all(at(n, r.patch) for n in step):
                     last = r.current_step == len(r.steps) - 1
+                    analysed = r.gates and self.analyzer is not None
+                    watch = analysed and last and self.analyzer.watches_after_promotion(r)
                     with self.db.tx() as c:
-                        if not last and r.gates and self.analyzer is not None:
-                            self.analyzer.begin(c, r)
-                            self._transition(c, r, RolloutState.ANALYZING, "", "canary analysis running")
+                        if analysed and (not last or watch):
+                            self.analyzer.begin(c, r, post_promotion=last)
+                            self._transition(c, r, RolloutState.ANALYZING, "",
+                                             "watching the fleet after promotion" if last else "canary analysis running")
+                        elif last:
+                            self.succeed(c, r)
                         else:
-                            self._transition(c, r, RolloutState.SUCCEEDED if last else RolloutState.PAUSED, "", "")
-                        if last:  # every target shard is released on the patch: Rollback's history
-                            for rs in r.shards:
-                                releases.record(self.db, c, rs.shard, r.patch, f"rollout {r.id}", r.created_by,
-                                                before=rs.previous_version)
+                            self._transition(c, r, RolloutState.PAUSED, "", "")
                 elif time.time() - r.step_started > r.progress_deadline_s:
                     self.start_rollback(r, RolloutState.ROLLING_BACK, RolloutReason.PROGRESS_DEADLINE,
                                         f"step {r.current_step} did not converge within {r.progress_deadline_s}s")
@@ -287,11 +288,23 @@ class Reconciler:
                     with self.db.tx() as c:
                         self._transition(c, r, RolloutState.FAILED if r.state == RolloutState.ROLLING_BACK else RolloutState.ABORTED)
 
+    def succeed(self, c, r: Rollout, message: str = "") -> None:
+        """The last step holds: SUCCEEDED, and every target shard is released on the patch (Rollback's history)."""
+        self._transition(c, r, RolloutState.SUCCEEDED, "", message)
+        for rs in r.shards:
+            releases.record(self.db, c, rs.shard, r.patch, f"rollout {r.id}", r.created_by, before=rs.previous_version)
+
     def _analyse(self, r: Rollout) -> None:
         """Acts on the analysis of an ANALYZING rollout: fail rolls back, pass promotes, no data pauses."""
         decision, run = self.analyzer.step(r)
+        watch = bool(run.get("post_promotion"))
         if decision == "FAIL":
-            self.start_rollback(r, RolloutState.ROLLING_BACK, RolloutReason.ANALYSIS_FAILED, "canary analysis failed: " + run["message"])
+            what = "analysis after promotion failed: " if watch else "canary analysis failed: "
+            self.start_rollback(r, RolloutState.ROLLING_BACK, RolloutReason.ANALYSIS_FAILED, what + run["message"])
+        elif decision == "PASS" and watch:
+            with self.db.tx() as c:
+                self.succeed(c, r, "the watch after promotion passed")
+            self.audit.record(SYSTEM, "rollout/succeed", f"rollout={r.id}", "ANALYSIS_PASSED", run["message"])
         elif decision == "PASS":
             r.current_step += 1
             step = set(r.steps[r.current_step]["shards"])

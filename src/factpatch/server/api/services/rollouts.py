@@ -32,7 +32,8 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
         self.cp = cp
 
     def _msg(self, r: Rollout) -> rollout_pb2.Rollout:
-        return convert.rollout(r, {s.name: s for s in self.cp.db.shards()}, analysis.load(self.cp.db, r.id))
+        return convert.rollout(r, {s.name: s for s in self.cp.db.shards()}, analysis.load(self.cp.db, r.id),
+                               analysis.load_policy(self.cp.db, r.id))
 
     def _rollout(self, rollout_id: str) -> Rollout:
         r = self.cp.db.rollout(rollout_id)
@@ -93,6 +94,21 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
                     shard=name,
                 )
 
+    @staticmethod
+    def _policy(request) -> analysis.Policy:
+        p = request.analysis_policy
+        for name in ("failure_limit", "inconclusive_limit", "measurement_seconds", "post_promotion_seconds"):
+            if getattr(p, name) < 0:
+                raise invalid("BAD_ANALYSIS_POLICY", f"analysis_policy.{name} must not be negative",
+                              field=f"analysis_policy.{name}")
+        if request.HasField("analysis_policy") and not request.gates:
+            raise invalid("BAD_ANALYSIS_POLICY", "analysis_policy needs gates to judge", field="analysis_policy")
+        window = request.analysis_seconds or analysis.DEFAULT_WINDOW_S
+        if p.measurement_seconds > window:
+            raise invalid("BAD_ANALYSIS_POLICY", f"analysis_policy.measurement_seconds ({p.measurement_seconds}) is longer "
+                          f"than the window ({window} s)", field="analysis_policy.measurement_seconds")
+        return analysis.Policy(p.failure_limit, p.inconclusive_limit, float(p.measurement_seconds), float(p.post_promotion_seconds))
+
     def StartRollout(self, request, context):
         db = self.cp.db
         patch_row = db.patch(check_digest(request.patch, "patch"))
@@ -124,6 +140,7 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
                               field=f"gates[{i}]")
         if request.analysis_seconds < 0:
             raise invalid("BAD_ANALYSIS_WINDOW", "analysis_seconds must not be negative", field="analysis_seconds")
+        policy = self._policy(request)
         now = time.time()
         r = Rollout(
             id="ro-" + uuid.uuid4().hex[:12], patch=request.patch, state=RolloutState.PROGRESSING, steps=steps, current_step=0,
@@ -136,7 +153,7 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
         with db.tx() as c:
             db.insert_rollout(c, r)
             if r.gates:
-                analysis.set_window(c, r.id, request.analysis_seconds or analysis.DEFAULT_WINDOW_S)
+                analysis.set_window(c, r.id, request.analysis_seconds or analysis.DEFAULT_WINDOW_S, policy)
             for name in targets:
                 prev = known[name].desired_version
                 rs = RolloutShard(name, prev, request.patch if name in first else prev)
@@ -188,6 +205,10 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
             raise precondition("ROLLOUT_NOT_PAUSED", f"rollout {r.id} is {r.state}; only a PAUSED rollout can be promoted",
                                state=r.state)
         db = self.cp.db
+        if r.current_step == len(r.steps) - 1:  # paused after an inconclusive watch of the last step
+            with db.tx() as c:
+                self.cp.reconciler.succeed(c, r, f"promoted by {call_principal()} after an inconclusive watch")
+            return self._msg(db.rollout(r.id))
         r.current_step += 1
         step = set(r.steps[r.current_step]["shards"])
         with db.tx() as c:
