@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from factpatch.server.api.errors import reason_of
-from factpatch.v1 import probe_pb2, probe_pb2_grpc
+from factpatch.v1 import probe_pb2, probe_pb2_grpc, rollout_pb2
 from tests.server.helpers import OPERATOR_TOKEN, rid
 
 from .conftest import Stack, open_stack
@@ -131,7 +131,7 @@ def test_good_patch_holds_on_its_shard_and_not_on_base(probe_stack, demo_patch, 
     assert "probe results" in out.output and "no conditions in force" in out.output
 
 
-def test_breaking_patch_raises_regression_drift(probe_stack, breaking_patch):
+def test_breaking_patch_raises_regression_drift_and_its_rollout_rolls_back(probe_stack, breaking_patch):
     st = probe_stack
     digest = _canary_on_s0(st, breaking_patch)
     report = st.cl(st.probes.RunProbes, probe_pb2.RunProbesRequest(shards=["s0"]))
@@ -148,14 +148,17 @@ def test_breaking_patch_raises_regression_drift(probe_stack, breaking_patch):
     viewer = probe_pb2_grpc.ProbeServiceStub(grpc.insecure_channel(f"127.0.0.1:{st.srv.port}"))
     got = viewer.GetProbeReport(probe_pb2.GetProbeReportRequest(), metadata=(("authorization", f"Bearer {VIEWER_TOKEN}"),))
     assert probe_pb2.CONDITION_TYPE_REGRESSION_DRIFT in {c.type for c in got.conditions}
+    # and the rollout that put it there is rolled back by itself
+    r = st.cl(st.cl.rollouts.ListRollouts, rollout_pb2.ListRolloutsRequest(page_size=1)).rollouts[0]
+    r = st.wait_state(r.id, {"FAILED"})
+    assert r.reason == "PROBE_CONDITION" and "REGRESSION_DRIFT on s0" in r.message
+    assert next(x for x in r.shards if x.shard == "s0").desired_version == ""  # back on base
     assert len(got.conditions) == len(report.conditions)
     with pytest.raises(grpc.RpcError) as e:
         viewer.RunProbes(probe_pb2.RunProbesRequest(), metadata=(("authorization", f"Bearer {VIEWER_TOKEN}"),))
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
-    # reverting the fleet clears it on the next run
-    from factpatch.v1 import rollout_pb2
-
+    # back on base, the next run clears it
     st.cl(st.cl.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(request_id=rid()))
     report = st.cl(st.probes.RunProbes, probe_pb2.RunProbesRequest(shards=["s0"]))
     assert _by_shard(report)["s0"].version == "" and not report.conditions

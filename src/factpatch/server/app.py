@@ -161,6 +161,7 @@ class ControlPlaneServer:
         reconciler.swaps, reconciler.metrics = swaps, self.metrics
         if self.prober:
             self.prober.swaps = swaps
+            reconciler.probe_conditions = lambda: self.prober.snapshot()[1]
         reconciler.analyzer = Analyzer(db, self.observations if cfg.gateway else None, self._stale_scopes, self.metrics)
         self.gateway = Gateway(cfg.gateway, db, self.monitors, self.metrics, swaps, self.observations,
                               may_force_route=_operator_token(tokens)) if cfg.gateway else None

@@ -25,10 +25,12 @@ from factpatch.server.control.agent_client import AgentClient, AgentError
 from factpatch.server.control.agent_token import AgentToken
 from factpatch.server.state.audit import AuditLog
 from factpatch.server.state.db import Database, Rollout
-from factpatch.server.state.rollout_state import RolloutReason, RolloutState
+from factpatch.server.state.rollout_state import TRAFFIC_SPLIT, RolloutReason, RolloutState
 from factpatch.server.state.store import PatchStore, StoreCorrupt
 
 log = logging.getLogger("factpatch.reconciler")
+# Probe conditions that say the patch itself is wrong (RETRAIN_DUE says the chain grew, not that it broke).
+BREAKING_CONDITIONS = frozenset({"EDIT_NOT_HOLDING", "REGRESSION_DRIFT"})
 SYSTEM = "system:reconciler"
 
 
@@ -78,6 +80,8 @@ class Reconciler:
         self.swaps = None
         self.metrics = None
         self.analyzer = None
+        # set by the server when it runs probes: () -> the conditions in force (type, shard, version, message)
+        self.probe_conditions = None
 
     # lifecycle
 
@@ -263,6 +267,8 @@ class Reconciler:
             return s is not None and s.health == "SERVING" and (s.observed.get("active_version") or None) == version
 
         for r in self.db.rollouts(active_only=True):
+            if self._probes_object(r):
+                continue
             if r.state == RolloutState.PROGRESSING:
                 step = r.steps[r.current_step]["shards"]
                 if all(at(n, r.patch) for n in step):
@@ -287,6 +293,21 @@ class Reconciler:
                 if all(at(rs.shard, shards[rs.shard].desired_version) for rs in r.shards if rs.shard in shards):
                     with self.db.tx() as c:
                         self._transition(c, r, RolloutState.FAILED if r.state == RolloutState.ROLLING_BACK else RolloutState.ABORTED)
+
+    def _probes_object(self, r: Rollout) -> bool:
+        """A live probe found the rollout's patch breaking on one of its shards (an edit not holding,
+        unrelated answers drifting): roll it back, whatever step or analysis it is in."""
+        if self.probe_conditions is None or r.state not in TRAFFIC_SPLIT:
+            return False
+        shards = set(r.target_shards)
+        for cond in self.probe_conditions():
+            # found during this rollout (one from an earlier rollout of the patch is about that one)
+            if (cond.type in BREAKING_CONDITIONS and cond.version == r.patch and cond.shard in shards
+                    and cond.since >= r.created):
+                self.start_rollback(r, RolloutState.ROLLING_BACK, RolloutReason.PROBE_CONDITION,
+                                    f"probe found {cond.type} on {cond.shard}: {cond.message}")
+                return True
+        return False
 
     def succeed(self, c, r: Rollout, message: str = "") -> None:
         """The last step holds: SUCCEEDED, and every target shard is released on the patch (Rollback's history)."""

@@ -35,6 +35,7 @@ class RolloutReason(StrEnum):
     ABORTED_BY_USER = "ABORTED_BY_USER"
     REVERTED_TO_BASE = "REVERTED_TO_BASE"
     ROLLED_BACK = "ROLLED_BACK"  # a Rollback put its shards back on their previous versions
+    PROBE_CONDITION = "PROBE_CONDITION"  # a live probe found the patch not holding or breaking other answers
 
 
 ACTIVE = (RolloutState.PROGRESSING, RolloutState.ANALYZING, RolloutState.PAUSED, RolloutState.ROLLING_BACK,
