@@ -33,12 +33,21 @@ def test_dashboard_parses_and_has_the_panels():
     assert {t["datasource"]["uid"] for p in d["panels"] for t in p.get("targets", [])} == {"${datasource}"}
 
 
+def _own_vars(d: dict) -> dict[str, str]:
+    """The dashboard's query variables (version, shard), as Grafana fills them with "All"."""
+    return {"$" + v["name"]: v["allValue"] for v in d["templating"]["list"] if v["type"] == "query"}
+
+
 def test_dashboard_queries_are_valid_promql(promtool, tmp_path):
-    queries = _queries(json.loads(DASHBOARD.read_text()))
+    d = json.loads(DASHBOARD.read_text())
+    queries = _queries(d)
     assert len(queries) >= 10
+    own = _own_vars(d)
+    assert set(own) == {"$version", "$shard"}
+    assert any("$version" in q for q in queries) and any("$shard" in q for q in queries)
     rules = []
     for i, q in enumerate(queries):
-        for var, value in GRAFANA_VARS.items():
+        for var, value in {**GRAFANA_VARS, **own}.items():
             q = q.replace(var, value)
         assert "$" not in q, f"unknown Grafana variable in {q!r}"
         rules.append({"record": f"dashboard:query_{i}", "expr": q})
@@ -50,6 +59,8 @@ def test_dashboard_queries_are_valid_promql(promtool, tmp_path):
 
 def test_dashboard_uses_only_exported_metrics():
     exported = exported_metric_names()
-    used = {m for q in _queries(json.loads(DASHBOARD.read_text())) for m in METRIC.findall(q)}
+    d = json.loads(DASHBOARD.read_text())
+    used = {m for q in _queries(d) for m in METRIC.findall(q)}
+    used |= {m for v in d["templating"]["list"] if v["type"] == "query" for m in METRIC.findall(v["definition"])}
     assert "factpatch_monitor_matches_total" in used and "factpatch_monitor_evaluated_total" in used
     assert used <= exported, f"dashboard uses metrics the code never exports: {sorted(used - exported)}"

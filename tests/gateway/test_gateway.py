@@ -92,6 +92,11 @@ def test_streamed_stale_value_counted_once_and_chat(stack, fix_patch, fact):
     assert not any(fact.old in c for c in chunks), f"the value came in one chunk: {chunks}"  # it did cross a boundary
     assert stack.metric("factpatch_monitor_matches_total", monitor=name, version="base", shard=shard) == 1
     assert stack.metric("factpatch_monitor_evaluated_total", monitor=name, version="base", shard=shard) == 1
+    # a stream has a time to its first token and per token after it; a whole answer has neither
+    assert stack.metric("factpatch_gateway_time_to_first_token_seconds_count", version="base", shard=shard) == 1
+    assert stack.metric("factpatch_gateway_time_per_output_token_seconds_count", version="base", shard=shard) == 1
+    assert 0 < stack.metric("factpatch_gateway_time_to_first_token_seconds_sum") <= stack.metric(
+        "factpatch_gateway_request_duration_seconds_sum", shard=shard)
 
     # a prompt that does not mention the subject is not evaluated by the scoped monitor
     assert stack.complete("The refund period of Harbor Vezin is").status_code == 200
@@ -108,6 +113,8 @@ def test_streamed_stale_value_counted_once_and_chat(stack, fix_patch, fact):
         assert r.status_code == 200 and "text/event-stream" in r.headers["content-type"]
         r.read()
     assert stack.metric("factpatch_monitor_matches_total", monitor=name) == 3
+    assert stack.metric("factpatch_gateway_time_to_first_token_seconds_count") == 2  # the two streams
+    assert "_created" not in stack.http.get("/metrics").text
 
     models = stack.http.get("/v1/models")
     assert models.status_code == 200 and models.json()["data"][0]["id"] == stack.model

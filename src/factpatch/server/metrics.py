@@ -21,11 +21,15 @@ import time
 from collections import defaultdict
 from typing import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+# `*_created` series double every counter and histogram and no dashboard or rule reads them.
+disable_created_metrics()
 
 BASE = "base"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SWAP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -101,6 +105,14 @@ class Metrics:
         self.latency = Histogram("factpatch_gateway_request_duration_seconds",
                                  "Time from receiving a request to the last byte of its response.",
                                  ["version", "shard"], buckets=LATENCY_BUCKETS, registry=r)
+        # Streams only: a whole-response latency is confounded by answer length, these are not.
+        self.ttft = Histogram("factpatch_gateway_time_to_first_token_seconds",
+                              "Streamed requests: time from receiving the request to the first chunk with text.",
+                              ["version", "shard"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tpot = Histogram("factpatch_gateway_time_per_output_token_seconds",
+                              "Streamed requests: time between the first and the last text chunk, per chunk after the "
+                              "first (a chunk is a token on vLLM's streams).",
+                              ["version", "shard"], buckets=TOKEN_BUCKETS, registry=r)
         self.apply_seconds = Histogram("factpatch_patch_apply_duration_seconds", "Applying a patch on a shard (agent call).",
                                        ["shard"], buckets=SWAP_BUCKETS, registry=r)
         self.revert_seconds = Histogram("factpatch_patch_revert_duration_seconds", "Reverting a shard to base (agent call).",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -43,15 +42,21 @@ def serve(
     probes: Path = typer.Option(None, "--probes", exists=True,
                                 help="Live edit probes: schedule, thresholds and the frozen regression set (YAML/JSON)."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
+    log_format: str = typer.Option("text", "--log-format", envvar="FACTPATCH_LOG_FORMAT",
+                                   help="text, or json: one object per line with time, level, logger, message and "
+                                        "the rollout/shard fields of state changes."),
 ) -> None:
     """Start the gRPC control plane (patch store, fleet, rollouts, reconciler) and the OpenAI gateway."""
     from factpatch.server.app import ControlPlaneServer, ServeConfig
+    from factpatch.server.cli import logs
     from factpatch.server.gateway.app import GatewayConfig
     from factpatch.server.monitors.config import MonitorError
     from factpatch.server.probes.config import ProbeConfigError
     from factpatch.server.state.dir_lock import StateDirInUse
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if log_format not in logs.FORMATS:
+        raise typer.BadParameter(f"{log_format!r} is not one of {', '.join(logs.FORMATS)}", param_hint="--log-format")
+    logs.configure(log_format, verbose)
     agent_token = "" if agent_token_file else os.environ.get("FACTPATCH_AGENT_TOKEN", "")
     shards = {}
     for s in shard:

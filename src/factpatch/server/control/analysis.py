@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 from factpatch.server.state.db import Database, Rollout
 
-METRICS = ("stale_value_rate", "error_rate", "latency_p50", "latency_p99")
+METRICS = ("stale_value_rate", "error_rate", "latency_p50", "latency_p99", "ttft_p50", "ttft_p99")
 DEFAULT_WINDOW_S = 60
 RUNNING, PASS, FAIL, INCONCLUSIVE = "RUNNING", "PASS", "FAIL", "INCONCLUSIVE"
 
@@ -56,6 +56,7 @@ class Observation:
     latency_s: float
     matched: frozenset[str]  # monitor names that matched (among those that evaluated it)
     mentioned: frozenset[str]  # scoped subjects (lower-cased) the prompt mentions
+    ttft: float | None = None  # streamed requests: seconds to the first text chunk
 
 
 class Observations:
@@ -117,6 +118,9 @@ def measure(metric: str, obs: list[Observation], stale_scopes: dict[str, str]) -
     """(value, samples) of one metric over some observations."""
     if metric == "error_rate":
         return (sum(o.error for o in obs) / len(obs) if obs else 0.0), len(obs)
+    if metric.startswith("ttft_"):  # streams only: free of the answer's length
+        ttft = [o.ttft for o in obs if not o.error and o.ttft is not None]
+        return _quantile(ttft, 0.5 if metric == "ttft_p50" else 0.99), len(ttft)
     if metric.startswith("latency_"):
         lat = [o.latency_s for o in obs if not o.error]
         return _quantile(lat, 0.5 if metric == "latency_p50" else 0.99), len(lat)

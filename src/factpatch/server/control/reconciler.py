@@ -186,6 +186,8 @@ class Reconciler:
                 self._retrying[name] = (desired, record, attempts)
                 return None
             self.db.observe(name, st.raw, "ERROR", e.reason, e.message)
+            log.warning("shard %s refused %s: %s %s", name, desired or "base", e.reason, e.message,
+                        extra={"shard": name, "action": action, "version": desired or "base", "reason": e.reason})
             self._learn_compat(desired, st.base_fingerprint, e.reason)
             self._held[name] = (desired, st.base_fingerprint, time.time() + 30.0)
             self.audit.finish(record, f"REFUSED/{e.reason}", e.message)
@@ -199,6 +201,8 @@ class Reconciler:
         ok = after.active_version == desired
         self.db.observe(name, after.raw, "SERVING" if ok else "SYNCING")
         self.audit.finish(record, "OK", f"{dt:.3f}s")
+        log.info("shard %s: %s %s in %.3f s", name, action, desired or "base", dt,
+                 extra={"shard": name, "action": action, "version": desired or "base", "seconds": round(dt, 4)})
         return None
 
     def _swap_begin(self, name: str) -> None:
@@ -250,6 +254,9 @@ class Reconciler:
         return r
 
     def _transition(self, c, r: Rollout, state: str, reason: str | None = None, message: str | None = None) -> None:
+        log.info("rollout %s: %s -> %s%s", r.id, r.state, state, f" ({reason})" if reason else "",
+                 extra={"rollout": r.id, "patch": r.patch, "from_state": str(r.state), "state": str(state),
+                        "reason": reason or "", "step": r.current_step, "detail": message or ""})
         r.state = state
         if reason is not None:
             r.reason = reason

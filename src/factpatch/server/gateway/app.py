@@ -23,7 +23,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from factpatch.server.control.analysis import Observation, Observations
-from factpatch.server.gateway.proxy import NoShard, SSEReader, choice_texts, forward_headers, prompt_text, send
+from factpatch.server.gateway.proxy import (
+    NoShard,
+    SSEReader,
+    StreamTiming,
+    choice_texts,
+    forward_headers,
+    prompt_text,
+    send,
+)
 from factpatch.server.gateway.routing import BASE, CANARY, Router, SwapTracker
 from factpatch.server.metrics import Metrics, version_label
 from factpatch.server.monitors.registry import MonitorRegistry
@@ -243,6 +251,7 @@ class Gateway:
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:  # sent, but no answer came back
                 return openai_error(502, f"the shard failed to answer: {e!r}", type_="server_error", code="upstream_error")
         scanner = compiled.scanner()
+        timing = StreamTiming(t0)
         failed: str | None = None
         try:
             headers = self._served(shard, route)
@@ -257,6 +266,8 @@ class Gateway:
                         for obj in sse.feed(chunk):
                             for _, text in choice_texts(obj):
                                 scanner.feed(text)
+                                if text:
+                                    timing.token()
                         await out.write(chunk)
                 except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, asyncio.TimeoutError):
                     failed = "stream_broken"
@@ -293,14 +304,19 @@ class Gateway:
             matched = scanner.close()
             if failed != "client_gone":
                 self._record(shard, resp.status, failed, time.perf_counter() - t0, compiled, mentioned, matched,
-                             forced=request.headers.get(ROUTE_HEADER) is not None)
+                             forced=request.headers.get(ROUTE_HEADER) is not None, timing=timing)
 
     def _record(self, shard, status: int, failed: str | None, latency: float, compiled, mentioned, matched,
-                forced: bool = False) -> None:
+                forced: bool = False, timing: StreamTiming | None = None) -> None:
         v, s = version_label(shard.version), shard.name
         m = self.metrics
         m.requests.labels(v, s).inc()
         m.latency.labels(v, s).observe(latency)
+        if timing is not None and not failed:
+            if timing.ttft is not None:
+                m.ttft.labels(v, s).observe(timing.ttft)
+            if timing.per_token is not None:
+                m.tpot.labels(v, s).observe(timing.per_token)
         if failed:
             m.errors.labels(v, s, failed).inc()
         names: frozenset[str] = frozenset()
@@ -312,4 +328,5 @@ class Gateway:
         # 4xx are the client's doing: neither an error of the version nor a sample for it; QA's forced
         # requests are not a sample of the traffic the canary gets
         if (failed or status < 400) and not forced:
-            self.observations.add(Observation(time.time(), shard.version, s, bool(failed), latency, names, mentioned))
+            self.observations.add(Observation(time.time(), shard.version, s, bool(failed), latency, names, mentioned,
+                                              timing.ttft if timing is not None else None))

@@ -5,6 +5,7 @@ and the text each response carries, fed to the monitors as it arrives.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Iterator
 
 import aiohttp
@@ -48,6 +49,33 @@ def choice_texts(obj: dict[str, Any]) -> Iterator[tuple[int, str]]:
             text = msg.get("content") if isinstance(msg, dict) else None
         if isinstance(text, str) and text:
             yield idx, text
+
+
+class StreamTiming:
+    """When a streamed answer's text chunks arrived: time to the first, and per chunk after it."""
+
+    def __init__(self, t0: float):
+        self.t0 = t0
+        self.first: float | None = None
+        self.last: float | None = None
+        self.chunks = 0
+
+    def token(self) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        self.last = now
+        self.chunks += 1
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first is None else self.first - self.t0
+
+    @property
+    def per_token(self) -> float | None:
+        if self.chunks < 2:
+            return None
+        return (self.last - self.first) / (self.chunks - 1)
 
 
 class SSEReader:
