@@ -26,6 +26,7 @@ EVERYTHING_ON = {
                    {"principal": "grafana", "role": "viewer", "token": "not-a-real-token"}],
         "monitors": {"max_monitors": 5000, "stale_values": {"enabled": True, "scope": "subject"},
                      "monitors": [{"name": "competitor", "kind": "literal", "pattern": "Acme Corp"}]},
+        "probes": {"regression": [{"prompt": "Oslo is a city in", "expect": "Norway"}]},
         "baseCheck": True, "extraShards": {"edge-0": "http://10.0.0.5:8000"},
         "tls": {"secretName": "factpatch-tls", "clientCASecret": "factpatch-client-ca"},
         "persistence": {"enabled": True, "existingClaim": "factpatch-state"},
@@ -225,3 +226,27 @@ def test_helm_template_script_prints_a_stream(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "helm-template"), "--set-json", '{"shards": {"replicas": -1}}'],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and "/shards/replicas" in bad.stderr
+
+
+def test_probes_are_off_by_default_and_on_with_a_file_the_control_plane_reads():
+    from factpatch.server.probes.config import parse
+
+    def cp(values):
+        docs = manifests(values)
+        return docs, by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+
+    docs, pod = cp(None)
+    assert "--probes" not in pod["containers"][0]["args"] and not [d for d in by_kind(docs, "ConfigMap")
+                                                                    if d["metadata"]["name"].endswith("-probes")]
+    probes = {"schedule": {"interval_seconds": 300, "sample_size": 32},
+              "thresholds": {"min_probe_efficacy": 0.9, "max_regression_drift": 0.05},
+              "regression": [{"prompt": "Oslo is a city in", "expect": "Norway"}]}
+    docs, pod = cp({"controlPlane": {"probes": probes}})
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--probes") + 1] == "/etc/factpatch/probes/probes.yaml"
+    mount = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}["probes"]
+    assert mount["mountPath"] == "/etc/factpatch/probes" and mount["readOnly"]
+    cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == "fp-factpatch-probes")
+    assert {v["name"]: v for v in pod["volumes"]}["probes"]["configMap"]["name"] == cm["metadata"]["name"]
+    cfg = parse(yaml.safe_load(cm["data"]["probes.yaml"]))  # what `factpatch serve --probes` would load
+    assert cfg.schedule.interval_seconds == 300 and cfg.regression[0].expect == "Norway"
