@@ -44,5 +44,9 @@ def _register_subcommands() -> None:
 
 
 def main() -> None:
+    import sys
+
+    from factpatch.server.cli.ctl import hoisted_argv
+
     _register_subcommands()
-    app()
+    app(args=hoisted_argv(sys.argv[1:]), prog_name="factpatch")

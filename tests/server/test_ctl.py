@@ -117,3 +117,16 @@ def test_rollout_start_analysis_policy_flags(control_plane, tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["analysis_policy"] == {"failure_limit": 1, "inconclusive_limit": 2,
                                                        "measurement_seconds": 30, "post_promotion_seconds": 300}
+
+
+def test_output_options_after_the_subcommand(control_plane):
+    from factpatch.server.cli.ctl import hoisted_argv
+
+    assert hoisted_argv(["ctl", "rollout", "list", "-o", "yaml"]) == ["ctl", "-o", "yaml", "rollout", "list"]
+    assert hoisted_argv(["ctl", "patch", "list", "--json", "--output=json"]) == ["ctl", "--json", "--output=json", "patch", "list"]
+    assert hoisted_argv(["ctl", "rollout", "abort", "ro-1", "--", "-o"]) == ["ctl", "rollout", "abort", "ro-1", "--", "-o"]
+    assert hoisted_argv(["edit", "--json", "x.json"]) == ["edit", "--json", "x.json"]  # not ctl: untouched
+    base = ["--address", f"127.0.0.1:{control_plane.port}", "--token", OPERATOR_TOKEN]
+    assert ctl(control_plane, "shards", "add", "s1", "http://127.0.0.1:9").exit_code == 0
+    r = CliRunner().invoke(app, hoisted_argv(["ctl", *base, "shards", "-o", "json"])[1:])
+    assert r.exit_code == 0 and [s["name"] for s in json.loads(r.stdout)["shards"]] == ["s1"], r.output

@@ -383,6 +383,38 @@ app.add_typer(probe_app, name="probe")
 app.add_typer(audit_app, name="audit")
 
 
+# Output options belong to `ctl` itself; people type them after the subcommand too.
+_OUTPUT_FLAGS = {"-o": 1, "--output": 1, "--json": 0}
+
+
+def hoisted_argv(argv: list[str]) -> list[str]:
+    """`factpatch ctl rollout list -o json` as if it were `factpatch ctl -o json rollout list`: the output
+    options, wherever they stand after `ctl`, move to just after it (no subcommand has options of
+    these names). Stops at `--`."""
+    if "ctl" not in argv:
+        return argv
+    at = argv.index("ctl") + 1
+    head, rest, moved = argv[:at], [], []
+    args = argv[at:]
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest += args[i:]
+            break
+        name = a.split("=", 1)[0]
+        if name in _OUTPUT_FLAGS and "=" not in a and _OUTPUT_FLAGS[name]:
+            moved += args[i:i + 2]
+            i += 2
+            continue
+        if name in _OUTPUT_FLAGS:
+            moved.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return head + moved + rest
+
+
 def register(root: typer.Typer) -> None:
     from factpatch.server.cli.serve import serve
 
