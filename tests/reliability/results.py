@@ -1,5 +1,9 @@
-"""bench/results/reliability.json: one JSON object, one top-level section per part of the
-reliability work (hostile input, access matrix, faults, load, ...).
+"""The reliability figures: one JSON object, one top-level section per part of the reliability work
+(hostile input, access matrix, faults, load, ...).
+
+Tests write them to build/reliability.json (not tracked), so a test run never changes a committed
+file; `make reliability` runs those tests with $FACTPATCH_RELIABILITY_RESULTS pointing at
+bench/results/reliability.json, the figures the README quotes.
 
 Each writer merges only its own section (and, within it, only the keys it brings), so parts run
 separately or together leave each other's figures in place.
@@ -15,11 +19,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-PATH = Path(__file__).resolve().parents[2] / "bench" / "results" / "reliability.json"
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = ROOT / "bench" / "results" / "reliability.json"
 
 
-def merge_section(section: str, data: dict[str, Any], path: Path = PATH) -> dict[str, Any]:
+def results_path() -> Path:
+    return Path(os.environ.get("FACTPATCH_RELIABILITY_RESULTS") or ROOT / "build" / "reliability.json")
+
+
+def merge_section(section: str, data: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
     """Merges `data` into `section` (key by key, one level deep) and returns the whole file."""
+    path = path or results_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     # a lock file beside the results: two test runs finishing at once must not drop a section
     with open(Path(tempfile.gettempdir()) / "factpatch-reliability-json.lock", "w") as lock:
