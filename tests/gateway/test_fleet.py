@@ -211,3 +211,48 @@ def test_rollback_returns_each_shard_to_its_previous_release(tmp_path, shards, p
         cl.close()
     finally:
         cp.stop()
+
+
+def test_crash_between_a_shard_switch_and_its_audit_row(tmp_path, shards, patches, fixture_dir):
+    """SIGKILL right after the shard took the patch, before the control plane recorded it: on restart
+    the shard's state is read back, the rollout converges without a second write, and the audit row of
+    the cut-short switch is settled INTERRUPTED (the hash chain still verifies)."""
+    from factpatch.core import failpoints
+
+    s0 = shards["s0"]
+    assert s0.revert().status_code == 200
+    cp = ControlPlaneProcess(tmp_path / "state", write_tokens(tmp_path / "tokens.yaml"), AGENT_TOKEN, {"s0": s0.url},
+                             base_dirs=[fixture_dir])
+    cp.env = {failpoints.ENV: "reconciler.after_agent_call"}
+    cp.start()
+    cl = Client(cp.target, OPERATOR_TOKEN)
+    a = cl.push(patches["a"]).digest
+    try:
+        cl(cl.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(request_id=rid(), patch=a))
+    except grpc.RpcError:
+        pass  # the process may die before it answers; the rollout was committed before the shard was asked
+    cl.close()
+    assert cp.proc.wait(timeout=120) == -9
+    cp._log.close()
+    assert active(s0) == a  # the shard switched; the control plane died before recording it
+
+    cp.env = {}
+    cp.start()
+    try:
+        cl = Client(cp.target, OPERATOR_TOKEN)
+        r = cl(cl.rollouts.ListRollouts, rollout_pb2.ListRolloutsRequest()).rollouts[0]
+        r = wait_state(cl, r.id, {S.Value("ROLLOUT_STATE_SUCCEEDED")})
+        assert active(s0) == a and s0.status().json()["active_version"] == a
+        cl(cl.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(request_id=rid()))
+        cl.close()
+    finally:
+        cp.stop()
+    state = Database(cp.state_dir / "state.db")
+    try:
+        applies = [r["result"] for r in state.q("SELECT result FROM audit WHERE method = 'agent/apply'")]
+        pending = state.q("SELECT id FROM audit WHERE result = 'PENDING'")
+        verdict = AuditLog(state).verify()
+    finally:
+        state.close()
+    assert applies == ["INTERRUPTED"] and not pending, applies  # one switch, on record, never repeated
+    assert verdict.intact, verdict.problem

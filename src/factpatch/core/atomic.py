@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from factpatch.core.failpoints import hit as failpoints_hit
+
 
 def fsync_dir(path: str | os.PathLike) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -27,26 +29,34 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, *, durable: bool = True, prefix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, durable: bool = True, prefix: str | None = None,
+                failpoints: str | None = None) -> Iterator[Path]:
+    """`failpoints`: a name prefix for the crash points between the steps (core.failpoints)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix or f".{target.name}.", suffix=target.suffix)
     os.close(fd)
+    step = (lambda name: failpoints_hit(f"{failpoints}.{name}")) if failpoints else (lambda name: None)
     try:
         yield Path(tmp)
+        step("after_temp_write")
         if durable:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
+        step("after_file_fsync")
         os.replace(tmp, target)
+        step("after_rename")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     if durable:
         fsync_dir(target.parent)
+    step("after_dir_fsync")
 
 
-def write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True, prefix: str | None = None) -> None:
-    with atomic_path(path, durable=durable, prefix=prefix) as tmp:
+def write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True, prefix: str | None = None,
+                failpoints: str | None = None) -> None:
+    with atomic_path(path, durable=durable, prefix=prefix, failpoints=failpoints) as tmp:
         tmp.write_bytes(data)
 
 

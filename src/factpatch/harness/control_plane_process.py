@@ -37,6 +37,7 @@ class ControlPlaneProcess:
         self.port: int | None = None
         self.gateway_port: int | None = None
         self.log_path = self.state_dir.parent / "serve.log"
+        self.env: dict[str, str] = {}  # added to the environment of the next start (e.g. armed failpoints)
 
     @property
     def target(self) -> str:
@@ -53,7 +54,7 @@ class ControlPlaneProcess:
         for f in (port_file, gw_file):
             f.unlink(missing_ok=True)
         env = {**os.environ, "FACTPATCH_AGENT_TOKEN": self.agent_token, "FACTPATCH_PORT_FILE": str(port_file),
-               "FACTPATCH_GATEWAY_PORT_FILE": str(gw_file)}
+               "FACTPATCH_GATEWAY_PORT_FILE": str(gw_file), **self.env}
         self._log = open(self.log_path, "ab")
         limit = self.file_size_limit
 

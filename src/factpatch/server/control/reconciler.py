@@ -19,6 +19,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from factpatch.core import failpoints
 from factpatch.core.reasons import Refusal as Reason
 from factpatch.server.control import releases
 from factpatch.server.control.agent_client import AgentClient, AgentError
@@ -192,6 +193,7 @@ class Reconciler:
             self._held[name] = (desired, st.base_fingerprint, time.time() + 30.0)
             self.audit.finish(record, f"REFUSED/{e.reason}", e.message)
             return Refusal(name, desired, e)
+        failpoints.hit("reconciler.after_agent_call")
         dt = time.perf_counter() - t0
         if self.metrics is not None:
             (self.metrics.revert_seconds if desired is None else self.metrics.apply_seconds).labels(name).observe(dt)

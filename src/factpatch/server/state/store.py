@@ -50,7 +50,8 @@ class PatchStore:
             if self._intact(dest, digest):
                 return digest
             log.warning("stored blob %s did not match its digest; rewritten from the bytes received", digest)
-        atomic.write_bytes(dest, data, prefix=".incoming-")  # readers skip dot-names: a crash leaves no blob
+        # readers skip dot-names: a crash leaves no blob
+        atomic.write_bytes(dest, data, prefix=".incoming-", failpoints="store.put")
         fsync_dir(self.blobs)
         return digest
 

@@ -8,7 +8,7 @@ import hashlib
 import grpc
 from google.rpc import code_pb2, status_pb2
 
-from factpatch.core import patchfile
+from factpatch.core import failpoints, patchfile
 from factpatch.core.reasons import Refusal
 from factpatch.server.api import convert
 from factpatch.server.api.context import ControlPlane
@@ -55,6 +55,7 @@ class PatchService(patch_pb2_grpc.PatchServiceServicer):
                                    f"the patch store has no room for {len(data)} bytes ({e.strerror})") from None
                 raise
             self.cp.db.add_patch(digest, len(data), patch.manifest, patch.names, principal)
+            failpoints.hit("import.after_record")
         return digest
 
     # CreatePatch
