@@ -164,6 +164,11 @@ def test_control_plane_registers_every_shard_and_opens_the_gateway():
     assert shards == [f"fp-factpatch-shard-{i}=http://fp-factpatch-shard-{i}.fp-factpatch-shard.llm.svc:8000" for i in range(3)]
     assert args[args.index("--gateway-listen") + 1] == "0.0.0.0:8080"
     assert args[args.index("--listen") + 1] == "0.0.0.0:50051"
+    assert args[args.index("--metrics-listen") + 1] == "0.0.0.0:9091"  # /metrics apart from the gateway's users
+    svc = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "fp-factpatch")
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"grpc": 50051, "http": 8080, "metrics": 9091}
+    monitor = next(d for d in by_kind(docs, "ServiceMonitor") if d["metadata"]["name"] == "fp-factpatch")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
     assert args[args.index("--monitors") + 1] == "/etc/factpatch/monitors/monitors.yaml"
     assert dep["spec"]["strategy"]["type"] == "Recreate" and dep["spec"]["replicas"] == 1
     assert c["readinessProbe"]["grpc"]["port"] == 50051

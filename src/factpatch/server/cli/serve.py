@@ -38,6 +38,9 @@ def serve(
     max_patch_mb: int = typer.Option(256, help="Largest patch ImportPatch accepts, in MiB."),
     gateway_listen: str = typer.Option("127.0.0.1:8080", "--gateway-listen",
                                        help="OpenAI gateway and /metrics address (host:port; port 0 picks one; 'off' for none)."),
+    metrics_listen: str = typer.Option(None, "--metrics-listen",
+                                       help="Serve /metrics here (host:port) instead of on the gateway's port, "
+                                            "whose users then cannot read which facts were patched."),
     monitors: Path = typer.Option(None, "--monitors", exists=True, help="Output monitors file (YAML/JSON)."),
     probes: Path = typer.Option(None, "--probes", exists=True,
                                 help="Live edit probes: schedule, thresholds and the frozen regression set (YAML/JSON)."),
@@ -80,7 +83,7 @@ def serve(
             editor_model=editor_model, reconcile_interval=reconcile_interval, drain_timeout_s=drain_timeout,
             max_patch_bytes=max_patch_mb << 20,
             shards=shards, allowed_shard_addresses=list(allow_shard_address), monitors_file=monitors, probes_file=probes,
-            gateway=None if gateway_listen == "off" else GatewayConfig(listen=gateway_listen),
+            gateway=None if gateway_listen == "off" else GatewayConfig(listen=gateway_listen, metrics_listen=metrics_listen),
         ))
     except (ValueError, OSError, MonitorError, ProbeConfigError, StateDirInUse) as e:
         typer.echo(f"error: {e}", err=True)

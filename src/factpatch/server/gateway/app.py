@@ -59,6 +59,17 @@ class GatewayConfig:
     # keep-alive connection after 5 s idle (VLLM_HTTP_TIMEOUT_KEEP_ALIVE), and a request sent on a
     # connection in the instant the shard closes it fails before any answer.
     upstream_keepalive_s: float = 4.0
+    # /metrics on an address of its own (host:port, port 0 picks one), and no longer on `listen`: its
+    # series name every patched fact and its old value, which the gateway's users need not see.
+    metrics_listen: str | None = None
+
+
+async def _listen(app: web.Application, address: str) -> tuple[web.AppRunner, int]:
+    host, _, port = address.rpartition(":")
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port)).start()
+    return runner, runner.addresses[0][1]
 
 
 def openai_error(status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
@@ -78,6 +89,8 @@ class Gateway:
         self.router = Router(db, swaps)
         self.observations = observations
         self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._metrics_runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._watch: threading.Thread | None = None
@@ -123,7 +136,6 @@ class Gateway:
         self._loop.close()
 
     async def _startup(self) -> None:
-        host, _, port = self.cfg.listen.rpartition(":")
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=self.cfg.upstream_keepalive_s),
             auto_decompress=False)
@@ -132,17 +144,20 @@ class Gateway:
             web.post("/v1/completions", self.completions),
             web.post("/v1/chat/completions", self.chat),
             web.get("/v1/models", self.models),
-            web.get("/metrics", self.metrics_page),
             web.get("/health", self.health),
         ])
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host.strip("[]") or "0.0.0.0", int(port))
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        if not self.cfg.metrics_listen:
+            app.add_routes([web.get("/metrics", self.metrics_page)])
+        self._runner, self.port = await _listen(app, self.cfg.listen)
+        if self.cfg.metrics_listen:
+            metrics_app = web.Application()
+            metrics_app.add_routes([web.get("/metrics", self.metrics_page), web.get("/health", self.health)])
+            self._metrics_runner, self.metrics_port = await _listen(metrics_app, self.cfg.metrics_listen)
 
     async def _shutdown(self) -> None:
         await self._runner.cleanup()
+        if self._metrics_runner:
+            await self._metrics_runner.cleanup()
         await self.session.close()
 
     def _watch_db(self) -> None:
