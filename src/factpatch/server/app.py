@@ -92,6 +92,8 @@ class ServeConfig:
     # gateway, each shard's own setting in its engine)
     drain_timeout_s: float | None = None
     max_patch_bytes: int = 256 << 20
+    # ‖ΔW‖/‖W‖ cap per tensor, checked at import when a --base-dir holds the patch's base
+    max_weight_change: float | None = None
     shards: dict[str, str] = field(default_factory=dict)  # registered at start if absent
     # RegisterShard accepts only these (networks, hosts, host:port, *.domain); empty: loopback only
     allowed_shard_addresses: list[str] = field(default_factory=list)
@@ -136,7 +138,7 @@ class ControlPlaneServer:
         self.cp = ControlPlane(
             db=db, store=store, audit=audit, idempotency=Idempotency(db), reconciler=reconciler,
             basecheck=BaseChecker(cfg.base_dirs), operations=None, mutation_lock=lock,  # type: ignore[arg-type]
-            max_patch_bytes=cfg.max_patch_bytes,
+            max_patch_bytes=cfg.max_patch_bytes, max_weight_change=cfg.max_weight_change,
             shard_addresses=ShardAddressPolicy.from_entries(cfg.allowed_shard_addresses, list(cfg.shards.values())),
         )
         patches = PatchService(self.cp)

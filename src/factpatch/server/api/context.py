@@ -26,4 +26,6 @@ class ControlPlane:
     operations: EditorOperations
     mutation_lock: threading.RLock
     max_patch_bytes: int = 256 << 20
+    # ‖ΔW‖/‖W‖ cap checked at import against a local copy of the patch's base (None: shards alone check)
+    max_weight_change: float | None = None
     shard_addresses: ShardAddressPolicy = field(default_factory=lambda: ShardAddressPolicy.from_entries([]))

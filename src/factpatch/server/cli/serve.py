@@ -36,6 +36,9 @@ def serve(
                                              "in each shard's engine) before they are cut off. Default: 30 s at the "
                                              "gateway and each shard's own setting."),
     max_patch_mb: int = typer.Option(256, help="Largest patch ImportPatch accepts, in MiB."),
+    max_weight_change: float = typer.Option(None, "--max-weight-change", envvar="FACTPATCH_MAX_WEIGHT_CHANGE", min=0.0,
+                                            help="Refuse at import a patch that changes a weight by more than this "
+                                                 "share of its norm (‖ΔW‖/‖W‖), when --base-dir holds its base."),
     gateway_listen: str = typer.Option("127.0.0.1:8080", "--gateway-listen",
                                        help="OpenAI gateway and /metrics address (host:port; port 0 picks one; 'off' for none)."),
     metrics_listen: str = typer.Option(None, "--metrics-listen",
@@ -81,7 +84,7 @@ def serve(
             agent_token_file=agent_token_file, agent_token_dir=agent_token_dir,
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, base_dirs=list(base_dir),
             editor_model=editor_model, reconcile_interval=reconcile_interval, drain_timeout_s=drain_timeout,
-            max_patch_bytes=max_patch_mb << 20,
+            max_patch_bytes=max_patch_mb << 20, max_weight_change=max_weight_change,
             shards=shards, allowed_shard_addresses=list(allow_shard_address), monitors_file=monitors, probes_file=probes,
             gateway=None if gateway_listen == "off" else GatewayConfig(listen=gateway_listen, metrics_listen=metrics_listen),
         ))

@@ -44,6 +44,13 @@ class BaseChecker:
         """The local copy of the base a shard reports, when one was given with --base-dir."""
         return self._index().get(shard_fingerprint)
 
+    def for_patch(self, patch_fingerprint: str, tensors: tuple[str, ...]) -> Checkpoint | None:
+        """The local base a patch was made for (its tensors fingerprint as the patch says), if any."""
+        for ckpt in self._index().values():
+            if all(t in ckpt for t in tensors) and ckpt.fingerprint(list(tensors)) == patch_fingerprint:
+                return ckpt
+        return None
+
     def check(self, shard_fingerprint: str, patch_fingerprint: str, tensors: tuple[str, ...]) -> bool | None:
         """True/False when a local copy of the shard's base decides it, None when none does."""
         ckpt = self._index().get(shard_fingerprint)

@@ -39,12 +39,27 @@ class PatchService(patch_pb2_grpc.PatchServiceServicer):
         users = [u.split(":", 1)[1] for u in self.cp.db.patch_users(digest) if u.startswith("shard:")]
         return convert.patch(row, users)
 
+    def _check_weight_change(self, patch) -> None:
+        """The deployment's cap on ‖ΔW‖/‖W‖, before anything is stored, where a local base allows it."""
+        cap = self.cp.max_weight_change
+        if cap is None:
+            return
+        ckpt = self.cp.basecheck.for_patch(patch.manifest["base"]["fingerprint"], tuple(patch.names))
+        if ckpt is None:
+            return  # no local copy of its base: each shard checks its own cap on apply
+        for name in patch.names:
+            ratio = patchfile.relative_change(ckpt.linear_weight(name), *patch.factors[name])
+            if not ratio <= cap:  # NaN counts as too large
+                raise invalid(Refusal.WEIGHT_CHANGE_TOO_LARGE, f"{name}: ‖ΔW‖/‖W‖ = {ratio:.3g}, over the cap of {cap:g} "
+                              "(--max-weight-change)", field="chunk")
+
     def store_patch(self, data: bytes, principal: str) -> str:
         """Validates and stores patch bytes; returns the digest (idempotent by content)."""
         try:
             patch = patchfile.from_bytes(data)
         except patchfile.PatchError as e:
             raise invalid("MALFORMED_PATCH", str(e), field="chunk") from None
+        self._check_weight_change(patch)
         with self.cp.mutation_lock:
             try:
                 digest = self.cp.store.put(data)
