@@ -13,7 +13,7 @@ import pytest
 from factpatch.harness.control_plane_process import ControlPlaneProcess
 from factpatch.server.api.errors import reason_of
 from factpatch.server.state.db import Database
-from factpatch.v1 import patch_pb2
+from factpatch.v1 import fleet_pb2, patch_pb2
 from tests.reliability.results import merge_section
 
 from .helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, random_patch, rid, write_tokens
@@ -136,3 +136,60 @@ def test_corrupted_stored_patch_is_reported_not_served(tmp_path):
     finally:
         cl.close()
         cp.stop()
+
+
+def test_full_disk_under_the_state_database(tmp_path):
+    """The state database's files stop growing (RLIMIT_FSIZE on the running process, as a full disk
+    would): mutations are refused with RESOURCE_EXHAUSTED / STATE_FULL and change nothing, reads keep
+    working, and once there is room again writes resume without a restart; nothing committed is lost."""
+    import resource
+
+    cp = _serve(tmp_path)
+    cl = Client(cp.target, OPERATOR_TOKEN)
+    try:
+        digest = cl.push(random_patch({W: (64, 128)}, FP)).digest
+        state = tmp_path / "state"
+        biggest = max(p.stat().st_size for p in state.glob("state.db*"))
+        # the soft limit only: lifting it again needs no privilege
+        resource.prlimit(cp.proc.pid, resource.RLIMIT_FSIZE, (biggest + (64 << 10), resource.RLIM_INFINITY))
+        registered, refused = [], None
+        for i in range(2000):  # each call writes audit rows and a shard row until the files may not grow
+            try:
+                cl(cl.fleet.RegisterShard, fleet_pb2.RegisterShardRequest(request_id=rid(), name=f"s{i}",
+                                                                          address="http://127.0.0.1:9"))
+                registered.append(f"s{i}")
+            except grpc.RpcError as e:
+                refused = e
+                break
+        assert refused is not None, "the state database never filled"
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason_of(refused) == "STATE_FULL", refused
+        assert "state database" in refused.details()
+        # reads keep working, and show exactly what was committed
+        names = [s.name for s in cl(cl.fleet.ListShards, fleet_pb2.ListShardsRequest()).shards]
+        assert sorted(names) == sorted(registered)
+        assert cl(cl.patches.GetPatch, patch_pb2.GetPatchRequest(digest=digest)).digest == digest
+        # room again: the next change goes through, without a restart
+        resource.prlimit(cp.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        cl(cl.fleet.RegisterShard, fleet_pb2.RegisterShardRequest(request_id=rid(), name="after", address="http://127.0.0.1:9"))
+    finally:
+        cl.close()
+        cp.stop()
+    cp = _serve(tmp_path)  # and all of it is still there after a restart
+    cl = Client(cp.target, OPERATOR_TOKEN)
+    try:
+        names = {s.name for s in cl(cl.fleet.ListShards, fleet_pb2.ListShardsRequest()).shards}
+        assert names == {*registered, "after"}
+        assert [p.digest for p in cl(cl.patches.ListPatches, patch_pb2.ListPatchesRequest()).patches] == [digest]
+    finally:
+        cl.close()
+        cp.stop()
+    db = Database(tmp_path / "state" / "state.db")
+    try:
+        from factpatch.server.state.audit import AuditLog
+
+        verdict = AuditLog(db).verify()
+    finally:
+        db.close()
+    assert verdict.intact, verdict.problem
+    merge_section("faults", {"state_database_disk_full": f"survived: STATE_FULL after {len(registered)} changes, "
+                                                         "reads kept working, writes resumed with room, nothing lost"})

@@ -38,6 +38,21 @@ class ApiError(Exception):
         return f"{self.code.name}/{self.reason}: {self.message}"
 
 
+# SQLite's primary result codes for a write the disk refused: full (ENOSPC, a short write past a file
+# size limit) and I/O error (EFBIG and the like when a write cannot start).
+_SQLITE_FULL, _SQLITE_IOERR = 13, 10
+
+
+def state_unwritable(e: BaseException) -> ApiError | None:
+    """The API's answer when the state database cannot be written; None for any other error."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is None or (code & 0xFF) not in (_SQLITE_FULL, _SQLITE_IOERR):
+        return None
+    return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "STATE_FULL",
+                    f"the control plane cannot write its state database ({e}); nothing was changed. Reads still "
+                    "work; changes are taken again once the disk has room")
+
+
 def invalid(reason: str, message: str, **md: str) -> ApiError:
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, **md)
 

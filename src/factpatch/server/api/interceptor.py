@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
+import sqlite3
 import threading
 from dataclasses import dataclass
 
@@ -20,10 +22,12 @@ from factpatch.server.api.auth import (
     allowed,
     required_role,
 )
-from factpatch.server.api.errors import ApiError, invalid, to_status
+from factpatch.server.api.errors import ApiError, invalid, state_unwritable, to_status
 from factpatch.server.api.idempotency import Idempotency, request_hash
 from factpatch.server.api.stream_slots import NoStreamSlot, StreamSlots
 from factpatch.server.state.audit import AuditLog
+
+log = logging.getLogger("factpatch.api")
 
 
 @dataclass
@@ -120,6 +124,11 @@ class Pipeline(grpc.ServerInterceptor):
                         current_call.reset(token)
                 except ApiError as e:
                     context.abort_with_status(to_status(e))
+                except sqlite3.Error as e:  # the audit entry itself could not be written
+                    refusal = state_unwritable(e)
+                    if refusal is None:
+                        raise
+                    context.abort_with_status(to_status(refusal))
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, lenient(handler.request_deserializer), handler.response_serializer)
@@ -161,10 +170,16 @@ class Pipeline(grpc.ServerInterceptor):
                         raise
                     finally:
                         current_call.reset(token)
-                    self.audit.finish(audit_id, "OK", "", call.target, call.request_id)
+                    self._bookkeep(lambda: self.audit.finish(audit_id, "OK", "", call.target, call.request_id), call,
+                                   "audit row")
                     return resp
                 except ApiError as e:
                     context.abort_with_status(to_status(e))
+                except sqlite3.Error as e:
+                    refusal = state_unwritable(e)
+                    if refusal is None:
+                        raise
+                    context.abort_with_status(to_status(refusal))
 
             return grpc.stream_unary_rpc_method_handler(
                 stream_unary, lenient(handler.request_deserializer), handler.response_serializer)
@@ -191,15 +206,32 @@ class Pipeline(grpc.ServerInterceptor):
                         self.idem.save_error(call.request_id, call.method, h, e)
                     raise
                 if call.request_id:
-                    self.idem.save(call.request_id, call.method, h, resp)
+                    self._bookkeep(lambda: self.idem.save(call.request_id, call.method, h, resp), call, "request id")
         except ApiError as e:
             self.audit.finish(audit_id, f"{e.code.name}/{e.reason}", e.message, call.target)
             raise
         except Exception as e:
+            refusal = state_unwritable(e)
+            if refusal is not None:
+                self.audit.finish(audit_id, f"{refusal.code.name}/{refusal.reason}", str(e), call.target)
+                raise refusal from None
             self.audit.finish(audit_id, "INTERNAL", repr(e), call.target)
             raise ApiError(grpc.StatusCode.INTERNAL, "INTERNAL", f"{type(e).__name__}: {e}") from e
-        self.audit.finish(audit_id, "OK", "", call.target)
+        self._bookkeep(lambda: self.audit.finish(audit_id, "OK", "", call.target), call, "audit row")
         return resp
+
+    @staticmethod
+    def _bookkeep(write, call: Call, what: str) -> None:
+        """Records made after a change committed. When the disk refuses them the change still happened,
+        so the caller is told it did (a refusal would say "nothing was changed"); the audit row stays
+        PENDING and becomes INTERRUPTED at the next start, so the change is still on record."""
+        try:
+            write()
+        except sqlite3.Error as e:
+            if state_unwritable(e) is None:
+                raise
+            log.error("%s by %s went through, but its %s could not be written: %s", call.method, call.principal.name,
+                      what, e)
 
 
 def call_principal() -> str:
