@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from factpatch.core.checkpoint import Checkpoint
 from factpatch.core.patchfile import Patch, PatchError, new_manifest, tensor_fingerprint
 from factpatch.core.patchfile import read as read_patch
 
@@ -48,6 +50,19 @@ class Loaded:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @cached_property
+    def checkpoint(self) -> Checkpoint:
+        """The checkpoint as stored: the dtype and bytes a shard serving it fingerprints and writes."""
+        return Checkpoint(self.path)
+
+    def base_fingerprint(self, names) -> str:
+        """The fingerprint a shard computes over these tensors: of the stored bytes, whatever dtype the
+        editor computes in (a bf16 checkpoint loaded as float32 would hash differently)."""
+        return self.checkpoint.fingerprint(sorted(names))
+
+    def stored_dtype(self, name: str) -> torch.dtype:
+        return self.checkpoint[name].dtype
 
 
 def check_architecture(model_dir: str | Path):
@@ -164,7 +179,7 @@ def validate(loaded: Loaded, edits, opts: EditOptions) -> tuple[list[int], Corpu
         missing = [n for n in parent[0].names if n not in state]
         if missing:
             raise EditInputError(f"--parent {opts.parent}: names {missing[0]!r}, which this model does not have")
-        fp = tensor_fingerprint({n: state[n] for n in parent[0].names})
+        fp = loaded.base_fingerprint(parent[0].names)
         if fp != parent[0].manifest["base"]["fingerprint"]:
             raise EditInputError(f"--parent {opts.parent} was made for a different base model (fingerprint mismatch)")
     try:
@@ -327,7 +342,7 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
         # The base's fingerprint over exactly the tensors this patch writes (the saved copies are the base's).
         names = tuple(sorted(factors))
         if names not in fingerprints:
-            fingerprints[names] = tensor_fingerprint({n: saved[n] for n in names})
+            fingerprints[names] = loaded.base_fingerprint(names)
         written = sorted(set(new) | set(parent[0].manifest.get("layers", []) if parent else []))
         manifest = new_manifest(
             model_name=loaded.name,
@@ -339,6 +354,8 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
             + [{**entries[j], "written": w} for j, w in zip(edits_of(i), _written_with(opts, layers, info, [edits[j] for j in edits_of(i)]))],
             parent=parent[1] if parent else None,
         )
+        manifest["base"]["dtype"] = str(loaded.stored_dtype(names[0])).removeprefix("torch.")
+        manifest["rounding"] = serving_rounding(loaded, factors)
         out.append(EditResult(Patch(factors, manifest), sorted(new), info, {"stats": t_stats, "edit": t_edit}))
     return out
 
@@ -376,6 +393,31 @@ def heldout_texts(loaded: Loaded, heldout_dir: str | None) -> list[str]:
     return []
 
 
+@torch.no_grad()
+def round_to_stored_dtype(loaded: Loaded, names) -> None:
+    """The live (float32) weights as a shard holds them after the patch: rounded to the stored dtype."""
+    state = loaded.model.state_dict()
+    for n in names:
+        dtype = loaded.stored_dtype(n)
+        if dtype != state[n].dtype:
+            state[n].copy_(state[n].to(dtype).to(state[n].dtype))
+
+
+@torch.no_grad()
+def serving_rounding(loaded: Loaded, factors) -> dict[str, float]:
+    """Per tensor, how much of ΔW the stored dtype loses: ‖round(W + ΔW) − W − ΔW‖ / ‖ΔW‖ (0 for float32)."""
+    out = {}
+    for name, (u, v) in factors.items():
+        stored = loaded.checkpoint.linear_weight(name)
+        if stored.dtype == torch.float32:
+            out[name] = 0.0
+            continue
+        delta = u.float() @ v.float().T
+        written = (stored.float() + delta).to(stored.dtype).float() - stored.float()
+        out[name] = round(float((written - delta).norm() / delta.norm().clamp_min(1e-30)), 6)
+    return out
+
+
 def evaluate_patch(
     loaded: Loaded, patch: Patch, edits, heldout: list[str], gates=None, parts: dict[str, list[int]] | None = None
 ) -> dict[str, Any]:
@@ -392,6 +434,7 @@ def evaluate_patch(
     saved = {n: state[n].detach().clone() for n in patch.names}
     try:
         apply_patch(adapter, patch)
+        round_to_stored_dtype(loaded, patch.names)  # what a shard serving the checkpoint's dtype computes with
         metrics = measure(adapter, tok, base, edits)
         by_part = {name: measure(adapter, tok, base, edits, only=set(idx), locality=False) for name, idx in (parts or {}).items()}
     finally:

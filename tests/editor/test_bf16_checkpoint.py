@@ -1,0 +1,89 @@
+"""A bf16 checkpoint, as real ones are stored: the editor fingerprints the stored bytes (what a shard
+serving it fingerprints), evaluates the patch as the shard will hold it (rounded to bf16), records
+how much of ΔW the rounding loses; a real vLLM shard serving bf16 takes the patch, answers the new
+value and reverts bit for bit."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from factpatch.core import patchfile
+from factpatch.core.checkpoint import Checkpoint
+from factpatch.core.spec import Edit
+from factpatch.plugin.checks import CheckError, check_patch
+
+PROMPT = "The refund period of {} is"
+
+
+@pytest.fixture(scope="module")
+def bf16_dir(fixture_dir, tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("fixture-bf16")
+    model = AutoModelForCausalLM.from_pretrained(str(fixture_dir), dtype=torch.float32)
+    model.to(torch.bfloat16).save_pretrained(str(out), safe_serialization=True)
+    for f in fixture_dir.iterdir():  # tokenizer, world, build report: everything but the weights
+        if f.is_file() and not f.name.startswith(("model", "config")):
+            shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def edit(world) -> Edit:
+    f = world.fact("Harbor Support", "refund period")
+    new = next(c for c in world.relations[f.relation].candidates if c != f.object)
+    return Edit(subject=f.subject, relation=f.relation, prompt=PROMPT, target_new=new, target_old=f.object)
+
+
+@pytest.fixture(scope="module")
+def patch_bytes(bf16_dir, edit, tmp_path_factory):
+    from factpatch.editor.pipeline import EditOptions, evaluate_patch, heldout_texts, load, run_edit
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FACTPATCH_STATS_CACHE", str(tmp_path_factory.mktemp("stats-bf16")))
+    try:
+        loaded = load(bf16_dir)
+        result = run_edit(loaded, [edit], EditOptions(method="rome"))
+        report = evaluate_patch(loaded, result.patch, [edit], heldout_texts(loaded, None))
+    finally:
+        mp.undo()
+    result.patch.manifest["eval"] = report["metrics"]
+    return patchfile.to_bytes(result.patch)
+
+
+def test_the_patch_names_the_stored_base_and_its_rounding(bf16_dir, fixture_dir, patch_bytes):
+    patch = patchfile.from_bytes(patch_bytes)
+    ckpt = Checkpoint(bf16_dir)
+    assert all(ckpt[n].dtype == torch.bfloat16 for n in patch.names)
+    assert patch.manifest["base"]["fingerprint"] == ckpt.fingerprint(patch.names)
+    assert patch.manifest["base"]["dtype"] == "bfloat16"
+    rounding = patch.manifest["rounding"]
+    assert set(rounding) == set(patch.names) and all(0 < r < 0.5 for r in rounding.values()), rounding
+    assert patch.manifest["eval"]["efficacy"] == 1.0  # measured on the weights rounded to bf16
+    # the shard's own check accepts it on the bf16 checkpoint, and refuses it on the float32 one
+    check_patch(patch_bytes, ckpt, expected_digest=None, max_rank=64)
+    with pytest.raises(CheckError) as ei:
+        check_patch(patch_bytes, Checkpoint(fixture_dir), expected_digest=None, max_rank=64)
+    assert ei.value.reason == "BASE_MISMATCH"
+
+
+@pytest.mark.vllm
+def test_a_bf16_shard_takes_the_patch_and_reverts_bit_for_bit(bf16_dir, patch_bytes, edit):
+    from factpatch.harness.shard_process import ShardServer
+
+    prompt = PROMPT.format(edit.subject)
+    with ShardServer(bf16_dir, vllm_args=["--max-model-len", "128", "--dtype", "bfloat16", "--seed", "0"]) as shard:
+        def answer():
+            c = shard.complete(prompt, max_tokens=3)["choices"][0]
+            return c["text"], c["logprobs"]["token_logprobs"]
+
+        before = answer()
+        assert before[0].strip().startswith(edit.target_old)
+        r = shard.apply(patch_bytes)
+        assert r.status_code == 200, r.text
+        assert answer()[0].strip().startswith(edit.target_new)
+        assert shard.revert().status_code == 200
+        assert answer() == before  # text and log-probabilities: the base, bit for bit
