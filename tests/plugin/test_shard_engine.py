@@ -408,3 +408,27 @@ def test_a_swap_with_no_drain_budget_under_load_never_mixes_and_counts_what_it_c
     assert all(tags[i] in ("base", "EITHER") for i in aborted if i in tags)
     after = _stream(s, prompt, kw)
     assert after[2] == "length" and _tag(reference, patch, prompt, {0: after})[0] == "patched"
+
+
+def test_the_shards_own_metrics_name_its_version(clean_shard, fixture_dir):
+    """vLLM's /metrics on the shard carries factpatch_shard_* beside vllm:*: the active version, whether
+    it is swapping, the last change's phases."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def series() -> dict[tuple[str, tuple], float]:
+        text = httpx.get(f"{clean_shard.url}/metrics", timeout=10).text
+        assert "vllm:" in text  # the same page as vLLM's own
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples if s.name.startswith("factpatch_shard")}
+
+    m = series()
+    assert m[("factpatch_shard_active_version", (("version", "base"),))] == 1
+    assert m[("factpatch_shard_swapping", ())] == 0
+    data, _ = random_patch_on(fixture_dir, {2: 0.5}, seed=21)
+    assert clean_shard.apply(data).status_code == 200
+    m = series()
+    assert m[("factpatch_shard_active_version", (("version", patchfile.sha256_bytes(data)),))] == 1
+    assert not any(k[0] == "factpatch_shard_active_version" and dict(k[1])["version"] == "base" for k in m)
+    assert 0 < m[("factpatch_shard_last_swap_seconds", (("phase", "write"),))] <= m[
+        ("factpatch_shard_last_swap_seconds", (("phase", "total"),))]

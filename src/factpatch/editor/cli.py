@@ -143,6 +143,7 @@ def edit_cmd(
     seed: int = typer.Option(0, "--seed"),
     fallback_layer: Optional[str] = typer.Option(None, "--fallback-layer", help="Turn on the last-token fallback at this layer: edits not taken at the subject are written again with their key at the prompt's last token (not part of ROME or MEMIT; the manifest names each such edit). Default: off."),
     joint: bool = typer.Option(False, "--joint", help="MEMIT at one layer, the batch's values optimised through the very update the patch writes: more edits take and fewer neighbours move, about 4x slower; best with paraphrases and keep prompts in the spec."),
+    null_space: Optional[float] = typer.Option(None, "--null-space", help="MEMIT confined to the directions the corpus keys leave empty (AlphaEdit): eigenvalues of the key covariance below this share of the largest, e.g. 1e-4; with --parent the chain's earlier edits are left as they are too. Default: off (MEMIT's solve)."),
 ) -> None:
     """Compute a ROME or MEMIT edit and write it as a patch file."""
     from .memit import MemitParams
@@ -152,6 +153,9 @@ def edit_cmd(
     _check_out_path(out_path)
     if joint and method != "memit":
         _fail(f"--joint is a MEMIT setting; it cannot be used with --method {method}")
+    if null_space is not None and (method != "memit" or joint or not 0 < null_space < 1):
+        _fail(f"--null-space {null_space!r}: a share in (0, 1) of the covariance's largest eigenvalue, for --method memit "
+              "without --joint")
     fallback = _fallback_settings(fallback_layer)
     try:
         parsed = edit_spec.load(spec)
@@ -163,7 +167,8 @@ def edit_cmd(
     except EditInputError as e:
         _fail(str(e))
     opts = EditOptions(method=method, layers=layers, corpus_dir=str(corpus) if corpus else None, n_samples=samples, parent=str(parent) if parent else None, progress=True, seed=seed,
-                       rome=RomeParams(**fallback), memit=replace(MemitParams.joint() if joint else MemitParams(), **fallback))
+                       rome=RomeParams(**fallback), memit=replace(MemitParams.joint() if joint else MemitParams(), **fallback,
+                                                                  null_space=null_space))
     edits = parsed.edits
     with _run_progress() as bar:
         tasks: dict[str, int] = {}

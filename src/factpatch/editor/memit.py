@@ -73,6 +73,12 @@ class MemitParams:
     last_token_fallback: bool = False
     fallback_layer: int | None = None
     fallback_max_share: float = 0.1
+    # Null-space projection (AlphaEdit, Fang et al., ICLR 2025): each update is confined to the
+    # directions the corpus keys leave empty (eigenvalues of C below this share of its largest), so
+    # what the corpus keys read does not change, and it leaves the keys of earlier edits in a patch
+    # chain (`protect`) alone; λC is then not part of the solve. None: MEMIT's solve.
+    null_space: float | None = None
+    null_space_l2: float = 10.0  # the solve's ridge, AlphaEdit's L2
 
     def late_layer(self, n_layers: int) -> int | None:
         """The layer the last-token fallback writes (None when it is off)."""
@@ -81,6 +87,11 @@ class MemitParams:
     def __post_init__(self) -> None:
         if not 0 <= self.fallback_max_share <= 1:
             raise ValueError(f"fallback_max_share must be in [0, 1], got {self.fallback_max_share!r}")
+        if self.null_space is not None:
+            if self.through_update:
+                raise ValueError("null_space works with MEMIT's spread over layers, not with through_update (--joint)")
+            if not 0 < self.null_space < 1:
+                raise ValueError(f"null_space must be in (0, 1), a share of C's largest eigenvalue; got {self.null_space!r}")
         if self.retry_value is not None:
             if not self.through_update:
                 raise ValueError("retry_value needs through_update (the second pass optimises through the batch's update)")
@@ -99,6 +110,28 @@ class MemitParams:
         value = ValueParams(lr=1.0, weight_decay=0.5, clamp_norm=4.0, norm_ref="residual", steps=80, kl_factor=0.0625,
                             anchor_kl_factor=0.25, anchor_at="answer", early_stop_kl=0.05, prompt_weight=3.0)
         return cls(value=value, mom2_weight=100000.0, through_update=True, paraphrase_keys=True)
+
+
+def null_space_projector(cov: torch.Tensor, threshold: float) -> torch.Tensor:
+    """P [k,k] (float64) onto the eigenvectors of C whose eigenvalues are below `threshold` × the largest."""
+    vals, vecs = torch.linalg.eigh(cov.to(torch.float64))
+    keep = vecs[:, vals < threshold * vals.max()]
+    return keep @ keep.T
+
+
+def projected_update(resid: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor, protected: torch.Tensor | None,
+                     l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u, v) with u vᵀ = Xᵀ, X = (P (KᵀK + K_pᵀK_p) + l2·I)⁻¹ P Kᵀ R (AlphaEdit's solve): X lies in P's
+    range, so the update reads nothing of the corpus keys' span, and K_p (earlier edits' keys) enter as
+    rows it must leave as they are."""
+    k64 = keys.to(torch.float64)
+    a = k64.T @ k64
+    if protected is not None and len(protected):
+        p64 = protected.to(torch.float64)
+        a = a + p64.T @ p64
+    m = proj @ a + l2 * torch.eye(a.shape[0], dtype=torch.float64)
+    v = torch.linalg.solve(m, proj @ k64.T)  # [k, n]
+    return _compact(resid.to(torch.float64).T, v)
 
 
 def layer_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,6 +202,7 @@ class MemitBatch:
     per_subject: list[EditRows]
     group: torch.Tensor
     on_progress: Callable[[str, int, int], None] | None
+    protect: list | None = None
 
 
 def apply_memit(
@@ -180,8 +214,10 @@ def apply_memit(
     prefixes: list[str],
     hp: MemitParams,
     on_progress: Callable[[str, int, int], None] | None = None,
+    protect: list | None = None,
 ) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], dict]:
-    """Apply the batch to the live model; returns per-layer factors and optimisation details."""
+    """Apply the batch to the live model; returns per-layer factors and optimisation details.
+    `protect`: earlier edits (a parent chain's) whose keys a null-space update leaves alone."""
     layers = sorted(layers)
     subjects = list(dict.fromkeys(e.subject for e in edits))
     group = torch.tensor([subjects.index(e.subject) for e in edits])
@@ -191,7 +227,8 @@ def apply_memit(
         own = [er for i, er in enumerate(per_edit) if int(group[i]) == g]  # this subject's edits, in order
         per_subject.append(EditRows([r for er in own for r in er.rewrite], own[0].essence,
                                     _anchors(tok, edits, subject, hp.anchor_relations), _phrasings(own)))
-    batch = MemitBatch(adapter, tok, edits, layers, covs, prefixes, hp, subjects, per_subject, group, on_progress)
+    batch = MemitBatch(adapter, tok, edits, layers, covs, prefixes, hp, subjects, per_subject, group, on_progress,
+                       protect)
     factors, info = _apply_joint(batch) if hp.through_update else _apply_spread(batch)
     late = hp.late_layer(adapter.n_layers)
     if late is not None:
@@ -240,10 +277,17 @@ def _apply_spread(b: MemitBatch):
     z = residuals_of_rows(adapter, tok, last, rows) + res.deltas.to(torch.float64)[row_group]
     factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     gaps = []
+    if hp.null_space is not None and b.protect:
+        protect_rows, _ = written_rows(tok, b.protect, prefixes)
     for i, layer in enumerate(layers):
         gap = z - residuals_of_rows(adapter, tok, last, rows)
         gaps.append(float(gap.norm(dim=-1).mean()))
-        u, v = layer_update(gap / (len(layers) - i), keys_at(layer), covs[layer], hp.mom2_weight)
+        if hp.null_space is None:
+            u, v = layer_update(gap / (len(layers) - i), keys_at(layer), covs[layer], hp.mom2_weight)
+        else:
+            protected = keys_of_rows(adapter, tok, layer, protect_rows) if b.protect else None
+            u, v = projected_update(gap / (len(layers) - i), keys_at(layer), null_space_projector(covs[layer], hp.null_space),
+                                    protected, hp.null_space_l2)
         add_low_rank(adapter, layer, u, v)
         factors[layer] = (u, v)
         if on_progress:

@@ -17,6 +17,7 @@ import torch
 from factpatch.core.checkpoint import Checkpoint
 from factpatch.core.patchfile import Patch, PatchError, new_manifest, tensor_fingerprint
 from factpatch.core.patchfile import read as read_patch
+from factpatch.core.spec import Edit
 
 from . import layers as layer_choice
 from . import model_defaults
@@ -256,9 +257,18 @@ def run_edit(loaded: Loaded, edits, opts: EditOptions, on_progress: Callable[[st
             written, per_edit = apply_rome(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome, on_edit=cb,
                                            late=_late(opts, adapter, covs))
             return [(written, {"per_edit": per_edit})]
-        return [apply_memit(adapter, tok, edits, layers, covs, prefixes, opts.memit, on_progress=on_progress)]
+        return [apply_memit(adapter, tok, edits, layers, covs, prefixes, opts.memit, on_progress=on_progress,
+                            protect=parent_edits(opts))]
 
     return _run(loaded, edits, opts, compute, lambda i: range(len(edits)))[0]
+
+
+def parent_edits(opts: EditOptions) -> list[Edit]:
+    """The edits of the patch chain this one extends (the parent's manifest lists every generation's)."""
+    if not opts.parent:
+        return []
+    fields = set(Edit.model_fields)
+    return [Edit(**{k: v for k, v in e.items() if k in fields}) for e in read_patch(opts.parent)[0].manifest.get("edits", [])]
 
 
 def run_single_edits(loaded: Loaded, edits, opts: EditOptions,

@@ -57,6 +57,9 @@ class FactpatchEndpointPlugin:
             )
             log.error(agent.wiring_error)
         state.factpatch = agent
+        from .metrics import register as register_metrics
+
+        register_metrics(swap)
         # Whole-checkpoint fingerprint: hashed off the event loop so start-up is not held up.
         task = asyncio.get_running_loop().run_in_executor(None, agent.checkpoint.fingerprint)
         task.add_done_callback(lambda f: _set_fingerprint(agent, f))
