@@ -47,7 +47,7 @@ soak: install
 # writes them to build/reliability.json instead).
 reliability: install tools fixture
 	FACTPATCH_RELIABILITY_RESULTS=bench/results/reliability.json $(BIN)/python -m pytest tests/reliability \
-		tests/server/test_faults.py tests/gateway/test_swap_load.py
+		tests/server/test_faults.py tests/server/test_crash_points.py tests/gateway/test_swap_load.py
 
 # After changing proto/: regenerate the committed gRPC code and the API reference.
 proto: install
