@@ -148,3 +148,19 @@ def test_a_layer_whose_mlp_is_all_zeros_is_refused(tmp_path, fixture_dir):
         weights[f"model.layers.2.mlp.{part}.weight"] = torch.zeros_like(weights[f"model.layers.2.mlp.{part}.weight"])
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
     assert "layer 2: its MLP output projection is all zeros" in _run(tmp_path, model, _yaml(), "--layers", "2")
+
+
+def test_an_edit_its_parent_chain_already_made_is_refused(loaded, tmp_path):
+    """On a chain the check is against the model the patch builds on (base + parent), not the base."""
+    from factpatch.core import patchfile
+    from factpatch.core.spec import Edit
+    from factpatch.editor.pipeline import EditInputError, EditOptions, run_edit
+
+    edit = Edit(**GOOD)
+    first = run_edit(loaded, [edit], EditOptions(method="rome")).patch
+    assert first.manifest["eval"] is None and first.names  # written, not yet evaluated
+    parent = tmp_path / "v1.fpatch"
+    patchfile.write(first, parent)
+    with pytest.raises(EditInputError, match="already the parent chain's answer"):
+        run_edit(loaded, [edit], EditOptions(method="memit", parent=str(parent)))
+    run_edit(loaded, [edit], EditOptions(method="memit"))  # against the base alone it is a change

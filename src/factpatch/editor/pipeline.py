@@ -161,15 +161,6 @@ def validate(loaded: Loaded, edits, opts: EditOptions) -> tuple[list[int], Corpu
                     encode(tok, p, e.subject)
                 except TokenizationError as err:
                     raise EditInputError(f"{where}: {kind} {p!r}: {err}") from None
-    # The model's current answers: an edit to what the model already says would silently do nothing.
-    already = score_targets(loaded.adapter, tok, [(e.prompt, e.subject, e.target_new) for e in edits]).greedy
-    if already.any():
-        i = int(already.nonzero()[0, 0])
-        e = edits[i]
-        raise EditInputError(
-            f"edit {i} ({e.subject!r}, {e.relation!r}): target_new {e.target_new!r} is already the model's "
-            f"answer to {e.text!r}; the edit would change nothing"
-        )
     parent = None
     if opts.parent:
         try:
@@ -183,6 +174,17 @@ def validate(loaded: Loaded, edits, opts: EditOptions) -> tuple[list[int], Corpu
         fp = loaded.base_fingerprint(parent[0].names)
         if fp != parent[0].manifest["base"]["fingerprint"]:
             raise EditInputError(f"--parent {opts.parent} was made for a different base model (fingerprint mismatch)")
+    # The answers of the model this patch builds on (the base, or the base with the parent chain): an
+    # edit to what it already says would silently do nothing.
+    already = _answers_already(loaded, edits, parent[0] if parent else None)
+    if already.any():
+        i = int(already.nonzero()[0, 0])
+        e = edits[i]
+        on = "the parent chain's" if parent else "the model's"
+        raise EditInputError(
+            f"edit {i} ({e.subject!r}, {e.relation!r}): target_new {e.target_new!r} is already {on} "
+            f"answer to {e.text!r}; the edit would change nothing"
+        )
     try:
         if choice == "auto":  # trace + validation sweep; needs the loaded model, the corpus and the options
             chosen = layer_choice.check(choose_layers(loaded, edits, opts, corpus, _window_validator(loaded, opts)),
@@ -209,6 +211,19 @@ def _window_validator(loaded: Loaded, opts: EditOptions):
         patch = run_edit(loaded, val_edits, sub).patch
         return evaluate_patch(loaded, patch, val_edits, [])["metrics"]
     return validate
+
+
+@torch.no_grad()
+def _answers_already(loaded: Loaded, edits, parent: Patch | None) -> torch.Tensor:
+    state = loaded.model.state_dict()
+    saved = {n: state[n].detach().clone() for n in (parent.names if parent else [])}
+    try:
+        if parent:
+            apply_patch(loaded.adapter, parent)
+        return score_targets(loaded.adapter, loaded.tok, [(e.prompt, e.subject, e.target_new) for e in edits]).greedy
+    finally:
+        for n, w in saved.items():
+            state[n].copy_(w)
 
 
 def fill_old_targets(loaded: Loaded, edits) -> list[dict[str, Any]]:
