@@ -17,6 +17,7 @@ import time
 BENCHES = [
     ("monitors", "bench.monitor_bench", False),
     ("editor", "bench.editor_bench", True),
+    ("editor_scale", "bench.editor_scale", False),
     ("trace", "bench.trace_bench", False),
     ("plugin", "bench.plugin_bench", False),
     ("control_plane", "bench.control_plane_bench", False),
