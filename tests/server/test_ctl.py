@@ -130,3 +130,24 @@ def test_output_options_after_the_subcommand(control_plane):
     assert ctl(control_plane, "shards", "add", "s1", "http://127.0.0.1:9").exit_code == 0
     r = CliRunner().invoke(app, hoisted_argv(["ctl", *base, "shards", "-o", "json"])[1:])
     assert r.exit_code == 0 and [s["name"] for s in json.loads(r.stdout)["shards"]] == ["s1"], r.output
+
+
+def test_every_command_has_help_and_an_example():
+    import typer.main
+
+    def leaves(cmd, path):
+        if hasattr(cmd, "commands"):  # a group (typer's own click, so no isinstance against click's)
+            if cmd.invoke_without_command:  # `ctl shards` runs on its own too
+                yield path, cmd
+            for name, sub in cmd.commands.items():
+                yield from leaves(sub, [*path, name])
+        else:
+            yield path, cmd
+
+    found = list(leaves(typer.main.get_command(app), ["ctl"]))
+    assert len(found) >= 20
+    for path, cmd in found:
+        r = CliRunner().invoke(app, [*path[1:], "--help"])
+        assert r.exit_code == 0, path
+        assert (cmd.help or "").strip(), f"{' '.join(path)} has no help text"
+        assert "Example: factpatch ctl" in r.stdout.replace("\n", " "), f"{' '.join(path)} has no example"

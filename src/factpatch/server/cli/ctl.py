@@ -29,7 +29,8 @@ EPILOG = ("Exit codes: 0 ok · 2 bad input · 3 not found · 4 conflict or preco
 app = typer.Typer(help="Operate the factpatch control plane.", no_args_is_help=True, epilog=EPILOG)
 patch_app = typer.Typer(help="Patches in the store.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Staged rollouts.", no_args_is_help=True)
-shards_app = typer.Typer(help="The fleet.", invoke_without_command=True)
+shards_app = typer.Typer(help="The fleet: with no sub-command, list the shards.\n\nExample: factpatch ctl shards",
+                         invoke_without_command=True)
 app.add_typer(patch_app, name="patch")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(shards_app, name="shards")
@@ -97,7 +98,10 @@ def _patch_detail(p) -> None:
 
 @patch_app.command("push")
 def patch_push(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
-    """Upload a .fpatch file (streamed, digest checked by the server)."""
+    """Upload a .fpatch file (streamed, digest checked by the server); prints its digest.
+
+    Example: factpatch ctl patch push refund-policy.fpatch
+    """
     c: Ctx = ctx.obj
     data = file.read_bytes()
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -117,6 +121,10 @@ def patch_push(ctx: typer.Context, file: Path = typer.Argument(..., exists=True,
 
 @patch_app.command("list")
 def patch_list(ctx: typer.Context) -> None:
+    """The patches in the store, newest first.
+
+    Example: factpatch ctl patch list -o json
+    """
     c: Ctx = ctx.obj
     resp = c.call(c.patches.ListPatches, patch_pb2.ListPatchesRequest(page_size=1000))
     c.out(resp, lambda r: _patch_table(r.patches))
@@ -124,12 +132,20 @@ def patch_list(ctx: typer.Context) -> None:
 
 @patch_app.command("show")
 def patch_show(ctx: typer.Context, digest: str) -> None:
+    """One stored patch: its edits, provenance, evaluation and the shards that run it.
+
+    Example: factpatch ctl patch show sha256:…
+    """
     c: Ctx = ctx.obj
     c.out(c.call(c.patches.GetPatch, patch_pb2.GetPatchRequest(digest=digest)), _patch_detail)
 
 
 @patch_app.command("delete")
 def patch_delete(ctx: typer.Context, digest: str) -> None:
+    """Delete a stored patch (refused while a shard or an unfinished rollout uses it).
+
+    Example: factpatch ctl --request-id "$CI_JOB_ID" patch delete sha256:…
+    """
     c: Ctx = ctx.obj
     c.out(c.call(c.patches.DeletePatch, patch_pb2.DeletePatchRequest(request_id=c.rid(), digest=digest)),
           lambda r: print(f"deleted {r.digest}"))
@@ -220,8 +236,8 @@ def rollout_start(
 ) -> None:
     """Start a rollout of a stored patch: a canary step, then the rest of the fleet.
 
-    Example: `factpatch ctl rollout start sha256:… --canary s0 --traffic 10 --gate stale_value_rate:0.5:50
-    --gate error_rate:1.5:200 --measurement-seconds 30 --failure-limit 1 --watch-after-promotion 300 --wait`
+    Example: factpatch ctl rollout start sha256:… --canary s0 --traffic 10 --gate stale_value_rate:0.5:50
+    --gate error_rate:1.5:200 --measurement-seconds 30 --failure-limit 1 --watch-after-promotion 300 --wait
     """
     c: Ctx = ctx.obj
     gates = [_parse_gate(g) for g in gate]
@@ -238,12 +254,20 @@ def rollout_start(
 
 @rollout_app.command("status")
 def rollout_status(ctx: typer.Context, rollout_id: str) -> None:
+    """A rollout: state, step, each shard's versions, and the analysis numbers.
+
+    Example: factpatch ctl rollout status ro-…
+    """
     c: Ctx = ctx.obj
     c.out(c.call(c.rollouts.GetRollout, rollout_pb2.GetRolloutRequest(id=rollout_id)), _rollout_detail)
 
 
 @rollout_app.command("list")
 def rollout_list(ctx: typer.Context, active: bool = typer.Option(False, "--active")) -> None:
+    """Rollouts, newest first (--active: only unfinished ones).
+
+    Example: factpatch ctl rollout list --active
+    """
     c: Ctx = ctx.obj
     resp = c.call(c.rollouts.ListRollouts, rollout_pb2.ListRolloutsRequest(active_only=active))
 
@@ -260,7 +284,10 @@ def rollout_list(ctx: typer.Context, active: bool = typer.Option(False, "--activ
 def rollout_watch(ctx: typer.Context, rollout_id: str, timeout: float = typer.Option(600.0),
                   until_paused: bool = typer.Option(False, "--until-paused",
                                                     help="Return when the rollout pauses (canary live) too.")) -> None:
-    """Follow a rollout until it ends (or pauses, with --until-paused)."""
+    """Follow a rollout until it ends (or pauses, with --until-paused).
+
+    Example: factpatch ctl rollout watch ro-… --until-paused
+    """
     c: Ctx = ctx.obj
     r = _wait(c, rollout_id, {*FINAL, *([RolloutState.PAUSED] if until_paused else [])}, timeout)
     if r is not None:
@@ -270,6 +297,10 @@ def rollout_watch(ctx: typer.Context, rollout_id: str, timeout: float = typer.Op
 @rollout_app.command("promote")
 def rollout_promote(ctx: typer.Context, rollout_id: str, etag: str = typer.Option(""),
                     wait: bool = typer.Option(False, "--wait")) -> None:
+    """Move a PAUSED rollout to its next step; after the last step it is SUCCEEDED.
+
+    Example: factpatch ctl rollout promote ro-… --wait
+    """
     c: Ctx = ctx.obj
     r = c.call(c.rollouts.Promote, rollout_pb2.PromoteRequest(request_id=c.rid(), id=rollout_id, etag=etag))
     if wait:
@@ -280,6 +311,10 @@ def rollout_promote(ctx: typer.Context, rollout_id: str, etag: str = typer.Optio
 @rollout_app.command("abort")
 def rollout_abort(ctx: typer.Context, rollout_id: str, etag: str = typer.Option(""), message: str = typer.Option(""),
                   wait: bool = typer.Option(False, "--wait")) -> None:
+    """Drive every shard the rollout touched back to its previous version.
+
+    Example: factpatch ctl rollout abort ro-… --message "stale answers on billing" --wait
+    """
     c: Ctx = ctx.obj
     r = c.call(c.rollouts.Abort, rollout_pb2.AbortRequest(request_id=c.rid(), id=rollout_id, etag=etag, message=message))
     if wait:
@@ -289,7 +324,10 @@ def rollout_abort(ctx: typer.Context, rollout_id: str, etag: str = typer.Option(
 
 @app.command("revert")
 def revert(ctx: typer.Context, shard: list[str] = typer.Option([], "--shard", help="Shard to revert (repeatable); default: all.")) -> None:
-    """Every chosen shard back to the base weights now; aborts rollouts on them."""
+    """Every chosen shard back to the base weights now; aborts rollouts on them.
+
+    Example: factpatch ctl revert --shard s0
+    """
     c: Ctx = ctx.obj
     resp = c.call(c.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(request_id=c.rid(), shards=shard))
 
@@ -312,7 +350,8 @@ def rollback(ctx: typer.Context,
     """Every chosen shard back to the version it ran before its current one, now; aborts rollouts on them.
 
     Where a rollout is still running on a shard, back means the version that rollout found there.
-    Example: `factpatch ctl rollback` after a patch that succeeded turns out wrong.
+
+    Example: factpatch ctl rollback (after a patch that succeeded turns out wrong)
     """
     c: Ctx = ctx.obj
     resp = c.call(c.rollouts.Rollback, rollout_pb2.RollbackRequest(request_id=c.rid(), shards=shard, to_version=to))
@@ -331,7 +370,10 @@ def rollback(ctx: typer.Context,
 @app.command("releases")
 def list_releases(ctx: typer.Context, shard: str = typer.Option("", "--shard", help="One shard; default: all."),
                   limit: int = typer.Option(20, "--limit", min=1, max=20, help="Releases per shard, newest first.")) -> None:
-    """The versions each shard was released on, newest first: what `ctl rollback` goes back along."""
+    """The versions each shard was released on, newest first: what `ctl rollback` goes back along.
+
+    Example: factpatch ctl releases --shard s0
+    """
     c: Ctx = ctx.obj
     resp = c.call(c.rollouts.ListReleases, rollout_pb2.ListReleasesRequest(shard=shard, page_size=limit))
 
@@ -359,7 +401,10 @@ def _shard_table(shards) -> None:
 
 @shards_app.callback()
 def shards_list(ctx: typer.Context) -> None:
-    """List the shards (no sub-command), or register one (`add`)."""
+    """List the shards (no sub-command), or register (`add`) and remove (`remove`) one.
+
+    Example: factpatch ctl shards
+    """
     if ctx.invoked_subcommand is None:
         c: Ctx = ctx.obj
         c.out(c.call(c.fleet.ListShards, fleet_pb2.ListShardsRequest()), lambda r: _shard_table(r.shards))
@@ -367,6 +412,10 @@ def shards_list(ctx: typer.Context) -> None:
 
 @shards_app.command("add")
 def shards_add(ctx: typer.Context, name: str, address: str) -> None:
+    """Register a shard: its name and its agent's base URL (the address must be allowed).
+
+    Example: factpatch ctl shards add s2 http://10.0.0.12:8000
+    """
     c: Ctx = ctx.obj
     c.out(c.call(c.fleet.RegisterShard, fleet_pb2.RegisterShardRequest(request_id=c.rid(), name=name, address=address)),
           lambda s: _shard_table([s]))
@@ -374,6 +423,10 @@ def shards_add(ctx: typer.Context, name: str, address: str) -> None:
 
 @shards_app.command("remove")
 def shards_remove(ctx: typer.Context, name: str) -> None:
+    """Deregister a shard (refused while an unfinished rollout includes it).
+
+    Example: factpatch ctl shards remove s2
+    """
     c: Ctx = ctx.obj
     c.out(c.call(c.fleet.DeregisterShard, fleet_pb2.DeregisterShardRequest(request_id=c.rid(), name=name)),
           lambda r: print(f"removed {r.name}"))

@@ -34,6 +34,10 @@ def audit_list(
     before: int = typer.Option(0, min=0, help="Only records older than this id (the next page)."),
     principal: str = typer.Option("", help="Only this principal's records."),
 ) -> None:
+    """The audit log, newest first: who did what, from where, and how it ended (operators only).
+
+    Example: factpatch ctl audit list --principal release-bot --limit 20
+    """
     c: Ctx = ctx.obj
     c.out(c.call(c.audit.ListAuditRecords, audit_pb2.ListAuditRecordsRequest(limit=limit, before_id=before,
                                                                               principal=principal)),
@@ -42,6 +46,10 @@ def audit_list(
 
 @audit_app.command("verify")
 def audit_verify(ctx: typer.Context) -> None:
+    """Check the audit log's hash chain end to end; exit 1 where a record was changed or removed.
+
+    Example: factpatch ctl audit verify
+    """
     c: Ctx = ctx.obj
     r = c.call(c.audit.VerifyAuditLog, audit_pb2.VerifyAuditLogRequest())
     c.out(r, lambda v: Console().print(

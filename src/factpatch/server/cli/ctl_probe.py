@@ -59,7 +59,10 @@ def _exit_code(report) -> int:
 
 @probe_app.command("run")
 def probe_run(ctx: typer.Context, shard: list[str] = typer.Option([], "--shard", help="Only this shard (repeatable).")) -> None:
-    """Probe every shard (or the named ones) once now and print the results."""
+    """Probe every shard (or the named ones) once now and print the results; exit 8 on a condition.
+
+    Example: factpatch ctl probe run --shard s0
+    """
     c: Ctx = ctx.obj
     report = c.call(_stub(c).RunProbes, probe_pb2.RunProbesRequest(shards=shard), timeout=max(c.timeout, 120.0))
     c.out(report, render_report)
@@ -68,7 +71,10 @@ def probe_run(ctx: typer.Context, shard: list[str] = typer.Option([], "--shard",
 
 @probe_app.command("report")
 def probe_report(ctx: typer.Context) -> None:
-    """The latest result per shard and the conditions in force (no new run)."""
+    """The latest result per shard and the conditions in force (no new run).
+
+    Example: factpatch ctl -o json probe report
+    """
     c: Ctx = ctx.obj
     report = c.call(_stub(c).GetProbeReport, probe_pb2.GetProbeReportRequest())
     c.out(report, render_report)
@@ -83,7 +89,10 @@ def probe_schedule(
     concurrency: int = typer.Option(2, help="Requests in flight per shard at most."),
     max_busy_share: float = typer.Option(0.05, help="Largest share of a shard's time probes may take."),
 ) -> None:
-    """Change the probe schedule (refused below the configured floor)."""
+    """Change the probe schedule (refused below the configured floor).
+
+    Example: factpatch ctl probe schedule --interval 300 --max-busy-share 0.05
+    """
     c: Ctx = ctx.obj
     s = probe_pb2.ProbeSchedule(interval_seconds=interval, sample_size=sample_size, concurrency=concurrency,
                                 max_busy_share=max_busy_share)
