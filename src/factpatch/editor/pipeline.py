@@ -176,7 +176,7 @@ def validate(loaded: Loaded, edits, opts: EditOptions) -> tuple[list[int], Corpu
             raise EditInputError(f"--parent {opts.parent} was made for a different base model (fingerprint mismatch)")
     # The answers of the model this patch builds on (the base, or the base with the parent chain): an
     # edit to what it already says would silently do nothing.
-    already = _answers_already(loaded, edits, parent[0] if parent else None)
+    already = answers_already(loaded, edits, parent[0] if parent else None)
     if already.any():
         i = int(already.nonzero()[0, 0])
         e = edits[i]
@@ -214,7 +214,8 @@ def _window_validator(loaded: Loaded, opts: EditOptions):
 
 
 @torch.no_grad()
-def _answers_already(loaded: Loaded, edits, parent: Patch | None) -> torch.Tensor:
+def answers_already(loaded: Loaded, edits, parent: Patch | None) -> torch.Tensor:
+    """Per edit, whether the model (with `parent` applied, when given) already answers its target."""
     state = loaded.model.state_dict()
     saved = {n: state[n].detach().clone() for n in (parent.names if parent else [])}
     try:
