@@ -35,6 +35,12 @@ def memit_layers(loaded) -> list[int]:
     return default_layers(loaded.adapter.n_layers, "memit", loaded.defaults)
 
 
+def mlp_layers(loaded) -> list[int]:
+    """The layers whose MLP is not held at zero: the only ones an edit can write (the fixture's
+    recipe keeps MLPs in its middle layers only)."""
+    return [l for l in range(loaded.adapter.n_layers) if loaded.adapter.weight(l).any()]
+
+
 def fixture_edits(world, n: int, seed: int, keep: bool = False):
     """n random facts of distinct subjects, each given another candidate as its new object.
 

@@ -19,22 +19,23 @@ from factpatch.editor.pipeline import (
 )
 from factpatch.editor.rome import RomeParams
 
-from .conftest import fixture_edits, memit_layers
+from .conftest import fixture_edits, mlp_layers
 
 
 def test_a_rome_patch_written_by_the_fallback_writes_that_layer_alone_and_takes(loaded, world):
-    edits = fixture_edits(world, 3, seed=5)
-    # Written at the last layer, where the subject's position no longer feeds the answer, few edits take;
-    # the fallback (layer 3) writes those again at the prompt's last token.
-    hp = RomeParams(value=dataclasses.replace(RomeParams().value, steps=20), retry_lr=None, last_token_fallback=True,
-                    fallback_layer=3)
-    results = run_single_edits(loaded, edits, EditOptions(method="rome", layers=[5], rome=hp, n_samples=256))
+    edits = fixture_edits(world, 4, seed=5)
+    # One step at the subject's key is too few for an edit to take; the fallback (another layer, its full
+    # budget) writes those again at the prompt's last token.
+    late, last = mlp_layers(loaded)[0], mlp_layers(loaded)[-1]
+    hp = RomeParams(value=dataclasses.replace(RomeParams().value, steps=1), retry_lr=None, last_token_fallback=True,
+                    fallback_layer=late, fallback_value=RomeParams().value)
+    results = run_single_edits(loaded, edits, EditOptions(method="rome", layers=[last], rome=hp, n_samples=256))
     moved = [i for i, r in enumerate(results) if r.info["per_edit"][0]["key_at"] == "last"]
     assert moved
     for r in (results[i] for i in moved):
-        assert r.layers == [3] and r.patch.manifest["layers"] == [3]
-        assert r.patch.names == [loaded.adapter.param_name(3)]
-        assert r.patch.manifest["edits"][0]["written"] == {"method": "rome", "layers": [3], "key_at": "last"}
+        assert r.layers == [late] and r.patch.manifest["layers"] == [late]
+        assert r.patch.names == [loaded.adapter.param_name(late)]
+        assert r.patch.manifest["edits"][0]["written"] == {"method": "rome", "layers": [late], "key_at": "last"}
         check_fingerprint(loaded, r.patch)  # the base fingerprint covers exactly what the patch writes
     m = evaluate_each(loaded, [results[i].patch for i in moved], [edits[i] for i in moved], [])["metrics"]
     assert m["efficacy"] == 1.0, m
@@ -44,17 +45,17 @@ def test_memit_writes_the_edits_its_batch_left_at_the_last_token(loaded, world):
     edits = fixture_edits(world, 4, seed=21)
     # One value step: the batch itself takes no edit, so every edit goes on to the fallback.
     weak = dataclasses.replace(MemitParams().value, steps=1)
-    hp = MemitParams(value=weak, last_token_fallback=True, fallback_layer=4, fallback_max_share=1.0)
-    batch_layers = [l for l in memit_layers(loaded) if l != 4]
+    batch_layers, late = mlp_layers(loaded)[:1], mlp_layers(loaded)[-1]
+    hp = MemitParams(value=weak, last_token_fallback=True, fallback_layer=late, fallback_max_share=1.0)
     result = run_edit(loaded, edits, EditOptions(method="memit", layers=batch_layers, memit=hp, n_samples=256))
     done = result.info["last_token_fallback"]
     assert done["missed"] == len(edits) and [w["subject"] for w in done["written"]] == [e.subject for e in edits]
-    assert result.layers == result.patch.manifest["layers"] == sorted(batch_layers + [4])
+    assert result.layers == result.patch.manifest["layers"] == sorted(batch_layers + [late])
     # the manifest says each edit was written by the batch and then again by the fallback
     assert all(e["written"] == {"method": "memit", "layers": batch_layers, "key_at": "subject",
-                                "fallback": {"method": "rome", "layers": [4], "key_at": "last"}}
+                                "fallback": {"method": "rome", "layers": [late], "key_at": "last"}}
                for e in result.patch.manifest["edits"])
-    u, v = result.patch.factors[loaded.adapter.param_name(4)]
+    u, v = result.patch.factors[loaded.adapter.param_name(late)]
     assert u.shape[1] == v.shape[1] == len(edits)  # one rank-one update per edit written
     check_fingerprint(loaded, result.patch)
     assert evaluate_patch(loaded, result.patch, edits, [])["metrics"]["efficacy"] == 1.0

@@ -65,3 +65,8 @@ def test_memit_candidates_are_windows_around_the_trace_peak():
     assert all(c[0] <= 4 and c[-1] >= 3 for c in cands)  # hold the peak or start just after it
     assert max(len(c) for c in cands) <= 6
     assert candidates(profile, "rome") == [[3], [4], [2]]
+    # layers whose MLP is held at zero are never a candidate, whatever the trace says there
+    middle = {2, 3}
+    assert candidates(profile, "rome", editable=middle) == [[3], [2]]
+    assert all(set(c) <= middle for c in candidates(profile, "memit", editable=middle))
+    assert candidates([0.0, 0.9, 0.2, 0.1, 0.0, 0.0], "rome", editable=middle)[0] == [2]

@@ -77,7 +77,7 @@ def test_a_second_pass_moves_only_the_subjects_left_behind(loaded, world):
     first = run_edit(loaded, edits, EditOptions(method="memit", memit=short))
     worst = first.info["prompt_nll_max"]
     assert first.info["second_pass"] == [] and len(worst) == len(edits)
-    cut = sorted(worst)[-3]  # the worst two go again
+    cut = (sorted(worst)[-3] + sorted(worst)[-2]) / 2  # the worst two go again
     hp = dataclasses.replace(short, retry_value=dataclasses.replace(short.value, steps=30, weight_decay=0.05),
                              retry_above_nll=cut)
     stages = set()

@@ -19,14 +19,16 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def traced(loaded, world):
-    items = items_for_edits(loaded.adapter, loaded.tok, fixture_edits(world, 4, seed=31))
-    return trace(loaded.adapter, loaded.tok, items, TraceSettings(samples=2, seed=3))
+    # Sixteen prompts, four noise samples each: with four prompts single facts decide the profile
+    # (on one build a subject's first piece outweighed its last for two of them).
+    items = items_for_edits(loaded.adapter, loaded.tok, fixture_edits(world, 16, seed=31))
+    return trace(loaded.adapter, loaded.tok, items, TraceSettings(samples=4, seed=3))
 
 
 def test_mlp_effect_peaks_at_the_subjects_last_token(traced):
     assert all(p.p_clean > 0.5 for p in traced.prompts)
     # Corrupting the subject costs every prompt part of its answer, so there is something to restore.
-    # How much varies with the fixture build: half of it, summed over these four, on one build.
+    # How much varies with the fixture build and the prompt.
     assert all(p.p_corrupt < p.p_clean for p in traced.prompts)
     assert sum(p.p_corrupt for p in traced.prompts) < 2 / 3 * sum(p.p_clean for p in traced.prompts)
     roles, mat, _ = traced.by_role("mlp")
@@ -38,9 +40,6 @@ def test_mlp_effect_peaks_at_the_subjects_last_token(traced):
     assert all(profile.max() > mat[i].max() + 0.05 for i in others)
     # A band, not a flat line: the peak layer stands well above the median layer.
     assert profile.max() > 0.2 and profile.max() > 3 * max(0.0, float(profile.median()))
-    # Before the subject nothing is corrupted, so restoring there changes nothing at all.
-    if "before subject" in roles:
-        assert float(mat[roles.index("before subject")].abs().max()) == 0.0
     for p in traced.prompts:
         assert p.restored["residual"].shape == (len(p.tokens), traced.n_layers)
 

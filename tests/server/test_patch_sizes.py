@@ -14,7 +14,7 @@ from tests.factories import random_patch_on
 
 def test_relative_change_is_read_against_the_local_base(tmp_path, fixture_dir):
     store = PatchStore(tmp_path / "patches")
-    data, patch = random_patch_on(fixture_dir, {1: 0.1, 2: 0.3}, seed=2)
+    data, patch = random_patch_on(fixture_dir, {2: 0.1, 3: 0.3}, seed=2)
     digest = store.put(data)
     base = Checkpoint(fixture_dir).fingerprint()
     sizes = PatchSizes(store, BaseChecker([fixture_dir]))

@@ -49,22 +49,26 @@ class ChosenLayers(list):
         self.report = report
 
 
-def candidates(profile: list[float], method: str, params: AutoParams = AutoParams()) -> list[list[int]]:
-    """Layer sets to validate, best trace score first."""
+def candidates(profile: list[float], method: str, params: AutoParams = AutoParams(),
+               editable: set[int] | None = None) -> list[list[int]]:
+    """Layer sets to validate, best trace score first; only layers in `editable` (default: all), since an
+    MLP held at zero has no keys to write through (the pipeline refuses it)."""
     n = len(profile)
-    p = [max(0.0, x) for x in profile]
-    peak = max(range(n), key=lambda l: (p[l], -l))
+    ok = set(range(n)) if editable is None else set(editable)
+    p = [max(0.0, x) if l in ok else 0.0 for l, x in enumerate(profile)]
+    peak = max(sorted(ok), key=lambda l: (p[l], -l))
     if method in ONE_LAYER:
         # The peak and the layers just after and before it: the peak is not always the best place to
         # write (a first-layer peak is mostly the token embedding), and away from it the profile is noise.
-        order = [peak + d for d in (0, 1, -1, 2, -2) if 0 <= peak + d < n]
+        order = [peak + d for d in (0, 1, -1, 2, -2) if peak + d in ok]
         return [[l] for l in order[: params.rome_candidates]]
     out = []
     for length in params.memit_lengths:
         if length > max(1, (n + 1) // 2):
             continue
         # Windows that hold the peak or start just after it; the strongest by trace score first.
-        starts = [s for s in range(n - length + 1) if s <= peak + 1 and s + length - 1 >= min(peak, n - 1)]
+        starts = [s for s in range(n - length + 1) if s <= peak + 1 and s + length - 1 >= min(peak, n - 1)
+                  and ok.issuperset(range(s, s + length))]
         starts.sort(key=lambda s: (-sum(p[s : s + length]), s))
         out += [list(range(s, s + length)) for s in starts[: params.windows_per_length]]
     return out
@@ -123,7 +127,8 @@ def choose_layers(loaded, edits, opts, corpus, validate: Callable[[list, list[in
         profile = result.subject_last_profile("mlp")
         t_trace = time.perf_counter() - t0
 
-        cands = candidates(profile, opts.layer_kind, params)
+        editable = {l for l in range(adapter.n_layers) if adapter.weight(l).any()}
+        cands = candidates(profile, opts.layer_kind, params, editable)
         val = [edits[i] for i in val_idx]
         # One corpus pass for every candidate layer; the sweep's edits then read them from the cache.
         second_moments(adapter, tok, sorted({l for c in cands for l in c}), corpus, opts.n_samples,

@@ -58,6 +58,8 @@ class RomeParams:
     # thirds of the depth), keeping the lower NLL of the two; the manifest names each edit written so.
     last_token_fallback: bool = False
     fallback_layer: int | None = None
+    # The value settings of that last-token pass (None: `value`'s).
+    fallback_value: ValueParams | None = None
 
     def __post_init__(self) -> None:
         if self.equal_gain_ridge is not None and not self.equal_gain_ridge > 0:
@@ -222,7 +224,7 @@ def independent_edits(
         at_layer, late_cov = late
         late_dirs = torch.zeros(len(edits), late_cov.shape[0], dtype=torch.float64)
         late_dirs[stuck] = torch.stack(edit_directions(adapter, tok, at_layer, [edits[i] for i in stuck], late_cov, prefixes, hp, at="last"))
-        last = run(hp.value, stuck, "values-last-token", at_layer, late_dirs)
+        last = run(hp.fallback_value or hp.value, stuck, "values-last-token", at_layer, late_dirs)
         for j, i in enumerate(stuck):
             if float(last.final_nll[j]) < float(nll[i]):
                 deltas[i], nll[i], kl[i], steps[i] = last.deltas[j], last.final_nll[j], last.final_kl[j], last.steps_taken[j]

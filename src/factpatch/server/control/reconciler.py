@@ -309,14 +309,16 @@ class Reconciler:
         if self.probe_conditions is None or r.state not in TRAFFIC_SPLIT:
             return False
         shards = set(r.target_shards)
-        for cond in self.probe_conditions():
-            # found during this rollout (one from an earlier rollout of the patch is about that one)
-            if (cond.type in BREAKING_CONDITIONS and cond.version == r.patch and cond.shard in shards
-                    and cond.since >= r.created):
-                self.start_rollback(r, RolloutState.ROLLING_BACK, RolloutReason.PROBE_CONDITION,
-                                    f"probe found {cond.type} on {cond.shard}: {cond.message}")
-                return True
-        return False
+        # found during this rollout (one from an earlier rollout of the patch is about that one)
+        found = [cond for cond in self.probe_conditions()
+                 if cond.type in BREAKING_CONDITIONS and cond.version == r.patch and cond.shard in shards
+                 and cond.since >= r.created]
+        if not found:
+            return False
+        # every condition found is named: a patch that breaks unrelated answers often breaks its own too
+        self.start_rollback(r, RolloutState.ROLLING_BACK, RolloutReason.PROBE_CONDITION,
+                            "probe found " + "; ".join(f"{c.type} on {c.shard}: {c.message}" for c in found))
+        return True
 
     def succeed(self, c, r: Rollout, message: str = "") -> None:
         """The last step holds: SUCCEEDED, and every target shard is released on the patch (Rollback's history)."""
