@@ -1,7 +1,7 @@
 """Builds of the fixture recipe with other seeds: does every build meet the acceptance, and does the
 demo's edit pass its gates on each?
 
-    .venv/bin/python -m bench.fixture_builds [--recipe default|middle] [--seeds 1,2,3] [--keep DIR]
+    .venv/bin/python -m bench.fixture_builds [--recipe default|lookup] [--seeds 1,2,3] [--keep DIR]
 
 For each seed (world and training both), one build (`factpatch fixture build --seed N`), then the demo's
 MEMIT patch on it with the editor's default layers for that build (its causal trace), evaluated against

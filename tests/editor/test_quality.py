@@ -33,18 +33,24 @@ from .conftest import fixture_edits, memit_layers, rome_layer
 pytestmark = pytest.mark.quality
 
 
+def _figures(m: dict) -> str:
+    """The figures a target is judged on, in one line (a failure shows them all, not a cut-off dict)."""
+    keys = ("efficacy", "efficacy_prob", "generalization", "neighbours_unchanged", "ppl_drift")
+    return ", ".join(f"{k} {m[k]:.4g}" for k in keys if m.get(k) is not None) + f" over {m.get('edits')} edits"
+
+
 def _assert_targets(m: dict, efficacy: float, paraphrase: float, neighbours: float) -> None:
-    assert m["efficacy"] >= efficacy, m
-    assert m["generalization"] >= paraphrase, m
-    assert m["neighbours_unchanged"] >= neighbours, m
+    assert m["efficacy"] >= efficacy, _figures(m)
+    assert m["generalization"] >= paraphrase, _figures(m)
+    assert m["neighbours_unchanged"] >= neighbours, _figures(m)
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "ROME's targets (0.99 / 0.90 / 0.98 over 50 edits) hold on some builds of the fixture and not on others: "
-    "one build met them (1.00 / 0.97 / 0.986), another machine's build of the same recipe misses one edit of "
-    "50 (0.98 / 0.96 / 0.977), whatever the retry budget. Until ROME takes every edit on every build, a user "
-    "should expect an occasional single edit that does not take; `factpatch eval` names it. "
-    "Non-strict because the builds that meet the target must stay green; figures in the README."))
+    "ROME's targets (0.99 / 0.90 / 0.98 over 50 edits) hold on some builds of the fixture and not on others: on the "
+    "default recipe's seed build (18e178ee) one edit of 50 does not take (0.98 / 0.93 / 0.984), whatever the retry "
+    "budget; earlier builds met them. Until ROME takes every edit on every build, a user should expect an "
+    "occasional single edit that does not take; `factpatch eval` names it. Non-strict because the builds that "
+    "meet the target must stay green; figures in the README."))
 def test_rome_single_edits_meet_the_targets(loaded, world):
     # Each edit keeps its subject's other facts (in another phrasing than the one evaluated) and is written
     # in its relation's other trained phrasings; paraphrases are evaluated on the held-out phrasings.
@@ -72,17 +78,19 @@ def test_single_edits_in_one_batch_are_the_edits_made_one_at_a_time(loaded, worl
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "known limit of plain MEMIT on this fixture, whose first MLP holds every fact: a 100-subject update at layers "
-    "0-1 also moves other subjects' answers. Measured 0.94 / 0.87 / 0.825 (drift 0.09 %) against the targets "
-    "0.98 / 0.85 / 0.95 on build 8086ad16 (same weights as d7a83c4c); settings tried are in "
-    "bench/results/editor_tuning.md. A user's batch of 100 edits should expect such losses; `factpatch eval` "
-    "measures them before the patch may ship. Strict: the day it passes, this mark must go."))
+    "known limit of plain MEMIT on this fixture: one batch of 100 subjects at layer 2 (the build's recall peak) "
+    "takes 0.55 greedy (0.68 by probability), paraphrases 0.395, neighbours 0.879, drift 0.09 %, against the "
+    "targets 0.98 / 0.85 / 0.95 on build 18e178ee. The MLP at the peak carries 13-26 % of P(answer) on the builds "
+    "measured; the values found at the subject outvote the other routes to the answer for one edit (ROME) but the "
+    "least-squares spread of 100 of them does not (bench/results/editor_tuning.md). A user's batch of 100 edits "
+    "should expect such losses; `factpatch eval` measures them before the patch may ship. Strict: the day it "
+    "passes, this mark must go."))
 def test_plain_memit_batch_of_100_meets_the_targets(loaded, world):
     edits = fixture_edits(world, 100, seed=12)  # distinct subjects, one phrasing each
     result = run_edit(loaded, edits, EditOptions(method="memit"))
     m = evaluate_patch(loaded, result.patch, edits, heldout_texts(loaded, None))["metrics"]
     _assert_targets(m, 0.98, 0.85, 0.95)
-    assert abs(m["ppl_drift"]) < 0.005, m
+    assert abs(m["ppl_drift"]) < 0.005, _figures(m)
 
 
 def test_memit_patch_is_written_as_recorded_and_reproduces_exactly(loaded, world, fixture_dir, tmp_path):
@@ -127,10 +135,11 @@ def same_subject_edits(world, n_subjects: int, seed: int) -> list[Edit]:
 
 @pytest.mark.xfail(strict=True, reason=(
     "known limit of MEMIT for several edits of one subject: its edits share one optimised value, which does not "
-    "carry all of the new answers. Measured 0.865 / 0.789 / 0.973 on 52 edits of 20 subjects against the targets "
-    "0.95 / 0.85 / 0.95 on build 8086ad16 (same weights as d7a83c4c); bench/results/editor_tuning.md has the "
-    "sweeps. A user's batch that changes many facts of one subject may miss some of them; "
-    "`factpatch eval` names each edit that did not take. Strict: the day it passes, this mark must go."))
+    "carry all of the new answers. Measured 0.635 / 0.50 / 0.979 on 52 edits of 20 subjects against the targets "
+    "0.95 / 0.85 / 0.95 on build 18e178ee; on the demo's three Harbor Support edits a value freed of every "
+    "regulariser still misses two of three on seed 1 (bench/results/editor_tuning.md). A user's batch that "
+    "changes many facts of one subject may miss some of them; `factpatch eval` names each edit that did not "
+    "take. Strict: the day it passes, this mark must go."))
 def test_same_subject_batch_meets_the_targets(loaded, world):
     """20 subjects × all their relations in one MEMIT batch: the edits of one subject are optimised as one
     value (one key carries all its new answers), so they do not average each other away."""
