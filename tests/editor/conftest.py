@@ -36,9 +36,8 @@ def memit_layers(loaded) -> list[int]:
 
 
 def mlp_layers(loaded) -> list[int]:
-    """The layers whose MLP is not held at zero: the only ones an edit can write (the fixture's
-    recipe keeps MLPs in its middle layers only)."""
-    return [l for l in range(loaded.adapter.n_layers) if loaded.adapter.weight(l).any()]
+    """The layers an edit can write (the fixture's recipe keeps MLPs in its middle layers only)."""
+    return loaded.adapter.editable_layers()
 
 
 def fixture_edits(world, n: int, seed: int, keep: bool = False):

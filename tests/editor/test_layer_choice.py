@@ -35,9 +35,7 @@ def test_auto_matches_the_best_contiguous_window(loaded, world):
     # rows for those layers: the chosen layer is measured again here to check that, the others are swept.
     validated = {c["layers"][0]: c["metrics"] for c in report["candidates"]}
     sweep = {}
-    for layer in range(loaded.adapter.n_layers):
-        if not loaded.adapter.weight(layer).any():
-            continue  # an MLP held at zero holds nothing to edit (the editor refuses it)
+    for layer in loaded.adapter.editable_layers():  # an MLP held at zero holds nothing to edit
         if layer in validated and layer != chosen[0]:
             sweep[layer] = validated[layer]
             continue

@@ -85,6 +85,10 @@ class Adapter:
         """The MLP output weight as stored (a Parameter; [in, out] for Conv1D)."""
         return self.mlp_out(layer).weight
 
+    def editable_layers(self) -> list[int]:
+        """Layers whose MLP output weight is not all zeros: an MLP held at zero has no keys to write through."""
+        return [l for l in range(self.n_layers) if self.weight(l).any()]
+
     def linear_weight(self, layer: int) -> torch.Tensor:
         """The weight in nn.Linear orientation [out, in], as a float32 copy."""
         w = self.weight(layer).detach().to(torch.float32)

@@ -127,8 +127,7 @@ def choose_layers(loaded, edits, opts, corpus, validate: Callable[[list, list[in
         profile = result.subject_last_profile("mlp")
         t_trace = time.perf_counter() - t0
 
-        editable = {l for l in range(adapter.n_layers) if adapter.weight(l).any()}
-        cands = candidates(profile, opts.layer_kind, params, editable)
+        cands = candidates(profile, opts.layer_kind, params, set(adapter.editable_layers()))
         val = [edits[i] for i in val_idx]
         # One corpus pass for every candidate layer; the sweep's edits then read them from the cache.
         second_moments(adapter, tok, sorted({l for c in cands for l in c}), corpus, opts.n_samples,
