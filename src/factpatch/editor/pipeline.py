@@ -30,7 +30,7 @@ from .rome import RomeParams, apply_rome, independent_edits
 from .scoring import greedy_answers, score_targets
 from .stats import second_moments
 from .values import ESSENCE_TEMPLATE
-from .weights import apply_patch, concat_ranks
+from .weights import apply_patch, concat_ranks, restored_after
 
 METHODS = ("rome", "memit")
 
@@ -216,15 +216,10 @@ def _window_validator(loaded: Loaded, opts: EditOptions):
 @torch.no_grad()
 def answers_already(loaded: Loaded, edits, parent: Patch | None) -> torch.Tensor:
     """Per edit, whether the model (with `parent` applied, when given) already answers its target."""
-    state = loaded.model.state_dict()
-    saved = {n: state[n].detach().clone() for n in (parent.names if parent else [])}
-    try:
+    with restored_after(loaded.adapter, parent.names if parent else []):
         if parent:
             apply_patch(loaded.adapter, parent)
         return score_targets(loaded.adapter, loaded.tok, [(e.prompt, e.subject, e.target_new) for e in edits]).greedy
-    finally:
-        for n, w in saved.items():
-            state[n].copy_(w)
 
 
 def fill_old_targets(loaded: Loaded, edits) -> list[dict[str, Any]]:
@@ -331,21 +326,15 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
     covs = second_moments(adapter, tok, writable, corpus, opts.n_samples, progress=opts.progress)
     t_stats = time.perf_counter() - t0
 
-    state = adapter.model.state_dict()
     touched = sorted({adapter.param_name(l) for l in writable} | set(parent[0].names if parent else []))
-    saved = {n: state[n].detach().clone() for n in touched}
 
     t1 = time.perf_counter()
-    try:
+    with restored_after(adapter, touched):  # back to the base, bit for bit
         if parent:
             apply_patch(adapter, parent[0])
         hp = opts.rome if opts.method == "rome" else opts.memit
         prefixes = context_prefixes(adapter.model, tok, hp.n_prefixes, seed=opts.seed)
         results = compute(adapter, tok, layers, covs, prefixes)
-    finally:
-        with torch.no_grad():
-            for n, w in saved.items():
-                state[n].copy_(w)  # back to the base, bit for bit
     t_edit = time.perf_counter() - t1
 
     defaults = loaded.defaults
@@ -456,17 +445,11 @@ def evaluate_patch(
     adapter, tok = loaded.adapter, loaded.tok
     probes = build_probes(adapter, tok, edits, loaded.world)
     base = measure_baseline(adapter, tok, probes, edits, heldout)
-    state = adapter.model.state_dict()
-    saved = {n: state[n].detach().clone() for n in patch.names}
-    try:
+    with restored_after(adapter, patch.names):
         apply_patch(adapter, patch)
         round_to_stored_dtype(loaded, patch.names)  # what a shard serving the checkpoint's dtype computes with
         metrics = measure(adapter, tok, base, edits)
         by_part = {name: measure(adapter, tok, base, edits, only=set(idx), locality=False) for name, idx in (parts or {}).items()}
-    finally:
-        with torch.no_grad():
-            for n, w in saved.items():
-                state[n].copy_(w)
     passed, gate_rows = apply_gates(metrics, gates or Gates())
     out = {"metrics": metrics, "gates": gate_rows, "passed": passed}
     if parts:
@@ -491,17 +474,11 @@ def evaluate_each(loaded: Loaded, patches: list[Patch], edits, heldout: list[str
     adapter, tok = loaded.adapter, loaded.tok
     probes = build_probes(adapter, tok, edits, loaded.world)
     base = measure_baseline(adapter, tok, probes, edits, heldout)
-    state = adapter.model.state_dict()
     per_edit = []
     for i, patch in enumerate(patches):
-        saved = {n: state[n].detach().clone() for n in patch.names}
-        try:
+        with restored_after(adapter, patch.names):
             apply_patch(adapter, patch)
             per_edit.append(measure(adapter, tok, base, edits, only={i}))
-        finally:
-            with torch.no_grad():
-                for n, w in saved.items():
-                    state[n].copy_(w)
     metrics: dict[str, Any] = {"edits": len(per_edit)}
     for key in ("efficacy", "efficacy_greedy", "efficacy_prob", "generalization", "neighbours_unchanged",
                 "specificity_drop", "ppl_drift", "kl_unrelated"):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterable, Iterator
+
 import torch
 
 from factpatch.core.patchfile import Patch, apply_to_state_dict
@@ -38,3 +41,17 @@ def snapshot(adapter: Adapter, layers) -> dict[int, torch.Tensor]:
 def restore(adapter: Adapter, saved: dict[int, torch.Tensor]) -> None:
     for l, w in saved.items():
         adapter.weight(l).data.copy_(w)
+
+
+@contextlib.contextmanager
+def restored_after(adapter: Adapter, names: Iterable[str]) -> Iterator[None]:
+    """Whatever happens to the named weights inside the block, they are back bit for bit after it
+    (applying a patch to measure it, computing an edit on a parent's weights)."""
+    state = adapter.model.state_dict()
+    saved = {n: state[n].detach().clone() for n in names}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, w in saved.items():
+                state[n].copy_(w)
