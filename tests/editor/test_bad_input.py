@@ -49,6 +49,8 @@ def _yaml(**overrides) -> str:
         ("edits:\n  - subject: [unclosed\n", r"line \d+, column \d+: not valid YAML"),
         (_yaml(keep=["{} ships same-day orders placed before", "no placeholder"]), "keep prompt 1 must contain"),
         (_yaml(keep=["The refund period of {} is"]), "keep prompt 0 .*asks this edit's own question"),
+        (_yaml(neighbours=["Cedar Support", " "]), "neighbour 1 must not be empty"),
+        (_yaml(neighbours=["Harbor Support"]), "neighbour 0 is the edit's own subject"),
         (
             "edits:\n"
             "  - {subject: Harbor Support, relation: refund period, prompt: 'The refund period of {} is', target_new: 30 days,\n"

@@ -1,7 +1,9 @@
 """The last-token fallback: edits the subject's key does not carry are written at the prompt's last token.
 
 ROME retries an edit there when its passes at the subject leave the target NLL above the cut; MEMIT
-writes the edits its batch left behind there, one after another, on the edited model.
+writes the edits its batch left behind there, one after another, on the edited model: by default those
+of a subject the batch edits several times (their shared δ at the subject is one point for several new
+answers), with the fallback on also those of subjects edited once.
 """
 
 from __future__ import annotations
@@ -68,3 +70,51 @@ def test_memit_writes_nothing_more_when_its_batch_left_more_than_the_share(loade
     factors = {0: ("u", "v")}
     out, done = _last_token_fallback(loaded.adapter, loaded.tok, edits, 4, None, [""], factors, 0.5, None)
     assert out is factors and done == {"missed": len(edits), "written": []}
+
+
+def _same_subject_edits(world, n: int):
+    """n facts of Harbor Support, each given another candidate as its new object."""
+    from factpatch.core.spec import Edit
+
+    out = []
+    for f in [f for f in world.facts if f.subject == "Harbor Support"][:n]:
+        rel = world.relations[f.relation]
+        new = next(c for c in rel.candidates if c != f.object)
+        out.append(Edit(subject=f.subject, relation=f.relation, prompt=rel.templates[f.train_templates[0]],
+                        target_new=new, target_old=f.object))
+    return out
+
+
+def test_memit_writes_edits_of_a_shared_subject_its_batch_left_at_the_last_token_by_default(loaded, world):
+    """Edits sharing a subject share one δ; the ones it does not carry go on to the prompt's last token
+    whatever their share of the batch, with the fallback for single edits off (the default)."""
+    edits = _same_subject_edits(world, 3)
+    weak = dataclasses.replace(MemitParams().value, steps=1)  # the shared δ takes none of them
+    hp = MemitParams(value=weak)
+    assert not hp.last_token_fallback and hp.shared_subject_last_token
+    late = hp.late_layer(loaded.adapter.n_layers, loaded.adapter.editable_layers(), edits)
+    assert late in loaded.adapter.editable_layers()  # never a layer whose MLP is held at zero
+    result = run_edit(loaded, edits, EditOptions(method="memit", layers=mlp_layers(loaded)[:1], memit=hp, n_samples=256))
+    done = result.info["last_token_fallback"]
+    assert [(w["relation"], w["reason"]) for w in done["written"]] == [(e.relation, "shared subject") for e in edits]
+    assert all(e["written"]["fallback"] == {"method": "rome", "layers": [late], "key_at": "last"}
+               for e in result.patch.manifest["edits"])
+    assert evaluate_patch(loaded, result.patch, edits, [])["metrics"]["efficacy"] == 1.0
+
+
+def test_memit_leaves_edits_of_distinct_subjects_to_the_batch_by_default(loaded, world):
+    edits = fixture_edits(world, 3, seed=21)
+    hp = MemitParams(value=dataclasses.replace(MemitParams().value, steps=1))
+    assert hp.late_layer(loaded.adapter.n_layers, loaded.adapter.editable_layers(), edits) is None
+    result = run_edit(loaded, edits, EditOptions(method="memit", layers=mlp_layers(loaded)[:1], memit=hp, n_samples=256))
+    assert "last_token_fallback" not in result.info and result.layers == mlp_layers(loaded)[:1]
+
+
+def test_the_last_token_layer_is_two_thirds_down_or_the_nearest_layer_with_an_mlp():
+    from factpatch.editor.rome import fallback_layer
+
+    assert fallback_layer(True, None, 6) == 4 and fallback_layer(True, None, 48) == 32
+    assert fallback_layer(True, None, 6, editable=[2, 3]) == 3  # layer 4's MLP held at zero
+    assert fallback_layer(True, None, 6, editable=[5]) == 5  # none at or below: the lowest above
+    assert fallback_layer(True, 1, 6, editable=[2, 3]) == 1  # a chosen layer is the user's (validated elsewhere)
+    assert fallback_layer(False, None, 6) is None

@@ -54,9 +54,9 @@ def test_with_a_world_the_neighbours_are_unseen_facts_not_the_keep_prompts(loade
     probes = build_probes(adapter, tok, edits, world=world)
 
     assert probes.neighbour_source == "world"
-    kept = {k for e in edits for k in e.keep}
+    kept = {(k, e.subject) for e in edits for k in e.keep}
     own = [p for p in probes.of("neighbour") if p.subject == edits[p.edit].subject]
-    assert own and not any(p.template in kept for p in own)  # held prompts are not what is measured
+    assert own and not any((p.template, p.subject) in kept for p in own)  # held prompts are not what is measured
 
 
 def test_the_edits_that_do_not_take_are_named_with_what_the_model_says(loaded, world):
@@ -74,3 +74,35 @@ def test_the_edits_that_do_not_take_are_named_with_what_the_model_says(loaded, w
         assert x["logprob_old"] > x["logprob_new"]
     # Only the edits that did not take: measured on edit 1 alone, one entry, still numbered 1.
     assert [x["edit"] for x in measure(adapter, tok, base, edits, only={1}, locality=False)["edits_not_taken"]] == [1]
+
+
+def test_a_subjects_other_facts_are_neighbours_once_for_the_batch(loaded, world):
+    facts = [f for f in world.facts if f.subject == "Harbor Support"]
+    from factpatch.core.spec import Edit
+
+    edits = [Edit(subject=f.subject, relation=f.relation, prompt=world.relations[f.relation].templates[f.train_templates[0]],
+                  target_new=next(c for c in world.relations[f.relation].candidates if c != f.object)) for f in facts[:3]]
+    probes = build_probes(loaded.adapter, loaded.tok, edits, world)
+    mine = [(p.template, p.subject) for p in probes.of("neighbour") if p.subject == "Harbor Support"]
+    assert len(mine) == len(set(mine)) == len(facts) - 3  # each unchanged fact once, not once per edit
+
+
+def test_the_regression_set_is_other_facts_and_moves_the_gate(loaded, world):
+    edits = fixture_edits(world, 2, seed=5)
+    probes = build_probes(loaded.adapter, loaded.tok, edits, world, n_regression=50)
+    reg = probes.of("regression")
+    edited = {(e.subject, e.relation) for e in edits}
+    assert len(reg) == 50 and all(p.edit == -1 for p in reg)
+    assert not {(p.subject, _relation_of(world, p)) for p in reg} & edited
+    base = measure_baseline(loaded.adapter, loaded.tok, probes, edits, None)
+    m = measure(loaded.adapter, loaded.tok, base, edits, locality=False)  # the base against itself
+    assert m["regression_facts"] == 50 and m["regression_unchanged"] == 1.0
+    assert "regression_unchanged" not in measure(loaded.adapter, loaded.tok, base, edits, only={0}, locality=False)
+    passed, rows = apply_gates({**m, "regression_unchanged": 0.9}, Gates())
+    (gate,) = [r for r in rows if r["gate"] == "regression_unchanged"]
+    assert gate["passed"] is False and not passed
+
+
+def _relation_of(world, probe) -> str:
+    """The relation a regression probe asks (its template names it)."""
+    return next(r.name for r in world.relations.values() if probe.template in r.templates)

@@ -55,7 +55,7 @@ def test_paraphrase_keys_average_every_context_and_read_held_out_phrasings(loade
     first = edits[0]
     para = keys_of_rows(adapter, tok, layer, [encode(tok, p, first.subject) for p in first.paraphrases])
     expected = (plain[0] * len(prefixes) + para.sum(0)) / (len(prefixes) + len(para))
-    assert torch.allclose(averaged[0], expected, atol=1e-9)
+    assert torch.allclose(averaged[0], expected, atol=1e-6)  # keys from float32 passes of other batch shapes
     # An edit without paraphrases keeps the prefix average.
     bare = paraphrase_averaged_keys(adapter, tok, layer, [first.model_copy(update={"paraphrases": []})], plain[:1], len(prefixes))
     assert torch.equal(bare, plain[:1])

@@ -50,6 +50,10 @@ class Edit(BaseModel):
     # Other questions about this subject whose answers must not move (one {} each): the editor holds
     # them steady while it writes the new value, since the subject's other facts share its key.
     keep: list[str] = Field(default_factory=list)
+    # Other subjects whose answer to this edit's question must not move (names sharing a word with the
+    # subject, sister brands): the editor holds the edit's prompt asked of each, since a key that reads
+    # the question may read theirs too.
+    neighbours: list[str] = Field(default_factory=list)
 
     @field_validator("subject", "relation", "target_new")
     @classmethod
@@ -79,6 +83,14 @@ class Edit(BaseModel):
                 raise ValueError(f"{label} {i} must contain {{}} exactly once")
         return v
 
+    @field_validator("neighbours")
+    @classmethod
+    def _neighbour_names(cls, v: list[str]) -> list[str]:
+        for i, n in enumerate(v):
+            if not n or not n.strip():
+                raise ValueError(f"neighbour {i} must not be empty")
+        return [n.strip() for n in v]
+
     @model_validator(mode="after")
     def _new_differs_from_old(self) -> "Edit":
         if self.target_old is not None and self.target_old == self.target_new:
@@ -87,6 +99,8 @@ class Edit(BaseModel):
         for i, p in enumerate(self.keep):
             if p.strip() in own:
                 raise ValueError(f"keep prompt {i} ({p!r}) asks this edit's own question: it cannot both change and stay")
+        if self.subject in self.neighbours:
+            raise ValueError(f"neighbour {self.neighbours.index(self.subject)} is the edit's own subject {self.subject!r}")
         return self
 
     @property

@@ -42,10 +42,10 @@ def _check_out_path(path: Path) -> None:
         _fail(f"--out {path}: {probe} is not writable")
 
 
-def _gates(min_efficacy, min_generalization, max_specificity_drop, max_ppl_drift):
+def _gates(min_efficacy, min_generalization, max_specificity_drop, max_ppl_drift, min_regression_unchanged=0.98):
     from .evaluate import Gates
 
-    return Gates(min_efficacy, min_generalization, max_specificity_drop, max_ppl_drift)
+    return Gates(min_efficacy, min_generalization, max_specificity_drop, max_ppl_drift, min_regression_unchanged)
 
 
 def _fmt(v: Any, pct: bool = True) -> str:
@@ -78,6 +78,8 @@ def _metrics_table(report: dict[str, Any], title: str) -> Table:
     source = m.get("neighbour_source")
     row("neighbours unchanged" + (f" ({source})" if source and source != "world" else ""), "neighbours_unchanged")
     row("specificity drop (neighbour accuracy)", "specificity_drop", gate="specificity_drop")
+    if m.get("regression_facts"):
+        row(f"regression set unchanged ({m['regression_facts']} other facts)", "regression_unchanged", gate="regression_unchanged")
     row("perplexity drift (held-out text)", "ppl_drift", gate="ppl_drift")
     row("mean KL on unrelated text (nats/token)", "kl_unrelated", pct=False)
     return t
@@ -117,15 +119,20 @@ def _written_text(w: dict | None) -> str:
     return one(w) + (f" + fallback {one(w['fallback'])}" if w.get("fallback") else "")
 
 
-def _fallback_settings(fallback_layer: str | None) -> dict[str, Any]:
-    """--fallback-layer as method settings: a layer number turns the last-token fallback on there; "off"
-    or None (the default) leaves it off."""
-    if fallback_layer is None or fallback_layer.strip().lower() == "off":
-        return {"last_token_fallback": False}
+def _fallback_settings(fallback_layer: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """--fallback-layer as (ROME, MEMIT) settings. None (the default): ROME's fallback off, MEMIT's pass
+    for shared subjects on at its default layer. A layer number: both on there, MEMIT's for single
+    edits too. "off": none."""
+    if fallback_layer is None:
+        return {"last_token_fallback": False}, {"last_token_fallback": False}
+    if fallback_layer.strip().lower() == "off":
+        return {"last_token_fallback": False}, {"last_token_fallback": False, "shared_subject_last_token": False}
     try:
-        return {"last_token_fallback": True, "fallback_layer": int(fallback_layer)}
+        layer = int(fallback_layer)
     except ValueError:
         _fail(f"--fallback-layer {fallback_layer!r}: give a layer number or off")
+    on = {"last_token_fallback": True, "fallback_layer": layer}
+    return on, {**on, "shared_subject_last_token": True}
 
 
 def edit_cmd(
@@ -141,7 +148,7 @@ def edit_cmd(
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the patch and record the metrics in its manifest."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the edit report (timings, metrics) as JSON."),
     seed: int = typer.Option(0, "--seed"),
-    fallback_layer: Optional[str] = typer.Option(None, "--fallback-layer", help="Turn on the last-token fallback at this layer: edits not taken at the subject are written again with their key at the prompt's last token (not part of ROME or MEMIT; the manifest names each such edit). Default: off."),
+    fallback_layer: Optional[str] = typer.Option(None, "--fallback-layer", help="Where edits not taken at the subject are written again, with their key at the prompt's last token (not part of ROME or MEMIT; the manifest names each such edit). A layer number: on there for every method and edit. off: never. Default: MEMIT writes there only the edits of a subject edited several times in the batch that its shared value did not carry, two thirds down the model."),
     joint: bool = typer.Option(False, "--joint", help="MEMIT at one layer, the batch's values optimised through the very update the patch writes: more edits take and fewer neighbours move, about 4x slower; best with paraphrases and keep prompts in the spec."),
     null_space: Optional[float] = typer.Option(None, "--null-space", help="MEMIT confined to the directions the corpus keys leave empty (AlphaEdit): eigenvalues of the key covariance below this share of the largest, e.g. 1e-4; with --parent the chain's earlier edits are left as they are too. Default: off (MEMIT's solve)."),
 ) -> None:
@@ -156,7 +163,7 @@ def edit_cmd(
     if null_space is not None and (method != "memit" or joint or not 0 < null_space < 1):
         _fail(f"--null-space {null_space!r}: a share in (0, 1) of the covariance's largest eigenvalue, for --method memit "
               "without --joint")
-    fallback = _fallback_settings(fallback_layer)
+    rome_fallback, memit_fallback = _fallback_settings(fallback_layer)
     try:
         parsed = edit_spec.load(spec)
     except edit_spec.SpecError as e:
@@ -167,7 +174,7 @@ def edit_cmd(
     except EditInputError as e:
         _fail(str(e))
     opts = EditOptions(method=method, layers=layers, corpus_dir=str(corpus) if corpus else None, n_samples=samples, parent=str(parent) if parent else None, progress=True, seed=seed,
-                       rome=RomeParams(**fallback), memit=replace(MemitParams.joint() if joint else MemitParams(), **fallback,
+                       rome=RomeParams(**rome_fallback), memit=replace(MemitParams.joint() if joint else MemitParams(), **memit_fallback,
                                                                   null_space=null_space))
     edits = parsed.edits
     with _run_progress() as bar:
@@ -237,6 +244,8 @@ def eval_cmd(
     min_generalization: float = typer.Option(0.85, help="Gate: least share of paraphrases that take."),
     max_specificity_drop: float = typer.Option(2.0, help="Gate: most points of neighbour accuracy lost."),
     max_ppl_drift: float = typer.Option(0.005, help="Gate: largest relative increase of held-out perplexity."),
+    regression: int = typer.Option(0, "--regression", min=0, help="Also check this many other facts of the fixture's world (the regression set); 0: none."),
+    min_regression_unchanged: float = typer.Option(0.98, help="Gate: least share of the regression set answering as before."),
 ) -> None:
     """Evaluate a patch against its base: efficacy, generalization, specificity, locality; gates set the exit code."""
     from .pipeline import EditInputError, check_architecture, check_fingerprint, evaluate_patch, heldout_texts, load
@@ -258,7 +267,10 @@ def eval_cmd(
         _fail(str(e))
     with _run_progress() as bar:
         bar.add_task("evaluating", total=None)
-        report = evaluate_patch(loaded, p, edits, texts, _gates(min_efficacy, min_generalization, max_specificity_drop, max_ppl_drift))
+        if regression and loaded.world is None:
+            _fail("--regression: the model has no world.json to draw the regression set from")
+        report = evaluate_patch(loaded, p, edits, texts, _gates(min_efficacy, min_generalization, max_specificity_drop, max_ppl_drift,
+                                                                min_regression_unchanged), n_regression=regression)
     report["patch"] = digest
     out.print(_metrics_table(report, f"{patch.name} · {digest[:19]}…"))
     _print_not_taken(report)

@@ -7,6 +7,9 @@
   their answers. For an edit world.json does not know (any model but the fixture), the edit's own
   `keep` prompts are its neighbours, each expected to keep the base model's greedy answer; they are
   also what the editor held steady, so they show what was held, not unseen facts (`neighbour_source`);
+- regression (optional, `n_regression`): a random sample of the world's other facts, each asked in its
+  first trained phrasing; the share whose answer is unchanged. Neighbours are the facts an edit most
+  likely disturbs; the regression set is the release's wide check that nothing else moved;
 - locality: perplexity drift on held-out text and mean KL of the next-token distribution there.
 
 The base is measured once (`Baseline`); each patched model is compared against it.
@@ -32,12 +35,13 @@ class Gates:
     min_generalization: float = 0.85
     max_specificity_drop: float = 2.0  # points of neighbour accuracy
     max_ppl_drift: float = 0.005  # relative increase of held-out perplexity
+    min_regression_unchanged: float = 0.98  # share of the regression set answering as before (when measured)
 
 
 @dataclass
 class Probe:
     edit: int
-    kind: str  # "efficacy" | "paraphrase" | "neighbour"
+    kind: str  # "efficacy" | "paraphrase" | "neighbour" | "regression" (edit -1: no one edit's)
     template: str
     subject: str
     target: str  # for neighbours: the true object, or the base model's answer ("" until it is read)
@@ -53,8 +57,10 @@ class Probes:
         return [p for p in self.items if p.kind == kind and (edits is None or p.edit in edits)]
 
 
-def build_probes(adapter: Adapter, tok, edits, world=None, n_neighbours: int = 10, seed: int = 0) -> Probes:
-    """Probes for every edit; the old target comes from the spec, the world, or the base model."""
+def build_probes(adapter: Adapter, tok, edits, world=None, n_neighbours: int = 10, seed: int = 0,
+                 n_regression: int = 0) -> Probes:
+    """Probes for every edit; the old target comes from the spec, the world, or the base model. With a
+    world and `n_regression`, also that many of its other facts (the regression set)."""
     items: list[Probe] = []
     edited = {(e.subject, e.relation) for e in edits}
     facts = {(f.subject, f.relation): f for f in world.facts} if world else {}
@@ -64,6 +70,7 @@ def build_probes(adapter: Adapter, tok, edits, world=None, n_neighbours: int = 1
         by_relation.setdefault(f.relation, []).append(f)
         by_subject.setdefault(f.subject, []).append(f)
     rng = random.Random(seed)
+    asked: set[tuple[str, str]] = set()  # neighbour facts already probed
     kept: list[Probe] = []  # keep prompts of edits the world does not know; answered by the base below
     missing_old = []
     olds: list[str | None] = []
@@ -79,9 +86,14 @@ def build_probes(adapter: Adapter, tok, edits, world=None, n_neighbours: int = 1
         if rel is not None:
             others = [f for f in by_relation.get(e.relation, []) if (f.subject, f.relation) not in edited]
             for f in rng.sample(others, min(n_neighbours, len(others))):
-                items.append(Probe(i, "neighbour", rel.templates[f.train_templates[0]], f.subject, f.object))
+                if (f.subject, f.relation) not in asked:
+                    asked.add((f.subject, f.relation))
+                    items.append(Probe(i, "neighbour", rel.templates[f.train_templates[0]], f.subject, f.object))
+        # The subject's other facts: once for the batch, with the first edit of the subject (several edits
+        # of one subject would otherwise count each of them once per edit).
         for f in by_subject.get(e.subject, []):
-            if (f.subject, f.relation) not in edited:
+            if (f.subject, f.relation) not in edited and (f.subject, f.relation) not in asked:
+                asked.add((f.subject, f.relation))
                 t = world.relations[f.relation].templates[f.train_templates[0]]
                 items.append(Probe(i, "neighbour", t, f.subject, f.object))
         if fact is None:
@@ -94,6 +106,10 @@ def build_probes(adapter: Adapter, tok, edits, world=None, n_neighbours: int = 1
         answers = greedy_answers(adapter, tok, [(edits[i].prompt, edits[i].subject) for i in missing_old])
         for i, a in zip(missing_old, answers):
             olds[i] = a
+    if world is not None and n_regression:
+        others = [f for f in world.facts if (f.subject, f.relation) not in edited]
+        for f in random.Random(seed + 1).sample(others, min(n_regression, len(others))):
+            items.append(Probe(-1, "regression", world.relations[f.relation].templates[f.train_templates[0]], f.subject, f.object))
     from_world = any(p.kind == "neighbour" for p in items)
     if kept:
         answers = greedy_answers(adapter, tok, [(p.template, p.subject) for p in kept])
@@ -194,6 +210,10 @@ def measure(
         )
     else:
         out.update(neighbours=0, neighbour_source="none", neighbours_unchanged=None, specificity_before=None, specificity_after=None, specificity_drop=None)
+    reg = [j for j, k in enumerate(kinds) if k == "regression"]
+    if reg:
+        same = [base.answers[idx[j]] == s.answer[j] for j in reg]
+        out.update(regression_facts=len(reg), regression_unchanged=sum(same) / len(same))
     if locality and base.heldout:
         logps = text_logprobs(adapter, tok, base.heldout)
         ppl = perplexity(logps, text_token_ids(tok, base.heldout))
@@ -222,4 +242,6 @@ def apply_gates(metrics: dict[str, Any], gates: Gates) -> tuple[bool, list[dict[
     gate("generalization", metrics.get("generalization"), ">=", gates.min_generalization)
     gate("specificity_drop", metrics.get("specificity_drop"), "<=", gates.max_specificity_drop)
     gate("ppl_drift", metrics.get("ppl_drift"), "<", gates.max_ppl_drift)
+    if metrics.get("regression_unchanged") is not None:
+        gate("regression_unchanged", metrics["regression_unchanged"], ">=", gates.min_regression_unchanged)
     return all(r["passed"] is not False for r in rows), rows

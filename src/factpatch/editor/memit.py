@@ -15,6 +15,7 @@ whole batch's δ is optimised through the update it will be written with (`_appl
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -66,11 +67,22 @@ class MemitParams:
     # subject's δ fixed and its rows still in the loss. None: one pass.
     retry_value: ValueParams | None = None
     retry_above_nll: float = 1.0
-    # Off by default (not part of MEMIT). When on, the edits the batch leaves behind (the greedy answer to
-    # the bare prompt is still not the target) are written once more, one after another, as ROME edits
-    # with their key at the prompt's last token, at `fallback_layer` (None: two thirds of the depth),
-    # while they are at most `fallback_max_share` of the batch; the manifest names each edit written so.
+    # Edits that share their subject share one δ (the module docstring). Where that δ cannot carry all of
+    # the subject's new answers (one point of key space for several new attributes: a small model's
+    # subject state may not hold them at once), the edits it leaves behind are written once more, one
+    # after another, as ROME edits with their key at the prompt's last token, where each relation has a
+    # key of its own, at `fallback_layer`; the subject's other relations in the batch are held there as
+    # they were. Whatever their share of the batch. The manifest names each edit written so.
+    shared_subject_last_token: bool = True
+    # With that pass on, a shared δ whose mean target NLL stays above this after its optimisation does not
+    # carry its subject's answers: it is not written (its rows then ask the solve to leave the subject's
+    # key as it is), and all of that subject's edits go to the last token. A δ pushed far without
+    # getting there only moves the subject's other facts and its neighbours' (bench/results/editor_tuning.md).
+    shared_value_max_nll: float = 0.5
+    # Off by default (not part of MEMIT). When on, the same for edits of subjects the batch edits once,
+    # while they are at most `fallback_max_share` of the batch.
     last_token_fallback: bool = False
+    # None: two thirds of the depth, or the nearest layer below it whose MLP is not held at zero.
     fallback_layer: int | None = None
     fallback_max_share: float = 0.1
     # Null-space projection (AlphaEdit, Fang et al., ICLR 2025): each update is confined to the
@@ -80,9 +92,11 @@ class MemitParams:
     null_space: float | None = None
     null_space_l2: float = 10.0  # the solve's ridge, AlphaEdit's L2
 
-    def late_layer(self, n_layers: int) -> int | None:
-        """The layer the last-token fallback writes (None when it is off)."""
-        return fallback_layer(self.last_token_fallback, self.fallback_layer, n_layers)
+    def late_layer(self, n_layers: int, editable: list[int] | None = None, edits=()) -> int | None:
+        """The layer the last-token pass writes for these edits (None when it cannot happen: it is off, or
+        no two edits share a subject and the fallback for single edits is off)."""
+        shared = self.shared_subject_last_token and len({e.subject for e in edits}) < len(edits)
+        return fallback_layer(self.last_token_fallback or shared, self.fallback_layer, n_layers, editable)
 
     def __post_init__(self) -> None:
         if not 0 <= self.fallback_max_share <= 1:
@@ -230,28 +244,54 @@ def apply_memit(
     batch = MemitBatch(adapter, tok, edits, layers, covs, prefixes, hp, subjects, per_subject, group, on_progress,
                        protect)
     factors, info = _apply_joint(batch) if hp.through_update else _apply_spread(batch)
-    late = hp.late_layer(adapter.n_layers)
+    late = hp.late_layer(adapter.n_layers, adapter.editable_layers(), edits)
     if late is not None:
-        factors, info["last_token_fallback"] = _last_token_fallback(adapter, tok, edits, late, covs[late], prefixes, factors,
-                                                                    hp.fallback_max_share, on_progress)
+        factors, info["last_token_fallback"] = _last_token_fallback(
+            adapter, tok, edits, late, covs[late], prefixes, factors,
+            hp.fallback_max_share if hp.last_token_fallback else 0.0, on_progress,
+            shared=hp.shared_subject_last_token)
     return factors, info
 
 
-def _last_token_fallback(adapter, tok, edits, late: int, cov: torch.Tensor, prefixes, factors, max_share: float, on_progress):
+def not_taken(adapter, tok, edits) -> list[int]:
+    """The edits whose prompt or a written paraphrase does not yet answer the target (greedy)."""
+    asks = [(i, p) for i, e in enumerate(edits) for p in dict.fromkeys([e.prompt, *e.paraphrases])]
+    taken = score_targets(adapter, tok, [(p, edits[i].subject, edits[i].target_new) for i, p in asks]).greedy
+    return sorted({i for (i, _), ok in zip(asks, taken.tolist()) if not ok})
+
+
+def _held_relations(edits, i: int) -> list[str]:
+    """What edit i's last-token write must leave as it is: its keep prompts, and the prompts of its
+    subject's other edits in the batch (a last-token key reads the relation, and relations of one
+    subject sit close together there)."""
+    e = edits[i]
+    return list(dict.fromkeys([*e.keep, *(o.prompt for o in edits if o.subject == e.subject and o.relation != e.relation)]))
+
+
+def _last_token_fallback(adapter, tok, edits, late: int, cov: torch.Tensor, prefixes, factors, max_share: float, on_progress,
+                         shared: bool = False):
     """The edits the batch did not take, written at the prompt's last token at `late`, one after another
-    on the edited model; returns the factors with theirs added and what was done."""
-    taken = score_targets(adapter, tok, [(e.prompt, e.subject, e.target_new) for e in edits]).greedy
-    missed = [i for i in range(len(edits)) if not bool(taken[i])]
-    if not missed or len(missed) > max_share * len(edits):
+    on the edited model; returns the factors with theirs added and what was done. With `shared`, every
+    edit left whose subject has others in the batch is written; an edit of a subject edited once only
+    while those are at most `max_share` of the batch."""
+    missed = not_taken(adapter, tok, edits)
+    counts = Counter(e.subject for e in edits)
+    of_shared = [i for i in missed if shared and counts[edits[i].subject] > 1]
+    single = [i for i in missed if i not in of_shared]
+    chosen = of_shared + (single if single and len(single) <= max_share * len(edits) else [])
+    if not chosen:
         return factors, {"missed": len(missed), "written": []}
-    cb = (lambda i, rec: on_progress("last-token", i + 1, len(missed))) if on_progress else None
-    written, recs = apply_rome(adapter, tok, [edits[i] for i in missed], late, cov, prefixes,
+    chosen.sort()
+    cb = (lambda i, rec: on_progress("last-token", i + 1, len(chosen))) if on_progress else None
+    to_write = [edits[i].model_copy(update={"keep": _held_relations(edits, i)}) for i in chosen]
+    written, recs = apply_rome(adapter, tok, to_write, late, cov, prefixes,
                                RomeParams(last_token_fallback=False), on_edit=cb, at="last")
     factors = dict(factors)
     for layer, (u, v) in written.items():  # a layer the batch also wrote: the ranks concatenate
         factors[layer] = concat_ranks(factors[layer], (u, v)) if layer in factors else (u, v)
-    records = [{"subject": edits[i].subject, "relation": edits[i].relation, "layer": late, "nll": _r(r["nll"])}
-               for i, r in zip(missed, recs)]
+    records = [{"subject": edits[i].subject, "relation": edits[i].relation, "layer": late, "nll": _r(r["nll"]),
+                "reason": "shared subject" if i in of_shared else "missed"}
+               for i, r in zip(chosen, recs)]
     return dict(sorted(factors.items())), {"missed": len(missed), "written": records}
 
 
@@ -264,6 +304,9 @@ def _apply_spread(b: MemitBatch):
         adapter, tok, last, per_subject, hp.value,
         progress=(lambda s, t, a: on_progress("values", s, t)) if on_progress else None,
     )
+    deltas = res.deltas.clone()
+    dropped = unwritten_shared_values(hp, group, res.final_nll)
+    deltas[dropped] = 0.0
     # One target per key row: that row's own residual plus its subject's δ. With "each", a row for every
     # phrasing the edit is written in (the prompt behind each prefix, each paraphrase), so the solve
     # writes δ wherever the edit is asked, not only in the prompt's wording.
@@ -274,7 +317,7 @@ def _apply_spread(b: MemitBatch):
         rows, owner = [encode(tok, e.prompt, e.subject) for e in edits], torch.arange(len(edits))
         keys_at = lambda layer: subject_keys(adapter, tok, layer, edits, prefixes)
     row_group = group[owner]
-    z = residuals_of_rows(adapter, tok, last, rows) + res.deltas.to(torch.float64)[row_group]
+    z = residuals_of_rows(adapter, tok, last, rows) + deltas.to(torch.float64)[row_group]
     factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     gaps = []
     if hp.null_space is not None and b.protect:
@@ -299,8 +342,19 @@ def _apply_spread(b: MemitBatch):
         "delta_norm_mean": float(res.deltas.norm(dim=-1).mean()),
         "subjects": len(subjects),
         "residual_gap_by_layer": gaps + [final_gap],
+        # subjects of several edits whose shared δ did not carry them and was not written
+        "shared_values_not_written": [subjects[g] for g in dropped.nonzero().squeeze(1).tolist()],
     }
     return factors, info
+
+
+def unwritten_shared_values(hp: MemitParams, group: torch.Tensor, final_nll: torch.Tensor) -> torch.Tensor:
+    """[subjects] bool: the shared δ (a subject with several edits) that ended above `shared_value_max_nll`
+    while the last-token pass is on to write its edits instead."""
+    several = torch.bincount(group, minlength=len(final_nll)) > 1
+    if not hp.shared_subject_last_token:
+        return torch.zeros_like(several)
+    return several & (final_nll > hp.shared_value_max_nll)
 
 
 def batch_directions(keys: torch.Tensor, row_group: torch.Tensor, n_groups: int, cov: torch.Tensor, lam: float) -> torch.Tensor:

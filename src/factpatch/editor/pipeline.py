@@ -132,7 +132,7 @@ def validate(loaded: Loaded, edits, opts: EditOptions) -> tuple[list[int], Corpu
     """Every check that can fail, in the order a user would fix them. Returns layers, corpus, parent."""
     if opts.method not in METHODS:
         raise EditInputError(f"--method {opts.method!r}: choose one of {', '.join(METHODS)}")
-    late = _late_layer(opts, loaded.adapter)
+    late = _late_layer(opts, loaded.adapter, edits)
     if late is not None and not 0 <= late < loaded.adapter.n_layers:
         raise EditInputError(f"--fallback-layer {late}: out of range, the model has layers 0-{loaded.adapter.n_layers - 1}")
     try:
@@ -194,7 +194,7 @@ def validate(loaded: Loaded, edits, opts: EditOptions) -> tuple[list[int], Corpu
                                           loaded.defaults)
     except layer_choice.LayerError as e:
         raise EditInputError(str(e)) from None
-    empty = [l for l in chosen if not loaded.adapter.weight(l).any()]
+    empty = [l for l in chosen + ([late] if late is not None else []) if not loaded.adapter.weight(l).any()]
     if empty:
         raise EditInputError(f"layer {empty[0]}: its MLP output projection is all zeros, so it holds no fact to edit "
                              f"(its keys are zero); choose another layer")
@@ -207,7 +207,7 @@ def _window_validator(loaded: Loaded, opts: EditOptions):
         # The last-token fallback writes elsewhere: the window is judged on what it carries itself.
         sub = replace(opts, layers=layers, progress=False, parent=None,
                       rome=replace(opts.rome, last_token_fallback=False),
-                      memit=replace(opts.memit, last_token_fallback=False))
+                      memit=replace(opts.memit, last_token_fallback=False, shared_subject_last_token=False))
         patch = run_edit(loaded, val_edits, sub).patch
         return evaluate_patch(loaded, patch, val_edits, [])["metrics"]
     return validate
@@ -266,7 +266,7 @@ def run_edit(loaded: Loaded, edits, opts: EditOptions, on_progress: Callable[[st
         if opts.method == "rome":
             cb = (lambda i, rec: on_progress("edits", i + 1, len(edits))) if on_progress else None
             written, per_edit = apply_rome(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome, on_edit=cb,
-                                           late=_late(opts, adapter, covs))
+                                           late=_late(opts, adapter, covs, edits))
             return [(written, {"per_edit": per_edit})]
         return [apply_memit(adapter, tok, edits, layers, covs, prefixes, opts.memit, on_progress=on_progress,
                             protect=parent_edits(opts))]
@@ -292,20 +292,20 @@ def run_single_edits(loaded: Loaded, edits, opts: EditOptions,
 
     def compute(adapter, tok, layers, covs, prefixes):
         factors, info = independent_edits(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome,
-                                          on_progress=on_progress, late=_late(opts, adapter, covs))
+                                          on_progress=on_progress, late=_late(opts, adapter, covs, edits))
         return [(f, {"per_edit": [rec]}) for f, rec in zip(factors, info)]
 
     return _run(loaded, edits, opts, compute, lambda i: [i])
 
 
-def _late_layer(opts: EditOptions, adapter: Adapter) -> int | None:
-    """The layer the method's last-token fallback writes, if it is on."""
-    return (opts.rome if opts.method == "rome" else opts.memit).late_layer(adapter.n_layers)
+def _late_layer(opts: EditOptions, adapter: Adapter, edits) -> int | None:
+    """The layer the method's last-token pass writes for these edits, if it can happen."""
+    return (opts.rome if opts.method == "rome" else opts.memit).late_layer(adapter.n_layers, adapter.editable_layers(), edits)
 
 
-def _late(opts: EditOptions, adapter: Adapter, covs: dict[int, torch.Tensor]) -> tuple[int, torch.Tensor] | None:
+def _late(opts: EditOptions, adapter: Adapter, covs: dict[int, torch.Tensor], edits) -> tuple[int, torch.Tensor] | None:
     """ROME's last-token fallback: its layer and that layer's covariance (computed with the others)."""
-    late = _late_layer(opts, adapter)
+    late = _late_layer(opts, adapter, edits)
     return None if late is None else (late, covs[late])
 
 
@@ -321,7 +321,7 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
     entries = fill_old_targets(loaded, edits)
     # Every layer an edit may write: the chosen ones and the last-token fallback's. Their
     # statistics come from the base model, before anything is edited.
-    late = _late_layer(opts, adapter)
+    late = _late_layer(opts, adapter, edits)
     writable = sorted(set(layers) | ({late} if late is not None else set()))
     covs = second_moments(adapter, tok, writable, corpus, opts.n_samples, progress=opts.progress)
     t_stats = time.perf_counter() - t0
@@ -434,16 +434,18 @@ def serving_rounding(loaded: Loaded, factors) -> dict[str, float]:
 
 
 def evaluate_patch(
-    loaded: Loaded, patch: Patch, edits, heldout: list[str], gates=None, parts: dict[str, list[int]] | None = None
+    loaded: Loaded, patch: Patch, edits, heldout: list[str], gates=None, parts: dict[str, list[int]] | None = None,
+    n_regression: int = 0,
 ) -> dict[str, Any]:
     """Measure the base, apply the patch exactly as a reader would, measure again, restore the base.
 
     `parts` names groups of edits (by index) to report on their own as well, under "parts" (no locality:
-    the held-out text is not any one group's)."""
+    the held-out text is not any one group's). `n_regression`: that many other facts of the fixture's
+    world as a regression set (evaluate.py)."""
     from .evaluate import Gates, apply_gates, build_probes, measure, measure_baseline
 
     adapter, tok = loaded.adapter, loaded.tok
-    probes = build_probes(adapter, tok, edits, loaded.world)
+    probes = build_probes(adapter, tok, edits, loaded.world, n_regression=n_regression)
     base = measure_baseline(adapter, tok, probes, edits, heldout)
     with restored_after(adapter, patch.names):
         apply_patch(adapter, patch)

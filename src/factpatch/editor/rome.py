@@ -68,9 +68,9 @@ class RomeParams:
             raise ValueError(f"retry_lr, retry_steps and retry_above_nll must be positive, got "
                              f"{self.retry_lr!r}, {self.retry_steps!r}, {self.retry_above_nll!r}")
 
-    def late_layer(self, n_layers: int) -> int | None:
+    def late_layer(self, n_layers: int, editable: list[int] | None = None, edits=()) -> int | None:
         """The layer the last-token fallback writes (None when it is off)."""
-        return fallback_layer(self.last_token_fallback, self.fallback_layer, n_layers)
+        return fallback_layer(self.last_token_fallback, self.fallback_layer, n_layers, editable)
 
     @property
     def retry_value(self) -> ValueParams:
@@ -78,12 +78,19 @@ class RomeParams:
         return replace(self.value, lr=self.retry_lr, steps=self.retry_steps)
 
 
-def fallback_layer(enabled: bool, chosen: int | None, n_layers: int) -> int | None:
-    """Where a last-token fallback writes: the chosen layer, else two thirds of the depth (the fixture:
-    layer 4 of 6, where the prompt's last token already holds what it asks about the subject)."""
+def fallback_layer(enabled: bool, chosen: int | None, n_layers: int, editable: list[int] | None = None) -> int | None:
+    """Where a last-token write goes: the chosen layer, else two thirds of the depth, where the prompt's
+    last token already holds what it asks about the subject; with `editable` (the layers whose MLP is
+    not held at zero) the nearest of those at or below it, or the lowest above it if none is below."""
     if not enabled:
         return None
-    return chosen if chosen is not None else (2 * n_layers) // 3
+    if chosen is not None:
+        return chosen
+    layer = (2 * n_layers) // 3
+    if editable:
+        below = [l for l in editable if l <= layer]
+        layer = max(below) if below else min(editable)
+    return layer
 
 
 def input_direction(key: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
@@ -195,7 +202,8 @@ def independent_edits(
     Every row sees only its own edit's rank-one update, and Adam, decay, clamp and stopping act per row,
     so each result is the edit computed by itself, in one pass over the batch instead of one per edit
     (`apply_rome` calls it with one edit at a time; single edits from the base take them all at once)."""
-    rows = [build_rows(tok, e.prompt, e.subject, e.target_new, prefixes, keep=e.keep, paraphrases=e.paraphrases) for e in edits]
+    rows = [build_rows(tok, e.prompt, e.subject, e.target_new, prefixes, keep=e.keep, paraphrases=e.paraphrases,
+                       neighbours=e.neighbours) for e in edits]
     # The update's input direction is fixed by the keys and C alone, so δ can be optimised through it.
     directions = torch.stack(edit_directions(adapter, tok, layer, edits, cov, prefixes, hp, at=at))
 

@@ -87,9 +87,10 @@ def written_paraphrases(prompt: str, paraphrases) -> list[str]:
 
 
 def build_rows(tok, prompt: str, subject: str, target: str, prefixes: list[str], keep: list[str] = (),
-               paraphrases: list[str] = ()) -> EditRows:
+               paraphrases: list[str] = (), neighbours: list[str] = ()) -> EditRows:
     """The edit's rows: the prompt behind every prefix, each paraphrase once (plain); `keep` prompts
-    (the subject's other questions) become KL anchors."""
+    (the subject's other questions) and the prompt asked of each of `neighbours` (other subjects)
+    become KL anchors."""
     rewrite = [encode(tok, prompt, subject, prefix=p, target=target) for p in prefixes]
     extra = written_paraphrases(prompt, paraphrases)
     rewrite += [encode(tok, p, subject, target=target) for p in extra]
@@ -98,7 +99,9 @@ def build_rows(tok, prompt: str, subject: str, target: str, prefixes: list[str],
         essence = encode(tok, ESSENCE_TEMPLATE, subject)
     except ValueError:
         essence = encode(tok, "{}", subject)
-    return EditRows(rewrite, essence, [encode(tok, k, subject) for k in dict.fromkeys(keep)], phrasing)
+    anchors = [encode(tok, k, subject) for k in dict.fromkeys(keep)]
+    anchors += [encode(tok, prompt, n) for n in dict.fromkeys(neighbours) if n != subject]
+    return EditRows(rewrite, essence, anchors, phrasing)
 
 
 def rewrite_divisors(er: EditRows, prompt_weight: float | None) -> list[float]:
