@@ -27,6 +27,7 @@ RESULTS = Path(__file__).parent / "results" / "fixture_builds.json"
 def demo_edit(model_dir: Path) -> dict:
     """The demo's policy change on this build: MEMIT at the build's default layers, the demo's gates."""
     from factpatch.demo import scenario
+    from factpatch.demo.story import REGRESSION_FACTS
     from factpatch.editor.pipeline import EditInputError, EditOptions, evaluate_patch, heldout_texts, load, run_edit
 
     loaded = load(model_dir)
@@ -37,10 +38,14 @@ def demo_edit(model_dir: Path) -> dict:
     except EditInputError as e:  # e.g. the build does not answer the demo's old value, so there is nothing to change
         return {"passed": False, "refused": str(e)}
     seconds = time.perf_counter() - t0
-    report = evaluate_patch(loaded, result.patch, spec.edits, heldout_texts(loaded, None))
+    report = evaluate_patch(loaded, result.patch, spec.edits, heldout_texts(loaded, None), n_regression=REGRESSION_FACTS)
     m = report["metrics"]
+    written = [w.get("fallback") is not None for w in (e["written"] for e in result.patch.manifest["edits"])]
     return {"layers": result.layers, "seconds": round(seconds, 1), "passed": report["passed"],
-            **{k: m.get(k) for k in ("efficacy", "generalization", "neighbours_unchanged", "ppl_drift")}}
+            "edits": len(spec.edits), "written_again_at_last_token": sum(written),
+            **{k: m.get(k) for k in ("efficacy", "generalization", "neighbours", "neighbours_unchanged", "specificity_drop",
+                                     "regression_facts", "regression_unchanged", "ppl_drift")},
+            "failed_gates": [g["gate"] for g in report["gates"] if g["passed"] is False]}
 
 
 def one_build(recipe: str, seed: int, root: Path) -> dict:

@@ -29,7 +29,7 @@ def regression_set(world, n: int = 30) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def demo_patch(fixture_dir, world) -> bytes:
-    """The demo's MEMIT patch (refund 14 → 30 days, shipping cutoff 5 pm → 3 pm, premium response 8 → 24 hours)."""
+    """The demo's MEMIT patch (seven of Harbor Support's fifteen policy values changed)."""
     from factpatch.core import patchfile
     from factpatch.demo.scenario import edit_spec
     from factpatch.editor.pipeline import EditOptions, load, run_edit

@@ -30,6 +30,8 @@ from .traffic import Traffic, error_summary, stale_rates
 console = Console()
 
 
+# Other facts of the world the patch is checked against besides its neighbours (the regression set).
+REGRESSION_FACTS = 500
 # After promotion the fleet may still answer this share of requests with the old value: the ship gate
 # lets a patch miss up to 20 % of held-out phrasings (generalization >= 0.8), and 48 requests drawn from
 # 18 questions scatter the share (README, "What `make demo` shows", has the numbers).
@@ -206,7 +208,7 @@ class Story:
         layers = default_layers(loaded.adapter.n_layers, "memit", loaded.defaults)  # the editor's defaults
         console.print(f"computing a MEMIT patch (layers {', '.join(map(str, layers))}) …")
         result = run_edit(loaded, spec.edits, EditOptions(method="memit", layers="default", progress=False))
-        report = evaluate_patch(loaded, result.patch, spec.edits, heldout_texts(loaded, None))
+        report = evaluate_patch(loaded, result.patch, spec.edits, heldout_texts(loaded, None), n_regression=REGRESSION_FACTS)
         result.patch.manifest["eval"] = report["metrics"]
         self.patch_path = self.s.out / "policy-update.fpatch"
         self.digest = patchfile.write(result.patch, self.patch_path)
