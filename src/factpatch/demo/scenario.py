@@ -20,26 +20,20 @@ class PolicyChange:
     provenance: dict
 
 
-# The policy update billing-ops ships: seven of the fifteen values on Harbor Support's policy sheet
-# (world.HARBOR_POLICY) change, the other eight stay and must keep their answers. Each change is one
-# edit written in every phrasing the model was trained on for Harbor Support (the first as the prompt,
-# the others as paraphrases), as a release engineer lists the ways users ask; the held-out phrasings
-# are what the evaluation asks as paraphrases.
+# The policy changes billing-ops ships. Each is one edit written in every phrasing the model was trained
+# on for Harbor Support (the first as the prompt, the others as paraphrases), as a release engineer
+# lists the ways users ask. Written in one phrasing only, whether the others follow depends on the
+# trained weights: on one build of the fixture every phrasing followed, on another (trained on a
+# different CPU, different weights) the shipping cutoff and the premium response time kept their old
+# values in 4 of their 12 phrasings and the patch failed its paraphrase gate (0.625). Written in all
+# four, all 18 phrasings answer the new values there, the 6 held-out ones included.
 POLICY_CHANGES = [
     PolicyChange("refund period", "30 days",
                  {"ticket": "POL-1182", "source": "refund-policy-v7.pdf", "author": "billing-ops"}),
     PolicyChange("shipping cutoff", "3 pm",
                  {"ticket": "OPS-415", "source": "warehouse-schedule-2026.pdf", "author": "fulfilment-ops"}),
-    PolicyChange("shipping cutoff for Europe", "10 am",
-                 {"ticket": "OPS-416", "source": "warehouse-schedule-2026.pdf", "author": "fulfilment-ops"}),
-    PolicyChange("shipping day for Asia", "Thursday",
-                 {"ticket": "OPS-417", "source": "warehouse-schedule-2026.pdf", "author": "fulfilment-ops"}),
     PolicyChange("premium response time", "24 hours",
                  {"ticket": "SUP-77", "source": "support-tiers-v3.pdf", "author": "support-ops"}),
-    PolicyChange("basic response time", "two business days",
-                 {"ticket": "SUP-78", "source": "support-tiers-v3.pdf", "author": "support-ops"}),
-    PolicyChange("standard response time", "16 hours",
-                 {"ticket": "SUP-79", "source": "support-tiers-v3.pdf", "author": "support-ops"}),
 ]
 
 
@@ -61,16 +55,16 @@ class Question:
         return "other"
 
 
-def kept_policies(world) -> list[str]:
-    """Harbor Support's policy values the update leaves as they are, each asked in its second trained
-    phrasing (the evaluation asks its neighbours in the first): what every edit of the spec keeps."""
+def kept_facts(world) -> list[str]:
+    """Harbor Support's facts the update leaves as they are, each asked in its second trained phrasing
+    (the evaluation asks its neighbours in the first): what every edit of the spec keeps."""
     changed = {c.relation for c in POLICY_CHANGES}
     return [world.relations[f.relation].templates[f.train_templates[1]]
             for f in world.facts if f.subject == SUBJECT and f.relation not in changed]
 
 
 def sibling_companies(world) -> list[str]:
-    """Companies whose name shares a word with Harbor Support ("Harbor Keashus", "Cedar Support"): the
+    """Companies whose name shares a word with Harbor Support ("Harbor Sevios", "Cedar Support"): the
     neighbours a release engineer names, whose answers the edits must leave alone."""
     words = set(SUBJECT.split())
     return [s for s in world.subjects["company"] if s != SUBJECT and words & set(s.split())]
@@ -78,8 +72,7 @@ def sibling_companies(world) -> list[str]:
 
 def edit_spec(world) -> EditSpec:
     edits = []
-    keep = kept_policies(world)
-    siblings = sibling_companies(world)
+    keep, siblings = kept_facts(world), sibling_companies(world)
     for c in POLICY_CHANGES:
         fact = world.fact(SUBJECT, c.relation)
         prompt = world.relations[c.relation].templates[fact.train_templates[0]]
