@@ -89,8 +89,8 @@ def written_paraphrases(prompt: str, paraphrases) -> list[str]:
 def build_rows(tok, prompt: str, subject: str, target: str, prefixes: list[str], keep: list[str] = (),
                paraphrases: list[str] = (), neighbours: list[str] = ()) -> EditRows:
     """The edit's rows: the prompt behind every prefix, each paraphrase once (plain); `keep` prompts
-    (the subject's other questions) and the prompt asked of each of `neighbours` (other subjects)
-    become KL anchors."""
+    (the subject's other questions) and every phrasing written asked of each of `neighbours` (other
+    subjects) become KL anchors."""
     rewrite = [encode(tok, prompt, subject, prefix=p, target=target) for p in prefixes]
     extra = written_paraphrases(prompt, paraphrases)
     rewrite += [encode(tok, p, subject, target=target) for p in extra]
@@ -100,7 +100,7 @@ def build_rows(tok, prompt: str, subject: str, target: str, prefixes: list[str],
     except ValueError:
         essence = encode(tok, "{}", subject)
     anchors = [encode(tok, k, subject) for k in dict.fromkeys(keep)]
-    anchors += [encode(tok, prompt, n) for n in dict.fromkeys(neighbours) if n != subject]
+    anchors += [encode(tok, q, n) for n in dict.fromkeys(neighbours) if n != subject for q in (prompt, *extra)]
     return EditRows(rewrite, essence, anchors, phrasing)
 
 
