@@ -54,9 +54,14 @@ def test_with_a_world_the_neighbours_are_unseen_facts_not_the_keep_prompts(loade
     probes = build_probes(adapter, tok, edits, world=world)
 
     assert probes.neighbour_source == "world"
+    # What an edit holds is a (phrasing, subject) pair: the same phrasing asked of another subject is not held.
     kept = {(k, e.subject) for e in edits for k in e.keep}
     own = [p for p in probes.of("neighbour") if p.subject == edits[p.edit].subject]
     assert own and not any((p.template, p.subject) in kept for p in own)  # held prompts are not what is measured
+    # ... and every fact held is still measured, in another of its phrasings
+    relation_of = {t: r.name for r in world.relations.values() for t in r.templates}
+    measured = {(relation_of[p.template], p.subject) for p in own}
+    assert {(relation_of[k], s) for k, s in kept} <= measured
 
 
 def test_the_edits_that_do_not_take_are_named_with_what_the_model_says(loaded, world):
