@@ -97,7 +97,7 @@ def main() -> None:
         base_answer = [s.complete(PROMPT)["choices"][0]["text"] for s in shards]
         srv = ControlPlaneServer(ServeConfig(
             state_dir=Path(tmp) / "state", listen="127.0.0.1:0", tokens_file=write_tokens(Path(tmp) / "t.yaml"),
-            agent_token=AGENT_TOKEN, reconcile_interval=0.5, shards={"s0": shards[0].url, "s1": shards[1].url}))
+            agent_token=AGENT_TOKEN, reconcile_interval=0.5, shards={"s0": shards[0].endpoints, "s1": shards[1].endpoints}))
         srv.start()
         try:
             cl = Client(f"127.0.0.1:{srv.port}", OPERATOR_TOKEN)

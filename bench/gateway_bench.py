@@ -91,7 +91,7 @@ def main() -> None:
     shard.token = TOKEN
     rows = []
     with shard:
-        proc, gw = start_serve(tmp, shard.url, monitors_file)
+        proc, gw = start_serve(tmp, shard.endpoints, monitors_file)
         try:
             with httpx.Client(timeout=120) as c:
                 for stream in (False, True):

@@ -57,7 +57,7 @@ def main() -> None:
         tokens.write_text(f"- {{principal: soak, role: operator, token: {OPERATOR}}}\n")
         srv = ControlPlaneServer(ServeConfig(
             state_dir=Path(tmp) / "state", listen="127.0.0.1:0", tokens_file=tokens, agent_token=AGENT,
-            reconcile_interval=0.2, shards={"s0": s0.url, "s1": s1.url}, gateway=GatewayConfig(listen="127.0.0.1:0")))
+            reconcile_interval=0.2, shards={"s0": s0.endpoints, "s1": s1.endpoints}, gateway=GatewayConfig(listen="127.0.0.1:0")))
         srv.start()
         cl = Client(f"127.0.0.1:{srv.port}", OPERATOR)
         url = f"http://127.0.0.1:{srv.gateway.port}"

@@ -18,7 +18,8 @@ K8S_VERSIONS = ("1.27.0", "1.37.0")  # the chart's kubeVersion floor and the new
 
 EVERYTHING_ON = {
     "agentToken": {"existingSecret": "factpatch-agent"},
-    "shards": {"replicas": 3, "vllmArgs": ["--max-model-len", "4096", "--tensor-parallel-size", 2],
+    "shards": {"replicas": 3, "agent": {"tls": {"secretName": "agent-tls", "clientSecretName": "agent-client"}},
+               "vllmArgs": ["--max-model-len", "4096", "--tensor-parallel-size", 2],
                "resources": {"limits": {"nvidia.com/gpu": 2}}, "extraEnv": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
     "controlPlane": {
@@ -161,7 +162,8 @@ def test_control_plane_registers_every_shard_and_opens_the_gateway():
     args = c["args"]
     assert c["command"] == ["factpatch", "serve"]
     shards = [args[i + 1] for i, a in enumerate(args) if a == "--shard"]
-    assert shards == [f"fp-factpatch-shard-{i}=http://fp-factpatch-shard-{i}.fp-factpatch-shard.llm.svc:8000" for i in range(3)]
+    host = "fp-factpatch-shard-{}.fp-factpatch-shard.llm.svc"
+    assert shards == [f"fp-factpatch-shard-{i}=http://{host.format(i)}:8000,http://{host.format(i)}:8001" for i in range(3)]
     assert args[args.index("--gateway-listen") + 1] == "0.0.0.0:8080"
     assert args[args.index("--listen") + 1] == "0.0.0.0:50051"
     assert args[args.index("--metrics-listen") + 1] == "0.0.0.0:9091"  # /metrics apart from the gateway's users
@@ -172,6 +174,46 @@ def test_control_plane_registers_every_shard_and_opens_the_gateway():
     assert args[args.index("--monitors") + 1] == "/etc/factpatch/monitors/monitors.yaml"
     assert dep["spec"]["strategy"]["type"] == "Recreate" and dep["spec"]["replicas"] == 1
     assert c["readinessProbe"]["grpc"]["port"] == 50051
+
+
+def test_the_agent_port_is_its_own_and_only_the_control_plane_may_open_it():
+    docs = manifests({"shards": {"replicas": 2}})
+    c = by_kind(docs, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]
+    args = c["args"]
+    assert args[args.index("--agent-port") + 1] == "8001" and args[args.index("--port") + 1] == "8000"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8000, "agent": 8001}
+    assert "--agent-tls-cert" not in args  # plain HTTP unless a certificate is given
+    headless = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "fp-factpatch-shard")
+    assert {p["name"]: p["port"] for p in headless["spec"]["ports"]} == {"http": 8000, "agent": 8001}
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    shard_labels = by_kind(docs, "StatefulSet")[0]["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == shard_labels
+    agent_rule, http_rule = policy["spec"]["ingress"]
+    assert agent_rule["ports"] == [{"port": "agent", "protocol": "TCP"}]
+    (peer,) = agent_rule["from"]
+    cp_labels = by_kind(docs, "Deployment")[0]["spec"]["template"]["metadata"]["labels"]
+    assert peer["podSelector"]["matchLabels"].items() <= cp_labels.items()  # the control plane's pods, no one else
+    assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "control-plane"
+    assert http_rule == {"ports": [{"port": "http", "protocol": "TCP"}]}  # model traffic and scrapes stay open
+    assert not by_kind(manifests({"shards": {"agent": {"networkPolicy": {"enabled": False}}}}), "NetworkPolicy")
+
+
+def test_agent_mutual_tls_gives_each_side_only_what_it_needs():
+    docs = manifests({"shards": {"replicas": 1, "agent": {"tls": {"secretName": "agent-tls", "clientSecretName": "agent-client"}}}})
+    shard_pod = by_kind(docs, "StatefulSet")[0]["spec"]["template"]["spec"]
+    sargs = shard_pod["containers"][0]["args"]
+    assert sargs[sargs.index("--agent-tls-cert") + 1] == "/etc/factpatch/agent-tls/tls.crt"
+    assert sargs[sargs.index("--agent-client-ca") + 1] == "/etc/factpatch/agent-client-ca/ca.crt"
+    svols = {v["name"]: v["secret"] for v in shard_pod["volumes"] if "secret" in v}
+    assert svols["agent-client-ca"] == {"secretName": "agent-client", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    cp_pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    cargs = cp_pod["containers"][0]["args"]
+    (shard,) = [cargs[i + 1] for i, a in enumerate(cargs) if a == "--shard"]
+    assert shard.endswith(",https://fp-factpatch-shard-0.fp-factpatch-shard.llm.svc:8001")
+    assert cargs[cargs.index("--agent-ca") + 1] == "/etc/factpatch/agent-tls/ca.crt"
+    assert cargs[cargs.index("--agent-client-key") + 1] == "/etc/factpatch/agent-client/tls.key"
+    cvols = {v["name"]: v["secret"] for v in cp_pod["volumes"] if "secret" in v}
+    assert cvols["agent-tls-ca"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]  # not the shards' key
 
 
 def test_the_drain_budget_is_passed_only_when_set():

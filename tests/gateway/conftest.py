@@ -165,7 +165,7 @@ def open_stack(tmp_path, shards, fixture_dir, **serve):
         assert s.revert().status_code == 200
     srv = ControlPlaneServer(ServeConfig(
         state_dir=tmp_path / "state", listen="127.0.0.1:0", tokens_file=write_tokens(tmp_path / "tokens.yaml"),
-        agent_token=AGENT_TOKEN, reconcile_interval=0.2, shards={n: s.url for n, s in shards.items()},
+        agent_token=AGENT_TOKEN, reconcile_interval=0.2, shards={n: s.endpoints for n, s in shards.items()},
         gateway=GatewayConfig(listen="127.0.0.1:0"), **serve,
     ))
     srv.start()

@@ -63,7 +63,7 @@ def test_full_flow_rollback_and_crash(tmp_path, shards, patches, fixture_dir):
     assert answer(s1) == base
     drain = 7.5  # the control plane's drain budget, which each shard's swap must use
     cp = ControlPlaneProcess(tmp_path / "state", write_tokens(tmp_path / "tokens.yaml"), AGENT_TOKEN,
-                   {"s0": s0.url, "s1": s1.url}, base_dirs=[fixture_dir], extra_args=["--drain-timeout", str(drain)])
+                   {"s0": s0.endpoints, "s1": s1.endpoints}, base_dirs=[fixture_dir], extra_args=["--drain-timeout", str(drain)])
     cp.start()
     try:
         cl = Client(cp.target, OPERATOR_TOKEN)
@@ -161,7 +161,7 @@ def test_rollback_returns_each_shard_to_its_previous_release(tmp_path, shards, p
     assert s0.revert().status_code == 200 and s1.revert().status_code == 200
     base = answer(s0)
     cp = ControlPlaneProcess(tmp_path / "state", write_tokens(tmp_path / "tokens.yaml"), AGENT_TOKEN,
-                             {"s0": s0.url, "s1": s1.url}, base_dirs=[fixture_dir])
+                             {"s0": s0.endpoints, "s1": s1.endpoints}, base_dirs=[fixture_dir])
     cp.start()
     try:
         cl = Client(cp.target, OPERATOR_TOKEN)
@@ -221,7 +221,7 @@ def test_crash_between_a_shard_switch_and_its_audit_row(tmp_path, shards, patche
 
     s0 = shards["s0"]
     assert s0.revert().status_code == 200
-    cp = ControlPlaneProcess(tmp_path / "state", write_tokens(tmp_path / "tokens.yaml"), AGENT_TOKEN, {"s0": s0.url},
+    cp = ControlPlaneProcess(tmp_path / "state", write_tokens(tmp_path / "tokens.yaml"), AGENT_TOKEN, {"s0": s0.endpoints},
                              base_dirs=[fixture_dir])
     cp.env = {failpoints.ENV: "reconciler.after_agent_call"}
     cp.start()

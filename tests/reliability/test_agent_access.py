@@ -72,7 +72,13 @@ def route_calls(base: str, body: bytes) -> dict:
 def test_agent_route_matrix(shard, patch_bytes):
     assert shard.revert().status_code == 200
     digest = patchfile.sha256_bytes(patch_bytes)
-    for route, send in route_calls(shard.url, patch_bytes).items():
+    for route, send in route_calls(shard.url, patch_bytes).items():  # the port every model client reaches
+        for caller, headers in callers(shard.token).items():
+            r = send(headers)
+            CELLS.setdefault(f"{route} on the OpenAI port", {})[caller] = r.status_code
+            assert r.status_code == 404, (route, caller, r.status_code, r.text[:200])
+            assert shard.status().json()["active_version"] is None, f"{caller} changed the shard through the OpenAI port"
+    for route, send in route_calls(shard.agent_url, patch_bytes).items():
         for caller, headers in callers(shard.token).items():
             r = send(headers)
             CELLS.setdefault(route, {})[caller] = r.status_code

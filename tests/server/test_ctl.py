@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from typer.testing import CliRunner
 
@@ -75,6 +76,12 @@ def test_output_formats_carry_the_same_message(control_plane):
     import yaml
 
     assert ctl(control_plane, "shards", "add", "s-out", "http://127.0.0.1:9").exit_code == 0
+    deadline = time.monotonic() + 30
+    # the first reconcile pass marks the shard unreachable; compare the two formats after that
+    while json.loads(ctl(control_plane, "-o", "json", "shards", token=VIEWER_TOKEN).stdout)["shards"][0].get("health") \
+            != "SHARD_HEALTH_UNREACHABLE":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     as_json = ctl(control_plane, "-o", "json", "shards", token=VIEWER_TOKEN)
     as_yaml = ctl(control_plane, "-o", "yaml", "shards", token=VIEWER_TOKEN)
     assert as_json.exit_code == as_yaml.exit_code == 0

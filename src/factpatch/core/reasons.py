@@ -23,6 +23,9 @@ class Refusal(StrEnum):
     UNSUPPORTED_TENSOR = "UNSUPPORTED_TENSOR"  # a layer kind a dense delta cannot go into (quantized, fused, …)
     ENGINE_UNSUPPORTED = "ENGINE_UNSUPPORTED"  # the engine's configuration cannot take in-place writes
     WEIGHT_CHANGE_TOO_LARGE = "WEIGHT_CHANGE_TOO_LARGE"  # ‖ΔW‖/‖W‖ of a tensor over the deployment's cap
+    SIGNATURE_REQUIRED = "SIGNATURE_REQUIRED"  # unsigned, where the deployment requires signed patches
+    SIGNATURE_UNTRUSTED = "SIGNATURE_UNTRUSTED"  # signed, but by a key not trusted there
+    SIGNATURE_INVALID = "SIGNATURE_INVALID"  # the signature does not match the bytes (or is not one)
 
 
 HTTP_STATUS: dict[Refusal, int] = {
@@ -30,13 +33,14 @@ HTTP_STATUS: dict[Refusal, int] = {
     Refusal.BASE_MISMATCH: 409, Refusal.SWAP_IN_PROGRESS: 409,
     Refusal.UNKNOWN_TENSOR: 422, Refusal.SHAPE_MISMATCH: 422, Refusal.NON_FINITE: 422, Refusal.RANK_TOO_LARGE: 422,
     Refusal.UNSUPPORTED_TENSOR: 422, Refusal.ENGINE_UNSUPPORTED: 422, Refusal.WEIGHT_CHANGE_TOO_LARGE: 422,
+    Refusal.SIGNATURE_REQUIRED: 403, Refusal.SIGNATURE_UNTRUSTED: 403, Refusal.SIGNATURE_INVALID: 403,
 }
 
 # The patch itself can never land on that shard: retrying will not help, roll back instead.
 PERMANENT: frozenset[Refusal] = frozenset({
     Refusal.MALFORMED, Refusal.UNKNOWN_FORMAT, Refusal.DIGEST_MISMATCH, Refusal.BASE_MISMATCH,
     Refusal.UNKNOWN_TENSOR, Refusal.SHAPE_MISMATCH, Refusal.NON_FINITE, Refusal.RANK_TOO_LARGE,
-    Refusal.WEIGHT_CHANGE_TOO_LARGE,
+    Refusal.WEIGHT_CHANGE_TOO_LARGE, Refusal.SIGNATURE_REQUIRED, Refusal.SIGNATURE_UNTRUSTED, Refusal.SIGNATURE_INVALID,
 })
 
 

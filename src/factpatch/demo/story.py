@@ -146,7 +146,7 @@ class Story:
         tokens.write_text(f"- {{principal: demo-release, role: operator, token: {self.operator_token}}}\n")
         tokens.chmod(0o600)
         self.cp = ControlPlaneProcess(self.s.out / "state", tokens, self.agent_token,
-                                      {n: sh.url for n, sh in self.shards.items()}, base_dirs=[str(self.model_dir)])
+                                      {n: sh.endpoints for n, sh in self.shards.items()}, base_dirs=[str(self.model_dir)])
         self.cp.log_path = logs / "control-plane.log"
         self.cp.start()
         self.stack.callback(self.cp.stop)

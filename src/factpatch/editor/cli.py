@@ -151,6 +151,7 @@ def edit_cmd(
     fallback_layer: Optional[str] = typer.Option(None, "--fallback-layer", help="Where edits not taken at the subject are written again, with their key at the prompt's last token (not part of ROME or MEMIT; the manifest names each such edit). A layer number: on there for every method and edit. off: never. Default: MEMIT writes there only the edits of a subject edited several times in the batch that its shared value did not carry, two thirds down the model."),
     joint: bool = typer.Option(False, "--joint", help="MEMIT at one layer, the batch's values optimised through the very update the patch writes: more edits take and fewer neighbours move, about 4x slower; best with paraphrases and keep prompts in the spec."),
     null_space: Optional[float] = typer.Option(None, "--null-space", help="MEMIT confined to the directions the corpus keys leave empty (AlphaEdit): eigenvalues of the key covariance below this share of the largest, e.g. 1e-4; with --parent the chain's earlier edits are left as they are too. Default: off (MEMIT's solve)."),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key", exists=True, dir_okay=False, help="Sign the patch with this private key (PEM, elliptic curve): writes OUT.sig beside it (see `factpatch patch sign`)."),
 ) -> None:
     """Compute a ROME or MEMIT edit and write it as a patch file."""
     from .memit import MemitParams
@@ -201,6 +202,13 @@ def edit_cmd(
             report.update(ev)
     digest = patchfile.write(result.patch, out_path)
     report["digest"] = digest
+    if sign_key:
+        from factpatch.core.signing import SignatureError, sign
+
+        try:
+            report["signature"] = str(sign(out_path, sign_key))
+        except SignatureError as e:
+            _fail(f"--sign-key: {e} (the unsigned patch is in {out_path})")
     t = Table(title=f"{method.upper()} · {len(edits)} edit(s) · layers {','.join(map(str, result.layers))}")
     t.add_column("subject")
     t.add_column("relation")
@@ -229,7 +237,8 @@ def edit_cmd(
     if evaluate:
         out.print(_metrics_table(report, "evaluation"))
         _print_not_taken(report)
-    out.print(f"covariance {result.seconds['stats']:.1f} s · edit {result.seconds['edit']:.1f} s · wrote {out_path} ({digest})")
+    out.print(f"covariance {result.seconds['stats']:.1f} s · edit {result.seconds['edit']:.1f} s · wrote {out_path} ({digest})"
+              + (f", signed: {report['signature']}" if sign_key else ""))
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, default=str))
 
@@ -333,4 +342,7 @@ def register(app: typer.Typer) -> None:
     from .trace_cli import trace_cmd
 
     app.command("trace")(trace_cmd)
+    from .sign_cli import register as register_signing
+
+    register_signing(patch_app)
     app.add_typer(patch_app, name="patch")

@@ -27,10 +27,13 @@ import httpx
 from factpatch.plugin.agent import PREFIX
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(avoid: int | None = None) -> int:
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port != avoid:
+            return port
 
 
 class ShardError(RuntimeError):
@@ -46,7 +49,11 @@ class ShardServer:
         env: dict[str, str] | None = None,
         start_timeout_s: float = 300.0,
         log_path: str | os.PathLike | None = None,
+        agent_args: list[str] | None = None,
+        agent_http: dict[str, Any] | None = None,
     ):
+        """`agent_args`: more `factpatch shard` options for the agent (TLS files); `agent_http`: what the
+        harness's own agent calls pass to httpx (`verify`, `cert`) when the agent speaks TLS."""
         self.model_dir = str(model_dir)
         self.vllm_args = vllm_args if vllm_args is not None else ["--max-model-len", "128", "--dtype", "float32", "--seed", "0"]
         self.extra_env = dict(env or {})
@@ -54,12 +61,23 @@ class ShardServer:
         self.token = secrets.token_urlsafe(24)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.agent_args = list(agent_args or [])
+        self.agent_http = dict(agent_http or {})
+        self.agent_port = free_port(avoid=self.port)
+        scheme = "https" if "--agent-tls-cert" in self.agent_args else "http"
+        # The agent's routes live on their own port (the OpenAI port answers 404 for them).
+        self.agent_url = f"{scheme}://{'localhost' if scheme == 'https' else '127.0.0.1'}:{self.agent_port}"
         self._tmp = tempfile.TemporaryDirectory(prefix="factpatch-shard-")
         self.token_file = Path(self._tmp.name) / "token"
         self.log_path = Path(log_path) if log_path else Path(self._tmp.name) / "shard.log"
         self.proc: subprocess.Popen | None = None
         self.startup_s: float | None = None
         self._cancel = threading.Event()
+
+    @property
+    def endpoints(self) -> str:
+        """How the control plane registers this shard: `URL,AGENT_URL` (`serve --shard NAME=...`)."""
+        return f"{self.url},{self.agent_url}"
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -70,7 +88,8 @@ class ShardServer:
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **self.extra_env}
         env.pop("FACTPATCH_AGENT_TOKEN", None)
         argv = [sys.executable, "-c", "from factpatch.cli import main; main()", "shard", "--model", self.model_dir, "--port", str(self.port),
-                "--token-file", str(self.token_file), "--", *self.vllm_args]
+                "--agent-port", str(self.agent_port), "--token-file", str(self.token_file), *self.agent_args,
+                "--", *self.vllm_args]
         self._log = open(self.log_path, "wb")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -137,20 +156,20 @@ class ShardServer:
     def apply(self, data: bytes, *, token: str | None = "", headers: dict[str, str] | None = None,
               timeout: float = 120, drain_timeout_s: float | None = None) -> httpx.Response:
         h = {**self.headers(token), "Content-Type": "application/octet-stream", **(headers or {})}
-        return httpx.post(f"{self.url}{PREFIX}/apply", content=data, headers=h, timeout=timeout,
-                          params=_drain_param(drain_timeout_s))
+        return httpx.post(f"{self.agent_url}{PREFIX}/apply", content=data, headers=h, timeout=timeout,
+                          params=_drain_param(drain_timeout_s), **self.agent_http)
 
     def apply_from_store(self, digest: str, store_url: str, *, timeout: float = 120, **fields: Any) -> httpx.Response:
-        return httpx.post(f"{self.url}{PREFIX}/apply", json={"digest": digest, "store_url": store_url, **fields},
-                          headers=self.headers(), timeout=timeout)
+        return httpx.post(f"{self.agent_url}{PREFIX}/apply", json={"digest": digest, "store_url": store_url, **fields},
+                          headers=self.headers(), timeout=timeout, **self.agent_http)
 
     def revert(self, *, token: str | None = "", timeout: float = 120,
                drain_timeout_s: float | None = None) -> httpx.Response:
-        return httpx.post(f"{self.url}{PREFIX}/revert", headers=self.headers(token), timeout=timeout,
-                          params=_drain_param(drain_timeout_s))
+        return httpx.post(f"{self.agent_url}{PREFIX}/revert", headers=self.headers(token), timeout=timeout,
+                          params=_drain_param(drain_timeout_s), **self.agent_http)
 
     def status(self, *, token: str | None = "") -> httpx.Response:
-        return httpx.get(f"{self.url}{PREFIX}/status", headers=self.headers(token), timeout=30)
+        return httpx.get(f"{self.agent_url}{PREFIX}/status", headers=self.headers(token), timeout=30, **self.agent_http)
 
     # --- OpenAI API ------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ body is read. Errors are `{"error": {"reason": CODE, "message": text}}`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ from fastapi.responses import JSONResponse
 
 from factpatch.core.checkpoint import Checkpoint
 from factpatch.core.reasons import Refusal, http_status
+from factpatch.core.signing import SIGNATURE_HEADER, SignatureError, TrustedKeys, check_policy
 
 from .auth import check_bearer
 from .checks import CheckError, check_patch
@@ -52,6 +54,9 @@ class AgentState:
     wired: bool = True  # False when the worker extension is missing
     wiring_error: str | None = None
     done_requests: OrderedDict[str, tuple[str | None, dict[str, Any]]] = field(default_factory=OrderedDict)
+    # which patch signatures this shard accepts, and whether it refuses unsigned patches
+    trusted_keys: TrustedKeys = field(default_factory=lambda: TrustedKeys([]))
+    require_signatures: bool = False
 
 
 def error(status: int, reason: str, message: str) -> JSONResponse:
@@ -96,8 +101,19 @@ def _remember(st: AgentState, request_id: str | None, version: str | None, body:
             st.done_requests.popitem(last=False)
 
 
-async def _read_patch(request: Request) -> tuple[bytes, str | None, str | None, float | None] | JSONResponse:
-    """(patch bytes, expected digest, request id, drain budget) from either request form."""
+def _signature(request: Request, body: dict[str, Any] | None = None) -> bytes | None | JSONResponse:
+    """The patch's detached signature: JSON field `signature` or the signature header, base64."""
+    raw = (body or {}).get("signature") or request.headers.get(SIGNATURE_HEADER)
+    if not raw:
+        return None
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (ValueError, TypeError):
+        return error(400, Refusal.MALFORMED, f"{SIGNATURE_HEADER} / signature must be base64")
+
+
+async def _read_patch(request: Request) -> tuple[bytes, str | None, str | None, float | None, bytes | None] | JSONResponse:
+    """(patch bytes, expected digest, request id, drain budget, signature) from either request form."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     request_id = request.headers.get("x-request-id") or request.query_params.get("request_id")
     if ctype == "application/json":
@@ -111,6 +127,9 @@ async def _read_patch(request: Request) -> tuple[bytes, str | None, str | None, 
         drain = _drain_budget(request, body)
         if isinstance(drain, JSONResponse):
             return drain
+        signature = _signature(request, body)
+        if isinstance(signature, JSONResponse):
+            return signature
         digest = body["digest"].strip().lower()
         if not _DIGEST.fullmatch(digest):
             return error(400, Refusal.MALFORMED, "digest must be 'sha256:' followed by 64 hex digits")
@@ -118,10 +137,13 @@ async def _read_patch(request: Request) -> tuple[bytes, str | None, str | None, 
         fetched = await _fetch(body["store_url"], digest, store_token)
         if isinstance(fetched, JSONResponse):
             return fetched
-        return fetched, digest, request_id, drain
+        return fetched, digest, request_id, drain, signature
     drain = _drain_budget(request)
     if isinstance(drain, JSONResponse):
         return drain
+    signature = _signature(request)
+    if isinstance(signature, JSONResponse):
+        return signature
     if ctype not in ("application/octet-stream", ""):
         return error(415, Refusal.MALFORMED, f"send application/octet-stream patch bytes or JSON, not {ctype!r}")
     if int(request.headers.get("content-length") or 0) > MAX_PATCH_BYTES:
@@ -129,7 +151,7 @@ async def _read_patch(request: Request) -> tuple[bytes, str | None, str | None, 
     data = await request.body()
     if len(data) > MAX_PATCH_BYTES:
         return error(413, Refusal.MALFORMED, f"patch larger than {MAX_PATCH_BYTES} bytes")
-    return data, request.headers.get("x-factpatch-digest"), request_id, drain
+    return data, request.headers.get("x-factpatch-digest"), request_id, drain, signature
 
 
 
@@ -193,7 +215,11 @@ def build_router() -> APIRouter:
         got = await _read_patch(request)
         if isinstance(got, JSONResponse):
             return got
-        data, expected, request_id, drain = got
+        data, expected, request_id, drain, signature = got
+        try:  # before the patch is even read: a deployment that requires signatures reads only signed bytes
+            await asyncio.to_thread(check_policy, st.trusted_keys, st.require_signatures, data, signature)
+        except SignatureError as e:
+            return error(http_status(e.reason, default=403), e.reason, str(e))
         try:
             _, digest = await asyncio.to_thread(
                 check_patch, data, st.checkpoint, expected_digest=expected, max_rank=MAX_RANK,

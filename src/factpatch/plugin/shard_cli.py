@@ -2,8 +2,8 @@
 
 Equivalent to, by hand:
 
-    VLLM_PLUGINS=factpatch,factpatch_agent FACTPATCH_AGENT_TOKEN_FILE=/path/token \\
-    python -m vllm.entrypoints.openai.api_server --model DIR \\
+    VLLM_PLUGINS=factpatch,factpatch_agent FACTPATCH_AGENT_TOKEN_FILE=/path/token FACTPATCH_AGENT_PORT=8001 \\
+    python -m vllm.entrypoints.openai.api_server --model DIR --port 8000 \\
         --worker-extension-cls factpatch.plugin.worker_ext.FactpatchWorkerExtension [--enforce-eager]
 """
 
@@ -15,8 +15,10 @@ from pathlib import Path
 
 import typer
 
+from factpatch.core import signing
 from factpatch.core.tokens import WeakTokenError
 
+from . import agent_server
 from .auth import TOKEN_ENV, TOKEN_FILE_ENV, configured_tokens
 from .endpoint import NAME as ENDPOINT_PLUGIN
 from .general import NAME as GENERAL_PLUGIN
@@ -35,11 +37,39 @@ def shard_command(
     host: str = "127.0.0.1",
     port: int = 8000,
     token_file: str | None = None,
+    agent_port: int | str | None = None,
+    agent_host: str | None = None,
+    agent_tls_cert: str | None = None,
+    agent_tls_key: str | None = None,
+    agent_client_ca: str | None = None,
+    trusted_keys: list[str] = (),
+    require_signatures: bool = False,
     extra: list[str] = (),
     env: dict[str, str] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """The argv and environment that start a patchable vLLM shard."""
+    """The argv and environment that start a patchable vLLM shard. The agent listens on `agent_port`
+    (else $FACTPATCH_AGENT_PORT, else `port` + 1) on `agent_host` (else $FACTPATCH_AGENT_HOST, else
+    `host`), never on the OpenAI port."""
     env = dict(os.environ if env is None else env)
+    if agent_port is None:
+        agent_port = env.get(agent_server.PORT_ENV) or port + 1
+    if str(agent_port) == str(port):
+        raise ValueError(f"--agent-port {agent_port} is the OpenAI port: the agent routes need a port of their own")
+    env[agent_server.PORT_ENV] = str(agent_port)
+    env[agent_server.HOST_ENV] = agent_host or env.get(agent_server.HOST_ENV) or host
+    for name, value in ((agent_server.TLS_CERT_ENV, agent_tls_cert), (agent_server.TLS_KEY_ENV, agent_tls_key),
+                        (agent_server.TLS_CLIENT_CA_ENV, agent_client_ca)):
+        if value:
+            env[name] = str(Path(value).resolve())
+    if trusted_keys:
+        env[signing.TRUSTED_KEYS_ENV] = ":".join(str(Path(k).resolve()) for k in trusted_keys)
+    if require_signatures:
+        env[signing.REQUIRE_SIGNATURES_ENV] = "1"
+    try:  # half a TLS setup, a missing file, an unreadable key: said now, not by the engine after its imports
+        agent_server.AgentServerConfig.from_env(env)
+        signing.shard_policy(env)
+    except (agent_server.AgentServerConfigError, ValueError) as e:
+        raise ValueError(str(e)) from None
     if token_file:
         if not Path(token_file).is_file():
             raise ValueError(f"--token-file {token_file} does not exist")
@@ -84,18 +114,37 @@ def shard(
     ctx: typer.Context,
     model: str = typer.Option(..., "--model", help="Model folder (or cached hub id) to serve."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-    port: int = typer.Option(8000, help="Port of the OpenAI server and the agent routes."),
+    port: int = typer.Option(8000, help="Port of the OpenAI server (model traffic)."),
     token_file: str = typer.Option(None, "--token-file", help=f"File holding the agent bearer token (else ${TOKEN_ENV})."),
+    agent_port: int = typer.Option(None, "--agent-port", help="Port of the agent routes (weight changes); default --port + 1."),
+    agent_host: str = typer.Option(None, "--agent-host", help="Address the agent listens on; default --host."),
+    agent_tls_cert: str = typer.Option(None, "--agent-tls-cert", help="PEM certificate: the agent speaks HTTPS."),
+    agent_tls_key: str = typer.Option(None, "--agent-tls-key", help="PEM private key of --agent-tls-cert."),
+    agent_client_ca: str = typer.Option(None, "--agent-client-ca",
+                                        help="PEM CA bundle: callers must show a client certificate it signed (mutual TLS)."),
+    trusted_key: list[str] = typer.Option([], "--trusted-key",
+                                          help="Public key (PEM, or a folder of them) whose patch signatures this shard "
+                                               "accepts (repeatable)."),
+    require_signatures: bool = typer.Option(False, "--require-signatures",
+                                            help="Refuse unsigned patches, and those signed by any other key."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command and environment, start nothing."),
 ) -> None:
-    """Serve MODEL with vLLM and the factpatch agent; arguments after `--` go to vLLM."""
+    """Serve MODEL with vLLM and the factpatch agent; arguments after `--` go to vLLM.
+
+    Example: factpatch shard --model ./model --port 8000 --agent-port 8001 --token-file /etc/factpatch/token
+    """
     try:
-        argv, env = shard_command(model, host=host, port=port, token_file=token_file, extra=ctx.args)
+        argv, env = shard_command(model, host=host, port=port, token_file=token_file, agent_port=agent_port,
+                                  agent_host=agent_host, agent_tls_cert=agent_tls_cert, agent_tls_key=agent_tls_key,
+                                  agent_client_ca=agent_client_ca, trusted_keys=trusted_key,
+                                  require_signatures=require_signatures, extra=ctx.args)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
     if dry_run:
-        for k in ("VLLM_PLUGINS", TOKEN_FILE_ENV):
+        for k in ("VLLM_PLUGINS", TOKEN_FILE_ENV, agent_server.HOST_ENV, agent_server.PORT_ENV, agent_server.TLS_CERT_ENV,
+                  agent_server.TLS_KEY_ENV, agent_server.TLS_CLIENT_CA_ENV, signing.TRUSTED_KEYS_ENV,
+                  signing.REQUIRE_SIGNATURES_ENV):
             if k in env:
                 typer.echo(f"{k}={env[k]}")
         typer.echo(" ".join(argv))

@@ -16,6 +16,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from factpatch.core.shard_endpoints import ShardEndpoints
+from factpatch.core.signing import TrustedKeys
 from factpatch.server.api.auth import OPERATOR, TokenTable, allowed
 from factpatch.server.api.context import ControlPlane
 from factpatch.server.api.idempotency import Idempotency
@@ -27,6 +29,7 @@ from factpatch.server.api.services.patches import PatchService
 from factpatch.server.api.services.probes import ProbeService
 from factpatch.server.api.services.rollouts import RolloutService
 from factpatch.server.api.stream_slots import StreamSlots
+from factpatch.server.control.agent_client import agent_tls_context
 from factpatch.server.control.agent_token import AgentToken
 from factpatch.server.control.analysis import Analyzer, Observations
 from factpatch.server.control.basecheck import BaseChecker
@@ -85,6 +88,15 @@ class ServeConfig:
     tls_key: Path | None = None
     # With a client CA, clients must present a certificate it signed (mTLS).
     tls_client_ca: Path | None = None
+    # Agents that speak HTTPS: the CA their certificates chain to, and the client certificate shown to
+    # agents that require one (mutual TLS).
+    agent_ca: Path | None = None
+    agent_client_cert: Path | None = None
+    agent_client_key: Path | None = None
+    # Patch signatures: public keys (PEM files or folders) whose signatures are accepted, and whether an
+    # unsigned patch is refused at import.
+    trusted_keys: list[Path] = field(default_factory=list)
+    require_signatures: bool = False
     base_dirs: list[Path] = field(default_factory=list)
     editor_model: Path | None = None
     reconcile_interval: float = 1.0
@@ -94,7 +106,8 @@ class ServeConfig:
     max_patch_bytes: int = 256 << 20
     # ‖ΔW‖/‖W‖ cap per tensor, checked at import when a --base-dir holds the patch's base
     max_weight_change: float | None = None
-    shards: dict[str, str] = field(default_factory=dict)  # registered at start if absent
+    # registered at start if absent: NAME -> "URL" or "URL,AGENT_URL" (core/shard_endpoints.py)
+    shards: dict[str, str] = field(default_factory=dict)
     # RegisterShard accepts only these (networks, hosts, host:port, *.domain); empty: loopback only
     allowed_shard_addresses: list[str] = field(default_factory=list)
     workers: int = 32
@@ -115,6 +128,8 @@ def _operator_token(tokens: TokenTable) -> Callable[[str | None], bool]:
 class ControlPlaneServer:
     def __init__(self, cfg: ServeConfig):
         agent_token = AgentToken(cfg.agent_token, cfg.agent_token_file, cfg.agent_token_dir)  # refuses missing or weak
+        if cfg.require_signatures and not cfg.trusted_keys:
+            raise ValueError("--require-signatures needs at least one --trusted-key")
         if cfg.tokens_file is None:
             raise ValueError("no client tokens: pass --tokens-file (a list of {principal, role, token})")
         self.cfg = cfg
@@ -127,6 +142,7 @@ class ControlPlaneServer:
             raise
 
     def _assemble(self, cfg: ServeConfig, tokens: TokenTable, agent_token: AgentToken) -> None:
+        endpoints = {name: ShardEndpoints.parse(text) for name, text in cfg.shards.items()}
         db = Database(cfg.state_dir / "state.db")
         store = PatchStore(cfg.state_dir / "patches")
         store.clean(db.patch_digests())
@@ -134,18 +150,21 @@ class ControlPlaneServer:
         audit.settle_interrupted()  # before anything new is written: what a crash left PENDING
         lock = threading.RLock()
         reconciler = Reconciler(db, store, audit, agent_token, lock, interval=cfg.reconcile_interval,
-                                drain_timeout_s=cfg.drain_timeout_s)
+                                drain_timeout_s=cfg.drain_timeout_s,
+                                agent_tls=agent_tls_context(cfg.agent_ca, cfg.agent_client_cert, cfg.agent_client_key))
         self.cp = ControlPlane(
             db=db, store=store, audit=audit, idempotency=Idempotency(db), reconciler=reconciler,
             basecheck=BaseChecker(cfg.base_dirs), operations=None, mutation_lock=lock,  # type: ignore[arg-type]
             max_patch_bytes=cfg.max_patch_bytes, max_weight_change=cfg.max_weight_change,
-            shard_addresses=ShardAddressPolicy.from_entries(cfg.allowed_shard_addresses, list(cfg.shards.values())),
+            shard_addresses=ShardAddressPolicy.from_entries(
+                cfg.allowed_shard_addresses, [a for e in endpoints.values() for a in (e.address, e.agent_address)]),
+            trusted_keys=TrustedKeys.load(cfg.trusted_keys), require_signatures=cfg.require_signatures,
         )
         patches = PatchService(self.cp)
         self.cp.operations = EditorOperations(cfg.editor_model, patches.store_patch)
-        for name, address in cfg.shards.items():
+        for name, e in endpoints.items():
             if db.shard(name) is None:
-                db.add_shard(name, address.rstrip("/"))
+                db.add_shard(name, e.address, e.agent_address)
 
         self.metrics = Metrics()
         self.monitors = MonitorRegistry(

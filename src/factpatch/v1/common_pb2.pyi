@@ -26,7 +26,7 @@ class Edit(_message.Message):
     def __init__(self, subject: _Optional[str] = ..., relation: _Optional[str] = ..., prompt: _Optional[str] = ..., target_new: _Optional[str] = ..., target_old: _Optional[str] = ..., provenance_json: _Optional[str] = ...) -> None: ...
 
 class Patch(_message.Message):
-    __slots__ = ("digest", "size_bytes", "base_model", "base_fingerprint", "method", "layers", "tensors", "edits", "parent", "created", "imported_at", "manifest_json", "deployed_on")
+    __slots__ = ("digest", "size_bytes", "base_model", "base_fingerprint", "method", "layers", "tensors", "edits", "parent", "created", "imported_at", "manifest_json", "deployed_on", "signed_by", "has_signature")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,8 @@ class Patch(_message.Message):
     IMPORTED_AT_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     DEPLOYED_ON_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_BY_FIELD_NUMBER: _ClassVar[int]
+    HAS_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     digest: str
     size_bytes: int
     base_model: str
@@ -53,4 +55,6 @@ class Patch(_message.Message):
     imported_at: _timestamp_pb2.Timestamp
     manifest_json: str
     deployed_on: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., base_model: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., method: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., tensors: _Optional[_Iterable[str]] = ..., edits: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ..., parent: _Optional[str] = ..., created: _Optional[str] = ..., imported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., manifest_json: _Optional[str] = ..., deployed_on: _Optional[_Iterable[str]] = ...) -> None: ...
+    signed_by: str
+    has_signature: bool
+    def __init__(self, digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., base_model: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., method: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., tensors: _Optional[_Iterable[str]] = ..., edits: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ..., parent: _Optional[str] = ..., created: _Optional[str] = ..., imported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., manifest_json: _Optional[str] = ..., deployed_on: _Optional[_Iterable[str]] = ..., signed_by: _Optional[str] = ..., has_signature: _Optional[bool] = ...) -> None: ...

@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61\x63tpatch/v1/fleet.proto\x12\x0c\x66\x61\x63tpatch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x02\n\x05Shard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12)\n\x06health\x18\x03 \x01(\x0e\x32\x19.factpatch.v1.ShardHealth\x12\r\n\x05model\x18\x04 \x01(\t\x12\x18\n\x10\x62\x61se_fingerprint\x18\x05 \x01(\t\x12\x16\n\x0e\x61\x63tive_version\x18\x06 \x01(\t\x12\x17\n\x0f\x64\x65sired_version\x18\x07 \x01(\t\x12-\n\tlast_seen\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11last_error_reason\x18\t \x01(\t\x12\x12\n\nlast_error\x18\n \x01(\t\x12\x1c\n\x14tensor_parallel_size\x18\x0b \x01(\x05\x12\x12\n\napplied_at\x18\x0c \x01(\t\x12\x10\n\x08swapping\x18\r \x01(\x08\x12\x12\n\nbytes_held\x18\x0e \x01(\x03\"I\n\x14RegisterShardRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\":\n\x16\x44\x65registerShardRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\'\n\x17\x44\x65registerShardResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11ListShardsRequest\"9\n\x12ListShardsResponse\x12#\n\x06shards\x18\x01 \x03(\x0b\x32\x13.factpatch.v1.Shard\"\x1f\n\x0fGetShardRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*\x95\x01\n\x0bShardHealth\x12\x1c\n\x18SHARD_HEALTH_UNSPECIFIED\x10\x00\x12\x18\n\x14SHARD_HEALTH_SERVING\x10\x01\x12\x18\n\x14SHARD_HEALTH_SYNCING\x10\x02\x12\x1c\n\x18SHARD_HEALTH_UNREACHABLE\x10\x03\x12\x16\n\x12SHARD_HEALTH_ERROR\x10\x04\x32\xc9\x02\n\x0c\x46leetService\x12H\n\rRegisterShard\x12\".factpatch.v1.RegisterShardRequest\x1a\x13.factpatch.v1.Shard\x12^\n\x0f\x44\x65registerShard\x12$.factpatch.v1.DeregisterShardRequest\x1a%.factpatch.v1.DeregisterShardResponse\x12O\n\nListShards\x12\x1f.factpatch.v1.ListShardsRequest\x1a .factpatch.v1.ListShardsResponse\x12>\n\x08GetShard\x12\x1d.factpatch.v1.GetShardRequest\x1a\x13.factpatch.v1.Shardb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61\x63tpatch/v1/fleet.proto\x12\x0c\x66\x61\x63tpatch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x02\n\x05Shard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12)\n\x06health\x18\x03 \x01(\x0e\x32\x19.factpatch.v1.ShardHealth\x12\r\n\x05model\x18\x04 \x01(\t\x12\x18\n\x10\x62\x61se_fingerprint\x18\x05 \x01(\t\x12\x16\n\x0e\x61\x63tive_version\x18\x06 \x01(\t\x12\x17\n\x0f\x64\x65sired_version\x18\x07 \x01(\t\x12-\n\tlast_seen\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11last_error_reason\x18\t \x01(\t\x12\x12\n\nlast_error\x18\n \x01(\t\x12\x1c\n\x14tensor_parallel_size\x18\x0b \x01(\x05\x12\x12\n\napplied_at\x18\x0c \x01(\t\x12\x10\n\x08swapping\x18\r \x01(\x08\x12\x12\n\nbytes_held\x18\x0e \x01(\x03\x12\x15\n\ragent_address\x18\x0f \x01(\t\"`\n\x14RegisterShardRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x15\n\ragent_address\x18\x04 \x01(\t\":\n\x16\x44\x65registerShardRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\'\n\x17\x44\x65registerShardResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11ListShardsRequest\"9\n\x12ListShardsResponse\x12#\n\x06shards\x18\x01 \x03(\x0b\x32\x13.factpatch.v1.Shard\"\x1f\n\x0fGetShardRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*\x95\x01\n\x0bShardHealth\x12\x1c\n\x18SHARD_HEALTH_UNSPECIFIED\x10\x00\x12\x18\n\x14SHARD_HEALTH_SERVING\x10\x01\x12\x18\n\x14SHARD_HEALTH_SYNCING\x10\x02\x12\x1c\n\x18SHARD_HEALTH_UNREACHABLE\x10\x03\x12\x16\n\x12SHARD_HEALTH_ERROR\x10\x04\x32\xc9\x02\n\x0c\x46leetService\x12H\n\rRegisterShard\x12\".factpatch.v1.RegisterShardRequest\x1a\x13.factpatch.v1.Shard\x12^\n\x0f\x44\x65registerShard\x12$.factpatch.v1.DeregisterShardRequest\x1a%.factpatch.v1.DeregisterShardResponse\x12O\n\nListShards\x12\x1f.factpatch.v1.ListShardsRequest\x1a .factpatch.v1.ListShardsResponse\x12>\n\x08GetShard\x12\x1d.factpatch.v1.GetShardRequest\x1a\x13.factpatch.v1.Shardb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'factpatch.v1.fleet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SHARDHEALTH']._serialized_start=721
-  _globals['_SHARDHEALTH']._serialized_end=870
+  _globals['_SHARDHEALTH']._serialized_start=767
+  _globals['_SHARDHEALTH']._serialized_end=916
   _globals['_SHARD']._serialized_start=76
-  _globals['_SHARD']._serialized_end=429
-  _globals['_REGISTERSHARDREQUEST']._serialized_start=431
-  _globals['_REGISTERSHARDREQUEST']._serialized_end=504
-  _globals['_DEREGISTERSHARDREQUEST']._serialized_start=506
-  _globals['_DEREGISTERSHARDREQUEST']._serialized_end=564
-  _globals['_DEREGISTERSHARDRESPONSE']._serialized_start=566
-  _globals['_DEREGISTERSHARDRESPONSE']._serialized_end=605
-  _globals['_LISTSHARDSREQUEST']._serialized_start=607
-  _globals['_LISTSHARDSREQUEST']._serialized_end=626
-  _globals['_LISTSHARDSRESPONSE']._serialized_start=628
-  _globals['_LISTSHARDSRESPONSE']._serialized_end=685
-  _globals['_GETSHARDREQUEST']._serialized_start=687
-  _globals['_GETSHARDREQUEST']._serialized_end=718
-  _globals['_FLEETSERVICE']._serialized_start=873
-  _globals['_FLEETSERVICE']._serialized_end=1202
+  _globals['_SHARD']._serialized_end=452
+  _globals['_REGISTERSHARDREQUEST']._serialized_start=454
+  _globals['_REGISTERSHARDREQUEST']._serialized_end=550
+  _globals['_DEREGISTERSHARDREQUEST']._serialized_start=552
+  _globals['_DEREGISTERSHARDREQUEST']._serialized_end=610
+  _globals['_DEREGISTERSHARDRESPONSE']._serialized_start=612
+  _globals['_DEREGISTERSHARDRESPONSE']._serialized_end=651
+  _globals['_LISTSHARDSREQUEST']._serialized_start=653
+  _globals['_LISTSHARDSREQUEST']._serialized_end=672
+  _globals['_LISTSHARDSRESPONSE']._serialized_start=674
+  _globals['_LISTSHARDSRESPONSE']._serialized_end=731
+  _globals['_GETSHARDREQUEST']._serialized_start=733
+  _globals['_GETSHARDREQUEST']._serialized_end=764
+  _globals['_FLEETSERVICE']._serialized_start=919
+  _globals['_FLEETSERVICE']._serialized_end=1248
 # @@protoc_insertion_point(module_scope)

@@ -24,7 +24,7 @@ SHARD_HEALTH_UNREACHABLE: ShardHealth
 SHARD_HEALTH_ERROR: ShardHealth
 
 class Shard(_message.Message):
-    __slots__ = ("name", "address", "health", "model", "base_fingerprint", "active_version", "desired_version", "last_seen", "last_error_reason", "last_error", "tensor_parallel_size", "applied_at", "swapping", "bytes_held")
+    __slots__ = ("name", "address", "health", "model", "base_fingerprint", "active_version", "desired_version", "last_seen", "last_error_reason", "last_error", "tensor_parallel_size", "applied_at", "swapping", "bytes_held", "agent_address")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class Shard(_message.Message):
     APPLIED_AT_FIELD_NUMBER: _ClassVar[int]
     SWAPPING_FIELD_NUMBER: _ClassVar[int]
     BYTES_HELD_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     health: ShardHealth
@@ -53,17 +54,20 @@ class Shard(_message.Message):
     applied_at: str
     swapping: bool
     bytes_held: int
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., health: _Optional[_Union[ShardHealth, str]] = ..., model: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., active_version: _Optional[str] = ..., desired_version: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error_reason: _Optional[str] = ..., last_error: _Optional[str] = ..., tensor_parallel_size: _Optional[int] = ..., applied_at: _Optional[str] = ..., swapping: _Optional[bool] = ..., bytes_held: _Optional[int] = ...) -> None: ...
+    agent_address: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., health: _Optional[_Union[ShardHealth, str]] = ..., model: _Optional[str] = ..., base_fingerprint: _Optional[str] = ..., active_version: _Optional[str] = ..., desired_version: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error_reason: _Optional[str] = ..., last_error: _Optional[str] = ..., tensor_parallel_size: _Optional[int] = ..., applied_at: _Optional[str] = ..., swapping: _Optional[bool] = ..., bytes_held: _Optional[int] = ..., agent_address: _Optional[str] = ...) -> None: ...
 
 class RegisterShardRequest(_message.Message):
-    __slots__ = ("request_id", "name", "address")
+    __slots__ = ("request_id", "name", "address", "agent_address")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     name: str
     address: str
-    def __init__(self, request_id: _Optional[str] = ..., name: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+    agent_address: str
+    def __init__(self, request_id: _Optional[str] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., agent_address: _Optional[str] = ...) -> None: ...
 
 class DeregisterShardRequest(_message.Message):
     __slots__ = ("request_id", "name")

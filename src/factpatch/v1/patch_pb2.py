@@ -27,7 +27,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from factpatch.v1 import common_pb2 as factpatch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61\x63tpatch/v1/patch.proto\x12\x0c\x66\x61\x63tpatch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x19\x66\x61\x63tpatch/v1/common.proto\"\\\n\x12\x43reatePatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04spec\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x14\n\x0chparams_json\x18\x04 \x01(\t\"#\n\x13GetOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x88\x02\n\tOperation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x10\n\x08progress\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12$\n\x05patch\x18\x06 \x01(\x0b\x32\x13.factpatch.v1.PatchH\x00\x12#\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12+\n\x07\x63reated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07updated\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06result\"T\n\x11ImportPatchHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpected_digest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"`\n\x12ImportPatchRequest\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.factpatch.v1.ImportPatchHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"!\n\x0fGetPatchRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\";\n\x12ListPatchesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"T\n\x13ListPatchesResponse\x12$\n\x07patches\x18\x01 \x03(\x0b\x32\x13.factpatch.v1.Patch\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x12\x44\x65letePatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"%\n\x13\x44\x65letePatchResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"%\n\x13GetPatchBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"B\n\x0ePatchBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t2\xa7\x04\n\x0cPatchService\x12H\n\x0b\x43reatePatch\x12 .factpatch.v1.CreatePatchRequest\x1a\x17.factpatch.v1.Operation\x12J\n\x0cGetOperation\x12!.factpatch.v1.GetOperationRequest\x1a\x17.factpatch.v1.Operation\x12\x46\n\x0bImportPatch\x12 .factpatch.v1.ImportPatchRequest\x1a\x13.factpatch.v1.Patch(\x01\x12>\n\x08GetPatch\x12\x1d.factpatch.v1.GetPatchRequest\x1a\x13.factpatch.v1.Patch\x12R\n\x0bListPatches\x12 .factpatch.v1.ListPatchesRequest\x1a!.factpatch.v1.ListPatchesResponse\x12R\n\x0b\x44\x65letePatch\x12 .factpatch.v1.DeletePatchRequest\x1a!.factpatch.v1.DeletePatchResponse\x12Q\n\x0cGetPatchBlob\x12!.factpatch.v1.GetPatchBlobRequest\x1a\x1c.factpatch.v1.PatchBlobChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x61\x63tpatch/v1/patch.proto\x12\x0c\x66\x61\x63tpatch.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x19\x66\x61\x63tpatch/v1/common.proto\"\\\n\x12\x43reatePatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04spec\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x14\n\x0chparams_json\x18\x04 \x01(\t\"#\n\x13GetOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x88\x02\n\tOperation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x10\n\x08progress\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12$\n\x05patch\x18\x06 \x01(\x0b\x32\x13.factpatch.v1.PatchH\x00\x12#\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12+\n\x07\x63reated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07updated\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06result\"g\n\x11ImportPatchHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpected_digest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"`\n\x12ImportPatchRequest\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.factpatch.v1.ImportPatchHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"!\n\x0fGetPatchRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\";\n\x12ListPatchesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"T\n\x13ListPatchesResponse\x12$\n\x07patches\x18\x01 \x03(\x0b\x32\x13.factpatch.v1.Patch\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x12\x44\x65letePatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"%\n\x13\x44\x65letePatchResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"%\n\x13GetPatchBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"B\n\x0ePatchBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t2\xa7\x04\n\x0cPatchService\x12H\n\x0b\x43reatePatch\x12 .factpatch.v1.CreatePatchRequest\x1a\x17.factpatch.v1.Operation\x12J\n\x0cGetOperation\x12!.factpatch.v1.GetOperationRequest\x1a\x17.factpatch.v1.Operation\x12\x46\n\x0bImportPatch\x12 .factpatch.v1.ImportPatchRequest\x1a\x13.factpatch.v1.Patch(\x01\x12>\n\x08GetPatch\x12\x1d.factpatch.v1.GetPatchRequest\x1a\x13.factpatch.v1.Patch\x12R\n\x0bListPatches\x12 .factpatch.v1.ListPatchesRequest\x1a!.factpatch.v1.ListPatchesResponse\x12R\n\x0b\x44\x65letePatch\x12 .factpatch.v1.DeletePatchRequest\x1a!.factpatch.v1.DeletePatchResponse\x12Q\n\x0cGetPatchBlob\x12!.factpatch.v1.GetPatchBlobRequest\x1a\x1c.factpatch.v1.PatchBlobChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,23 +41,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPERATION']._serialized_start=259
   _globals['_OPERATION']._serialized_end=523
   _globals['_IMPORTPATCHHEADER']._serialized_start=525
-  _globals['_IMPORTPATCHHEADER']._serialized_end=609
-  _globals['_IMPORTPATCHREQUEST']._serialized_start=611
-  _globals['_IMPORTPATCHREQUEST']._serialized_end=707
-  _globals['_GETPATCHREQUEST']._serialized_start=709
-  _globals['_GETPATCHREQUEST']._serialized_end=742
-  _globals['_LISTPATCHESREQUEST']._serialized_start=744
-  _globals['_LISTPATCHESREQUEST']._serialized_end=803
-  _globals['_LISTPATCHESRESPONSE']._serialized_start=805
-  _globals['_LISTPATCHESRESPONSE']._serialized_end=889
-  _globals['_DELETEPATCHREQUEST']._serialized_start=891
-  _globals['_DELETEPATCHREQUEST']._serialized_end=947
-  _globals['_DELETEPATCHRESPONSE']._serialized_start=949
-  _globals['_DELETEPATCHRESPONSE']._serialized_end=986
-  _globals['_GETPATCHBLOBREQUEST']._serialized_start=988
-  _globals['_GETPATCHBLOBREQUEST']._serialized_end=1025
-  _globals['_PATCHBLOBCHUNK']._serialized_start=1027
-  _globals['_PATCHBLOBCHUNK']._serialized_end=1093
-  _globals['_PATCHSERVICE']._serialized_start=1096
-  _globals['_PATCHSERVICE']._serialized_end=1647
+  _globals['_IMPORTPATCHHEADER']._serialized_end=628
+  _globals['_IMPORTPATCHREQUEST']._serialized_start=630
+  _globals['_IMPORTPATCHREQUEST']._serialized_end=726
+  _globals['_GETPATCHREQUEST']._serialized_start=728
+  _globals['_GETPATCHREQUEST']._serialized_end=761
+  _globals['_LISTPATCHESREQUEST']._serialized_start=763
+  _globals['_LISTPATCHESREQUEST']._serialized_end=822
+  _globals['_LISTPATCHESRESPONSE']._serialized_start=824
+  _globals['_LISTPATCHESRESPONSE']._serialized_end=908
+  _globals['_DELETEPATCHREQUEST']._serialized_start=910
+  _globals['_DELETEPATCHREQUEST']._serialized_end=966
+  _globals['_DELETEPATCHRESPONSE']._serialized_start=968
+  _globals['_DELETEPATCHRESPONSE']._serialized_end=1005
+  _globals['_GETPATCHBLOBREQUEST']._serialized_start=1007
+  _globals['_GETPATCHBLOBREQUEST']._serialized_end=1044
+  _globals['_PATCHBLOBCHUNK']._serialized_start=1046
+  _globals['_PATCHBLOBCHUNK']._serialized_end=1112
+  _globals['_PATCHSERVICE']._serialized_start=1115
+  _globals['_PATCHSERVICE']._serialized_end=1666
 # @@protoc_insertion_point(module_scope)

@@ -52,14 +52,16 @@ class Operation(_message.Message):
     def __init__(self, name: _Optional[str] = ..., done: _Optional[bool] = ..., stage: _Optional[str] = ..., progress: _Optional[float] = ..., message: _Optional[str] = ..., patch: _Optional[_Union[_common_pb2.Patch, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ImportPatchHeader(_message.Message):
-    __slots__ = ("request_id", "expected_digest", "size_bytes")
+    __slots__ = ("request_id", "expected_digest", "size_bytes", "signature")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     expected_digest: str
     size_bytes: int
-    def __init__(self, request_id: _Optional[str] = ..., expected_digest: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, request_id: _Optional[str] = ..., expected_digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ImportPatchRequest(_message.Message):
     __slots__ = ("header", "chunk")

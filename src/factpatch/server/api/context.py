@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from factpatch.core.signing import TrustedKeys
 from factpatch.server.api.idempotency import Idempotency
 from factpatch.server.control.basecheck import BaseChecker
 from factpatch.server.control.operations import EditorOperations
@@ -29,3 +30,6 @@ class ControlPlane:
     # ‖ΔW‖/‖W‖ cap checked at import against a local copy of the patch's base (None: shards alone check)
     max_weight_change: float | None = None
     shard_addresses: ShardAddressPolicy = field(default_factory=lambda: ShardAddressPolicy.from_entries([]))
+    # public keys whose patch signatures are accepted, and whether an unsigned patch is refused
+    trusted_keys: TrustedKeys = field(default_factory=lambda: TrustedKeys([]))
+    require_signatures: bool = False

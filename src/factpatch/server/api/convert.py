@@ -35,7 +35,8 @@ def patch(row: sqlite3.Row, deployed_on: list[str] = ()) -> common_pb2.Patch:
         base_fingerprint=row["base_fingerprint"] or "", method=str(m.get("method") or ""),
         layers=[int(x) for x in m.get("layers") or []], tensors=json.loads(row["tensors"]), edits=edits,
         parent=m.get("parent") or "", created=str(m.get("created") or ""), imported_at=ts(row["imported_at"]),
-        manifest_json=row["manifest"], deployed_on=list(deployed_on),
+        manifest_json=row["manifest"], deployed_on=list(deployed_on), signed_by=row["signed_by"] or "",
+        has_signature=bool(row["signature"]),
     )
 
 
@@ -50,7 +51,7 @@ HEALTH = {
 def shard(s: dbm.Shard) -> fleet_pb2.Shard:
     o = s.observed
     return fleet_pb2.Shard(
-        name=s.name, address=s.address, health=HEALTH.get(s.health, fleet_pb2.SHARD_HEALTH_UNSPECIFIED),
+        name=s.name, address=s.address, agent_address=s.agent_address, health=HEALTH.get(s.health, fleet_pb2.SHARD_HEALTH_UNSPECIFIED),
         model=str(o.get("model") or ""), base_fingerprint=str(o.get("base_fingerprint") or ""),
         active_version=str(o.get("active_version") or ""), desired_version=s.desired_version or "",
         last_seen=ts(s.last_seen), last_error_reason=s.last_error_reason, last_error=s.last_error,

@@ -28,12 +28,12 @@ class Client:
         return method(request, metadata=self.md, timeout=timeout)
 
     def push(self, data: bytes, expected: str | None = None, request_id: str | None = None, size: int | None = None,
-             chunk: int = 1 << 16):
-        """ImportPatch as a stream of chunks after a header that states digest and size."""
+             chunk: int = 1 << 16, signature: bytes | None = None):
+        """ImportPatch as a stream of chunks after a header that states digest, size and signature."""
         header = patch_pb2.ImportPatchHeader(
             request_id=request_id or new_request_id(),
             expected_digest="sha256:" + hashlib.sha256(data).hexdigest() if expected is None else expected,
-            size_bytes=len(data) if size is None else size,
+            size_bytes=len(data) if size is None else size, signature=signature or b"",
         )
 
         def parts():

@@ -94,18 +94,26 @@ def _patch_detail(p) -> None:
         c.print(f"  {e.subject} · {e.relation}: {e.target_old or '?'} → {e.target_new}  {e.provenance_json}")
     if p.deployed_on:
         c.print("deployed on " + ", ".join(p.deployed_on))
+    c.print(f"signed by key {p.signed_by}" if p.signed_by else
+            "signature stored, not verified here (no trusted key)" if p.has_signature else "unsigned")
 
 
 @patch_app.command("push")
-def patch_push(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
-    """Upload a .fpatch file (streamed, digest checked by the server); prints its digest.
+def patch_push(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, dir_okay=False),
+               signature: Path = typer.Option(None, "--signature", exists=True, dir_okay=False,
+                                              help="Detached signature to send with it; default FILE.sig when it exists.")) -> None:
+    """Upload a .fpatch file (streamed, digest checked by the server) and its signature; prints its digest.
 
     Example: factpatch ctl patch push refund-policy.fpatch
     """
+    from factpatch.core.signing import signature_path
+
     c: Ctx = ctx.obj
     data = file.read_bytes()
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    header = patch_pb2.ImportPatchHeader(request_id=c.rid(), expected_digest=digest, size_bytes=len(data))
+    sig = signature or (signature_path(file) if signature_path(file).is_file() else None)
+    header = patch_pb2.ImportPatchHeader(request_id=c.rid(), expected_digest=digest, size_bytes=len(data),
+                                         signature=sig.read_bytes() if sig else b"")
 
     def parts():
         yield patch_pb2.ImportPatchRequest(header=header)
@@ -392,9 +400,9 @@ HEALTH = {v: k.replace("SHARD_HEALTH_", "") for k, v in fleet_pb2.ShardHealth.it
 
 
 def _shard_table(shards) -> None:
-    t = Table("name", "address", "health", "active", "desired", "error")
+    t = Table("name", "address", "agent", "health", "active", "desired", "error")
     for s in shards:
-        t.add_row(s.name, s.address, HEALTH[s.health], s.active_version[:19] or "base", s.desired_version[:19] or "base",
+        t.add_row(s.name, s.address, s.agent_address, HEALTH[s.health], s.active_version[:19] or "base", s.desired_version[:19] or "base",
                   f"{s.last_error_reason} {s.last_error}".strip())
     Console().print(t)
 
@@ -411,13 +419,16 @@ def shards_list(ctx: typer.Context) -> None:
 
 
 @shards_app.command("add")
-def shards_add(ctx: typer.Context, name: str, address: str) -> None:
-    """Register a shard: its name and its agent's base URL (the address must be allowed).
+def shards_add(ctx: typer.Context, name: str, address: str,
+               agent_address: str = typer.Option("", "--agent-address",
+                                                 help="The shard agent's base URL (its own port); default ADDRESS's host, port + 1.")) -> None:
+    """Register a shard: its name and its OpenAI server's base URL (both addresses must be allowed).
 
-    Example: factpatch ctl shards add s2 http://10.0.0.12:8000
+    Example: factpatch ctl shards add s2 http://10.0.0.12:8000 --agent-address https://10.0.0.12:8001
     """
     c: Ctx = ctx.obj
-    c.out(c.call(c.fleet.RegisterShard, fleet_pb2.RegisterShardRequest(request_id=c.rid(), name=name, address=address)),
+    c.out(c.call(c.fleet.RegisterShard, fleet_pb2.RegisterShardRequest(request_id=c.rid(), name=name, address=address,
+                                                                       agent_address=agent_address)),
           lambda s: _shard_table([s]))
 
 

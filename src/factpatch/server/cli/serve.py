@@ -16,7 +16,8 @@ def serve(
     tokens_file: Path = typer.Option(..., "--tokens-file", exists=True, help="Client tokens: list of {principal, role, token|token_sha256}."),
     agent_token_file: Path = typer.Option(None, "--agent-token-file", exists=True,
                                           help="Shard agent token (else $FACTPATCH_AGENT_TOKEN)."),
-    shard: list[str] = typer.Option([], "--shard", help="NAME=URL of a shard to register at start (repeatable)."),
+    shard: list[str] = typer.Option([], "--shard", help="NAME=URL[,AGENT_URL] of a shard to register at start (repeatable): "
+                                    "its OpenAI server and its agent (default: URL's host, port + 1)."),
     agent_token_dir: Path = typer.Option(None, "--agent-token-dir", exists=True, file_okay=False,
                                          help="Per-shard agent tokens: the file named after a shard holds its token "
                                               "(else the fleet-wide one)."),
@@ -30,6 +31,16 @@ def serve(
     tls_cert: Path = typer.Option(None, "--tls-cert", exists=True),
     tls_key: Path = typer.Option(None, "--tls-key", exists=True),
     tls_client_ca: Path = typer.Option(None, "--tls-client-ca", exists=True, help="Require client certificates from this CA (mTLS)."),
+    agent_ca: Path = typer.Option(None, "--agent-ca", exists=True,
+                                  help="CA bundle the shard agents' HTTPS certificates chain to (agents at https:// URLs)."),
+    agent_client_cert: Path = typer.Option(None, "--agent-client-cert", exists=True,
+                                           help="Client certificate shown to agents that require one (mutual TLS)."),
+    agent_client_key: Path = typer.Option(None, "--agent-client-key", exists=True, help="Private key of --agent-client-cert."),
+    trusted_key: list[Path] = typer.Option([], "--trusted-key", exists=True,
+                                           help="Public key (PEM, or a folder of them) whose patch signatures are accepted "
+                                                "(repeatable); a signature by any other key is refused."),
+    require_signatures: bool = typer.Option(False, "--require-signatures",
+                                            help="Refuse unsigned patches at import (needs --trusted-key)."),
     reconcile_interval: float = typer.Option(1.0, help="Seconds between reconcile passes."),
     drain_timeout: float = typer.Option(None, "--drain-timeout", min=0.0, max=MAX_DRAIN_TIMEOUT_S,
                                         help="Seconds a weight change waits for running requests (at the gateway, then "
@@ -68,7 +79,7 @@ def serve(
     for s in shard:
         name, sep, url = s.partition("=")
         if not sep:
-            raise typer.BadParameter(f"--shard wants NAME=URL, got {s!r}")
+            raise typer.BadParameter(f"--shard wants NAME=URL[,AGENT_URL], got {s!r}")
         shards[name] = url
     if probes:  # refused before anything (state folder included) is created
         from factpatch.server.probes.config import load as load_probes
@@ -83,6 +94,8 @@ def serve(
             state_dir=state_dir, listen=listen, tokens_file=tokens_file, agent_token=agent_token,
             agent_token_file=agent_token_file, agent_token_dir=agent_token_dir,
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, base_dirs=list(base_dir),
+            agent_ca=agent_ca, agent_client_cert=agent_client_cert, agent_client_key=agent_client_key,
+            trusted_keys=list(trusted_key), require_signatures=require_signatures,
             editor_model=editor_model, reconcile_interval=reconcile_interval, drain_timeout_s=drain_timeout,
             max_patch_bytes=max_patch_mb << 20, max_weight_change=max_weight_change,
             shards=shards, allowed_shard_addresses=list(allow_shard_address), monitors_file=monitors, probes_file=probes,

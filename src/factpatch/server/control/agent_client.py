@@ -1,4 +1,4 @@
-"""Client for a shard's agent API (routes under /factpatch/v1/ on the shard's HTTP port).
+"""Client for a shard's agent API (routes under /factpatch/v1/ on the agent's own port, HTTP or HTTPS).
 
 The control plane pushes the patch bytes in the apply request (with their digest), so shards never
 need a route back to the control plane. The shard agent token is a secret of its own, distinct from
@@ -7,12 +7,16 @@ the tokens clients use against the control plane.
 
 from __future__ import annotations
 
+import base64
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import httpx
 
 from factpatch.core.reasons import PERMANENT
+from factpatch.core.signing import SIGNATURE_HEADER
 
 
 class AgentError(Exception):
@@ -61,9 +65,24 @@ class _Bearer(httpx.Auth):
         yield request
 
 
+def agent_tls_context(ca: str | Path | None, cert: str | Path | None = None,
+                      key: str | Path | None = None) -> ssl.SSLContext | None:
+    """How the control plane talks to agents that speak HTTPS: trust `ca` (else the system's roots) and,
+    for agents that ask for one (mutual TLS), show `cert`/`key`. None when nothing is given."""
+    if not (ca or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise ValueError("--agent-client-cert and --agent-client-key go together: give both or neither")
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
 class AgentClient:
     def __init__(self, address: str, token: str | Callable[[], str], *, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None):
+                 transport: httpx.BaseTransport | None = None, tls: ssl.SSLContext | None = None):
         self.address = address.rstrip("/")
         # An address no request can use (registered before it was checked, or given to `serve
         # --shard`) makes this shard unreachable; it must not fail the reconcile pass of every shard.
@@ -74,6 +93,7 @@ class AgentClient:
                 auth=_Bearer(token),
                 timeout=timeout,
                 transport=transport,
+                verify=tls if tls is not None else True,
             )
         except httpx.InvalidURL as e:
             self._http, self._unusable = None, str(e)
@@ -108,15 +128,14 @@ class AgentClient:
     def status(self, timeout: float | None = None) -> ShardStatus:
         return ShardStatus(self._call("GET", "/status", timeout))
 
-    def apply(self, data: bytes, digest: str, timeout: float | None = None, drain_timeout_s: float | None = None) -> ShardStatus:
+    def apply(self, data: bytes, digest: str, timeout: float | None = None, drain_timeout_s: float | None = None,
+              signature: bytes | None = None) -> ShardStatus:
         """`drain_timeout_s`: how long the shard lets running requests finish before it cuts them off and
-        changes the weights (None: the shard's own setting)."""
-        return ShardStatus(
-            self._call(
-                "POST", "/apply", timeout, content=data, params=_drain(drain_timeout_s),
-                headers={"Content-Type": "application/octet-stream", "X-Factpatch-Digest": digest},
-            )
-        )
+        changes the weights (None: the shard's own setting). `signature`: the patch's detached signature."""
+        headers = {"Content-Type": "application/octet-stream", "X-Factpatch-Digest": digest}
+        if signature:
+            headers[SIGNATURE_HEADER] = base64.b64encode(signature).decode()
+        return ShardStatus(self._call("POST", "/apply", timeout, content=data, params=_drain(drain_timeout_s), headers=headers))
 
     def revert(self, timeout: float | None = None, drain_timeout_s: float | None = None) -> ShardStatus:
         return ShardStatus(self._call("POST", "/revert", timeout, params=_drain(drain_timeout_s)))

@@ -12,6 +12,7 @@ API's mutation lock, never while a shard lock is held.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 import uuid
@@ -51,9 +52,10 @@ class Reconciler:
         self, db: Database, store: PatchStore, audit: AuditLog, agent_token: AgentToken,
         mutation_lock: threading.RLock,
         *, interval: float = 1.0, agent_timeout: float = 120.0, status_timeout: float = 5.0,
-        drain_timeout_s: float | None = None,
+        drain_timeout_s: float | None = None, agent_tls: ssl.SSLContext | None = None,
     ):
         self.db = db
+        self.agent_tls = agent_tls  # CA (and client certificate) for agents that speak HTTPS
         self.store = store
         self.audit = audit
         self.agent_token = agent_token
@@ -122,11 +124,17 @@ class Reconciler:
                 self._roll_back_for(refusal)
             self.advance_rollouts()
 
+    def _signature(self, digest: str) -> bytes | None:
+        """The patch's detached signature, sent with it so shards that require one can check it."""
+        row = self.db.patch(digest)
+        return bytes(row["signature"]) if row is not None and row["signature"] else None
+
     def client(self, name: str, address: str) -> AgentClient:
         with self._clients_lock:
             c = self._clients.get(name)
             if c is None or c.address != address.rstrip("/"):
-                c = self._clients[name] = AgentClient(address, self.agent_token.for_shard(name), timeout=self.agent_timeout)
+                c = self._clients[name] = AgentClient(address, self.agent_token.for_shard(name), timeout=self.agent_timeout,
+                                                     tls=self.agent_tls)
             return c
 
     def sync_shard(self, name: str) -> Refusal | None:
@@ -134,7 +142,7 @@ class Reconciler:
             shard = self.db.shard(name)
             if shard is None:
                 return None
-            agent = self.client(name, shard.address)
+            agent = self.client(name, shard.agent_address)
             try:
                 st = agent.status(timeout=self.status_timeout)
             except AgentError as e:
@@ -174,7 +182,8 @@ class Reconciler:
             if desired is None:
                 after = agent.revert(drain_timeout_s=self.drain_timeout_s)
             else:
-                after = agent.apply(self.store.get(desired), desired, drain_timeout_s=self.drain_timeout_s)
+                after = agent.apply(self.store.get(desired), desired, drain_timeout_s=self.drain_timeout_s,
+                                    signature=self._signature(desired))
         except (StoreCorrupt, FileNotFoundError) as e:
             self.db.observe(name, st.raw, "ERROR", "STORE_CORRUPT", str(e))
             self.audit.finish(record, "STORE_CORRUPT", f"{attempts} attempt(s); last: {e}")
@@ -371,11 +380,12 @@ class Reconciler:
                 self._swap_begin(name)
                 try:
                     drain = None if self.drain_timeout_s is None else min(self.drain_timeout_s, timeout)
-                    agent = self.client(name, shard.address)
+                    agent = self.client(name, shard.agent_address)
                     if version is None:
                         after = agent.revert(timeout=timeout, drain_timeout_s=drain)
                     else:
-                        after = agent.apply(self.store.get(version), version, timeout=timeout, drain_timeout_s=drain)
+                        after = agent.apply(self.store.get(version), version, timeout=timeout, drain_timeout_s=drain,
+                                            signature=self._signature(version))
                     if self.metrics is not None:
                         (self.metrics.revert_seconds if version is None else self.metrics.apply_seconds).labels(name).observe(
                             time.perf_counter() - t0)

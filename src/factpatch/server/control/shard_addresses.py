@@ -11,7 +11,9 @@ traffic) with a fake shard, or point the control plane at the cloud metadata ser
 
 With no entries the list is the loopback networks only (a single-machine setup works, nothing
 else is reachable until listed). Names are matched as written, before any DNS lookup; the
-addresses given with `serve --shard` are always allowed (they come from the same person).
+addresses given with `serve --shard` are always allowed (they come from the same person). Both of a
+shard's addresses are checked: the one model traffic goes to and the agent's (where the token goes).
+A shard's two addresses (OpenAI server and agent): core/shard_endpoints.py.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 class AddressNotAllowed(ValueError):
     pass
+
+
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,7 @@ class Prober:
         if self.swaps is not None and self.swaps.swapping(shard.name):
             return None, SKIPPED_SWAPPING
         try:
-            st = self.agent(shard.name, shard.address).status(timeout=5.0)
+            st = self.agent(shard.name, shard.agent_address).status(timeout=5.0)
         except AgentError as e:
             return None, SKIPPED_UNREACHABLE if e.reason == "UNREACHABLE" else FAILED
         if st.swapping or (st.active_version or None) != (shard.desired_version or None):

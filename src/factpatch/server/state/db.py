@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from factpatch.core.shard_endpoints import default_agent_address
 from factpatch.server.state.rollout_state import ACTIVE
 
 SCHEMA = """
@@ -68,7 +69,8 @@ CREATE TABLE IF NOT EXISTS audit_events (
 @dataclass
 class Shard:
     name: str
-    address: str
+    address: str  # the OpenAI server (model traffic)
+    agent_address: str  # the agent's own port (weight changes)
     desired_version: str | None
     observed: dict[str, Any]
     health: str
@@ -136,6 +138,13 @@ class Database:
         columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(audit)")}
         if "source" not in columns:  # a state directory from before the column
             self._conn.execute("ALTER TABLE audit ADD COLUMN source TEXT NOT NULL DEFAULT ''")
+        patch_columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(patches)")}
+        if "signature" not in patch_columns:  # from before signed patches
+            self._conn.execute("ALTER TABLE patches ADD COLUMN signature BLOB")
+            self._conn.execute("ALTER TABLE patches ADD COLUMN signed_by TEXT NOT NULL DEFAULT ''")
+        if "agent_address" not in {r["name"] for r in self._conn.execute("PRAGMA table_info(shards)")}:
+            # from before the agent had its own port: NULL reads as the default agent address
+            self._conn.execute("ALTER TABLE shards ADD COLUMN agent_address TEXT")
         self._changed = threading.Condition(self._lock)
         self._generation = 0
 
@@ -174,14 +183,19 @@ class Database:
 
     # patches
 
-    def add_patch(self, digest: str, size: int, manifest: dict, tensors: list[str], principal: str) -> None:
+    def add_patch(self, digest: str, size: int, manifest: dict, tensors: list[str], principal: str,
+                  signature: bytes | None = None, signed_by: str = "") -> None:
+        """A patch imported again keeps its first record; a signature it now brings is added to it."""
         base = manifest.get("base") or {}
         with self.tx() as c:
             c.execute(
-                "INSERT OR IGNORE INTO patches VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT OR IGNORE INTO patches (digest, size, manifest, base_model, base_fingerprint, imported_at, "
+                "imported_by, tensors, signature, signed_by) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (digest, size, json.dumps(manifest), base.get("model"), base.get("fingerprint"), time.time(),
-                 principal, json.dumps(tensors)),
+                 principal, json.dumps(tensors), signature, signed_by),
             )
+            if signature:
+                c.execute("UPDATE patches SET signature=?, signed_by=? WHERE digest=?", (signature, signed_by, digest))
 
     def patch(self, digest: str) -> sqlite3.Row | None:
         rows = self.q("SELECT * FROM patches WHERE digest=?", (digest,))
@@ -214,6 +228,7 @@ class Database:
         return Shard(
             name=row["name"],
             address=row["address"],
+            agent_address=row["agent_address"] or default_agent_address(row["address"]),
             desired_version=row["desired_version"],
             observed=json.loads(row["observed"]) if row["observed"] else {},
             health=row["health"],
@@ -229,10 +244,12 @@ class Database:
     def shards(self) -> list[Shard]:
         return [self._shard(r) for r in self.q("SELECT * FROM shards ORDER BY name")]
 
-    def add_shard(self, name: str, address: str) -> None:
+    def add_shard(self, name: str, address: str, agent_address: str | None = None) -> None:
+        agent_address = agent_address or default_agent_address(address)
         with self.tx() as c:
             c.execute(
-                "INSERT INTO shards (name, address, registered_at) VALUES (?,?,?)", (name, address, time.time())
+                "INSERT INTO shards (name, address, agent_address, registered_at) VALUES (?,?,?,?)",
+                (name, address, agent_address, time.time()),
             )
 
     def remove_shard(self, name: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import httpx
 
+from factpatch.core.shard_endpoints import ShardEndpoints, default_agent_address
 from factpatch.server.api import convert
 from factpatch.server.api.context import ControlPlane
 from factpatch.server.api.errors import ApiError, invalid, not_found, precondition
@@ -17,7 +18,7 @@ def _check_name(name: str) -> None:
         raise invalid("BAD_SHARD_NAME", f"shard name must be 1-63 letters, digits, '-', '_' or '.', got {name!r}", field="name")
 
 
-def _check_address(address: str) -> None:
+def _check_address(address: str, field: str = "address") -> None:
     # Parsed as the agent client will parse it: an address it cannot use would fail every
     # reconcile pass, for every shard, and every RevertToBase.
     try:
@@ -28,7 +29,7 @@ def _check_address(address: str) -> None:
         usable = False
     usable = usable and len(address) <= 2048 and not any(c.isspace() for c in address)
     if not address.startswith(("http://", "https://")) or len(address) < 10 or not usable:
-        raise invalid("BAD_ADDRESS", f"address must be the shard's http(s) base URL, got {address!r}", field="address")
+        raise invalid("BAD_ADDRESS", f"{field} must be the shard's http(s) base URL, got {address!r}", field=field)
 
 
 class FleetService(fleet_pb2_grpc.FleetServiceServicer):
@@ -44,19 +45,25 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
     def RegisterShard(self, request, context):
         _check_name(request.name)
         _check_address(request.address)
-        try:
-            self.cp.shard_addresses.check(request.address)
-        except AddressNotAllowed as e:
-            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, "SHARD_ADDRESS_NOT_ALLOWED", str(e),
-                           address=request.address[:200]) from None
-        address = request.address.rstrip("/")
+        if request.agent_address:
+            _check_address(request.agent_address, "agent_address")
+        endpoints = ShardEndpoints(request.address.rstrip("/"),
+                                   request.agent_address.rstrip("/") or default_agent_address(request.address))
+        for given in (endpoints.address, endpoints.agent_address):  # the agent address is where the token goes
+            try:
+                self.cp.shard_addresses.check(given)
+            except AddressNotAllowed as e:
+                raise ApiError(grpc.StatusCode.PERMISSION_DENIED, "SHARD_ADDRESS_NOT_ALLOWED", str(e),
+                               address=given[:200]) from None
+        address = endpoints.address
         existing = self.cp.db.shard(request.name)
         if existing is not None:
-            if existing.address != address:
+            if (existing.address, existing.agent_address) != (endpoints.address, endpoints.agent_address):
                 raise ApiError(grpc.StatusCode.ALREADY_EXISTS, "SHARD_EXISTS",
-                               f"shard {request.name!r} is registered at {existing.address}", shard=request.name)
+                               f"shard {request.name!r} is registered at {existing.address} "
+                               f"(agent {existing.agent_address})", shard=request.name)
             return convert.shard(existing)
-        self.cp.db.add_shard(request.name, address)
+        self.cp.db.add_shard(request.name, address, endpoints.agent_address)
         self.cp.reconciler.kick()
         return convert.shard(self.cp.db.shard(request.name))
 

@@ -10,6 +10,7 @@ from google.rpc import code_pb2, status_pb2
 
 from factpatch.core import failpoints, patchfile
 from factpatch.core.reasons import Refusal
+from factpatch.core.signing import SignatureError, check_policy
 from factpatch.server.api import convert
 from factpatch.server.api.context import ControlPlane
 from factpatch.server.api.errors import ApiError, invalid, not_found, precondition
@@ -53,13 +54,22 @@ class PatchService(patch_pb2_grpc.PatchServiceServicer):
                 raise invalid(Refusal.WEIGHT_CHANGE_TOO_LARGE, f"{name}: ‖ΔW‖/‖W‖ = {ratio:.3g}, over the cap of {cap:g} "
                               "(--max-weight-change)", field="chunk")
 
-    def store_patch(self, data: bytes, principal: str) -> str:
+    def _check_signature(self, data: bytes, signature: bytes | None) -> str:
+        """The verified signer's key id ("" for none); refuses what the deployment's policy refuses."""
+        try:
+            return check_policy(self.cp.trusted_keys, self.cp.require_signatures, data, signature) or ""
+        except SignatureError as e:
+            code = grpc.StatusCode.FAILED_PRECONDITION if e.reason == Refusal.SIGNATURE_REQUIRED else grpc.StatusCode.PERMISSION_DENIED
+            raise ApiError(code, e.reason, str(e), field="header.signature") from None
+
+    def store_patch(self, data: bytes, principal: str, signature: bytes | None = None) -> str:
         """Validates and stores patch bytes; returns the digest (idempotent by content)."""
         try:
             patch = patchfile.from_bytes(data)
         except patchfile.PatchError as e:
             raise invalid("MALFORMED_PATCH", str(e), field="chunk") from None
         self._check_weight_change(patch)
+        signed_by = self._check_signature(data, signature)
         with self.cp.mutation_lock:
             try:
                 digest = self.cp.store.put(data)
@@ -69,7 +79,8 @@ class PatchService(patch_pb2_grpc.PatchServiceServicer):
                     raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "STORE_FULL",
                                    f"the patch store has no room for {len(data)} bytes ({e.strerror})") from None
                 raise
-            self.cp.db.add_patch(digest, len(data), patch.manifest, patch.names, principal)
+            self.cp.db.add_patch(digest, len(data), patch.manifest, patch.names, principal,
+                                 signature=signature or None, signed_by=signed_by)
             failpoints.hit("import.after_record")
         return digest
 
@@ -145,7 +156,7 @@ class PatchService(patch_pb2_grpc.PatchServiceServicer):
             if replay is not None:
                 return replay
         try:
-            stored = self.store_patch(bytes(buf), call.principal.name)
+            stored = self.store_patch(bytes(buf), call.principal.name, header.signature or None)
             resp = self._patch(stored)
         except ApiError as e:
             if header.request_id:
