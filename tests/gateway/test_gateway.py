@@ -75,7 +75,7 @@ def test_split_sticky_keys_and_override(stack, fix_patch, fact):
 
 def test_streamed_stale_value_counted_once_and_chat(stack, fix_patch, fact):
     stack.cl.push(fix_patch)  # its edit gives the stale-value monitor
-    name = monitor_name(fact.subject, fact.relation, fact.old)
+    name = monitor_name(fact.subject, fact.relation, fact.old, "TEST-GW")
     stack.srv.monitors.refresh_patches()
     assert name in {m.name for m in stack.srv.monitors.list()}
 

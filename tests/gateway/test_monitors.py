@@ -12,7 +12,7 @@ from factpatch.server.api.errors import reason_of
 from factpatch.server.monitors import config as mconfig
 from factpatch.server.monitors.config import LITERAL, REGEX, STALE, Monitor, MonitorError
 from factpatch.server.monitors.engine import CompiledMonitors
-from factpatch.server.monitors.stale import from_manifests
+from factpatch.server.monitors.stale import edit_id, from_manifests
 from factpatch.v1 import monitor_pb2, monitor_pb2_grpc
 from tests.server.helpers import OPERATOR_TOKEN, VIEWER_TOKEN, rid
 
@@ -65,11 +65,16 @@ def test_thousand_monitors_load_and_match_like_python_re():
 
 def test_scope_to_prompts_that_mention_the_subject():
     mons = from_manifests([("sha256:a", {"edits": [
-        {"subject": "Harbor Support", "relation": "refund period", "target_old": "14 days", "target_new": "30 days"},
+        {"subject": "Harbor Support", "relation": "refund period", "target_old": "14 days", "target_new": "30 days",
+         "provenance": {"ticket": "POL-1182"}},
         {"subject": "Harbor Support", "relation": "shipping cutoff", "target_old": None, "target_new": "6 pm"}]}),
         ("sha256:b", {"edits": [
-            {"subject": "Harbor Support", "relation": "refund period", "target_old": "14 days", "target_new": "45 days"}]})])
-    assert [m.name for m in mons] == ["stale:harbor-support:refund-period:14-days"]
+            {"subject": "harbor support ", "relation": "Refund period", "target_old": "14 Days", "target_new": "45 days",
+             "provenance": {"ticket": "POL-1190"}}]})])
+    # one monitor for the one edit, named by ticket and edit id: no fact text in a label value
+    assert [m.name for m in mons] == [f"stale:pol-1182:{edit_id('Harbor Support', 'refund period', '14 days')}"]
+    assert not any(word in mons[0].name for word in ("harbor", "refund", "14"))
+    assert mons[0].pattern == "14 days"  # the old value stays in the pattern, for the API
     assert mons[0].patches == ("sha256:a", "sha256:b") and mons[0].scope_subject == "Harbor Support"
     c = CompiledMonitors([*mons, Monitor("any", LITERAL, "days")])
     assert c.mentioned("what is harbor SUPPORT's refund period?") == {"harbor support"}

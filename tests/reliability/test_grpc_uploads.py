@@ -16,6 +16,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from factpatch.core import patchfile
+from factpatch.server.monitors.stale import monitor_name
 from factpatch.v1 import monitor_pb2, patch_pb2
 from tests.server.helpers import OPERATOR_TOKEN, random_patch, rid
 
@@ -204,7 +205,7 @@ def test_a_stored_patch_cannot_break_the_monitors(tmp_path, tally):
     s = sv.start(tmp_path)  # the stored patches are read again at start
     try:
         listed = {x.name for x in s.op(s.monitors.ListMonitors, monitor_pb2.ListMonitorsRequest()).monitors}
-        assert "competitor" in listed and "stale:harbor-support:refund-period:14-days" in listed, listed
+        assert "competitor" in listed and monitor_name("Harbor Support", "refund period", "14 days") in listed, listed
         assert "monitors left out" in s.log
         sv.assert_healthy(s)
         tally.record(TARGET, "stored, its stale monitor left out")
