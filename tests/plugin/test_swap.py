@@ -183,6 +183,16 @@ def test_a_budget_that_runs_out_with_nothing_running_is_not_a_timeout():
     assert st.last_swap["drain_timed_out"] is False and st.last_swap["aborted_requests"] == 0
 
 
+def test_a_zero_budget_cuts_off_what_was_running_instead_of_draining_it():
+    # the wait for the drain must not time out before the snapshot of what is running is taken, or a
+    # zero budget finds nothing to cut off and waits for everything
+    eng = SlowPauseEngine(["a", "b", "c"])
+    st = run(SwapCoordinator(eng, drain_timeout_s=30).swap(b"x", "sha256:a", drain_timeout_s=0.0))
+    assert sorted(eng.aborted) == ["a", "b", "c"] and st.active_version == "sha256:a"
+    assert st.last_swap["drain_timed_out"] is True and st.last_swap["aborted_requests"] == 3
+    assert st.last_swap["running_at_pause"] == 3
+
+
 def test_an_engine_that_cannot_list_its_requests_gets_vllms_abort_pause():
     st = run(SwapCoordinator(FakeEngine(drain_s=None), drain_timeout_s=0.05).swap(b"x", "sha256:a"))
     assert st.last_swap["drain_timed_out"] is True and st.last_swap["aborted_requests"] is None

@@ -114,7 +114,7 @@ class SwapCoordinator:
             raise SwapError(r.get("reason", "STAGE_FAILED"), r.get("message", ""), http_status(r.get("reason")))
         t_staged = time.perf_counter()
 
-        timed_out, cut_off = await self._pause(drain_timeout_s)
+        timed_out, cut_off, running = await self._pause(drain_timeout_s)
         t_paused = time.perf_counter()
         try:
             results = await self._rpc("factpatch_commit", version)
@@ -144,17 +144,26 @@ class SwapCoordinator:
             "drain_timeout_s": drain_timeout_s,
             "drain_timed_out": timed_out,
             "aborted_requests": cut_off,
+            # requests the engine held when the change began: drained, or cut off (None: cannot say)
+            "running_at_pause": running,
         }
         return self.state
 
-    async def _pause(self, drain_timeout_s: float) -> tuple[bool, int | None]:
-        """Pause generation. (drain timed out, requests cut off — None where the engine cannot say)."""
+    async def _pause(self, drain_timeout_s: float) -> tuple[bool, int | None, int | None]:
+        """Pause generation. (drain timed out, requests cut off, requests running at the pause — the
+        last two None where the engine cannot say)."""
         in_flight: list[str] = []
+        known = self._unfinished() is not None
         waiting = asyncio.ensure_future(self._wait_for_drain(in_flight))
+        # Let the task take its snapshot and send the pause before the budget is counted: with a zero
+        # budget the wait below would otherwise time out before the snapshot, find nothing to cut off,
+        # and drain everything instead.
+        await asyncio.sleep(0)
+        running = len(in_flight) if known else None
         done, _ = await asyncio.wait({waiting}, timeout=drain_timeout_s)
         if done:
             waiting.result()
-            return False, 0
+            return False, 0, running
         if self.drain_policy == "fail":
             waiting.cancel()
             await self.engine.resume_generation()
@@ -174,14 +183,14 @@ class SwapCoordinator:
                 await asyncio.wait_for(waiting, timeout=ABORT_SETTLE_S)
                 # Timed out only if something was still running: with nothing sent before the pause left
                 # unfinished (a zero budget on an idle engine), the drain was complete, not cut short.
-                return bool(stragglers), len(stragglers)
+                return bool(stragglers), len(stragglers), running
             except asyncio.TimeoutError:
                 log.error("the engine did not go idle %.0f s after the abort; aborting everything", ABORT_SETTLE_S)
         else:
             log.warning("drain timed out after %.2f s; aborting every request", drain_timeout_s)
         waiting.cancel()
         await self.engine.pause_generation(mode="abort", clear_cache=False)
-        return True, None
+        return True, None, running
 
     async def _wait_for_drain(self, in_flight: list[str]) -> None:
         # The snapshot and the pause message are taken and sent in one step of the event loop (nothing
