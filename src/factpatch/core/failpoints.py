@@ -24,6 +24,8 @@ NAMES = (
     "import.after_record",  # record committed, the caller not yet answered
     # applying a decision on a shard
     "reconciler.after_agent_call",  # the shard switched, its audit row not yet finished
+    # the reconciler's rollout decisions (state and audit record commit in one transaction)
+    "rollout.after_transition",  # a transition committed, nothing acted on it yet
 )
 
 

@@ -260,11 +260,12 @@ class Reconciler:
                 self.db.upsert_rollout_shard(c, r.id, rs)
                 self.db.set_desired(c, rs.shard, rs.previous_version)
             self._transition(c, r, state, reason, message)
-        self.audit.record(SYSTEM, "rollout/" + state.lower(), f"rollout={r.id}", reason, message)
+        failpoints.hit("rollout.after_transition")
         self.kick()
         return r
 
     def _transition(self, c, r: Rollout, state: str, reason: str | None = None, message: str | None = None) -> None:
+        """The rollout's new state and its audit record, in the caller's transaction."""
         log.info("rollout %s: %s -> %s%s", r.id, r.state, state, f" ({reason})" if reason else "",
                  extra={"rollout": r.id, "patch": r.patch, "from_state": str(r.state), "state": str(state),
                         "reason": reason or "", "step": r.current_step, "detail": message or ""})
@@ -276,6 +277,7 @@ class Reconciler:
         r.etag = new_etag()
         r.updated = time.time()
         self.db.update_rollout(c, r)
+        self.audit.record_in(c, SYSTEM, "rollout/" + str(state).lower(), f"rollout={r.id}", r.reason or "OK", r.message)
 
     def advance_rollouts(self) -> None:
         shards = {s.name: s for s in self.db.shards()}
@@ -302,6 +304,7 @@ class Reconciler:
                             self.succeed(c, r)
                         else:
                             self._transition(c, r, RolloutState.PAUSED, "", "")
+                    failpoints.hit("rollout.after_transition")
                 elif time.time() - r.step_started > r.progress_deadline_s:
                     self.start_rollback(r, RolloutState.ROLLING_BACK, RolloutReason.PROGRESS_DEADLINE,
                                         f"step {r.current_step} did not converge within {r.progress_deadline_s}s")
@@ -311,6 +314,7 @@ class Reconciler:
                 if all(at(rs.shard, shards[rs.shard].desired_version) for rs in r.shards if rs.shard in shards):
                     with self.db.tx() as c:
                         self._transition(c, r, RolloutState.FAILED if r.state == RolloutState.ROLLING_BACK else RolloutState.ABORTED)
+                    failpoints.hit("rollout.after_transition")
 
     def _probes_object(self, r: Rollout) -> bool:
         """A live probe found the rollout's patch breaking on one of its shards (an edit not holding,
@@ -344,8 +348,8 @@ class Reconciler:
             self.start_rollback(r, RolloutState.ROLLING_BACK, RolloutReason.ANALYSIS_FAILED, what + run["message"])
         elif decision == "PASS" and watch:
             with self.db.tx() as c:
-                self.succeed(c, r, "the watch after promotion passed")
-            self.audit.record(SYSTEM, "rollout/succeed", f"rollout={r.id}", "ANALYSIS_PASSED", run["message"])
+                self.succeed(c, r, "the watch after promotion passed: " + run["message"])
+            failpoints.hit("rollout.after_transition")
         elif decision == "PASS":
             r.current_step += 1
             step = set(r.steps[r.current_step]["shards"])
@@ -356,13 +360,14 @@ class Reconciler:
                         self.db.upsert_rollout_shard(c, r.id, rs)
                         self.db.set_desired(c, rs.shard, r.patch)
                 r.step_started = time.time()
-                self._transition(c, r, RolloutState.PROGRESSING, "", f"canary analysis passed; promoted to step {r.current_step}")
-            self.audit.record(SYSTEM, "rollout/promote", f"rollout={r.id}", "ANALYSIS_PASSED", run["message"])
+                self._transition(c, r, RolloutState.PROGRESSING, "",
+                                 f"canary analysis passed, promoted to step {r.current_step}: {run['message']}")
+            failpoints.hit("rollout.after_transition")
             self.kick()
         elif decision == "INCONCLUSIVE":
             with self.db.tx() as c:
                 self._transition(c, r, RolloutState.PAUSED, RolloutReason.ANALYSIS_INCONCLUSIVE, run["message"])
-            self.audit.record(SYSTEM, "rollout/pause", f"rollout={r.id}", RolloutReason.ANALYSIS_INCONCLUSIVE, run["message"])
+            failpoints.hit("rollout.after_transition")
 
     # the fast path back: to base (RevertToBase) or to an earlier version (Rollback)
 

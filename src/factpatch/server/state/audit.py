@@ -113,6 +113,20 @@ class AuditLog:
         """One-shot entry, for an outcome known at once (a refusal)."""
         self.finish(self.begin(principal, method, "", target, source), result, detail)
 
+    def record_in(self, c, principal: str, method: str, target: str, result: str, detail: str = "") -> None:
+        """A one-shot entry written in the caller's transaction: it commits with the change it records,
+        or not at all (a rollout transition and its record can never be found one without the other)."""
+        values = {"time": time.time(), "principal": principal, "source": "", "method": method,
+                  "request_id": "", "target": target, "result": PENDING, "detail": ""}
+        cur = c.execute(
+            "INSERT INTO audit (time, principal, source, method, request_id, target, result, detail) "
+            "VALUES (:time,:principal,:source,:method,:request_id,:target,:result,:detail)", values)
+        record = int(cur.lastrowid)
+        self._append(c, record, "begin", values)
+        done = {"result": result, "detail": detail}
+        c.execute("UPDATE audit SET result=:result, detail=:detail WHERE id=:id", {**done, "id": record})
+        self._append(c, record, "finish", done)
+
     def refused(self, principal: str, source: str, method: str, result: str) -> None:
         """A call refused before it ran. Known principals get a record each; calls without a valid
         token are counted in one record per source, method, reason and window, and the count is
