@@ -39,15 +39,18 @@ test-quick: install tools fixture
 bench: install
 	$(BIN)/python -m bench.run_all
 
-# Long reliability runs (load during change); figures in bench/results/soak.json
-soak: install
-	$(BIN)/python -m bench.soak --minutes 10
+# Long reliability run (load during change): at least 100 swaps and 10,000 requests; figures in
+# bench/results/soak.json
+soak: install fixture
+	$(BIN)/python -m bench.soak --min-swaps 100 --min-requests 10000 --minutes 40
 
 # The reliability tests, recording their figures in bench/results/reliability.json (a plain test run
 # writes them to build/reliability.json instead).
 reliability: install tools fixture
 	FACTPATCH_RELIABILITY_RESULTS=bench/results/reliability.json $(BIN)/python -m pytest tests/reliability \
-		tests/server/test_faults.py tests/server/test_crash_points.py tests/gateway/test_swap_load.py
+		tests/server/test_faults.py tests/server/test_crash_points.py tests/server/test_crash_transitions.py \
+		tests/gateway/test_swap_load.py tests/gateway/test_shard_outage.py \
+		tests/plugin/test_agent_port.py "tests/plugin/test_shard_engine.py::test_swaps_that_hit_running_streams_never_mix_versions"
 
 # After changing proto/: regenerate the committed gRPC code and the API reference.
 proto: install

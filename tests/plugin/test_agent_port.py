@@ -19,6 +19,7 @@ from factpatch.server.app import ControlPlaneServer, ServeConfig
 from factpatch.server.control.agent_client import AgentClient, AgentError, agent_tls_context
 from factpatch.v1 import fleet_pb2, rollout_pb2
 from tests.factories import random_patch_on
+from tests.reliability.results import merge_section
 from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, rid, write_tokens
 from tests.tls_certs import TestCA
 
@@ -101,6 +102,7 @@ def test_mutual_tls_agent_takes_only_callers_with_a_certificate_from_its_ca(hard
     # the control plane's own client, as `serve --agent-ca --agent-client-cert --agent-client-key` builds it
     good = AgentClient(shard.agent_url, shard.token, tls=agent_tls_context(pki["agents_ca"], *pki["client"]))
     assert good.status().model
+    cells = {"control plane's client certificate and token": "200"}
     for name, tls in (
         ("no client certificate", agent_tls_context(pki["agents_ca"])),
         ("a certificate from another CA", agent_tls_context(pki["agents_ca"], *pki["stranger_client"])),
@@ -108,6 +110,7 @@ def test_mutual_tls_agent_takes_only_callers_with_a_certificate_from_its_ca(hard
         with pytest.raises(AgentError) as e:
             AgentClient(shard.agent_url, shard.token, tls=tls).status()
         assert e.value.reason == "UNREACHABLE", name
+        cells[name + ", right token"] = "refused at the TLS handshake"
     # a caller that does not trust the agents' CA refuses the shard's certificate itself
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"{shard.agent_url}{PREFIX}/status", timeout=30)
@@ -116,6 +119,8 @@ def test_mutual_tls_agent_takes_only_callers_with_a_certificate_from_its_ca(hard
         httpx.get(f"http://127.0.0.1:{shard.agent_port}{PREFIX}/status", headers=shard.headers(), timeout=30).raise_for_status()
     # the certificate is not the credential alone: a wrong token is still 401
     assert shard.status(token="W" * 40).status_code == 401
+    cells["control plane's client certificate, wrong token"] = "401"
+    merge_section("access_matrix", {"agent_mutual_tls": {"cells": cells, "calls": len(cells)}})
     # and the model's own port still serves plain HTTP to everyone
     assert shard.complete("The refund period of", max_tokens=1)["choices"]
 
@@ -130,6 +135,7 @@ def test_a_shard_requiring_signatures_applies_only_signed_bytes(hardened, pki, f
     shard = hardened
     data, _ = random_patch_on(fixture_dir, {1: 0.01}, seed=11)
     signature = _sign(pki, data)
+    cells = {}
     flipped = bytearray(data)
     flipped[-3] ^= 0x01
     for name, body, sig, reason in (
@@ -141,6 +147,7 @@ def test_a_shard_requiring_signatures_applies_only_signed_bytes(hardened, pki, f
         r = shard.apply(body, headers=headers)
         assert r.status_code == 403 and r.json()["error"]["reason"] == reason, (name, r.text)
         assert shard.status().json()["active_version"] is None, f"{name}: the shard changed"
+        cells[name] = f"403 {reason}, engine unchanged"
     r = shard.apply(data, headers={SIGNATURE_HEADER: "not base64!"})
     assert r.status_code == 400 and r.json()["error"]["reason"] == "MALFORMED"
 
@@ -163,6 +170,8 @@ def test_a_shard_requiring_signatures_applies_only_signed_bytes(hardened, pki, f
         while shard.status().json()["active_version"] != digest and time.monotonic() < deadline:
             time.sleep(0.5)
         assert shard.status().json()["active_version"] == digest
+        cells["signed by the release key, through the control plane"] = "applied"
+        merge_section("access_matrix", {"agent_signed_patches": {"cells": cells, "calls": len(cells)}})
         shards = c(c.fleet.ListShards, fleet_pb2.ListShardsRequest()).shards
         assert [(s.address, s.agent_address) for s in shards] == [(shard.url, shard.agent_url)]
         c(c.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(request_id=rid()))
