@@ -1,7 +1,11 @@
 """Soak: streaming clients through the gateway while a patch goes canary → promote → revert, again
 and again, on two real vLLM shards of the fixture model.
 
-    python -m bench.soak [--clients 8] [--minutes 10] [--out bench/results/soak.json]
+    python -m bench.soak [--clients 8] [--min-swaps 100] [--min-requests 10000] [--minutes 30] [--out …]
+
+It runs until both the swaps and the requests reach their floors (`--minutes` caps it; a run that
+stops at the cap says so in `reached_floors`). It also stops when a shard's engine stalls: requests
+running and no token generated for `--stall-seconds` (read from vLLM's own /metrics), and records it.
 
 Every response is checked against the exact answer of the version its header names (see
 src/factpatch/harness/load_during_change.py): the figures are requests sent, failed, mismatched (mixed or mis-tagged), and
@@ -15,9 +19,11 @@ import json
 import platform
 import secrets
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import torch
 
 from factpatch.core import patchfile
@@ -34,10 +40,55 @@ AGENT = secrets.token_urlsafe(24)  # fresh strong tokens per run
 OPERATOR = secrets.token_urlsafe(24)
 
 
+def _engine_counters(url: str) -> tuple[float, float]:
+    """(requests running, tokens generated so far) from a shard's vLLM /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    running = tokens = 0.0
+    for fam in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for s in fam.samples:
+            if s.name == "vllm:num_requests_running":
+                running += s.value
+            elif s.name == "vllm:generation_tokens_total":
+                tokens += s.value
+    return running, tokens
+
+
+class StallWatch:
+    """Polls every shard's engine: requests running and its token count unchanged for `seconds` is a
+    stall (the engine stopped stepping), recorded once with when and where."""
+
+    def __init__(self, urls: dict[str, str], seconds: float):
+        self.urls, self.seconds, self.t0 = urls, seconds, time.time()
+        self.stalled: dict | None = None
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        last: dict[str, tuple[float, float]] = {}  # shard -> (tokens, since)
+        while not self._stop.wait(5) and self.stalled is None:
+            for name, url in self.urls.items():
+                try:
+                    running, tokens = _engine_counters(url)
+                except httpx.HTTPError:
+                    continue
+                seen, since = last.get(name, (-1.0, time.time()))
+                if tokens != seen or running == 0:
+                    last[name] = (tokens, time.time())
+                elif time.time() - since >= self.seconds:
+                    self.stalled = {"shard": name, "after_s": round(since - self.t0, 1), "requests_running": running,
+                                    "no_token_for_s": round(time.time() - since, 1)}
+                    print(f"stall: {self.stalled}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--min-swaps", type=int, default=100)
+    ap.add_argument("--min-requests", type=int, default=10_000)
+    ap.add_argument("--minutes", type=float, default=30.0, help="the longest it runs, floors reached or not")
+    ap.add_argument("--stall-seconds", type=float, default=90.0,
+                    help="a shard with requests running and no new token this long counts as stalled")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -46,7 +97,7 @@ def main() -> None:
     world = load_world(fixture)
     from factpatch.editor.pipeline import EditOptions, load, run_edit
 
-    patch = patchfile.to_bytes(run_edit(load(fixture), edit_spec(world).edits, EditOptions(method="memit", layers=[0, 1])).patch)
+    patch = patchfile.to_bytes(run_edit(load(fixture), edit_spec(world).edits, EditOptions(method="memit", layers="default", progress=False)).patch)
     prompts = [q.prompt for q in questions(world)]
     args_vllm = ["--max-model-len", "128", "--dtype", "float32", "--seed", "0"]
     s0, s1 = ShardServer(fixture, vllm_args=args_vllm), ShardServer(fixture, vllm_args=args_vllm)
@@ -70,9 +121,15 @@ def main() -> None:
             t0 = time.time()
             with Clients(url, str(fixture), prompts, n=args.clients) as clients:
                 time.sleep(5)
-                while time.time() - t0 < args.minutes * 60:
+                watch = StallWatch({"s0": s0.url, "s1": s1.url}, args.stall_seconds)
+                while time.time() - t0 < args.minutes * 60 and not watch.stalled:
                     churn.cycle(["s0", "s1"])
                     time.sleep(2)  # some steady state between cycles
+                    sent = len(clients.outcomes)
+                    print(f"{time.time() - t0:6.0f} s  swaps {len(churn.windows):4d}/{args.min_swaps}  "
+                          f"requests {sent:6d}/{args.min_requests}", flush=True)
+                    if len(churn.windows) >= args.min_swaps and sent >= args.min_requests:
+                        break
             verdict = judge(clients.outcomes, refs, churn.windows)
         finally:
             cl.close()
@@ -84,6 +141,8 @@ def main() -> None:
         "seconds": round(time.time() - t0, 1),
         "cycles": churn.cycles,
         "swaps": len(churn.windows),
+        "stalled": watch.stalled,
+        "reached_floors": len(churn.windows) >= args.min_swaps and verdict.sent >= args.min_requests,
         **verdict.to_json(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
