@@ -49,18 +49,20 @@ def test_without_a_world_the_keep_prompts_are_the_neighbours(loaded, world):
 
 def test_with_a_world_the_neighbours_are_unseen_facts_not_the_keep_prompts(loaded, world):
     adapter, tok = loaded.adapter, loaded.tok
-    edits = [e for e in fixture_edits(world, 10, seed=31, keep=True) if e.keep][:3]
+    # one edit per subject of the world, each holding its subject's other facts: whatever the world's draw
+    edits = [e for e in fixture_edits(world, len(world.facts), seed=31, keep=True) if e.keep]
+    assert edits, "no subject of this world has a second fact to hold"
 
     probes = build_probes(adapter, tok, edits, world=world)
 
     assert probes.neighbour_source == "world"
     # What an edit holds is a (phrasing, subject) pair: the same phrasing asked of another subject is not held.
     kept = {(k, e.subject) for e in edits for k in e.keep}
-    own = [p for p in probes.of("neighbour") if p.subject == edits[p.edit].subject]
-    assert own and not any((p.template, p.subject) in kept for p in own)  # held prompts are not what is measured
+    neighbours = probes.of("neighbour")
+    assert not any((p.template, p.subject) in kept for p in neighbours)  # held prompts are not what is measured
     # ... and every fact held is still measured, in another of its phrasings
     relation_of = {t: r.name for r in world.relations.values() for t in r.templates}
-    measured = {(relation_of[p.template], p.subject) for p in own}
+    measured = {(relation_of[p.template], p.subject) for p in neighbours}
     assert {(relation_of[k], s) for k, s in kept} <= measured
 
 
