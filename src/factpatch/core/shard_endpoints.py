@@ -29,12 +29,16 @@ class ShardEndpoints:
     agent_address: str  # the agent: weight changes
 
     @classmethod
+    def of(cls, address: str, agent_address: str = "") -> "ShardEndpoints":
+        """Both addresses, trailing slashes dropped; no agent address: the default one."""
+        address, agent_address = address.strip().rstrip("/"), agent_address.strip().rstrip("/")
+        return cls(address, agent_address or default_agent_address(address))
+
+    @classmethod
     def parse(cls, text: str) -> "ShardEndpoints":
         """`URL` or `URL,AGENT_URL` (as given to `serve --shard NAME=...`)."""
         address, _, agent = text.partition(",")
-        address = address.strip().rstrip("/")
-        agent = agent.strip().rstrip("/")
-        return cls(address, agent or default_agent_address(address))
+        return cls.of(address, agent)
 
     def __str__(self) -> str:
         return f"{self.address},{self.agent_address}"

@@ -18,7 +18,9 @@ import time
 import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 from factpatch.core import failpoints
 from factpatch.core.reasons import Refusal as Reason
@@ -252,7 +254,7 @@ class Reconciler:
 
     def start_rollback(self, r: Rollout, state: str, reason: str, message: str, failed_shard=None) -> Rollout:
         """Every shard the rollout touched goes back to the version it had before (caller holds the mutation lock)."""
-        with self.db.tx() as c:
+        with self._transitions() as c:
             for rs in r.shards:
                 if failed_shard and rs.shard == failed_shard[0]:
                     rs.error_reason, rs.error = failed_shard[1].reason, failed_shard[1].message
@@ -260,9 +262,16 @@ class Reconciler:
                 self.db.upsert_rollout_shard(c, r.id, rs)
                 self.db.set_desired(c, rs.shard, rs.previous_version)
             self._transition(c, r, state, reason, message)
-        failpoints.hit("rollout.after_transition")
         self.kick()
         return r
+
+    @contextmanager
+    def _transitions(self) -> Iterator[Any]:
+        """The transaction a rollout decision commits in (states and their audit records together); the
+        `rollout.after_transition` failpoint fires once it has committed, before anything acts on it."""
+        with self.db.tx() as c:
+            yield c
+        failpoints.hit("rollout.after_transition")
 
     def _transition(self, c, r: Rollout, state: str, reason: str | None = None, message: str | None = None) -> None:
         """The rollout's new state and its audit record, in the caller's transaction."""
@@ -295,7 +304,7 @@ class Reconciler:
                     last = r.current_step == len(r.steps) - 1
                     analysed = r.gates and self.analyzer is not None
                     watch = analysed and last and self.analyzer.watches_after_promotion(r)
-                    with self.db.tx() as c:
+                    with self._transitions() as c:
                         if analysed and (not last or watch):
                             self.analyzer.begin(c, r, post_promotion=last)
                             self._transition(c, r, RolloutState.ANALYZING, "",
@@ -304,7 +313,6 @@ class Reconciler:
                             self.succeed(c, r)
                         else:
                             self._transition(c, r, RolloutState.PAUSED, "", "")
-                    failpoints.hit("rollout.after_transition")
                 elif time.time() - r.step_started > r.progress_deadline_s:
                     self.start_rollback(r, RolloutState.ROLLING_BACK, RolloutReason.PROGRESS_DEADLINE,
                                         f"step {r.current_step} did not converge within {r.progress_deadline_s}s")
@@ -312,9 +320,8 @@ class Reconciler:
                 self._analyse(r)
             elif r.state in (RolloutState.ROLLING_BACK, RolloutState.ABORTING):
                 if all(at(rs.shard, shards[rs.shard].desired_version) for rs in r.shards if rs.shard in shards):
-                    with self.db.tx() as c:
+                    with self._transitions() as c:
                         self._transition(c, r, RolloutState.FAILED if r.state == RolloutState.ROLLING_BACK else RolloutState.ABORTED)
-                    failpoints.hit("rollout.after_transition")
 
     def _probes_object(self, r: Rollout) -> bool:
         """A live probe found the rollout's patch breaking on one of its shards (an edit not holding,
@@ -347,13 +354,12 @@ class Reconciler:
             what = "analysis after promotion failed: " if watch else "canary analysis failed: "
             self.start_rollback(r, RolloutState.ROLLING_BACK, RolloutReason.ANALYSIS_FAILED, what + run["message"])
         elif decision == "PASS" and watch:
-            with self.db.tx() as c:
+            with self._transitions() as c:
                 self.succeed(c, r, "the watch after promotion passed: " + run["message"])
-            failpoints.hit("rollout.after_transition")
         elif decision == "PASS":
             r.current_step += 1
             step = set(r.steps[r.current_step]["shards"])
-            with self.db.tx() as c:
+            with self._transitions() as c:
                 for rs in r.shards:
                     if rs.shard in step:
                         rs.desired_version = r.patch
@@ -362,12 +368,10 @@ class Reconciler:
                 r.step_started = time.time()
                 self._transition(c, r, RolloutState.PROGRESSING, "",
                                  f"canary analysis passed, promoted to step {r.current_step}: {run['message']}")
-            failpoints.hit("rollout.after_transition")
             self.kick()
         elif decision == "INCONCLUSIVE":
-            with self.db.tx() as c:
+            with self._transitions() as c:
                 self._transition(c, r, RolloutState.PAUSED, RolloutReason.ANALYSIS_INCONCLUSIVE, run["message"])
-            failpoints.hit("rollout.after_transition")
 
     # the fast path back: to base (RevertToBase) or to an earlier version (Rollback)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import httpx
 
-from factpatch.core.shard_endpoints import ShardEndpoints, default_agent_address
+from factpatch.core.shard_endpoints import ShardEndpoints
 from factpatch.server.api import convert
 from factpatch.server.api.context import ControlPlane
 from factpatch.server.api.errors import ApiError, invalid, not_found, precondition
@@ -47,8 +47,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         _check_address(request.address)
         if request.agent_address:
             _check_address(request.agent_address, "agent_address")
-        endpoints = ShardEndpoints(request.address.rstrip("/"),
-                                   request.agent_address.rstrip("/") or default_agent_address(request.address))
+        endpoints = ShardEndpoints.of(request.address, request.agent_address)
         for given in (endpoints.address, endpoints.agent_address):  # the agent address is where the token goes
             try:
                 self.cp.shard_addresses.check(given)
