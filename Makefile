@@ -57,5 +57,21 @@ proto: install
 	$(BIN)/python scripts/gen_protos.py
 	$(BIN)/python scripts/gen_api_docs.py
 
+# At a release: the API's descriptor set as released (imports and source info, as `buf breaking` reads
+# it), proto/released/factpatch-v1-<version>.binpb, which tests/packaging/test_proto_compat.py checks
+# every later change against. A baseline already released is not overwritten unless FORCE=1.
+.PHONY: proto-baseline
+proto-baseline: install
+	@version=$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml); \
+	out=proto/released/factpatch-v1-$$version.binpb; mkdir -p proto/released; \
+	$(BIN)/python -c 'import sys; sys.path.insert(0, "scripts"); import gen_protos; \
+		gen_protos._protoc(["--descriptor_set_out=" + sys.argv[1], "--include_imports", "--include_source_info"])' \
+		$$out.new || exit 1; \
+	if [ ! -e $$out ] || cmp -s $$out.new $$out || [ "$(FORCE)" = 1 ]; then \
+		mv -f $$out.new $$out; echo "$$out"; \
+	else \
+		rm -f $$out.new; echo "$$out exists and differs from proto/ now: bump the version, or FORCE=1" >&2; exit 1; \
+	fi
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
