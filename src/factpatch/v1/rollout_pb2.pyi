@@ -53,16 +53,18 @@ class RolloutStep(_message.Message):
     def __init__(self, shards: _Optional[_Iterable[str]] = ..., traffic_percent: _Optional[int] = ...) -> None: ...
 
 class AnalysisGate(_message.Message):
-    __slots__ = ("metric", "max_ratio", "min_samples", "max_value")
+    __slots__ = ("metric", "max_ratio", "min_samples", "max_value", "query")
     METRIC_FIELD_NUMBER: _ClassVar[int]
     MAX_RATIO_FIELD_NUMBER: _ClassVar[int]
     MIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MAX_VALUE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
     metric: str
     max_ratio: float
     min_samples: int
     max_value: float
-    def __init__(self, metric: _Optional[str] = ..., max_ratio: _Optional[float] = ..., min_samples: _Optional[int] = ..., max_value: _Optional[float] = ...) -> None: ...
+    query: str
+    def __init__(self, metric: _Optional[str] = ..., max_ratio: _Optional[float] = ..., min_samples: _Optional[int] = ..., max_value: _Optional[float] = ..., query: _Optional[str] = ...) -> None: ...
 
 class GateResult(_message.Message):
     __slots__ = ("gate", "canary_value", "base_value", "canary_samples", "base_samples", "outcome", "detail")

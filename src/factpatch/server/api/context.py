@@ -9,6 +9,7 @@ from factpatch.core.signing import TrustedKeys
 from factpatch.server.api.idempotency import Idempotency
 from factpatch.server.control.basecheck import BaseChecker
 from factpatch.server.control.operations import EditorOperations
+from factpatch.server.control.prometheus_gate import PrometheusQueries
 from factpatch.server.control.reconciler import Reconciler
 from factpatch.server.control.shard_addresses import ShardAddressPolicy
 from factpatch.server.state.audit import AuditLog
@@ -33,3 +34,5 @@ class ControlPlane:
     # public keys whose patch signatures are accepted, and whether an unsigned patch is refused
     trusted_keys: TrustedKeys = field(default_factory=lambda: TrustedKeys([]))
     require_signatures: bool = False
+    # answers analysis gates of metric "prometheus" (serve --prometheus-url); None: such gates are refused
+    prometheus: PrometheusQueries | None = None

@@ -22,9 +22,10 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 
+from factpatch.server.control.prometheus_gate import PROMETHEUS, PrometheusQueries, fill
 from factpatch.server.state.db import Database, Rollout
 
-METRICS = ("stale_value_rate", "error_rate", "latency_p50", "latency_p99", "ttft_p50", "ttft_p99")
+METRICS = ("stale_value_rate", "error_rate", "latency_p50", "latency_p99", "ttft_p50", "ttft_p99", PROMETHEUS)
 DEFAULT_WINDOW_S = 60
 RUNNING, PASS, FAIL, INCONCLUSIVE = "RUNNING", "PASS", "FAIL", "INCONCLUSIVE"
 
@@ -162,8 +163,10 @@ def judge(gate: dict, canary: tuple[float, int], base: tuple[float, int] | None)
 class Analyzer:
     """Runs and records canary analysis; the reconciler owns the state transitions."""
 
-    def __init__(self, db: Database, observations: Observations | None, stale_scopes=None, metrics=None):
+    def __init__(self, db: Database, observations: Observations | None, stale_scopes=None, metrics=None,
+                 prometheus: PrometheusQueries | None = None):
         self.db = db
+        self.prometheus = prometheus  # answers the gates of metric "prometheus"
         self.observations = observations
         # patch digest -> {monitor name: scope key ("" = every prompt)}
         self.stale_scopes = stale_scopes or (lambda digest: {})
@@ -205,7 +208,7 @@ class Analyzer:
         return None
 
     def _measure(self, r: Rollout, run: dict, earlier: list[dict], t0: float, t1: float, canary_shards, base_shards,
-                 base_versions):
+                 base_versions, final: bool = False):
         # (t0, t1]: a measurement that follows a failure starts at that failure's time, whose requests
         # were counted already
         obs = [o for o in self.observations.since(t0) if t0 < o.t <= t1] if self.observations else []
@@ -214,9 +217,36 @@ class Analyzer:
         scopes = self.stale_scopes(r.patch)
         results = []
         for i, g in enumerate(r.gates):
+            if g["metric"] == PROMETHEUS:
+                results.append(self._ask_prometheus(g, i, r, run, earlier, t0, t1, final, canary_shards, base_shards,
+                                                    base_versions))
+                continue
             theirs = self.recorded_base(earlier, i) if run.get("post_promotion") else measure(g["metric"], base, scopes)
             results.append(judge(g, measure(g["metric"], canary, scopes), theirs))
         return results, len(canary), len(base)
+
+    def _ask_prometheus(self, g: dict, i: int, r: Rollout, run: dict, earlier: list[dict], t0: float, t1: float,
+                        final: bool, canary_shards, base_shards, base_versions) -> dict:
+        """A Prometheus gate is asked once, when its measurement ends: over a shorter window the rate
+        of a few seconds' scrapes would decide."""
+        blank = {"gate": g, "canary_value": 0.0, "base_value": 0.0, "canary_samples": 0, "base_samples": 0}
+        if not final:
+            return {**blank, "outcome": INCONCLUSIVE, "detail": "asked when the measurement ends"}
+        if self.prometheus is None:
+            return {**blank, "outcome": INCONCLUSIVE, "detail": "no Prometheus configured (serve --prometheus-url)"}
+        window = t1 - t0
+        cv, canary_why = self.prometheus.value(fill(g["query"], [r.patch], canary_shards, window), t1)
+        if cv is None:
+            return {**blank, "outcome": INCONCLUSIVE, "detail": f"canary: {canary_why}"}
+        if run.get("post_promotion"):
+            theirs = self.recorded_base(earlier, i)
+        else:
+            bv, base_why = self.prometheus.value(fill(g["query"], base_versions, base_shards, window), t1)
+            if bv is None:
+                return {**blank, "canary_value": cv, "canary_samples": 1, "outcome": INCONCLUSIVE,
+                        "detail": f"base: {base_why}"}
+            theirs = (bv, 1)
+        return judge({**g, "min_samples": 0}, (cv, 1), theirs)
 
     def step(self, r: Rollout) -> tuple[str, dict]:
         """Evaluates the open window; returns the decision (RUNNING while it may still change) and the run."""
@@ -237,7 +267,7 @@ class Analyzer:
         cur = ms[-1]
         canary_shards, base_shards, base_versions = self.sides(r)
         results, n_canary, n_base = self._measure(r, run, earlier, cur["start"], cur["end"], canary_shards, base_shards,
-                                                    base_versions)
+                                                    base_versions, final=now >= cur["end"])
         failed = [x for x in results if x["outcome"] == FAIL]
         if failed:
             cur.update(decision=FAIL, end=now)  # a failure ends its measurement at once

@@ -19,6 +19,7 @@ from factpatch.server.api.errors import ApiError, invalid, not_found, preconditi
 from factpatch.server.api.interceptor import call_principal
 from factpatch.server.api.services.patches import check_digest
 from factpatch.server.control import analysis, releases
+from factpatch.server.control.prometheus_gate import PrometheusUnreachable
 from factpatch.server.control.reconciler import new_etag
 from factpatch.server.state.db import Rollout, RolloutShard
 from factpatch.server.state.rollout_state import FINAL, RolloutReason, RolloutState
@@ -109,6 +110,29 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
                           f"than the window ({window} s)", field="analysis_policy.measurement_seconds")
         return analysis.Policy(p.failure_limit, p.inconclusive_limit, float(p.measurement_seconds), float(p.post_promotion_seconds))
 
+    def _check_query(self, i: int, g) -> None:
+        """A Prometheus gate's query is checked by Prometheus's own parser before anything starts."""
+        if g.metric != analysis.PROMETHEUS:
+            if g.query:
+                raise invalid("BAD_GATE", f"gates[{i}].query is only for metric {analysis.PROMETHEUS!r}",
+                              field=f"gates[{i}].query")
+            return
+        if not g.query.strip():
+            raise invalid("BAD_GATE", f"gates[{i}]: metric {analysis.PROMETHEUS!r} needs a query", field=f"gates[{i}].query")
+        if not (g.max_ratio > 0 or g.max_value > 0):
+            raise invalid("BAD_GATE", f"gates[{i}]: a Prometheus gate needs max_ratio or max_value to judge by",
+                          field=f"gates[{i}]")
+        if self.cp.prometheus is None:
+            raise precondition("NO_PROMETHEUS", f"gates[{i}] asks Prometheus, and the control plane has none "
+                               "(serve --prometheus-url)", field=f"gates[{i}].query")
+        try:
+            error = self.cp.prometheus.parse_error(g.query)
+        except PrometheusUnreachable as e:
+            raise precondition("PROMETHEUS_UNREACHABLE", f"cannot check gates[{i}].query: {e}",
+                               field=f"gates[{i}].query") from None
+        if error:
+            raise invalid("BAD_GATE", f"gates[{i}].query does not parse: {error}", field=f"gates[{i}].query")
+
     def StartRollout(self, request, context):
         db = self.cp.db
         patch_row = db.patch(check_digest(request.patch, "patch"))
@@ -138,6 +162,7 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
             if not (g.max_ratio >= 0 and g.max_value >= 0) or g.min_samples < 0:  # NaN fails ">= 0"
                 raise invalid("BAD_GATE", f"gates[{i}]: max_ratio, min_samples and max_value must be numbers, not negative",
                               field=f"gates[{i}]")
+            self._check_query(i, g)
         if request.analysis_seconds < 0:
             raise invalid("BAD_ANALYSIS_WINDOW", "analysis_seconds must not be negative", field="analysis_seconds")
         policy = self._policy(request)
@@ -146,8 +171,8 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
             id="ro-" + uuid.uuid4().hex[:12], patch=request.patch, state=RolloutState.PROGRESSING, steps=steps, current_step=0,
             etag=new_etag(), reason="", message="", progress_deadline_s=deadline, created_by=call_principal(),
             created=now, updated=now, step_started=now,
-            gates=[{"metric": g.metric, "max_ratio": g.max_ratio, "min_samples": g.min_samples, "max_value": g.max_value}
-                   for g in request.gates],
+            gates=[{"metric": g.metric, "max_ratio": g.max_ratio, "min_samples": g.min_samples, "max_value": g.max_value,
+                    **({"query": g.query} if g.query else {})} for g in request.gates],
         )
         first = set(steps[0]["shards"])
         with db.tx() as c:
