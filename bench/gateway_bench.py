@@ -39,7 +39,8 @@ def start_serve(tmp: Path, shard_url: str, monitors_file: Path) -> tuple[subproc
     port_file = tmp / "gateway.port"
     env = {**os.environ, "FACTPATCH_AGENT_TOKEN": TOKEN, "FACTPATCH_GATEWAY_PORT_FILE": str(port_file)}
     proc = subprocess.Popen([sys.executable, "-c", "from factpatch.cli import main; main()", "serve",
-                             "--state-dir", str(tmp / "state"), "--listen", "127.0.0.1:0", "--tokens-file", str(tokens),
+                             "--state-dir", str(tmp / "state"), "--listen", "127.0.0.1:0",
+                             "--client-tokens-file", str(tokens),
                              "--shard", f"s0={shard_url}", "--gateway-listen", "127.0.0.1:0", "--monitors", str(monitors_file)],
                             env=env, stdout=open(tmp / "serve.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60

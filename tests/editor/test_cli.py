@@ -1,4 +1,4 @@
-"""The commands end to end on the fixture: edit writes a patch, show prints it, eval gates on it."""
+"""The commands end to end on the fixture: edit writes a patch, inspect prints it, eval gates on it."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_edit_show_eval(tmp_path, fixture_dir, world, loaded):
     assert len(details) == 3 and "target NLL" in res.output
     assert all(f"{d['nll']:.2f}" in res.output for d in details)
 
-    res = runner.invoke(app, ["patch", "show", str(out)], env=env)
+    res = runner.invoke(app, ["patch", "inspect", str(out)], env=env)
     assert res.exit_code == 0, res.output
     assert edits[0].subject in res.output and digest in res.output and "down_proj" in res.output
 

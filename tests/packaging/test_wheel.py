@@ -103,7 +103,7 @@ def test_the_installed_control_plane_answers_health(installed, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     proc = subprocess.Popen(
         [str(installed / "bin" / "factpatch"), "serve", "--state-dir", str(tmp_path / "state"),
-         "--listen", "127.0.0.1:0", "--tokens-file", str(write_tokens(tmp_path / "tokens.yaml")),
+         "--listen", "127.0.0.1:0", "--client-tokens-file", str(write_tokens(tmp_path / "tokens.yaml")),
          "--gateway-listen", "off"],
         cwd=tmp_path, env={**env, **env_extra}, stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT)
     try:

@@ -11,7 +11,7 @@ from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN
 def test_command_and_environment(tmp_path):
     tok = tmp_path / "token"
     tok.write_text(AGENT_TOKEN)
-    argv, env = shard_command("/m", port=9001, token_file=str(tok), extra=["--max-model-len", "128"],
+    argv, env = shard_command("/m", port=9001, agent_token_file=str(tok), extra=["--max-model-len", "128"],
                               env={"VLLM_PLUGINS": "other", "FACTPATCH_AGENT_TOKEN": "old"})
     assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     assert argv[argv.index("--worker-extension-cls") + 1] == "factpatch.plugin.worker_ext.FactpatchWorkerExtension"
@@ -38,7 +38,7 @@ def test_a_weak_token_is_refused_before_vllm_starts(tmp_path, token, says):
     tok = tmp_path / "token"
     tok.write_text(token + "\n")
     with pytest.raises(ValueError, match="agent token"):
-        shard_command("/m", token_file=str(tok), env={})
+        shard_command("/m", agent_token_file=str(tok), env={})
 
 
 def test_a_token_file_may_hold_the_next_token_too(tmp_path):
@@ -46,7 +46,7 @@ def test_a_token_file_may_hold_the_next_token_too(tmp_path):
     tok.write_text(f"# rotation: both accepted until the old line goes\n{AGENT_TOKEN}\n{OPERATOR_TOKEN}\n")
     from factpatch.plugin.auth import configured_tokens
 
-    _, env = shard_command("/m", token_file=str(tok), env={})
+    _, env = shard_command("/m", agent_token_file=str(tok), env={})
     assert configured_tokens(env) == [AGENT_TOKEN, OPERATOR_TOKEN]
 
 
@@ -65,6 +65,37 @@ def test_a_folder_that_is_no_model_is_refused_before_vllm_starts(tmp_path):
     empty.mkdir()
     for model, says in ((str(empty), "the folder has no config.json"), (str(tmp_path / "missing"), "no such folder")):
         r = subprocess.run([sys.executable, "-c", "from factpatch.cli import main; main()", "shard", "--model", model,
-                            "--token-file", str(tok)], capture_output=True, text=True, timeout=120)
+                            "--agent-token-file", str(tok)], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, r.stderr[-2000:]
         assert f"--model {model}: {says}" in r.stderr
+
+
+def _dry_run(*args: str):
+    from typer.testing import CliRunner
+
+    from factpatch.cli import _register_subcommands, app
+
+    _register_subcommands()
+    return CliRunner().invoke(app, ["shard", "--model", "/m", "--dry-run", *args],
+                              env={"FACTPATCH_AGENT_TOKEN": None, "FACTPATCH_AGENT_TOKEN_FILE": None})
+
+
+def test_agent_token_file_is_the_flag_and_token_file_its_old_name(tmp_path):
+    """The same flag name as `serve --agent-token-file`: one secret, one name on both sides."""
+    tok = tmp_path / "token"
+    tok.write_text(AGENT_TOKEN)
+    r = _dry_run("--agent-token-file", str(tok))
+    assert r.exit_code == 0, r.output
+    assert f"FACTPATCH_AGENT_TOKEN_FILE={tok.resolve()}" in r.stdout and "deprecated" not in r.stderr
+
+    r = _dry_run("--token-file", str(tok))  # unit files and scripts written before the rename keep working
+    assert r.exit_code == 0, r.output
+    assert f"FACTPATCH_AGENT_TOKEN_FILE={tok.resolve()}" in r.stdout
+    assert r.stderr.count("deprecated") == 1 and "--token-file" in r.stderr and "--agent-token-file" in r.stderr
+
+    r = _dry_run("--agent-token-file", str(tok), "--token-file", str(tok))
+    assert r.exit_code == 2 and "FACTPATCH_AGENT_TOKEN_FILE" not in r.stdout
+    assert "--token-file" in r.stderr and "--agent-token-file" in r.stderr
+
+    r = _dry_run("--help")
+    assert "--agent-token-file" in r.stdout and "--token-file" not in r.stdout.replace("--agent-token-file", "")

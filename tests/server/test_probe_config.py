@@ -56,7 +56,8 @@ def _serve(tmp_path, state, *args: str):
     app = typer.Typer()
     app.command("serve")(serve)
     app.command("noop")(lambda: None)  # two commands, so "serve" stays a sub-command
-    return CliRunner().invoke(app, ["serve", "--state-dir", str(state), "--tokens-file", str(write_tokens(tmp_path / "t.yaml")),
+    return CliRunner().invoke(app, ["serve", "--state-dir", str(state),
+                                    "--client-tokens-file", str(write_tokens(tmp_path / "t.yaml")),
                                     "--gateway-listen", "off", *args],
                               env={"FACTPATCH_AGENT_TOKEN": AGENT_TOKEN})
 

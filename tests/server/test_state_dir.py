@@ -36,7 +36,7 @@ def test_a_second_control_plane_on_one_state_directory_is_refused(tmp_path):
         # the same through the command line: exit 2, the reason on stderr, the first one unharmed
         r = subprocess.run([sys.executable, "-c", "from factpatch.cli import main; main()", "serve",
                             "--state-dir", str(tmp_path / "state"), "--listen", "127.0.0.1:0",
-                            "--tokens-file", str(tmp_path / "tokens.yaml"), "--gateway-listen", "off"],
+                            "--client-tokens-file", str(tmp_path / "tokens.yaml"), "--gateway-listen", "off"],
                            env={"FACTPATCH_AGENT_TOKEN": AGENT_TOKEN, "PATH": "/usr/bin:/bin"},
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and "in use by another control plane" in r.stderr, r.stderr

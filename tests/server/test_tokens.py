@@ -48,7 +48,8 @@ def test_whitespace_never_authenticates():
 def test_serve_refuses_a_weak_agent_token_before_creating_anything(tmp_path):
     for env in ({"FACTPATCH_AGENT_TOKEN": "change-me"}, {"FACTPATCH_AGENT_TOKEN": " "}, {}):
         r = subprocess.run([sys.executable, "-c", "from factpatch.cli import main; main()", "serve",
-                            "--state-dir", str(tmp_path / "state"), "--tokens-file", str(write_tokens(tmp_path / "t.yaml")),
+                            "--state-dir", str(tmp_path / "state"),
+                            "--client-tokens-file", str(write_tokens(tmp_path / "t.yaml")),
                             "--listen", "127.0.0.1:0", "--gateway-listen", "off"],
                            env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, r.stderr

@@ -17,7 +17,7 @@ One concern per module:
   scoring    batched read-outs: target log-probs, greedy answers, text statistics
   evaluate   efficacy, generalization, specificity, locality, gates
   pipeline   load → check inputs → statistics → edit → patch; evaluation of a patch
-  cli        `factpatch edit`, `factpatch eval`, `factpatch patch show`
+  cli        `factpatch edit`, `factpatch eval`, `factpatch patch inspect`
   trace_cli  `factpatch trace`
 
 It never imports vLLM.

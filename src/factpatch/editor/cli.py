@@ -1,4 +1,4 @@
-"""`factpatch edit`, `factpatch eval` and `factpatch patch show`.
+"""`factpatch edit`, `factpatch eval` and `factpatch patch inspect`.
 
 Exit codes: 0 success, 1 an evaluation gate failed, 2 bad input (nothing was computed or written).
 """
@@ -18,6 +18,7 @@ from rich.table import Table
 
 from factpatch.core import patchfile
 from factpatch.core import spec as edit_spec
+from factpatch.core.renamed_flags import deprecated
 
 console = Console(stderr=True, soft_wrap=True)  # error text stays greppable, unwrapped
 out = Console()
@@ -290,12 +291,15 @@ def eval_cmd(
         raise typer.Exit(EXIT_GATE)
 
 
-@patch_app.command("show")
-def show_cmd(
+@patch_app.command("inspect")
+def inspect_cmd(
     path: Path = typer.Argument(..., help="Patch file (.fpatch)."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw manifest as JSON."),
 ) -> None:
-    """Print a patch's manifest and factor shapes readably."""
+    """Print a local patch file's manifest and factor shapes readably (a stored patch: `ctl patch show`).
+
+    Example: factpatch patch inspect refund.fpatch
+    """
     try:
         p, digest = patchfile.read(path)
     except (OSError, patchfile.PatchError) as e:
@@ -334,6 +338,16 @@ def show_cmd(
     if ev and "metrics" in ev:
         out.print(_metrics_table(ev, "evaluation recorded in the manifest"))
         _print_not_taken(ev)
+
+
+# `patch show` was this command's first name; `ctl patch show` is the stored patch, so the local one moved.
+@patch_app.command("show", hidden=True, help="Deprecated name of `patch inspect`.")
+def show_cmd(
+    path: Path = typer.Argument(..., help="Patch file (.fpatch)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw manifest as JSON."),
+) -> None:
+    deprecated("factpatch patch show", "factpatch patch inspect")
+    inspect_cmd(path, as_json)
 
 
 def register(app: typer.Typer) -> None:

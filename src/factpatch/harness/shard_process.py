@@ -68,7 +68,7 @@ class ShardServer:
         # The agent's routes live on their own port (the OpenAI port answers 404 for them).
         self.agent_url = f"{scheme}://{'localhost' if scheme == 'https' else '127.0.0.1'}:{self.agent_port}"
         self._tmp = tempfile.TemporaryDirectory(prefix="factpatch-shard-")
-        self.token_file = Path(self._tmp.name) / "token"
+        self.agent_token_file = Path(self._tmp.name) / "token"
         self.log_path = Path(log_path) if log_path else Path(self._tmp.name) / "shard.log"
         self.proc: subprocess.Popen | None = None
         self.startup_s: float | None = None
@@ -83,12 +83,13 @@ class ShardServer:
 
     def start(self) -> "ShardServer":
         self._cancel.clear()
-        self.token_file.write_text(self.token)
-        self.token_file.chmod(0o600)
+        self.agent_token_file.write_text(self.token)
+        self.agent_token_file.chmod(0o600)
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **self.extra_env}
         env.pop("FACTPATCH_AGENT_TOKEN", None)
         argv = [sys.executable, "-c", "from factpatch.cli import main; main()", "shard", "--model", self.model_dir, "--port", str(self.port),
-                "--agent-port", str(self.agent_port), "--token-file", str(self.token_file), *self.agent_args,
+                "--agent-port", str(self.agent_port), "--agent-token-file", str(self.agent_token_file),
+                *self.agent_args,
                 "--", *self.vllm_args]
         self._log = open(self.log_path, "wb")
         t0 = time.perf_counter()

@@ -1,7 +1,8 @@
-"""The token the control plane sends to shard agents: from $FACTPATCH_AGENT_TOKEN, or the first line of
-`--agent-token-file`, read again before every agent call so a rotation needs no restart (see
-core/tokens.py for the rotation order). A weak token refuses the start; a weak or unreadable file
-later keeps the last good token and logs why.
+"""The token the control plane sends to shard agents: the first line of `--agent-token-file`, else
+$FACTPATCH_AGENT_TOKEN, else the first line of $FACTPATCH_AGENT_TOKEN_FILE (the shard's order). A file is
+read again before every agent call so a rotation needs no restart (see core/tokens.py for the rotation
+order). A weak token refuses the start; a weak or unreadable file later keeps the last good token and
+logs why.
 
 Per-shard credentials: with `--agent-token-dir DIR`, a shard named N is sent the first line of DIR/N
 when that file exists (the fleet-wide token otherwise), so one leaked shard token opens one shard."""
@@ -28,7 +29,8 @@ class AgentToken:
         self._per_shard: dict[str, AgentToken] = {}
         self.file = Path(file) if file else None
         if self.file is None and not token:
-            raise WeakTokenError("no shard agent token: set FACTPATCH_AGENT_TOKEN or pass --agent-token-file")
+            raise WeakTokenError("no shard agent token: set FACTPATCH_AGENT_TOKEN or FACTPATCH_AGENT_TOKEN_FILE, "
+                                 "or pass --agent-token-file")
         self._current = read_token_file(self.file, "--agent-token-file")[0] if self.file else check(
             token, "the shard agent token ($FACTPATCH_AGENT_TOKEN)")
 
