@@ -27,6 +27,7 @@ from factpatch.core.checkpoint import Checkpoint
 from factpatch.core.reasons import Refusal, http_status
 from factpatch.core.signing import SIGNATURE_HEADER, SignatureError, TrustedKeys, check_policy
 
+from .agent_span import agent_span
 from .auth import check_bearer
 from .checks import CheckError, check_patch
 from .swap import MAX_DRAIN_TIMEOUT_S, SwapCoordinator, SwapError
@@ -197,6 +198,65 @@ async def _internal(st: AgentState, e: Exception) -> JSONResponse:
     return error(500, "INTERNAL", f"{type(e).__name__}: {e}; see status for the ranks' state")
 
 
+async def _apply(request: Request):
+    st = _agent(request)
+    if isinstance(st, JSONResponse):
+        return st
+    got = await _read_patch(request)
+    if isinstance(got, JSONResponse):
+        return got
+    data, expected, request_id, drain, signature = got
+    try:  # before the patch is even read: a deployment that requires signatures reads only signed bytes
+        await asyncio.to_thread(check_policy, st.trusted_keys, st.require_signatures, data, signature)
+    except SignatureError as e:
+        return error(http_status(e.reason, default=403), e.reason, str(e))
+    try:
+        _, digest = await asyncio.to_thread(
+            check_patch, data, st.checkpoint, expected_digest=expected, max_rank=MAX_RANK,
+            max_change=MAX_WEIGHT_CHANGE
+        )
+    except CheckError as e:
+        return error(http_status(e.reason, default=400), e.reason, str(e))
+    if request_id and request_id in st.done_requests:
+        version, body = st.done_requests[request_id]
+        if version != digest:
+            return error(409, "REQUEST_ID_REUSED", f"request id {request_id!r} was used for {version}")
+        return body
+    try:
+        await st.swap.swap(data, digest, drain_timeout_s=drain)
+    except SwapError as e:
+        return error(e.status, e.reason, str(e))
+    except Exception as e:  # an RPC that timed out or a worker that died: state is re-read
+        return await _internal(st, e)
+    body = status_body(st)
+    _remember(st, request_id, digest, body)
+    return body
+
+
+async def _revert(request: Request):
+    st = _agent(request)
+    if isinstance(st, JSONResponse):
+        return st
+    request_id = request.headers.get("x-request-id") or request.query_params.get("request_id")
+    if request_id and request_id in st.done_requests:
+        version, body = st.done_requests[request_id]
+        if version is not None:
+            return error(409, "REQUEST_ID_REUSED", f"request id {request_id!r} was used for {version}")
+        return body
+    drain = _drain_budget(request)
+    if isinstance(drain, JSONResponse):
+        return drain
+    try:
+        await st.swap.swap(None, None, drain_timeout_s=drain)
+    except SwapError as e:
+        return error(e.status, e.reason, str(e))
+    except Exception as e:
+        return await _internal(st, e)
+    body = status_body(st)
+    _remember(st, request_id, None, body)
+    return body
+
+
 def build_router() -> APIRouter:
     router = APIRouter(prefix=PREFIX)
 
@@ -209,62 +269,13 @@ def build_router() -> APIRouter:
 
     @router.post("/apply")
     async def apply(request: Request):
-        st = _agent(request)
-        if isinstance(st, JSONResponse):
-            return st
-        got = await _read_patch(request)
-        if isinstance(got, JSONResponse):
-            return got
-        data, expected, request_id, drain, signature = got
-        try:  # before the patch is even read: a deployment that requires signatures reads only signed bytes
-            await asyncio.to_thread(check_policy, st.trusted_keys, st.require_signatures, data, signature)
-        except SignatureError as e:
-            return error(http_status(e.reason, default=403), e.reason, str(e))
-        try:
-            _, digest = await asyncio.to_thread(
-                check_patch, data, st.checkpoint, expected_digest=expected, max_rank=MAX_RANK,
-                max_change=MAX_WEIGHT_CHANGE
-            )
-        except CheckError as e:
-            return error(http_status(e.reason, default=400), e.reason, str(e))
-        if request_id and request_id in st.done_requests:
-            version, body = st.done_requests[request_id]
-            if version != digest:
-                return error(409, "REQUEST_ID_REUSED", f"request id {request_id!r} was used for {version}")
-            return body
-        try:
-            await st.swap.swap(data, digest, drain_timeout_s=drain)
-        except SwapError as e:
-            return error(e.status, e.reason, str(e))
-        except Exception as e:  # an RPC that timed out or a worker that died: state is re-read
-            return await _internal(st, e)
-        body = status_body(st)
-        _remember(st, request_id, digest, body)
-        return body
+        with agent_span(request, PREFIX + "/apply") as span:
+            return span.answered(await _apply(request))
 
     @router.post("/revert")
     async def revert(request: Request):
-        st = _agent(request)
-        if isinstance(st, JSONResponse):
-            return st
-        request_id = request.headers.get("x-request-id") or request.query_params.get("request_id")
-        if request_id and request_id in st.done_requests:
-            version, body = st.done_requests[request_id]
-            if version is not None:
-                return error(409, "REQUEST_ID_REUSED", f"request id {request_id!r} was used for {version}")
-            return body
-        drain = _drain_budget(request)
-        if isinstance(drain, JSONResponse):
-            return drain
-        try:
-            await st.swap.swap(None, None, drain_timeout_s=drain)
-        except SwapError as e:
-            return error(e.status, e.reason, str(e))
-        except Exception as e:
-            return await _internal(st, e)
-        body = status_body(st)
-        _remember(st, request_id, None, body)
-        return body
+        with agent_span(request, PREFIX + "/revert") as span:
+            return span.answered(await _revert(request))
 
     return router
 

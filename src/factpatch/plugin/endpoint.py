@@ -23,9 +23,12 @@ class FactpatchEndpointPlugin:
 
     def attach_router(self, app: Any) -> None:
         """Deliberately empty: the weight-writing routes never share the port every client can reach."""
+        from factpatch.core import tracing
+
         from .agent_server import AgentServerConfig
 
         AgentServerConfig.from_env()  # a missing or broken agent port setting stops the server here, early
+        tracing.setup(tracing.SHARD)  # OTEL_* settings; an unknown exporter stops the server here too
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
         from factpatch.core.checkpoint import Checkpoint

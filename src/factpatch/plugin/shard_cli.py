@@ -15,7 +15,8 @@ from pathlib import Path
 
 import typer
 
-from factpatch.core import signing
+from factpatch.core import signing, tracing
+from factpatch.core.renamed_flags import renamed
 from factpatch.core.tokens import WeakTokenError
 
 from . import agent_server
@@ -36,7 +37,7 @@ def shard_command(
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    token_file: str | None = None,
+    agent_token_file: str | None = None,
     agent_port: int | str | None = None,
     agent_host: str | None = None,
     agent_tls_cert: str | None = None,
@@ -68,15 +69,16 @@ def shard_command(
     try:  # half a TLS setup, a missing file, an unreadable key: said now, not by the engine after its imports
         agent_server.AgentServerConfig.from_env(env)
         signing.shard_policy(env)
+        tracing.exporters(env)  # the shard sets tracing up itself (endpoint.py); a bad OTEL_* setting is said here
     except (agent_server.AgentServerConfigError, ValueError) as e:
         raise ValueError(str(e)) from None
-    if token_file:
-        if not Path(token_file).is_file():
-            raise ValueError(f"--token-file {token_file} does not exist")
-        env[TOKEN_FILE_ENV] = str(Path(token_file).resolve())
+    if agent_token_file:
+        if not Path(agent_token_file).is_file():
+            raise ValueError(f"--agent-token-file {agent_token_file} does not exist")
+        env[TOKEN_FILE_ENV] = str(Path(agent_token_file).resolve())
         env.pop(TOKEN_ENV, None)  # the file named on the command line wins
     elif not env.get(TOKEN_ENV) and not env.get(TOKEN_FILE_ENV):
-        raise ValueError(f"no agent token: pass --token-file or set {TOKEN_ENV} / {TOKEN_FILE_ENV}")
+        raise ValueError(f"no agent token: pass --agent-token-file or set {TOKEN_ENV} / {TOKEN_FILE_ENV}")
     if env.get("VLLM_SERVER_DEV_MODE", "").lower() in ("1", "true", "yes"):
         # dev mode adds unauthenticated routes (sleep, reset, collective RPC) beside the agent's
         raise ValueError("VLLM_SERVER_DEV_MODE is on: its routes would change the engine without the agent token; unset it")
@@ -115,7 +117,11 @@ def shard(
     model: str = typer.Option(..., "--model", help="Model folder (or cached hub id) to serve."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port of the OpenAI server (model traffic)."),
-    token_file: str = typer.Option(None, "--token-file", help=f"File holding the agent bearer token (else ${TOKEN_ENV})."),
+    agent_token_file: str = typer.Option(None, "--agent-token-file", show_default=False,
+                                         help=f"File holding the agent bearer token, one per line, all accepted "
+                                              f"(else ${TOKEN_ENV}, else ${TOKEN_FILE_ENV})."),
+    old_token_file: str = typer.Option(None, "--token-file", hidden=True,
+                                       help="Deprecated name of --agent-token-file."),
     agent_port: int = typer.Option(None, "--agent-port", help="Port of the agent routes (weight changes); default --port + 1."),
     agent_host: str = typer.Option(None, "--agent-host", help="Address the agent listens on; default --host."),
     agent_tls_cert: str = typer.Option(None, "--agent-tls-cert", help="PEM certificate: the agent speaks HTTPS."),
@@ -131,11 +137,13 @@ def shard(
 ) -> None:
     """Serve MODEL with vLLM and the factpatch agent; arguments after `--` go to vLLM.
 
-    Example: factpatch shard --model ./model --port 8000 --agent-port 8001 --token-file /etc/factpatch/token
+    Example: factpatch shard --model ./model --port 8000 --agent-port 8001 --agent-token-file /etc/factpatch/token
     """
+    agent_token_file = renamed(agent_token_file, old_token_file, new="--agent-token-file", old="--token-file")
     try:
-        argv, env = shard_command(model, host=host, port=port, token_file=token_file, agent_port=agent_port,
-                                  agent_host=agent_host, agent_tls_cert=agent_tls_cert, agent_tls_key=agent_tls_key,
+        argv, env = shard_command(model, host=host, port=port, agent_token_file=agent_token_file,
+                                  agent_port=agent_port, agent_host=agent_host,
+                                  agent_tls_cert=agent_tls_cert, agent_tls_key=agent_tls_key,
                                   agent_client_ca=agent_client_ca, trusted_keys=trusted_key,
                                   require_signatures=require_signatures, extra=ctx.args)
     except ValueError as e:

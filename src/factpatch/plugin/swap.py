@@ -24,9 +24,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
 from factpatch.core.reasons import http_status
+from factpatch.core.swap_span import swap_span
 
 log = logging.getLogger("factpatch.plugin.swap")
+tracer = trace.get_tracer("factpatch.plugin")
+SWAP_SPAN = "factpatch.shard.swap"
 
 POLICIES = ("abort", "fail")
 ABORT_SETTLE_S = 30.0  # after cutting the stragglers off, how long the engine may take to go idle
@@ -94,15 +100,25 @@ class SwapCoordinator:
 
         `drain_timeout_s` replaces the coordinator's drain timeout for this swap only."""
         async with self._lock:
-            ranks = self.state.ranks
-            if ranks and all(r.get("active_version") == version for r in ranks):
-                return self.state  # already active on every rank: nothing to do
-            self.state.swapping = True
-            try:
-                budget = self.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
-                return await self._swap_locked(data, version, budget)
-            finally:
-                self.state.swapping = False
+            budget = self.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+            with swap_span(tracer, SWAP_SPAN, kind=SpanKind.INTERNAL, from_version=self.state.active_version,
+                           to_version=version, attributes={"factpatch.swap.drain_budget_s": budget}) as sw:
+                ranks = self.state.ranks
+                if ranks and all(r.get("active_version") == version for r in ranks):
+                    sw.done("unchanged")
+                    return self.state  # already active on every rank: nothing to do
+                self.state.swapping = True
+                try:
+                    state = await self._swap_locked(data, version, budget)
+                except SwapError as e:
+                    sw.fail("refused", e.reason, str(e))
+                    raise
+                finally:
+                    self.state.swapping = False
+                for key, value in state.last_swap.items():  # the phases: stage, drain, write; requests cut off
+                    if value is not None:
+                        sw.span.set_attribute(f"factpatch.swap.{key}", value)
+                return state
 
     async def _swap_locked(self, data: bytes | None, version: str | None, drain_timeout_s: float) -> SwapState:
         t0 = time.perf_counter()

@@ -22,6 +22,7 @@ from factpatch.server.api.auth import (
     allowed,
     required_role,
 )
+from factpatch.server.api.call_span import note_request_id, traced, traced_stream
 from factpatch.server.api.errors import ApiError, invalid, state_unwritable, to_status
 from factpatch.server.api.idempotency import Idempotency, request_hash
 from factpatch.server.api.stream_slots import NoStreamSlot, StreamSlots
@@ -131,7 +132,7 @@ class Pipeline(grpc.ServerInterceptor):
                     context.abort_with_status(to_status(refusal))
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, lenient(handler.request_deserializer), handler.response_serializer)
+                traced(method, md, principal, unary), lenient(handler.request_deserializer), handler.response_serializer)
 
         if handler.unary_stream:
             def unary_stream(request, context):
@@ -148,7 +149,8 @@ class Pipeline(grpc.ServerInterceptor):
                     context.abort_with_status(to_status(e))
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, lenient(handler.request_deserializer), handler.response_serializer)
+                traced_stream(method, md, principal, unary_stream), lenient(handler.request_deserializer),
+                handler.response_serializer)
 
         if handler.stream_unary:
             # Streamed upload (ImportPatch): the service reads its request id from the stream and
@@ -170,6 +172,7 @@ class Pipeline(grpc.ServerInterceptor):
                         raise
                     finally:
                         current_call.reset(token)
+                        note_request_id(call.request_id)
                     self._bookkeep(lambda: self.audit.finish(audit_id, "OK", "", call.target, call.request_id), call,
                                    "audit row")
                     return resp
@@ -182,11 +185,13 @@ class Pipeline(grpc.ServerInterceptor):
                     context.abort_with_status(to_status(refusal))
 
             return grpc.stream_unary_rpc_method_handler(
-                stream_unary, lenient(handler.request_deserializer), handler.response_serializer)
+                traced(method, md, principal, stream_unary), lenient(handler.request_deserializer),
+                handler.response_serializer)
         return handler
 
     def _mutate(self, behavior, request, context, call: Call):
         call.request_id = getattr(request, "request_id", "")
+        note_request_id(call.request_id)
         call.target = target_of(request)
         audit_id = self.audit.begin(call.principal.name, call.method, call.request_id, call.target,
                                     source=context.peer() or "")

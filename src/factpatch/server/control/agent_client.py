@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
+from opentelemetry import propagate
 
 from factpatch.core.reasons import PERMANENT
 from factpatch.core.signing import SIGNATURE_HEADER
@@ -135,10 +136,13 @@ class AgentClient:
         headers = {"Content-Type": "application/octet-stream", "X-Factpatch-Digest": digest}
         if signature:
             headers[SIGNATURE_HEADER] = base64.b64encode(signature).decode()
+        propagate.inject(headers)  # the shard's swap span becomes a child of the caller's
         return ShardStatus(self._call("POST", "/apply", timeout, content=data, params=_drain(drain_timeout_s), headers=headers))
 
     def revert(self, timeout: float | None = None, drain_timeout_s: float | None = None) -> ShardStatus:
-        return ShardStatus(self._call("POST", "/revert", timeout, params=_drain(drain_timeout_s)))
+        headers: dict[str, str] = {}
+        propagate.inject(headers)
+        return ShardStatus(self._call("POST", "/revert", timeout, params=_drain(drain_timeout_s), headers=headers))
 
 
 def _drain(drain_timeout_s: float | None) -> dict[str, str]:

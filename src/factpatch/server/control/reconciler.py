@@ -22,8 +22,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
 from factpatch.core import failpoints
 from factpatch.core.reasons import Refusal as Reason
+from factpatch.core.swap_span import swap_span
 from factpatch.server.control import releases
 from factpatch.server.control.agent_client import AgentClient, AgentError
 from factpatch.server.control.agent_token import AgentToken
@@ -36,6 +41,8 @@ log = logging.getLogger("factpatch.reconciler")
 # Probe conditions that say the patch itself is wrong (RETRAIN_DUE says the chain grew, not that it broke).
 BREAKING_CONDITIONS = frozenset({"EDIT_NOT_HOLDING", "REGRESSION_DRIFT"})
 SYSTEM = "system:reconciler"
+tracer = trace.get_tracer("factpatch.server.control")
+SWAP_SPAN = "factpatch.swap"
 
 
 @dataclass
@@ -179,6 +186,13 @@ class Reconciler:
         else:
             record, attempts = self.audit.begin(SYSTEM, f"agent/{action}", "", f"shard={name} version={desired or 'base'}"), 1
         self._retrying.pop(name, None)
+        with swap_span(tracer, SWAP_SPAN, kind=SpanKind.CLIENT, shard=name, from_version=st.active_version,
+                       to_version=desired, attributes={"factpatch.swap.trigger": "reconcile",
+                                                       "factpatch.swap.attempt": attempts}) as sw:
+            return self._swap_call(name, agent, st, desired, action, record, attempts, sw)
+
+    def _swap_call(self, name: str, agent: AgentClient, st, desired: str | None, action: str, record, attempts: int,
+                   sw) -> Refusal | None:
         t0 = time.perf_counter()
         try:
             if desired is None:
@@ -187,16 +201,19 @@ class Reconciler:
                 after = agent.apply(self.store.get(desired), desired, drain_timeout_s=self.drain_timeout_s,
                                     signature=self._signature(desired))
         except (StoreCorrupt, FileNotFoundError) as e:
+            sw.fail("store_corrupt", "STORE_CORRUPT", str(e))
             self.db.observe(name, st.raw, "ERROR", "STORE_CORRUPT", str(e))
             self.audit.finish(record, "STORE_CORRUPT", f"{attempts} attempt(s); last: {e}")
             self._retrying[name] = (desired, record, attempts)
             return None
         except AgentError as e:
             if not e.permanent:  # unreachable, swap in progress, 5xx: try again next pass
+                sw.fail("retry", e.reason, e.message)
                 self.db.observe(name, st.raw, "SYNCING", e.reason, e.message)
                 self.audit.finish(record, f"RETRY/{e.reason}", f"{attempts} attempt(s); last: {e.message}")
                 self._retrying[name] = (desired, record, attempts)
                 return None
+            sw.fail("refused", e.reason, e.message)
             self.db.observe(name, st.raw, "ERROR", e.reason, e.message)
             log.warning("shard %s refused %s: %s %s", name, desired or "base", e.reason, e.message,
                         extra={"shard": name, "action": action, "version": desired or "base", "reason": e.reason})
@@ -212,6 +229,8 @@ class Reconciler:
         if desired is not None:
             self._learn_compat(desired, st.base_fingerprint, None)
         ok = after.active_version == desired
+        if not ok:  # answered, but the shard reports another version: the next pass looks again
+            sw.fail("unconfirmed", "VERSION_MISMATCH", f"shard reports {after.active_version or 'base'}")
         self.db.observe(name, after.raw, "SERVING" if ok else "SYNCING")
         self.audit.finish(record, "OK", f"{dt:.3f}s")
         log.info("shard %s: %s %s in %.3f s", name, action, desired or "base", dt,
@@ -380,36 +399,53 @@ class Reconciler:
         version must already say so. A version is written from its patch on the shard (base plus its
         change), as a rollout's apply is; nothing is reloaded."""
 
+        caller = otel_context.get_current()  # the API call's span: parent of each shard's swap span
+
         def one(name: str) -> dict:
+            token = otel_context.attach(caller)  # pool threads do not inherit the caller's context
+            try:
+                return switch(name)
+            finally:
+                otel_context.detach(token)
+
+        def switch(name: str) -> dict:
             version = targets[name]
             t0 = time.perf_counter()
             timeout = self.agent_timeout if deadline is None else max(0.1, min(self.agent_timeout, deadline - time.time()))
             with self.shard_locks[name]:
                 shard = self.db.shard(name)
-                self._swap_begin(name)
-                try:
-                    drain = None if self.drain_timeout_s is None else min(self.drain_timeout_s, timeout)
-                    agent = self.client(name, shard.agent_address)
-                    if version is None:
-                        after = agent.revert(timeout=timeout, drain_timeout_s=drain)
-                    else:
-                        after = agent.apply(self.store.get(version), version, timeout=timeout, drain_timeout_s=drain,
-                                            signature=self._signature(version))
-                    if self.metrics is not None:
-                        (self.metrics.revert_seconds if version is None else self.metrics.apply_seconds).labels(name).observe(
-                            time.perf_counter() - t0)
-                    ok = after.active_version == version
-                    self.db.observe(name, after.raw, "SERVING" if ok else "SYNCING")
-                except (StoreCorrupt, FileNotFoundError) as e:
-                    self.db.observe(name, None, "ERROR", "STORE_CORRUPT", str(e))
-                    return {"shard": name, "ok": False, "error_reason": "STORE_CORRUPT", "error": str(e),
-                            "seconds": time.perf_counter() - t0}
-                except AgentError as e:
-                    self.db.observe(name, None, "UNREACHABLE" if e.reason == "UNREACHABLE" else "ERROR", e.reason, e.message)
-                    return {"shard": name, "ok": False, "error_reason": e.reason, "error": e.message,
-                            "seconds": time.perf_counter() - t0}
-                finally:
-                    self._swap_end(name)
+                with swap_span(tracer, SWAP_SPAN, kind=SpanKind.CLIENT, shard=name, to_version=version,
+                               from_version=shard.observed.get("active_version") if shard else None,
+                               attributes={"factpatch.swap.trigger": "switch_now"}) as sw:
+                    self._swap_begin(name)
+                    try:
+                        drain = None if self.drain_timeout_s is None else min(self.drain_timeout_s, timeout)
+                        agent = self.client(name, shard.agent_address)
+                        if version is None:
+                            after = agent.revert(timeout=timeout, drain_timeout_s=drain)
+                        else:
+                            after = agent.apply(self.store.get(version), version, timeout=timeout,
+                                                drain_timeout_s=drain, signature=self._signature(version))
+                        if self.metrics is not None:
+                            (self.metrics.revert_seconds if version is None else self.metrics.apply_seconds).labels(
+                                name).observe(time.perf_counter() - t0)
+                        ok = after.active_version == version
+                        self.db.observe(name, after.raw, "SERVING" if ok else "SYNCING")
+                    except (StoreCorrupt, FileNotFoundError) as e:
+                        sw.fail("store_corrupt", "STORE_CORRUPT", str(e))
+                        self.db.observe(name, None, "ERROR", "STORE_CORRUPT", str(e))
+                        return {"shard": name, "ok": False, "error_reason": "STORE_CORRUPT", "error": str(e),
+                                "seconds": time.perf_counter() - t0}
+                    except AgentError as e:
+                        sw.fail("unreachable" if e.reason == "UNREACHABLE" else "refused", e.reason, e.message)
+                        self.db.observe(name, None, "UNREACHABLE" if e.reason == "UNREACHABLE" else "ERROR", e.reason,
+                                        e.message)
+                        return {"shard": name, "ok": False, "error_reason": e.reason, "error": e.message,
+                                "seconds": time.perf_counter() - t0}
+                    finally:
+                        self._swap_end(name)
+                    if not ok:
+                        sw.fail("unconfirmed", "VERSION_MISMATCH", f"shard reports {after.active_version or 'base'}")
             return {"shard": name, "ok": ok, "error_reason": "", "error": "", "seconds": time.perf_counter() - t0}
 
         results = list(self._pool.map(one, list(targets)))
