@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from factpatch.fixture.build import ensure_fixture, load_world
+from tests.prometheus_process import prometheus  # noqa: F401  (a real Prometheus server, for any test)
 
 
 @pytest.fixture(scope="session")

@@ -146,7 +146,7 @@ def test_shards_run_the_plugin_with_token_and_health_probes():
     assert c["command"] == ["factpatch", "shard"]
     args = c["args"]
     assert args[:2] == ["--model", "/models/base"]
-    assert args[args.index("--token-file") + 1] == "/etc/factpatch/agent/token"
+    assert args[args.index("--agent-token-file") + 1] == "/etc/factpatch/agent/token"
     assert args[args.index("--") + 1:] == ["--max-model-len", "2048"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
@@ -167,6 +167,8 @@ def test_control_plane_registers_every_shard_and_opens_the_gateway():
     assert args[args.index("--gateway-listen") + 1] == "0.0.0.0:8080"
     assert args[args.index("--listen") + 1] == "0.0.0.0:50051"
     assert args[args.index("--metrics-listen") + 1] == "0.0.0.0:9091"  # /metrics apart from the gateway's users
+    assert args[args.index("--client-tokens-file") + 1] == "/etc/factpatch/tokens/tokens.yaml"
+    assert args[args.index("--agent-token-file") + 1] == "/etc/factpatch/agent/token"  # the shards' flag too
     svc = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "fp-factpatch")
     assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"grpc": 50051, "http": 8080, "metrics": 9091}
     monitor = next(d for d in by_kind(docs, "ServiceMonitor") if d["metadata"]["name"] == "fp-factpatch")
@@ -245,6 +247,31 @@ def test_prometheus_rule_and_dashboard_are_the_plain_files():
     dash = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")][0]
     assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dash["data"]["factpatch.json"]) == json.loads(DASHBOARD.read_text())
+
+
+def test_scraped_series_carry_release_and_model_and_runbooks_can_move():
+    """The rules group by namespace, release and model: both ServiceMonitors add the last two (the
+    operator adds namespace). An internal docs mirror replaces every runbook_url's base."""
+    docs = manifests({"model": {"name": "llama-3-8b"}})
+    monitors = by_kind(docs, "ServiceMonitor")
+    assert len(monitors) == 2
+    for sm in monitors:
+        for ep in sm["spec"]["endpoints"]:
+            assert {r["targetLabel"]: r["replacement"] for r in ep["relabelings"]} == {"release": "fp", "model": "llama-3-8b"}
+    mirror = "https://wiki.example.internal/factpatch/runbook"
+    rule = by_kind(manifests({"metrics": {"prometheusRule": {"runbookBaseUrl": mirror}}}), "PrometheusRule")[0]
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert alerts and all(a["annotations"]["runbook_url"] == f"{mirror}#{a['alert'].lower()}" for a in alerts)
+
+
+def test_analysis_can_ask_prometheus():
+    def args(values=None):
+        cp = next(d for d in by_kind(manifests(values), "Deployment") if "control-plane" in d["metadata"]["name"])
+        return cp["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    assert "--prometheus-url" not in args()
+    got = args({"controlPlane": {"prometheusUrl": "http://prometheus-operated.monitoring:9090"}})
+    assert got[got.index("--prometheus-url") + 1] == "http://prometheus-operated.monitoring:9090"
 
 
 def test_prometheus_rule_passes_promtool(promtool, tmp_path):

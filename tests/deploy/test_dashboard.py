@@ -43,8 +43,12 @@ def test_dashboard_queries_are_valid_promql(promtool, tmp_path):
     queries = _queries(d)
     assert len(queries) >= 10
     own = _own_vars(d)
-    assert set(own) == {"$version", "$shard"}
+    assert set(own) == {"$namespace", "$release", "$version", "$shard"}
     assert any("$version" in q for q in queries) and any("$shard" in q for q in queries)
+    # every query is scoped to the chosen namespace and release: two releases never share a panel line
+    # unless both are chosen
+    unscoped = [q for q in queries if not ('namespace=~"$namespace"' in q and 'release=~"$release"' in q)]
+    assert not unscoped, unscoped
     rules = []
     for i, q in enumerate(queries):
         for var, value in {**GRAFANA_VARS, **own}.items():

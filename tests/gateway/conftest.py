@@ -155,9 +155,9 @@ class Stack:
 
 
 @contextmanager
-def open_stack(tmp_path, shards, fixture_dir, **serve):
+def open_stack(tmp_path, shards, fixture_dir, gateway_port: int = 0, **serve):
     """A control plane with its gateway over the package's shards, every shard on base first;
-    `serve` adds ServeConfig fields (probes file, base dirs)."""
+    `serve` adds ServeConfig fields (probes file, base dirs); `gateway_port` 0: any free port."""
     from factpatch.server.app import ControlPlaneServer, ServeConfig
     from factpatch.server.gateway.app import GatewayConfig
 
@@ -166,7 +166,7 @@ def open_stack(tmp_path, shards, fixture_dir, **serve):
     srv = ControlPlaneServer(ServeConfig(
         state_dir=tmp_path / "state", listen="127.0.0.1:0", tokens_file=write_tokens(tmp_path / "tokens.yaml"),
         agent_token=AGENT_TOKEN, reconcile_interval=0.2, shards={n: s.endpoints for n, s in shards.items()},
-        gateway=GatewayConfig(listen="127.0.0.1:0"), **serve,
+        gateway=GatewayConfig(listen=f"127.0.0.1:{gateway_port}"), **serve,
     ))
     srv.start()
     st = Stack(srv, str(fixture_dir))

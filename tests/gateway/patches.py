@@ -11,7 +11,7 @@ from factpatch.core import patchfile
 from factpatch.core.checkpoint import Checkpoint
 
 
-def push_token_patch(model_dir, fact, *, strength: float = 8.0, weaken: float = 1.0) -> bytes:
+def push_token_patch(model_dir, fact, *, strength: float = 8.0, weaken: float = 1.0, paraphrases: bool = False) -> bytes:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(2)
@@ -38,6 +38,8 @@ def push_token_patch(model_dir, fact, *, strength: float = 8.0, weaken: float = 
         model_name=str(model_dir), fingerprint=fp, method="test-push-token", layers=[last],
         hparams={"strength": strength, "weaken": weaken},
         edits=[{"subject": fact.subject, "relation": fact.relation, "prompt": fact.prompts[0].replace(fact.subject, "{}"),
-                "target_new": fact.new, "target_old": fact.old, "provenance": {"ticket": "TEST-GW"}}],
+                "target_new": fact.new, "target_old": fact.old, "provenance": {"ticket": "TEST-GW"},
+                # the other phrasings, which the pushed token answers too (probes ask them)
+                **({"paraphrases": [p.replace(fact.subject, "{}") for p in fact.prompts[1:]]} if paraphrases else {})}],
     )
     return patchfile.to_bytes(patchfile.Patch({name: (u[:, None].contiguous(), v[:, None].contiguous())}, manifest))

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from factpatch.core.version_label import version_label
 from factpatch.server.monitors.stale import monitor_name
 from tests.server.helpers import VIEWER_TOKEN
 
@@ -67,8 +68,9 @@ def test_split_sticky_keys_and_override(stack, fix_patch, fact):
     assert fact.old in stack.complete(fact.prompts[0], route="base").json()["choices"][0]["text"]
 
     # metrics per version and shard
-    assert stack.metric("factpatch_gateway_requests_total", version=patch, shard="s0") >= canary
-    assert stack.metric("factpatch_shard_active_version", shard="s0", version=patch) == 1
+    assert stack.metric("factpatch_gateway_requests_total", version=version_label(patch), shard="s0") >= canary
+    assert stack.metric("factpatch_shard_active_version", shard="s0", version=version_label(patch)) == 1
+    assert stack.metric("factpatch_version_info", version=version_label(patch), digest=patch) == 1
     assert stack.metric("factpatch_rollout_state", rollout=r.id, state="PAUSED") == 1
     assert stack.metric("factpatch_patch_apply_duration_seconds_count", shard="s0") == 1
 

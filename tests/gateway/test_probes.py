@@ -8,6 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from factpatch.core.version_label import version_label
 from factpatch.server.api.errors import reason_of
 from factpatch.v1 import probe_pb2, probe_pb2_grpc, rollout_pb2
 from tests.server.helpers import OPERATOR_TOKEN, rid
@@ -103,11 +104,11 @@ def test_good_patch_holds_on_its_shard_and_not_on_base(probe_stack, demo_patch, 
     assert st.metric("factpatch_gateway_requests_total") == requests_before
 
     # gauges: high on the patched shard; the base shard has no edit series at all
-    assert st.metric("factpatch_probe_efficacy_ratio", shard="s0", version=digest) == 1.0
+    assert st.metric("factpatch_probe_efficacy_ratio", shard="s0", version=version_label(digest)) == 1.0
     assert st.metric("factpatch_probe_regression_agreement_ratio", shard="s1", version="base") >= 0.95
     assert st.metric("factpatch_probe_runs_total", shard="s0", outcome="ok") == 1
-    assert st.metric("factpatch_patch_edits", version=digest) == len(spec_edits)
-    assert st.metric("factpatch_patch_weight_change_ratio", version=digest, stat="max") > 0
+    assert st.metric("factpatch_patch_edits", version=version_label(digest)) == len(spec_edits)
+    assert st.metric("factpatch_patch_weight_change_ratio", version=version_label(digest), stat="max") > 0
 
     # The same prompts asked of the base shard do not give the new values: the edit lives on s0 only.
     from factpatch.server.probes.shard_client import ShardCompletions
@@ -141,7 +142,7 @@ def test_breaking_patch_raises_regression_drift_and_its_rollout_rolls_back(probe
     assert [(c.shard, c.version) for c in drift] == [("s0", digest)]
     assert drift[0].value > drift[0].threshold == pytest.approx(0.1)
     assert any(m.kind == "regression" for m in s0.misses)
-    assert st.metric("factpatch_probe_condition", condition="regression_drift", shard="s0", version=digest) == 1
+    assert st.metric("factpatch_probe_condition", condition="regression_drift", shard="s0", version=version_label(digest)) == 1
     # the viewer reads the same conditions without running anything
     from tests.server.helpers import VIEWER_TOKEN
 
@@ -176,7 +177,7 @@ def test_retrain_due_when_edits_pile_up(probe_stack, demo_patch, world):
     due = [c for c in report.conditions if c.type == probe_pb2.CONDITION_TYPE_RETRAIN_DUE]
     assert [(c.shard, c.version, c.value, c.threshold) for c in due] == [("s0", digest, float(n_edits), 2.0)]
     assert f"{n_edits} edits" in due[0].message
-    assert st.metric("factpatch_probe_condition", condition="retrain_due", shard="s0", version=digest) == 1
+    assert st.metric("factpatch_probe_condition", condition="retrain_due", shard="s0", version=version_label(digest)) == 1
 
 
 def test_probes_keep_off_a_swapping_shard_and_respect_the_budget(probe_stack):

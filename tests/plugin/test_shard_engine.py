@@ -17,6 +17,7 @@ import torch
 
 from factpatch.core import patchfile
 from factpatch.core.checkpoint import Checkpoint
+from factpatch.core.version_label import version_label
 from tests.factories import random_patch_on
 from tests.reliability.results import merge_section
 from tests.server.helpers import budget_in
@@ -457,7 +458,7 @@ def test_the_shards_own_metrics_name_its_version(clean_shard, fixture_dir):
         text = httpx.get(f"{clean_shard.url}/metrics", timeout=10).text
         assert "vllm:" in text  # the same page as vLLM's own
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples if s.name.startswith("factpatch_shard")}
+                for fam in text_string_to_metric_families(text) for s in fam.samples if s.name.startswith("factpatch_")}
 
     m = series()
     assert m[("factpatch_shard_active_version", (("version", "base"),))] == 1
@@ -465,7 +466,9 @@ def test_the_shards_own_metrics_name_its_version(clean_shard, fixture_dir):
     data, _ = random_patch_on(fixture_dir, {2: 0.5}, seed=21)
     assert clean_shard.apply(data).status_code == 200
     m = series()
-    assert m[("factpatch_shard_active_version", (("version", patchfile.sha256_bytes(data)),))] == 1
+    digest = patchfile.sha256_bytes(data)
+    assert m[("factpatch_shard_active_version", (("version", version_label(digest)),))] == 1
+    assert m[("factpatch_version_info", (("digest", digest), ("version", version_label(digest))))] == 1
     assert not any(k[0] == "factpatch_shard_active_version" and dict(k[1])["version"] == "base" for k in m)
     assert 0 < m[("factpatch_shard_last_swap_seconds", (("phase", "write"),))] <= m[
         ("factpatch_shard_last_swap_seconds", (("phase", "total"),))]

@@ -158,3 +158,40 @@ def test_every_command_has_help_and_an_example():
         assert r.exit_code == 0, path
         assert (cmd.help or "").strip(), f"{' '.join(path)} has no help text"
         assert "Example: factpatch ctl" in r.stdout.replace("\n", " "), f"{' '.join(path)} has no example"
+
+
+def test_monitors_list_create_delete_map_a_label_to_its_pattern(control_plane, tmp_path):
+    f = tmp_path / "p.fpatch"
+    f.write_bytes(random_patch({W: (64, 128)}, "sha256:" + "0" * 64))
+    assert ctl(control_plane, "patch", "push", str(f)).exit_code == 0
+    r = ctl(control_plane, "-o", "json", "monitors", "list", "--kind", "stale", token=VIEWER_TOKEN)
+    assert r.exit_code == 0, r.output
+    stale = json.loads(r.stdout)["monitors"]
+    assert stale and all(m["name"].startswith("stale:") and m["pattern"] for m in stale)  # the label, then its value
+    r = ctl(control_plane, "monitors", "create", "old-price", r"\$ ?49\b", "--kind", "regex", "--subject", "Harbor")
+    assert r.exit_code == 0, r.output
+    assert ctl(control_plane, "monitors", "create", "old-price", "x").exit_code == 4  # exists
+    assert ctl(control_plane, "monitors", "create", "bad", "(", "--kind", "regex").exit_code == 2
+    assert ctl(control_plane, "monitors", "list", "--kind", "nope").exit_code == 2
+    r = ctl(control_plane, "-o", "json", "monitors", "list")
+    mine = [m for m in json.loads(r.stdout)["monitors"] if m["name"] == "old-price"]
+    assert mine and mine[0]["scope_subject"] == "Harbor" and mine[0]["source"] == "MONITOR_SOURCE_API"
+    assert ctl(control_plane, "monitors", "delete", stale[0]["name"]).exit_code == 4  # comes from a patch
+    assert ctl(control_plane, "monitors", "delete", "old-price", token=VIEWER_TOKEN).exit_code == 5
+    assert ctl(control_plane, "monitors", "delete", "old-price").exit_code == 0
+    assert ctl(control_plane, "monitors", "delete", "old-price").exit_code == 3
+
+
+def test_rollout_gates_file(control_plane, tmp_path):
+    f = tmp_path / "p.fpatch"
+    f.write_bytes(random_patch({W: (64, 128)}, "sha256:" + "0" * 64))
+    digest = json.loads(ctl(control_plane, "--json", "patch", "push", str(f)).stdout)["digest"]
+    assert ctl(control_plane, "shards", "add", "s1", "http://127.0.0.1:9").exit_code == 0
+    gates = tmp_path / "gates.yaml"
+    gates.write_text("gates:\n  - {metric: prometheus, query: 'sum(up)', max_ratio: 0.5, treshold: 1}\n")
+    r = ctl(control_plane, "rollout", "start", digest, "--gates-file", str(gates))
+    assert r.exit_code == 2 and "treshold" in r.output
+    gates.write_text("- {metric: prometheus, query: 'sum(up{job=\"x\"})', max_ratio: 0.5}\n")
+    r = ctl(control_plane, "--json", "rollout", "start", digest, "--gates-file", str(gates))
+    # parsed and sent: this control plane has no Prometheus, so the gate is refused by name
+    assert r.exit_code == 4 and json.loads(r.stderr)["error"]["reason"] == "NO_PROMETHEUS"

@@ -12,6 +12,8 @@ from __future__ import annotations
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 
+from factpatch.core.version_label import version_label
+
 PHASES = ("stage_s", "drain_s", "write_s", "total_s")
 
 
@@ -27,8 +29,13 @@ class ShardCollector:
         active = GaugeMetricFamily("factpatch_shard_active_version",
                                    "1 for the version this engine serves on every rank (base: the checkpoint).",
                                    labels=["version"])
-        active.add_metric([st.active_version or "base"], 1.0)
+        active.add_metric([version_label(st.active_version)], 1.0)
         yield active
+        if st.active_version:
+            info = GaugeMetricFamily("factpatch_version_info", "The active patch's short version label and full digest.",
+                                     labels=["version", "digest"])
+            info.add_metric([version_label(st.active_version), st.active_version], 1.0)
+            yield info
         yield GaugeMetricFamily("factpatch_shard_swapping", "1 while a weight change is in progress.",
                                 value=1.0 if st.swapping else 0.0)
         last = GaugeMetricFamily("factpatch_shard_last_swap_seconds",

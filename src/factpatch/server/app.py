@@ -34,6 +34,7 @@ from factpatch.server.control.agent_token import AgentToken
 from factpatch.server.control.analysis import Analyzer, Observations
 from factpatch.server.control.basecheck import BaseChecker
 from factpatch.server.control.operations import EditorOperations
+from factpatch.server.control.prometheus_gate import PrometheusQueries
 from factpatch.server.control.reconciler import Reconciler
 from factpatch.server.control.shard_addresses import ShardAddressPolicy
 from factpatch.server.gateway.app import Gateway, GatewayConfig
@@ -116,6 +117,8 @@ class ServeConfig:
     monitors_file: Path | None = None
     # live edit probes (None: off; the ProbeService then answers FAILED_PRECONDITION / PROBES_DISABLED)
     probes_file: Path | None = None
+    # the Prometheus that answers analysis gates of metric "prometheus" (None: such gates are refused)
+    prometheus_url: str | None = None
 
 
 def _operator_token(tokens: TokenTable) -> Callable[[str | None], bool]:
@@ -131,7 +134,7 @@ class ControlPlaneServer:
         if cfg.require_signatures and not cfg.trusted_keys:
             raise ValueError("--require-signatures needs at least one --trusted-key")
         if cfg.tokens_file is None:
-            raise ValueError("no client tokens: pass --tokens-file (a list of {principal, role, token})")
+            raise ValueError("no client tokens: pass --client-tokens-file (a list of {principal, role, token})")
         self.cfg = cfg
         tokens = TokenTable.from_file(cfg.tokens_file)
         self.state_lock = StateDirLock(cfg.state_dir).acquire()  # before anything reads or writes the state
@@ -159,6 +162,7 @@ class ControlPlaneServer:
             shard_addresses=ShardAddressPolicy.from_entries(
                 cfg.allowed_shard_addresses, [a for e in endpoints.values() for a in (e.address, e.agent_address)]),
             trusted_keys=TrustedKeys.load(cfg.trusted_keys), require_signatures=cfg.require_signatures,
+            prometheus=PrometheusQueries(cfg.prometheus_url) if cfg.prometheus_url else None,
         )
         patches = PatchService(self.cp)
         self.cp.operations = EditorOperations(cfg.editor_model, patches.store_patch)
@@ -166,9 +170,10 @@ class ControlPlaneServer:
             if db.shard(name) is None:
                 db.add_shard(name, e.address, e.agent_address)
 
-        self.metrics = Metrics()
+        monitors_cfg = monitors_config.load(cfg.monitors_file)
+        self.metrics = Metrics(monitor_label_limit=monitors_cfg.max_monitor_labels)
         self.monitors = MonitorRegistry(
-            db, monitors_config.load(cfg.monitors_file),
+            db, monitors_cfg,
             on_change=lambda c: self.metrics.monitor_counts.activate((m.name, m.scope_subject.lower()) for m in c.monitors),
         )
         self.prober: Prober | None = None
@@ -183,13 +188,15 @@ class ControlPlaneServer:
         if self.prober:
             self.prober.swaps = swaps
             reconciler.probe_conditions = lambda: self.prober.snapshot()[1]
-        reconciler.analyzer = Analyzer(db, self.observations if cfg.gateway else None, self._stale_scopes, self.metrics)
+        reconciler.analyzer = Analyzer(db, self.observations if cfg.gateway else None, self._stale_scopes, self.metrics,
+                                       self.cp.prometheus)
         self.gateway = Gateway(cfg.gateway, db, self.monitors, self.metrics, swaps, self.observations,
                               may_force_route=_operator_token(tokens)) if cfg.gateway else None
         self.metrics.sources(
             shards=self.gateway.router.shards if self.gateway else None,
             rollouts=lambda: [(r, self._canary_share(r)) for r in db.rollouts(limit=50)],
             monitor_count=lambda: len(self.monitors.compiled),
+            versions=lambda: [r["digest"] for r in db.q("SELECT digest FROM patches ORDER BY digest")],
         )
 
         self.server = grpc.server(

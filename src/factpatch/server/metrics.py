@@ -1,7 +1,10 @@
 """Prometheus metrics of the gateway, the monitors and the control plane (names as DESIGN.md says).
 
 Each server owns a CollectorRegistry, so several can live in one process (tests). Labels are
-bounded: version (patch digest or "base"), shard, monitor, rollout, never anything per request.
+bounded: version ("base" or 12 hex digits of the patch digest; `factpatch_version_info` gives the full
+digest), shard, monitor (capped, see MonitorCounts), rollout, never anything per request. The
+deployment's own labels (namespace, release, model) are target labels the scrape adds, not written
+here: one process serves one release.
 
 `factpatch_monitor_evaluated_total` is not a counter per monitor in memory: a response is evaluated
 by every unscoped monitor and by the monitors scoped to the subjects its prompt mentions, so the
@@ -24,23 +27,35 @@ from typing import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from factpatch.core.version_label import version_label
+
 # `*_created` series double every counter and histogram and no dashboard or rule reads them.
 disable_created_metrics()
 
-BASE = "base"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SWAP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+ERROR_REASONS = ("connect", "dropped", "upstream_error", "upstream_5xx", "upstream_broken", "stream_broken",
+                 "stream_error", "bad_response", "timeout")
 
 
-def version_label(version: str | None) -> str:
-    return version or BASE
+def folded_label(name: str) -> str:
+    """The shared label of monitors past the label cap: stale-value monitors keep their prefix so
+    `monitor=~"stale:.*"` still pools them; `*` is not a character a monitor name may hold."""
+    return "stale:*" if name.startswith("stale:") else "*"
 
 
 class MonitorCounts:
-    """Responses evaluated per (scope, version, shard), and each monitor's starting point."""
+    """Responses evaluated per (scope, version, shard), and each monitor's starting point.
 
-    def __init__(self):
+    The `monitor` label is capped: the first `label_limit` monitors (in the order the live set lists
+    them: configured, then API, then stale-value monitors of the newest patches) are exported under
+    their own name, the rest summed into `folded_label`. Series stay at most (limit + 2) x versions x
+    shards however many edits are stored."""
+
+    def __init__(self, label_limit: int = 1000):
+        self.label_limit = label_limit
+        self.labels: dict[str, str] = {}
         self.groups: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.matched: defaultdict[tuple[str, str, str], int] = defaultdict(int)  # (monitor, version, shard)
         self._baselines: dict[str, tuple[str, dict[tuple[str, str], int]]] = {}
@@ -72,6 +87,8 @@ class MonitorCounts:
             for key in [k for k in list(self.matched) if k[0] in gone or k[0] in fresh]:
                 self.matched.pop(key, None)  # a monitor that comes back starts again from zero
             self._baselines, self._monitors = new, monitors
+            self.labels = {name: name if i < self.label_limit else folded_label(name)
+                           for i, (name, _) in enumerate(monitors)}
 
     def evaluated(self) -> Iterable[tuple[str, str, str, int, int]]:
         """(monitor, version, shard, evaluated, matched) for every series with responses."""
@@ -91,14 +108,16 @@ class MonitorCounts:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None):
+    def __init__(self, registry: CollectorRegistry | None = None, monitor_label_limit: int = 1000):
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter("factpatch_gateway_requests", "Requests the gateway forwarded, by served version and shard.",
                                 ["version", "shard"], registry=r)
         self.errors = Counter("factpatch_gateway_errors",
                               "Failed requests by cause: connect (shard unreachable), dropped (connection dropped "
-                              "before an answer on every try), upstream_5xx, stream_broken.",
+                              "before an answer on every try), upstream_error, upstream_5xx, upstream_broken, "
+                              "stream_broken, stream_error, bad_response, timeout. Every cause starts at 0 with a "
+                              "(version, shard)'s first request.",
                               ["version", "shard", "reason"], registry=r)
         self.retries = Counter("factpatch_gateway_retries", "Requests sent again after a refused or dropped connection: to "
                                "another shard of the same version, or the same shard on a new connection.", ["version", "shard"], registry=r)
@@ -119,14 +138,28 @@ class Metrics:
                                         ["shard"], buckets=SWAP_BUCKETS, registry=r)
         self.analysis_decisions = Counter("factpatch_analysis_decisions", "Canary analysis decisions.",
                                           ["decision"], registry=r)
-        self.monitor_counts = MonitorCounts()
+        for decision in ("PASS", "FAIL", "INCONCLUSIVE"):  # at zero from the start: a rate, not "no data"
+            self.analysis_decisions.labels(decision)
+        self.monitor_counts = MonitorCounts(monitor_label_limit)
+        self._seen: set[tuple[str, str]] = set()
         self._state = _StateCollector(self.monitor_counts)
         r.register(self._state)
 
     def sources(self, shards: Callable[[], list] | None = None, rollouts: Callable[[], list] | None = None,
-                monitor_count: Callable[[], int] | None = None) -> None:
+                monitor_count: Callable[[], int] | None = None,
+                versions: Callable[[], Iterable[str]] | None = None) -> None:
         """Where the state gauges read from (set once the gateway and the database exist)."""
-        self._state.shards, self._state.rollouts, self._state.monitor_count = shards, rollouts, monitor_count
+        st = self._state
+        st.shards, st.rollouts, st.monitor_count, st.versions = shards, rollouts, monitor_count, versions
+
+    def request_series(self, version: str, shard: str) -> None:
+        """Create a (version, shard)'s error and retry series at zero with its first request, so an error
+        ratio reads 0, not "no data", until something fails (and alert rules see the series)."""
+        if (version, shard) not in self._seen:
+            self._seen.add((version, shard))
+            for reason in ERROR_REASONS:
+                self.errors.labels(version, shard, reason)
+            self.retries.labels(version, shard)
 
 
 class _StateCollector:
@@ -137,6 +170,7 @@ class _StateCollector:
         self.shards: Callable[[], list] | None = None
         self.rollouts: Callable[[], list] | None = None
         self.monitor_count: Callable[[], int] | None = None
+        self.versions: Callable[[], Iterable[str]] | None = None
 
     def describe(self):
         return []
@@ -146,15 +180,37 @@ class _StateCollector:
                                  labels=["monitor", "version", "shard"])
         hits = CounterMetricFamily("factpatch_monitor_matches", "Responses in which an output monitor matched (once per response).",
                                    labels=["monitor", "version", "shard"])
+        evaluated: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        matched: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        labels = self.counts.labels
         for name, v, s, n, k in self.counts.evaluated():
-            ev.add_metric([name, v, s], n)
-            hits.add_metric([name, v, s], k)
+            key = (labels.get(name, name), v, s)
+            evaluated[key] += n
+            matched[key] += k
+        for key, n in evaluated.items():
+            ev.add_metric(list(key), n)
+            hits.add_metric(list(key), matched[key])
         yield ev
         yield hits
         if self.monitor_count:
             g = GaugeMetricFamily("factpatch_monitors", "Output monitors loaded in the matching engine.")
             g.add_metric([], self.monitor_count())
             yield g
+        own = sum(1 for name, label in labels.items() if name == label)
+        lab = GaugeMetricFamily("factpatch_monitor_labels",
+                                "Monitors exported under their own monitor label (own) and summed into the "
+                                "shared `*` / `stale:*` label past max_monitor_labels (folded).", labels=["state"])
+        lab.add_metric(["own"], own)
+        lab.add_metric(["folded"], len(labels) - own)
+        yield lab
+        yield GaugeMetricFamily("factpatch_monitor_labels_limit", "max_monitor_labels: monitors exported under "
+                                "their own label.", value=self.counts.label_limit)
+        if self.versions:
+            info = GaugeMetricFamily("factpatch_version_info", "1 for every stored patch: its short version label "
+                                     "and full digest.", labels=["version", "digest"])
+            for digest in self.versions():
+                info.add_metric([version_label(digest), digest], 1)
+            yield info
         if self.shards:
             active = GaugeMetricFamily("factpatch_shard_active_version", "1 for the version each shard reports serving.",
                                        labels=["shard", "version"])
@@ -177,7 +233,7 @@ class _StateCollector:
             cutoff = time.time() - 3600
             for r, canary_share in self.rollouts():
                 if r.active or r.updated >= cutoff:
-                    state.add_metric([r.id, r.patch, r.state], 1)
+                    state.add_metric([r.id, version_label(r.patch), r.state], 1)
                 if canary_share is not None:
                     share.add_metric([r.id], canary_share)
             yield from (state, share)

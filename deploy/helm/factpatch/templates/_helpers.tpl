@@ -48,3 +48,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "factpatch.configChecksum" -}}
 {{ dict "tokens" .Values.controlPlane.tokens "monitors" .Values.controlPlane.monitors "agent" .Values.agentToken | toJson | sha256sum }}
 {{- end -}}
+
+{{/* Labels every scraped series gets (the operator adds namespace): the rules and dashboard group by them. */}}
+{{- define "factpatch.targetLabels" -}}
+- targetLabel: release
+  replacement: {{ .Release.Name | quote }}
+- targetLabel: model
+  replacement: {{ .Values.model.name | quote }}
+{{- end -}}

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import grpc
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from factpatch.core.tokens import token_lines
 from factpatch.server.cli.ctl_audit import audit_app
+from factpatch.server.cli.ctl_monitors import monitors_app
 from factpatch.server.cli.ctl_probe import probe_app
 from factpatch.server.cli.session import CHANNEL_OPTIONS, OUTPUTS, Ctx, err_console, fail
 from factpatch.server.state.rollout_state import FINAL, RolloutState, from_proto
@@ -198,6 +200,33 @@ def _parse_gate(text: str) -> rollout_pb2.AnalysisGate:
         raise typer.BadParameter(f"--gate wants METRIC:MAX_RATIO[:MIN_SAMPLES[:MAX_VALUE]], got {text!r}") from None
 
 
+GATE_FIELDS = {"metric", "query", "max_ratio", "min_samples", "max_value"}
+
+
+def _gates_file(path: Path) -> list[rollout_pb2.AnalysisGate]:
+    """Gates as data: a YAML list of {metric, query, max_ratio, min_samples, max_value} (Prometheus
+    gates carry their PromQL here, which a --gate flag cannot)."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise typer.BadParameter(f"{path}: {e}", param_hint="--gates-file") from None
+    items = doc.get("gates") if isinstance(doc, dict) else doc
+    if not isinstance(items, list) or not items:
+        raise typer.BadParameter(f"{path}: expected a list of gates (or a mapping with 'gates')", param_hint="--gates-file")
+    gates = []
+    for i, item in enumerate(items):
+        unknown = set(item) - GATE_FIELDS if isinstance(item, dict) else None
+        if unknown is None or unknown:
+            raise typer.BadParameter(f"{path}: gates[{i}]: " + (f"unknown fields {sorted(unknown)}" if unknown else
+                                     "not a mapping") + f"; fields: {', '.join(sorted(GATE_FIELDS))}",
+                                     param_hint="--gates-file")
+        try:
+            gates.append(rollout_pb2.AnalysisGate(**item))
+        except (TypeError, ValueError) as e:
+            raise typer.BadParameter(f"{path}: gates[{i}]: {e}", param_hint="--gates-file") from None
+    return gates
+
+
 def _wait(c: Ctx, rollout_id: str, until: set[str], timeout: float) -> rollout_pb2.Rollout:
     last = None
     try:
@@ -231,6 +260,9 @@ def rollout_start(
     wait: bool = typer.Option(False, "--wait", help="Wait until the canary is live (PAUSED) or the rollout ends."),
     gate: list[str] = typer.Option([], "--gate", help="Canary analysis gate METRIC:MAX_RATIO[:MIN_SAMPLES[:MAX_VALUE]], "
                                    "e.g. stale_value_rate:0.5:50 (repeatable)."),
+    gates_file: Path = typer.Option(None, "--gates-file", exists=True, dir_okay=False,
+                                    help="YAML list of gates {metric, query, max_ratio, min_samples, max_value}, "
+                                         "added to --gate; metric prometheus takes a PromQL query."),
     analysis_seconds: int = typer.Option(0, "--analysis-seconds", help="Analysis window per step in seconds; "
                                          "0: the control plane's default (60)."),
     measurement_seconds: int = typer.Option(0, "--measurement-seconds", min=0,
@@ -246,9 +278,11 @@ def rollout_start(
 
     Example: factpatch ctl rollout start sha256:… --canary s0 --traffic 10 --gate stale_value_rate:0.5:50
     --gate error_rate:1.5:200 --measurement-seconds 30 --failure-limit 1 --watch-after-promotion 300 --wait
+
+    Example: factpatch ctl rollout start sha256:… --gates-file gates.yaml (Prometheus gates: see docs/operator-guide.md)
     """
     c: Ctx = ctx.obj
-    gates = [_parse_gate(g) for g in gate]
+    gates = [_parse_gate(g) for g in gate] + (_gates_file(gates_file) if gates_file else [])
     policy = rollout_pb2.AnalysisPolicy(failure_limit=failure_limit, inconclusive_limit=inconclusive_limit,
                                         measurement_seconds=measurement_seconds, post_promotion_seconds=watch_after_promotion)
     r = c.call(c.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(
@@ -445,6 +479,7 @@ def shards_remove(ctx: typer.Context, name: str) -> None:
 
 app.add_typer(probe_app, name="probe")
 app.add_typer(audit_app, name="audit")
+app.add_typer(monitors_app, name="monitors")
 
 
 # Output options belong to `ctl` itself; people type them after the subcommand too.

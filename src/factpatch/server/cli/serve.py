@@ -7,15 +7,48 @@ from pathlib import Path
 
 import typer
 
+from factpatch.core.renamed_flags import renamed
 from factpatch.plugin.swap import MAX_DRAIN_TIMEOUT_S
+
+# The shard reads the same variables (plugin/auth.py): one secret, one pair of names on both sides.
+AGENT_TOKEN_ENV = "FACTPATCH_AGENT_TOKEN"
+AGENT_TOKEN_FILE_ENV = "FACTPATCH_AGENT_TOKEN_FILE"
+
+
+def client_tokens_option(client_tokens_file: Path | None, old_tokens_file: Path | None) -> Path:
+    """--client-tokens-file, or its old name --tokens-file (warned about); one of them is required."""
+    path = renamed(client_tokens_file, old_tokens_file, new="--client-tokens-file", old="--tokens-file")
+    if path is None:
+        typer.echo("error: missing option --client-tokens-file (a list of {principal, role, token})", err=True)
+        raise typer.Exit(2)
+    return path
+
+
+def agent_token_options(agent_token_file: Path | None, env: dict[str, str]) -> tuple[str, Path | None]:
+    """(token, file) the control plane sends to agents, in the shard's order: the flag, then
+    $FACTPATCH_AGENT_TOKEN, then $FACTPATCH_AGENT_TOKEN_FILE."""
+    if agent_token_file:
+        return "", agent_token_file
+    if env.get(AGENT_TOKEN_ENV):
+        return env[AGENT_TOKEN_ENV], None
+    if env.get(AGENT_TOKEN_FILE_ENV):
+        path = Path(env[AGENT_TOKEN_FILE_ENV])
+        if not path.is_file():
+            raise typer.BadParameter(f"${AGENT_TOKEN_FILE_ENV} {path} does not exist", param_hint="--agent-token-file")
+        return "", path
+    return "", None
 
 
 def serve(
     state_dir: Path = typer.Option(Path("./factpatch-state"), "--state-dir", help="Patch store and state database."),
     listen: str = typer.Option("127.0.0.1:50051", help="gRPC address (host:port; port 0 picks one)."),
-    tokens_file: Path = typer.Option(..., "--tokens-file", exists=True, help="Client tokens: list of {principal, role, token|token_sha256}."),
-    agent_token_file: Path = typer.Option(None, "--agent-token-file", exists=True,
-                                          help="Shard agent token (else $FACTPATCH_AGENT_TOKEN)."),
+    client_tokens_file: Path = typer.Option(None, "--client-tokens-file", exists=True, dir_okay=False, show_default=False,
+                                            help="Client tokens (required): list of {principal, role, token|token_sha256}."),
+    old_tokens_file: Path = typer.Option(None, "--tokens-file", exists=True, dir_okay=False, hidden=True,
+                                         help="Deprecated name of --client-tokens-file."),
+    agent_token_file: Path = typer.Option(None, "--agent-token-file", exists=True, dir_okay=False,
+                                          help=f"Shard agent token, first line sent, read before every call "
+                                               f"(else ${AGENT_TOKEN_ENV}, else ${AGENT_TOKEN_FILE_ENV})."),
     shard: list[str] = typer.Option([], "--shard", help="NAME=URL[,AGENT_URL] of a shard to register at start (repeatable): "
                                     "its OpenAI server and its agent (default: URL's host, port + 1)."),
     agent_token_dir: Path = typer.Option(None, "--agent-token-dir", exists=True, file_okay=False,
@@ -58,12 +91,16 @@ def serve(
     monitors: Path = typer.Option(None, "--monitors", exists=True, help="Output monitors file (YAML/JSON)."),
     probes: Path = typer.Option(None, "--probes", exists=True,
                                 help="Live edit probes: schedule, thresholds and the frozen regression set (YAML/JSON)."),
+    prometheus_url: str = typer.Option(None, "--prometheus-url", envvar="FACTPATCH_PROMETHEUS_URL",
+                                       help="Prometheus that answers analysis gates of metric 'prometheus' "
+                                            "(e.g. http://prometheus:9090); none: such gates are refused."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
     log_format: str = typer.Option("text", "--log-format", envvar="FACTPATCH_LOG_FORMAT",
                                    help="text, or json: one object per line with time, level, logger, message and "
                                         "the rollout/shard fields of state changes."),
 ) -> None:
     """Start the gRPC control plane (patch store, fleet, rollouts, reconciler) and the OpenAI gateway."""
+    from factpatch.core import tracing
     from factpatch.server.app import ControlPlaneServer, ServeConfig
     from factpatch.server.cli import logs
     from factpatch.server.gateway.app import GatewayConfig
@@ -71,10 +108,18 @@ def serve(
     from factpatch.server.probes.config import ProbeConfigError
     from factpatch.server.state.dir_lock import StateDirInUse
 
+    tokens_file = client_tokens_option(client_tokens_file, old_tokens_file)
+    if prometheus_url and not prometheus_url.startswith(("http://", "https://")):
+        raise typer.BadParameter(f"{prometheus_url!r} is not an http(s) URL", param_hint="--prometheus-url")
     if log_format not in logs.FORMATS:
         raise typer.BadParameter(f"{log_format!r} is not one of {', '.join(logs.FORMATS)}", param_hint="--log-format")
     logs.configure(log_format, verbose)
-    agent_token = "" if agent_token_file else os.environ.get("FACTPATCH_AGENT_TOKEN", "")
+    try:  # OTEL_* settings: spans are exported only when they ask for it
+        tracing.setup(tracing.CONTROL_PLANE)
+    except tracing.TracingConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    agent_token, agent_token_file = agent_token_options(agent_token_file, os.environ)
     shards = {}
     for s in shard:
         name, sep, url = s.partition("=")
@@ -97,7 +142,7 @@ def serve(
             agent_ca=agent_ca, agent_client_cert=agent_client_cert, agent_client_key=agent_client_key,
             trusted_keys=list(trusted_key), require_signatures=require_signatures,
             editor_model=editor_model, reconcile_interval=reconcile_interval, drain_timeout_s=drain_timeout,
-            max_patch_bytes=max_patch_mb << 20, max_weight_change=max_weight_change,
+            max_patch_bytes=max_patch_mb << 20, max_weight_change=max_weight_change, prometheus_url=prometheus_url,
             shards=shards, allowed_shard_addresses=list(allow_shard_address), monitors_file=monitors, probes_file=probes,
             gateway=None if gateway_listen == "off" else GatewayConfig(listen=gateway_listen, metrics_listen=metrics_listen),
         ))

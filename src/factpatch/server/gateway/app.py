@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from factpatch.core.version_label import BASE as BASE_VERSION
 from factpatch.server.control.analysis import Observation, Observations
 from factpatch.server.gateway.proxy import (
     NoShard,
@@ -32,6 +33,7 @@ from factpatch.server.gateway.proxy import (
     prompt_text,
     send,
 )
+from factpatch.server.gateway.request_span import RequestSpan, request_span
 from factpatch.server.gateway.routing import BASE, CANARY, Router, SwapTracker
 from factpatch.server.metrics import Metrics, version_label
 from factpatch.server.monitors.registry import MonitorRegistry
@@ -182,14 +184,22 @@ class Gateway:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def models(self, request: web.Request) -> web.Response:
+        with request_span(request, "/v1/models") as span:
+            answer = await self._models(request, span)
+            span.answered(answer.status)
+            return answer
+
+    async def _models(self, request: web.Request, span: RequestSpan) -> web.Response:
         route, cands = self.router.choose(None, BASE)
         if not cands:
             route, cands = self.router.choose(None, CANARY)
         if not cands:
             return openai_error(503, "no shard is available", type_="server_error", code="no_shard_available")
         shard = self.router.pick(cands)
+        span.served(shard, route)
         try:
-            async with self.session.get(shard.url + "/v1/models", headers=forward_headers(request.headers),
+            headers = span.upstream_headers(forward_headers(request.headers))
+            async with self.session.get(shard.url + "/v1/models", headers=headers,
                                         timeout=aiohttp.ClientTimeout(total=30)) as resp:
                 body = await resp.read()
                 return web.Response(body=body, status=resp.status, headers={
@@ -205,7 +215,7 @@ class Gateway:
 
     @staticmethod
     def _served(shard, route: str) -> dict[str, str]:
-        return {VERSION_HEADER: version_label(shard.version), SHARD_HEADER: shard.name, ROUTE_HEADER: route}
+        return {VERSION_HEADER: shard.version or BASE_VERSION, SHARD_HEADER: shard.name, ROUTE_HEADER: route}
 
     def _check(self, request: web.Request, raw: bytes, chat: bool) -> tuple[dict[str, Any] | None, web.Response | None]:
         try:
@@ -237,16 +247,24 @@ class Gateway:
         return body, None
 
     async def _proxy(self, request: web.Request, path: str, chat: bool) -> web.StreamResponse:
+        with request_span(request, path) as span:
+            answer = await self._forward(request, path, chat, span)
+            span.answered(answer.status)
+            return answer
+
+    async def _forward(self, request: web.Request, path: str, chat: bool, span: RequestSpan) -> web.StreamResponse:
         t0 = time.perf_counter()
         raw = await request.read()
         body, err = self._check(request, raw, chat)
         if err is not None:
             return err
+        span.request(stream=bool(body.get("stream")), forced=request.headers.get(ROUTE_HEADER) is not None)
         key = request.headers.get(KEY_HEADER) or body.get("user") or None
         compiled = self.monitors.compiled  # the set this response is judged by, even if monitors change meanwhile
         mentioned = compiled.mentioned(prompt_text(body, chat))
         timeout = aiohttp.ClientTimeout(total=self.cfg.upstream_timeout_s, sock_connect=self.cfg.connect_timeout_s)
         deadline = time.monotonic() + self.cfg.swap_wait_s
+        upstream_headers = span.upstream_headers(forward_headers(request.headers))
         while True:
             route, cands = self.router.choose(key, request.headers.get(ROUTE_HEADER))
             if not cands:
@@ -257,7 +275,7 @@ class Gateway:
                                     type_="server_error", code="no_shard_available")
             try:
                 shard, resp = await send(self.session, self.router, route, cands, path, raw,
-                                         forward_headers(request.headers), self.metrics, timeout)
+                                         upstream_headers, self.metrics, timeout, on_retry=span.retried)
                 break
             except NoShard as e:
                 if e.code == "no_shard_available" and time.monotonic() < deadline:
@@ -265,6 +283,7 @@ class Gateway:
                 return openai_error(e.status, str(e), type_="server_error", code=e.code)
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:  # sent, but no answer came back
                 return openai_error(502, f"the shard failed to answer: {e!r}", type_="server_error", code="upstream_error")
+        span.served(shard, route)
         scanner = compiled.scanner()
         timing = StreamTiming(t0)
         failed: str | None = None
@@ -317,6 +336,7 @@ class Gateway:
             resp.release()
             self.router.swaps.leave(shard.name)
             matched = scanner.close()
+            span.failed(failed)
             if failed != "client_gone":
                 self._record(shard, resp.status, failed, time.perf_counter() - t0, compiled, mentioned, matched,
                              forced=request.headers.get(ROUTE_HEADER) is not None, timing=timing)
@@ -325,6 +345,7 @@ class Gateway:
                 forced: bool = False, timing: StreamTiming | None = None) -> None:
         v, s = version_label(shard.version), shard.name
         m = self.metrics
+        m.request_series(v, s)
         m.requests.labels(v, s).inc()
         m.latency.labels(v, s).observe(latency)
         if timing is not None and not failed:

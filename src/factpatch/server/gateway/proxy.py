@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import aiohttp
 
+from factpatch.server.metrics import version_label
+
 # Request headers worth passing on; everything else (hop-by-hop, Host, our routing headers) stays here.
+# The trace context is replaced by the gateway's own span's when it has one (request_span.py).
 FORWARD_HEADERS = ("authorization", "content-type", "accept", "x-request-id", "traceparent", "tracestate")
 
 
@@ -115,8 +118,10 @@ class NoShard(Exception):
 
 
 async def send(session: aiohttp.ClientSession, router, route: str, cands, path: str, raw: bytes,
-               headers: dict[str, str], metrics, timeout: aiohttp.ClientTimeout):
+               headers: dict[str, str], metrics, timeout: aiohttp.ClientTimeout,
+               on_retry: Callable[[Any, BaseException], None] | None = None):
     """Posts to the least busy candidate. Returns (shard, response); the caller releases the response.
+    `on_retry(shard, error)` hears of each attempt that is tried again.
 
     Two failures happen before any answer and are tried again on a shard of the same version: a
     connection that cannot be made (that shard is out for this request), and a connection dropped
@@ -141,7 +146,7 @@ async def send(session: aiohttp.ClientSession, router, route: str, cands, path: 
             router.swaps.leave(shard.name)
             if isinstance(e, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
                 # the shard is down or restarting: an error of that shard, whatever happens next
-                metrics.errors.labels(shard.version or "base", shard.name, "connect").inc()
+                metrics.errors.labels(version_label(shard.version), shard.name, "connect").inc()
                 refused.add(shard.name)
             else:
                 # benign when a retry answers (counted as a retry only); a second drop rules the shard out
@@ -151,15 +156,17 @@ async def send(session: aiohttp.ClientSession, router, route: str, cands, path: 
             same = [c for c in cands if c.version == shard.version and c.name not in refused]
             if not same:
                 if shard.name in dropped:
-                    metrics.errors.labels(shard.version or "base", shard.name, "dropped").inc()
+                    metrics.errors.labels(version_label(shard.version), shard.name, "dropped").inc()
                 raise NoShard(f"no shard serving version {shard.version or 'base'} could be reached ({e!r})", 502,
                               "shard_unreachable") from e
-            metrics.retries.labels(shard.version or "base", shard.name).inc()
+            metrics.retries.labels(version_label(shard.version), shard.name).inc()
+            if on_retry is not None:
+                on_retry(shard, e)
             # another shard if there is one; the dropped one again only when it is the last left
             others = [c for c in same if c.name != shard.name]
             shard = router.pick(others or same)
         except BaseException as e:
             router.swaps.leave(shard.name)
             if isinstance(e, (aiohttp.ClientError, TimeoutError)):
-                metrics.errors.labels(shard.version or "base", shard.name, "upstream_error").inc()
+                metrics.errors.labels(version_label(shard.version), shard.name, "upstream_error").inc()
             raise

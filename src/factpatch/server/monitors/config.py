@@ -3,6 +3,8 @@
 The monitors file (YAML or JSON) given to `factpatch serve --monitors`:
 
     max_monitors: 10000            # file + API monitors together
+    max_monitor_labels: 1000       # monitors exported under their own `monitor` label; the rest
+                                   # are summed into `<kind>:other` (series = labels x versions x shards)
     stale_values: {enabled: true, scope: subject}   # scope: subject | none
     monitors:
       - {name: competitor, kind: literal, pattern: "Acme Corp", ignore_case: true}
@@ -25,6 +27,7 @@ CONFIG, API, PATCH = "config", "api", "patch"
 NAME_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
 MAX_PATTERN = 4096
 DEFAULT_LIMIT = 10_000
+DEFAULT_LABEL_LIMIT = 1_000
 
 
 class MonitorError(ValueError):
@@ -103,6 +106,7 @@ def validate(m: Monitor) -> Monitor:
 class MonitorsConfig:
     monitors: list[Monitor] = field(default_factory=list)
     max_monitors: int = DEFAULT_LIMIT
+    max_monitor_labels: int = DEFAULT_LABEL_LIMIT
     stale_enabled: bool = True
     stale_scope_subject: bool = True
 
@@ -117,10 +121,16 @@ def load(path: str | Path | None) -> MonitorsConfig:
         raise MonitorError("BAD_MONITORS_FILE", f"{path}: not YAML/JSON: {e}") from e
     if not isinstance(doc, dict):
         raise MonitorError("BAD_MONITORS_FILE", f"{path}: expected a mapping with a 'monitors' list")
-    unknown = set(doc) - {"monitors", "max_monitors", "stale_values"}
+    unknown = set(doc) - {"monitors", "max_monitors", "max_monitor_labels", "stale_values"}
     if unknown:
         raise MonitorError("BAD_MONITORS_FILE", f"{path}: unknown keys {sorted(unknown)}")
-    cfg = MonitorsConfig(max_monitors=int(doc.get("max_monitors", DEFAULT_LIMIT)))
+    limits = {}
+    for key, default in (("max_monitors", DEFAULT_LIMIT), ("max_monitor_labels", DEFAULT_LABEL_LIMIT)):
+        value = doc.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise MonitorError("BAD_MONITORS_FILE", f"{path}: {key} must be a whole number >= 0, got {value!r}", key)
+        limits[key] = value
+    cfg = MonitorsConfig(**limits)
     stale = doc.get("stale_values") or {}
     cfg.stale_enabled = bool(stale.get("enabled", True))
     scope = stale.get("scope", "subject")

@@ -53,11 +53,14 @@ class MonitorRegistry:
         ]
 
     def _stale_monitors(self) -> tuple[tuple[str, ...], list[Monitor]]:
-        rows = self.db.q("SELECT digest, manifest FROM patches ORDER BY digest")
+        rows = self.db.q("SELECT digest, manifest, imported_at FROM patches ORDER BY digest")
         digests = tuple(r["digest"] for r in rows)
         if not self.config.stale_enabled:
             return digests, []
         mons = stale.from_manifests(((r["digest"], json.loads(r["manifest"])) for r in rows), self.config.stale_scope_subject)
+        # newest patches first: when the monitor label is capped, the edits being rolled out now keep theirs
+        imported = {r["digest"]: r["imported_at"] for r in rows}
+        mons.sort(key=lambda m: (-max(imported.get(d, 0.0) for d in m.patches), m.name))
         return digests, mons
 
     def rebuild(self) -> CompiledMonitors:

@@ -6,7 +6,7 @@ same edit carried by a patch and its follow-up gives one monitor that names both
 A monitor's name is a Prometheus label value on every scrape, alert and dashboard, so it identifies the
 edit without saying what it is about: `stale:<ticket>:<edit id>`, the ticket from the edit's provenance
 (`edit` when it has none) and a short hash of subject, relation and old value. The old value itself
-stays in the monitor's pattern, which only the authenticated API shows (`factpatch ctl monitors`).
+stays in the monitor's pattern, which only the authenticated API shows (`factpatch ctl monitors list`).
 """
 
 from __future__ import annotations

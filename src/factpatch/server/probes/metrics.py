@@ -75,10 +75,11 @@ class _ProbeState:
             if version in seen:  # one series per version, however many shards serve it
                 continue
             seen.add(version)
-            edits.add_metric([version], size.edits)
+            v = version_label(version)
+            edits.add_metric([v], size.edits)
             if size.relative_max is not None:
-                change.add_metric([version, "max"], size.relative_max)
-                change.add_metric([version, "mean"], size.relative_mean)
+                change.add_metric([v, "max"], size.relative_max)
+                change.add_metric([v, "mean"], size.relative_mean)
         yield from (edits, change)
 
         cond = GaugeMetricFamily("factpatch_probe_condition",

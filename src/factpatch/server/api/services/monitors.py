@@ -59,6 +59,7 @@ class MonitorService(monitor_pb2_grpc.MonitorServiceServicer):
         return to_pb(created)
 
     def ListMonitors(self, request, context):
+        self.registry.refresh_patches()  # a patch stored a moment ago lists its stale-value monitors
         mons = self.registry.list()
         if request.kind:
             mons = [m for m in mons if KINDS[m.kind] == request.kind]
