@@ -89,8 +89,8 @@ class Stack:
     def wait_split(self, rollout_id: str, canary: tuple[str, ...], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            sp = self.srv.gateway.router.table.split
-            if sp and sp.rollout_id == rollout_id and sp.canary == canary:
+            sp = self.srv.gateway.router.table.split_of(rollout_id)
+            if sp and sp.canary == canary:
                 self.wait_routable()
                 return
             assert time.monotonic() < deadline, f"split not in place: {sp}"

@@ -3,6 +3,8 @@ traffic; the split follows the rollout; a key keeps its side."""
 
 from __future__ import annotations
 
+import json
+
 from factpatch.server.gateway.routing import BASE, CANARY, Router, SwapTracker, unit
 from factpatch.server.state.db import Database, Rollout, RolloutShard
 
@@ -87,3 +89,50 @@ def test_a_request_that_got_its_slot_holds_off_the_swap():
     swaps.end("s0", generation=3)
     assert swaps.enter("s0")  # after the swap, the shard takes requests again
     swaps.leave("s0")
+
+
+def _rollout(db: Database, rid: str, shards: list[str], canary: str, pct: int, created: float) -> Rollout:
+    r = Rollout(id=rid, patch=PATCH, state="PAUSED", steps=[{"shards": [canary], "traffic_percent": pct},
+                {"shards": shards, "traffic_percent": 100}], current_step=0, etag="e", reason="", message="",
+                gates=[], progress_deadline_s=300, created_by="t", created=created, updated=created, step_started=created)
+    with db.tx() as c:
+        db.insert_rollout(c, r)
+        for n in shards:
+            db.upsert_rollout_shard(c, r.id, RolloutShard(n, None, PATCH if n == canary else None))
+        db.set_desired(c, canary, PATCH)
+    return r
+
+
+def test_rollouts_on_disjoint_shards_each_get_their_own_split(tmp_path):
+    db = Database(tmp_path / "state.db")
+    for n in ("s0", "s1", "s2", "s3"):
+        db.add_shard(n, f"http://127.0.0.1:1/{n}")
+        observe(db, n, PATCH if n in ("s0", "s2") else None)
+    router = Router(db, SwapTracker())
+    a = _rollout(db, "ro-a", ["s0", "s1"], "s0", 25, created=1.0)
+    router.refresh()
+    keys = [f"user-{i}" for i in range(4000)]
+    alone = {k: router.choose(k, None) for k in keys}
+    b = _rollout(db, "ro-b", ["s2", "s3"], "s2", 10, created=2.0)
+    t = router.refresh()
+    assert [s.rollout_id for s in t.splits] == [a.id, b.id]  # oldest first
+    assert t.split_of(b.id).canary == ("s2",) and t.split_of(a.id).base == ("s1", "s3")
+    got = {k: router.choose(k, None) for k in keys}
+    to = {name: sum(1 for _, cands in got.values() if [c.name for c in cands] == [name]) / len(keys)
+          for name in ("s0", "s2")}
+    assert abs(to["s0"] - 0.25) < 0.03 and abs(to["s2"] - 0.10) < 0.03, to  # each its share of all traffic
+    assert all({c.name for c in cands} == {"s1", "s3"} for route, cands in got.values() if route == BASE)
+    # the new rollout takes its share from base: nobody on ro-a's canary moved
+    assert all(got[k][1][0].name == "s0" for k, (route, cands) in alone.items() if route == CANARY)
+    assert all(router.choose(k, None)[0] == got[k][0] for k in keys[:200])  # sticky
+    # forced canary: any running rollout's canary
+    assert {c.name for c in router.choose("x", CANARY)[1]} == {"s0", "s2"}
+
+    # shares over everything are scaled down together (80 % + 60 % -> 4/7 and 3/7), none is starved
+    with db.tx() as c:
+        for r, pct in ((a, 80), (b, 60)):
+            r.steps[0]["traffic_percent"] = pct
+            c.execute("UPDATE rollouts SET steps=? WHERE id=?", (json.dumps(r.steps), r.id))
+    t = router.refresh()
+    assert [round(s.canary_share, 4) for s in t.splits] == [round(0.8 / 1.4, 4), round(0.6 / 1.4, 4)]
+    db.close()

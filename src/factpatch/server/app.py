@@ -219,8 +219,8 @@ class ControlPlaneServer:
         return {m.name: m.scope_subject.lower() for m in self.monitors.stale_for_patch(digest)}
 
     def _canary_share(self, r) -> float | None:
-        split = self.gateway.router.table.split if self.gateway else None
-        return split.canary_share if split is not None and split.rollout_id == r.id else None
+        split = self.gateway.router.table.split_of(r.id) if self.gateway else None
+        return split.canary_share if split is not None else None
 
     def _bind(self) -> int:
         cfg = self.cfg

@@ -130,7 +130,10 @@ class RolloutServiceServicer:
         """Errors: NOT_FOUND / PATCH_NOT_FOUND or SHARD_NOT_FOUND; INVALID_ARGUMENT / BAD_STEPS;
         FAILED_PRECONDITION / ROLLOUT_CONFLICT (an unfinished rollout already includes one of the
         shards), BASE_MISMATCH (the patch was made for another base than a target shard serves;
-        checked before any shard is touched), NO_SHARDS.
+        checked before any shard is touched), NO_SHARDS, TRAFFIC_OVERCOMMITTED (the canary traffic
+        shares of the rollouts running on other shards and this one's first step exceed 100 %),
+        NO_PROMETHEUS / PROMETHEUS_UNREACHABLE (a gate asks Prometheus). Rollouts on disjoint shard
+        sets run side by side, each canary taking its own share of all traffic at the gateway.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

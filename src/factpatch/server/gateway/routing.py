@@ -1,10 +1,12 @@
 """Which shard serves a request: the current rollout's split, sticky keys, QA overrides, swaps.
 
-A routing table is rebuilt from the state database whenever it changes. With an unfinished rollout
-(PROGRESSING, ANALYZING or PAUSED) its target shards form two groups: canary (serving the patch)
-and base (the rest), and the current step's traffic share goes to the canary. A sticky key hashes,
-salted with the rollout id, to a point in [0, 1): the same key always lands on the same side of the
-split while that rollout runs. Shards outside the rollout serve with base.
+A routing table is rebuilt from the state database whenever it changes. Each unfinished rollout
+(PROGRESSING, ANALYZING or PAUSED) has a split: its canary (its shards serving its patch) gets the
+current step's share of all traffic; what no canary takes goes to base (every shard that is no
+rollout's canary). Rollouts run side by side on disjoint shard sets, each with its own share, taken
+oldest first; shares that add up to more than everything are scaled down together. A sticky key
+hashes, salted with each rollout's id, to a point in [0, 1): the same key keeps its side of every
+split while those rollouts run.
 
 A shard gets no traffic while it is not healthy, while its desired version differs from what it
 serves (a swap is due), or while the reconciler is swapping it: the reconciler marks the swap
@@ -47,7 +49,15 @@ class Split:
 class Table:
     generation: int
     shards: dict[str, ShardView] = field(default_factory=dict)
-    split: Split | None = None
+    splits: tuple[Split, ...] = ()  # oldest rollout first
+
+    @property
+    def split(self) -> Split | None:
+        """The oldest running rollout's split (the only one in most fleets)."""
+        return self.splits[0] if self.splits else None
+
+    def split_of(self, rollout_id: str) -> Split | None:
+        return next((s for s in self.splits if s.rollout_id == rollout_id), None)
 
 
 class SwapTracker:
@@ -137,40 +147,57 @@ class Router:
             desired = s.desired_version or ""
             shards[s.name] = ShardView(s.name, s.address.rstrip("/"), version, desired, healthy,
                                        healthy and desired == version)
-        split = None
-        for r in self.db.rollouts(active_only=True):
+        running = []
+        for r in reversed(self.db.rollouts(active_only=True)):  # oldest first: a new rollout does not move old keys
             if r.state not in TRAFFIC_SPLIT:
                 continue
             targets = [n for n in r.target_shards if n in shards]
             canary = tuple(n for n in targets if shards[n].version == r.patch)
-            base = tuple(n for n in shards if n not in canary)
             pct = int(r.steps[r.current_step].get("traffic_percent") or 0)
-            share = pct / 100 if pct else (len(canary) / len(targets) if targets else 0.0)
-            split = Split(r.id, r.patch, canary, base, share)
-            break  # newest first: one split at a time
-        self.table = Table(gen, shards, split)
+            running.append((r, canary, pct / 100 if pct else (len(canary) / len(targets) if targets else 0.0)))
+        canaries = {n for _, canary, _ in running for n in canary}
+        base = tuple(n for n in shards if n not in canaries)
+        scale = min(1.0, 1.0 / total) if (total := sum(share for _, _, share in running)) > 0 else 1.0
+        splits = tuple(Split(r.id, r.patch, canary, base, share * scale) for r, canary, share in running)
+        self.table = Table(gen, shards, splits)
         return self.table
 
     def available(self, t: Table, names) -> list[ShardView]:
         return [t.shards[n] for n in names if t.shards[n].available and not self.swaps.blocked(n, t.generation)]
 
+    def _draw(self, t: Table, key: str | None) -> Split | None:
+        """The split whose canary takes this request, or None for base. Each split in turn takes its
+        share of what the ones before it left, so every canary gets its share of all traffic."""
+        left = 1.0
+        for s in t.splits:
+            if left <= 0:
+                break
+            u = unit(key, s.rollout_id) if key else self._rng.random()
+            if u < s.canary_share / left:
+                return s
+            left -= s.canary_share
+        return None
+
     def choose(self, key: str | None, force: str | None) -> tuple[str, list[ShardView]]:
-        """(route, candidate shards) for a request; no candidates means no shard can take it."""
+        """(route, candidate shards) for a request; no candidates means no shard can take it. A forced
+        canary goes to any running rollout's canary."""
         t = self.table
-        if t.split is None:
+        if not t.splits:
             if force == CANARY:
                 return CANARY, []
             return BASE, self.available(t, t.shards)
-        s = t.split
+        every_canary = [n for s in t.splits for n in s.canary]
+        base = t.splits[0].base
         if force:
-            route = force
+            route, drawn = force, None
         else:
-            u = unit(key, s.rollout_id) if key else self._rng.random()
-            route = CANARY if u < s.canary_share else BASE
-        cands = self.available(t, s.canary if route == CANARY else s.base)
+            drawn = self._draw(t, key)
+            route = CANARY if drawn is not None else BASE
+        canary = drawn.canary if drawn is not None else every_canary
+        cands = self.available(t, canary if route == CANARY else base)
         if not cands and not force:  # the other version rather than no answer (e.g. the only canary is swapping)
             route = BASE if route == CANARY else CANARY
-            cands = self.available(t, s.canary if route == CANARY else s.base)
+            cands = self.available(t, canary if route == CANARY else base)
         return route, cands
 
     @property

@@ -146,11 +146,18 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
             if name not in known:
                 raise not_found("SHARD_NOT_FOUND", f"no shard named {name!r}", shard=name)
         steps = self._steps(request, targets)
-        for r in db.rollouts(active_only=True):
+        running = db.rollouts(active_only=True)
+        for r in running:
             overlap = sorted(set(r.target_shards) & set(targets))
             if overlap:
                 raise precondition("ROLLOUT_CONFLICT", f"rollout {r.id} ({r.state}) is still running on {', '.join(overlap)}",
                                    rollout=r.id)
+        # rollouts on other shards run beside this one, each canary with its own share of all traffic
+        taken = sum(int(r.steps[r.current_step].get("traffic_percent") or 0) for r in running)
+        first = int(steps[0]["traffic_percent"] or 0)
+        if first and taken + first > 100:
+            raise precondition("TRAFFIC_OVERCOMMITTED", f"running rollouts' canaries take {taken} % of the traffic; "
+                               f"{first} % more is over 100 %", field="canary_traffic_percent")
         self._check_base(patch_row, targets)
         deadline = request.progress_deadline_seconds or DEFAULT_DEADLINE_S
         if deadline < 0:
