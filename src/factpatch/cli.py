@@ -12,6 +12,24 @@ app = typer.Typer(
 )
 
 
+def _flags_show_no_type() -> None:
+    """typer 0.29 prints `<bool>` beside every flag, as if `--wait` took a value; a flag shows none."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "flags_show_no_type", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.flags_show_no_type = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
+
+
 def _print_version(value: bool) -> None:
     if value:
         from importlib.metadata import version

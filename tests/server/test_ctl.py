@@ -103,7 +103,7 @@ def test_rollback_and_releases_commands(control_plane, tmp_path):
     r = ctl(control_plane, "rollback", "--to", digest)
     assert r.exit_code == 4 and "NOT_IN_HISTORY" in r.stderr
     assert ctl(control_plane, "rollback", "--to", "not-a-digest").exit_code == 2
-    assert ctl(control_plane, "revert").exit_code == 6  # the shard is unreachable, but base is now its release
+    assert ctl(control_plane, "revert").exit_code == 9  # the shard is unreachable, but base is now its release
     r = ctl(control_plane, "--json", "releases", token=VIEWER_TOKEN)
     assert r.exit_code == 0 and [(x["shard"], x.get("version", ""), x["source"]) for x in json.loads(r.stdout)["releases"]] == [
         ("s1", "", "revert")]
@@ -195,3 +195,13 @@ def test_rollout_gates_file(control_plane, tmp_path):
     r = ctl(control_plane, "--json", "rollout", "start", digest, "--gates-file", str(gates))
     # parsed and sent: this control plane has no Prometheus, so the gate is refused by name
     assert r.exit_code == 4 and json.loads(r.stderr)["error"]["reason"] == "NO_PROMETHEUS"
+
+
+def test_flags_show_no_value_type_in_help():
+    from factpatch.cli import _register_subcommands
+    from factpatch.cli import app as root
+
+    _register_subcommands()
+    r = CliRunner().invoke(root, ["ctl", "rollout", "start", "--help"], terminal_width=200)
+    lines = {ln.split()[1]: ln for ln in r.stdout.splitlines() if ln.strip().startswith("│ --")}
+    assert "<bool>" not in lines["--wait"] and "<int>" in lines["--traffic"], r.stdout

@@ -2,8 +2,9 @@
 
 Exit codes: 0 ok · 2 bad input · 3 not found · 4 conflict / precondition · 5 not authenticated or
 not allowed · 6 control plane unreachable or deadline passed · 7 the rollout ended FAILED or
-ABORTED · 8 `probe run` found a condition · 1 anything else (`audit verify` exits 1 on a broken chain). `--json` prints the API message as JSON; errors go to stderr as
-`CODE/REASON: message` (or a JSON object with --json).
+ABORTED · 8 `probe run` found a condition · 9 `revert` / `rollback` left a shard behind · 1 anything
+else (`audit verify` exits 1 on a broken chain). `--json` prints the API message as JSON; errors go to
+stderr as `CODE/REASON: message` (or a JSON object with --json).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from factpatch.server.cli.session import CHANNEL_OPTIONS, OUTPUTS, Ctx, err_cons
 from factpatch.server.state.rollout_state import FINAL, RolloutState, from_proto
 from factpatch.v1 import fleet_pb2, patch_pb2, rollout_pb2
 
+EXIT_SHARD_BEHIND = 9  # revert / rollback answered, and a shard did not reach its version
 EPILOG = ("Exit codes: 0 ok · 2 bad input · 3 not found · 4 conflict or precondition · 5 not authenticated or not "
-          "allowed · 6 unreachable or deadline passed · 7 the rollout ended FAILED or ABORTED · 8 a probe found a "
-          "condition · 1 anything else. A re-run with the same --request-id returns the first answer and changes nothing.")
+          "allowed · 6 control plane unreachable or deadline passed · 7 the rollout ended FAILED or ABORTED · 8 a "
+          "probe found a condition · 9 revert or rollback left a shard behind · 1 anything else. A re-run with the "
+          "same --request-id returns the first answer and changes nothing.")
 app = typer.Typer(help="Operate the factpatch control plane.", no_args_is_help=True, epilog=EPILOG)
 patch_app = typer.Typer(help="Patches in the store.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Staged rollouts.", no_args_is_help=True)
@@ -380,7 +383,7 @@ def revert(ctx: typer.Context, shard: list[str] = typer.Option([], "--shard", he
 
     c.out(resp, render)
     if not all(r.ok for r in resp.results):
-        raise typer.Exit(6)
+        raise typer.Exit(EXIT_SHARD_BEHIND)
 
 
 @app.command("rollback")
@@ -406,7 +409,7 @@ def rollback(ctx: typer.Context,
 
     c.out(resp, render)
     if not all(r.ok for r in resp.results):
-        raise typer.Exit(6)
+        raise typer.Exit(EXIT_SHARD_BEHIND)
 
 
 @app.command("releases")
