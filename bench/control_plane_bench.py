@@ -9,6 +9,10 @@ Writes bench/results/control_plane.json:
   shards in parallel in both cases.
 - Rollback to the previous patch (two patches released one after the other; each round goes back one,
   so rounds alternate between them): the same two timings, beside the revert's in the same run.
+- The yardstick for both: the same pair of completions (one per shard, in parallel) with nothing
+  changed, timed in the same run. Two vLLM engines on a 2-core machine answer one of two parallel
+  requests late whatever happens (0.6-1.1 s against 0.06-0.1 s), so the time a change adds is
+  "until serving" minus this pair's time, not "until serving" itself.
 - Read-call rate: GetRollout, ListShards and GetPatch from 4 client threads for a fixed time.
 Measured in one run on one machine; the shards share the machine's cores with the control plane.
 """
@@ -95,6 +99,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
         start_all(shards)
         base_answer = [s.complete(PROMPT)["choices"][0]["text"] for s in shards]
+        steady_s = []
+        for _ in range(2 * args.rounds):  # the yardstick: the same pair of completions, nothing changed
+            t0 = time.perf_counter()
+            list(pool.map(lambda s: s.complete(PROMPT), shards))
+            steady_s.append(time.perf_counter() - t0)
         srv = ControlPlaneServer(ServeConfig(
             state_dir=Path(tmp) / "state", listen="127.0.0.1:0", tokens_file=write_tokens(Path(tmp) / "t.yaml"),
             agent_token=AGENT_TOKEN, reconcile_interval=0.5, shards={"s0": shards[0].endpoints, "s1": shards[1].endpoints}))
@@ -165,6 +174,10 @@ def main() -> None:
             "until_serving_it_s_median": round(statistics.median(back_serving_s), 4),
             "until_serving_it_s_all": [round(x, 4) for x in back_serving_s],
         },
+        "steady_pair_of_completions_s": {"median": round(statistics.median(steady_s), 4),
+                                         "all": [round(x, 4) for x in steady_s]},
+        "added_by_revert_s_median": round(med - statistics.median(steady_s), 4),
+        "added_by_rollback_s_median": round(statistics.median(back_serving_s) - statistics.median(steady_s), 4),
         "rollback_vs_revert_until_serving": round(statistics.median(back_serving_s) / med, 2),
         "restart_shards": {"until_serving_base_s": round(restart_s, 2)},
         "speedup_revert_vs_restart": round(restart_s / med, 1),
