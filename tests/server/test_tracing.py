@@ -274,7 +274,7 @@ def test_the_console_exporter_prints_spans_under_the_default_or_given_service_na
 
 def test_serve_and_shard_refuse_an_unknown_exporter_before_starting(tmp_path):
     out = subprocess.run([sys.executable, "-c", "from factpatch.cli import main; main()", "serve",
-                          "--tokens-file", str(write_tokens(tmp_path / "tokens.yaml")), "--state-dir", str(tmp_path / "state"),
+                          "--client-tokens-file", str(write_tokens(tmp_path / "tokens.yaml")), "--state-dir", str(tmp_path / "state"),
                           "--listen", "127.0.0.1:0", "--gateway-listen", "off"],
                          env={**os.environ, "OTEL_TRACES_EXPORTER": "jaeger", "FACTPATCH_AGENT_TOKEN": AGENT_TOKEN},
                          capture_output=True, text=True, timeout=120)
