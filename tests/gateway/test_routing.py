@@ -56,7 +56,7 @@ def test_swaps_and_split(tmp_path):
         for n in ("s0", "s1", "s2"):
             db.upsert_rollout_shard(c, r.id, RolloutShard(n, None, PATCH if n == "s0" else None))
     t = router.refresh()
-    assert t.split.canary == ("s0",) and t.split.base == ("s1", "s2") and t.split.canary_share == 0.25
+    assert t.split.canary == ("s0",) and t.base == ("s1", "s2") and t.split.canary_share == 0.25
     for i in range(200):
         key = f"user-{i}"
         route, cands = router.choose(key, None)
@@ -116,7 +116,7 @@ def test_rollouts_on_disjoint_shards_each_get_their_own_split(tmp_path):
     b = _rollout(db, "ro-b", ["s2", "s3"], "s2", 10, created=2.0)
     t = router.refresh()
     assert [s.rollout_id for s in t.splits] == [a.id, b.id]  # oldest first
-    assert t.split_of(b.id).canary == ("s2",) and t.split_of(a.id).base == ("s1", "s3")
+    assert t.split_of(b.id).canary == ("s2",) and t.base == ("s1", "s3")
     got = {k: router.choose(k, None) for k in keys}
     to = {name: sum(1 for _, cands in got.values() if [c.name for c in cands] == [name]) / len(keys)
           for name in ("s0", "s2")}

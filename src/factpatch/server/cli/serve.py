@@ -8,11 +8,11 @@ from pathlib import Path
 import typer
 
 from factpatch.core.renamed_flags import renamed
-from factpatch.plugin.swap import MAX_DRAIN_TIMEOUT_S
 
-# The shard reads the same variables (plugin/auth.py): one secret, one pair of names on both sides.
-AGENT_TOKEN_ENV = "FACTPATCH_AGENT_TOKEN"
-AGENT_TOKEN_FILE_ENV = "FACTPATCH_AGENT_TOKEN_FILE"
+# the shard's own names for the agent token: one secret, one pair of names on both sides
+from factpatch.plugin.auth import TOKEN_ENV as AGENT_TOKEN_ENV
+from factpatch.plugin.auth import TOKEN_FILE_ENV as AGENT_TOKEN_FILE_ENV
+from factpatch.plugin.swap import MAX_DRAIN_TIMEOUT_S
 
 
 def client_tokens_option(client_tokens_file: Path | None, old_tokens_file: Path | None) -> Path:

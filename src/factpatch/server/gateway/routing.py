@@ -41,7 +41,6 @@ class Split:
     rollout_id: str
     patch: str
     canary: tuple[str, ...]
-    base: tuple[str, ...]
     canary_share: float
 
 
@@ -50,6 +49,7 @@ class Table:
     generation: int
     shards: dict[str, ShardView] = field(default_factory=dict)
     splits: tuple[Split, ...] = ()  # oldest rollout first
+    base: tuple[str, ...] = ()  # with splits: the shards that are no rollout's canary
 
     @property
     def split(self) -> Split | None:
@@ -158,8 +158,8 @@ class Router:
         canaries = {n for _, canary, _ in running for n in canary}
         base = tuple(n for n in shards if n not in canaries)
         scale = min(1.0, 1.0 / total) if (total := sum(share for _, _, share in running)) > 0 else 1.0
-        splits = tuple(Split(r.id, r.patch, canary, base, share * scale) for r, canary, share in running)
-        self.table = Table(gen, shards, splits)
+        splits = tuple(Split(r.id, r.patch, canary, share * scale) for r, canary, share in running)
+        self.table = Table(gen, shards, splits, base)
         return self.table
 
     def available(self, t: Table, names) -> list[ShardView]:
@@ -187,17 +187,16 @@ class Router:
                 return CANARY, []
             return BASE, self.available(t, t.shards)
         every_canary = [n for s in t.splits for n in s.canary]
-        base = t.splits[0].base
         if force:
             route, drawn = force, None
         else:
             drawn = self._draw(t, key)
             route = CANARY if drawn is not None else BASE
         canary = drawn.canary if drawn is not None else every_canary
-        cands = self.available(t, canary if route == CANARY else base)
+        cands = self.available(t, canary if route == CANARY else t.base)
         if not cands and not force:  # the other version rather than no answer (e.g. the only canary is swapping)
             route = BASE if route == CANARY else CANARY
-            cands = self.available(t, canary if route == CANARY else base)
+            cands = self.available(t, canary if route == CANARY else t.base)
         return route, cands
 
     @property
