@@ -68,6 +68,49 @@ def test_a_taken_agent_port_is_refused_with_its_address():
             AgentServerConfig("127.0.0.1", port).bind()
 
 
+def test_the_shard_binds_its_agent_port_before_vllm_starts(tmp_path, fixture_dir):
+    """`factpatch shard` takes the agent port itself and hands the socket to vLLM: a port in use stops it
+    with exit 2 naming the address before any engine start (no vLLM log line), and no process can take
+    the port while the engine loads."""
+    import socket
+    import subprocess
+    import sys
+
+    token = tmp_path / "token"
+    token.write_text(TOKEN_ENV["FACTPATCH_AGENT_TOKEN"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-c", "from factpatch.cli import main; main()", "shard", "--model", str(fixture_dir),
+                            "--port", str(port + 1 if port < 65535 else port - 1), "--agent-port", str(port),
+                            "--agent-token-file", str(token)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"127.0.0.1:{port}" in r.stderr and "in use" in r.stderr
+    assert "vllm" not in (r.stdout + r.stderr).lower()
+
+
+def test_an_inherited_agent_socket_is_adopted_only_when_it_listens_on_the_agent_port(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        cfg = AgentServerConfig.from_env({"FACTPATCH_AGENT_PORT": str(port), "FACTPATCH_AGENT_LISTEN_FD": str(s.fileno())})
+        adopted = cfg.bind()
+        assert adopted.fileno() == s.fileno() and adopted.getsockname()[1] == port
+        assert not adopted.get_inheritable()
+        adopted.detach()  # `s` still owns the descriptor
+        with pytest.raises(AgentServerConfigError, match=f"not a TCP socket listening on port {port + 1}"):
+            AgentServerConfig("127.0.0.1", port + 1, listen_fd=s.fileno()).bind()
+    with open(tmp_path / "f", "w") as f:
+        with pytest.raises(AgentServerConfigError, match="FACTPATCH_AGENT_LISTEN_FD"):
+            AgentServerConfig("127.0.0.1", port, listen_fd=f.fileno()).bind()
+    with pytest.raises(AgentServerConfigError, match="not a file descriptor number"):
+        AgentServerConfig.from_env({"FACTPATCH_AGENT_PORT": "8001", "FACTPATCH_AGENT_LISTEN_FD": "three"})
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")

@@ -25,6 +25,8 @@ FOUND_AND_FIXED = [
     "RegisterShard accepted addresses no request can use ('http://[::1', a DNS label over 63 characters, "
     "'http://a..b'): from then on every reconcile pass failed for every shard, and RevertToBase answered INTERNAL",
     "ListPatches with a page_token past 2^63 answered UNKNOWN (SQLite integer overflow)",
+    "a retried refusal (same request_id) was replayed without its ErrorInfo metadata, so the second "
+    "answer no longer named the field at fault (stored refusals now keep it)",
 ]
 RPCS = {r.key: r for r in all_rpcs()}
 BY_REQUEST = {r.request.DESCRIPTOR.full_name: r for r in RPCS.values()}

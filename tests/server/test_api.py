@@ -7,6 +7,7 @@ import time
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
@@ -18,6 +19,19 @@ from .helpers import random_patch, rid
 
 W = "model.layers.1.mlp.down_proj.weight"
 DEAD = "http://127.0.0.1:9"  # nothing listens: connection refused at once
+
+
+def field_of(fn) -> tuple[str, str]:
+    """(reason, field) of the refusal `fn` gets."""
+    with pytest.raises(grpc.RpcError) as ei:
+        fn()
+    for key, value in ei.value.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for d in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                if d.Unpack(info):
+                    return info.reason, info.metadata.get("field", "")
+    return reason_of(ei.value), ""
 
 
 def fails(fn, code, reason):
@@ -107,6 +121,10 @@ def test_idempotency_one_effect_same_answer(op, control_plane):
     dup = fleet_pb2.RegisterShardRequest(request_id="req-3", name="s3", address="http://127.0.0.1:10")
     fails(lambda: op(op.fleet.RegisterShard, dup), grpc.StatusCode.ALREADY_EXISTS, "SHARD_EXISTS")
     fails(lambda: op(op.fleet.RegisterShard, dup), grpc.StatusCode.ALREADY_EXISTS, "SHARD_EXISTS")
+    # a replayed refusal keeps its ErrorInfo metadata: the field at fault, not only the reason
+    bad = fleet_pb2.RegisterShardRequest(request_id="req-4", name="bad\x00", address=DEAD)
+    first, again = (field_of(lambda: op(op.fleet.RegisterShard, bad)) for _ in range(2))
+    assert first == again == ("BAD_SHARD_NAME", "name")
     entries = [e for e in control_plane.cp.audit.entries() if e.request_id == "req-1"]
     assert sorted(e.result for e in entries) == ["INVALID_ARGUMENT/REQUEST_ID_REUSED", "OK", "OK"]
     assert any(e.detail.startswith("replayed") for e in entries)

@@ -59,14 +59,9 @@ class ShardServer:
         self.extra_env = dict(env or {})
         self.start_timeout_s = start_timeout_s
         self.token = secrets.token_urlsafe(24)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.agent_args = list(agent_args or [])
         self.agent_http = dict(agent_http or {})
-        self.agent_port = free_port(avoid=self.port)
-        scheme = "https" if "--agent-tls-cert" in self.agent_args else "http"
-        # The agent's routes live on their own port (the OpenAI port answers 404 for them).
-        self.agent_url = f"{scheme}://{'localhost' if scheme == 'https' else '127.0.0.1'}:{self.agent_port}"
+        self._choose_ports()
         self._tmp = tempfile.TemporaryDirectory(prefix="factpatch-shard-")
         self.agent_token_file = Path(self._tmp.name) / "token"
         self.log_path = Path(log_path) if log_path else Path(self._tmp.name) / "shard.log"
@@ -82,7 +77,27 @@ class ShardServer:
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> "ShardServer":
+        """Start and wait until healthy. A port another process took between choosing it and binding it
+        (free_port cannot reserve one) is chosen again, up to three times."""
         self._cancel.clear()
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except ShardError as e:
+                if "address already in use" not in str(e).lower() or attempt == 2 or self._cancel.is_set():
+                    raise
+                self._choose_ports()
+        raise AssertionError("unreachable")
+
+    def _choose_ports(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.agent_port = free_port(avoid=self.port)
+        scheme = "https" if "--agent-tls-cert" in self.agent_args else "http"
+        # The agent's routes live on their own port (the OpenAI port answers 404 for them).
+        self.agent_url = f"{scheme}://{'localhost' if scheme == 'https' else '127.0.0.1'}:{self.agent_port}"
+
+    def _start_once(self) -> "ShardServer":
         self.agent_token_file.write_text(self.token)
         self.agent_token_file.chmod(0o600)
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **self.extra_env}

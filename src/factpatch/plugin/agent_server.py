@@ -4,12 +4,17 @@ port (whose `--api-key` does not cover extra routes, and which every client of t
 It runs in the vLLM API server process, on the same event loop, beside vLLM's own server:
 
     config = AgentServerConfig.from_env()      # FACTPATCH_AGENT_HOST/PORT, TLS files
-    sock = config.bind()                       # refuses to start when the port is taken
+    sock = config.bind()                       # the socket `factpatch shard` bound, or a new one
     asyncio.create_task(serve(app, config, sock))
 
 With `FACTPATCH_AGENT_TLS_CERT` and `_KEY` the agent speaks HTTPS; with `FACTPATCH_AGENT_TLS_CLIENT_CA`
 as well it asks every caller for a client certificate signed by that CA (mutual TLS) and refuses the
 connection without one, before any route or token is looked at.
+
+`factpatch shard` binds the agent's port itself, before vLLM starts, and hands the listening socket
+down as an inherited descriptor (`FACTPATCH_AGENT_LISTEN_FD`), as vLLM does with its own port: a port
+in use stops the shard in its first second, and no other process can take the port while the engine
+loads (half a minute and more).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ PORT_ENV = "FACTPATCH_AGENT_PORT"
 TLS_CERT_ENV = "FACTPATCH_AGENT_TLS_CERT"
 TLS_KEY_ENV = "FACTPATCH_AGENT_TLS_KEY"
 TLS_CLIENT_CA_ENV = "FACTPATCH_AGENT_TLS_CLIENT_CA"
+LISTEN_FD_ENV = "FACTPATCH_AGENT_LISTEN_FD"
 
 
 class AgentServerConfigError(ValueError):
@@ -40,6 +46,7 @@ class AgentServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    listen_fd: int | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "AgentServerConfig":
@@ -53,8 +60,12 @@ class AgentServerConfig:
             port = -1
         if not 1 <= port <= 65535:
             raise AgentServerConfigError(f"{PORT_ENV}={raw_port!r}: not a port (1-65535)")
+        raw_fd = env.get(LISTEN_FD_ENV, "")
+        if raw_fd and not raw_fd.isdigit():
+            raise AgentServerConfigError(f"{LISTEN_FD_ENV}={raw_fd!r}: not a file descriptor number")
         cfg = cls(host=env.get(HOST_ENV) or "127.0.0.1", port=port, tls_cert=env.get(TLS_CERT_ENV) or None,
-                  tls_key=env.get(TLS_KEY_ENV) or None, tls_client_ca=env.get(TLS_CLIENT_CA_ENV) or None)
+                  tls_key=env.get(TLS_KEY_ENV) or None, tls_client_ca=env.get(TLS_CLIENT_CA_ENV) or None,
+                  listen_fd=int(raw_fd) if raw_fd else None)
         cfg.check()
         return cfg
 
@@ -89,18 +100,43 @@ class AgentServerConfig:
         return ctx
 
     def bind(self) -> socket.socket:
-        """The listening socket, bound now so a port in use stops the shard at start, not later."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError as e:
-            sock.close()
-            raise AgentServerConfigError(f"agent port {self.host}:{self.port}: {e.strerror or e}") from None
-        sock.listen(128)
+        """The listening socket: the one `factpatch shard` bound and handed down, else bound now (a port in
+        use stops the shard at start, not later)."""
+        sock = self.adopt() if self.listen_fd is not None else listen(self.host, self.port)
+        sock.set_inheritable(False)  # the engine's later child processes need not hold the port
         sock.setblocking(False)
         return sock
+
+    def adopt(self) -> socket.socket:
+        """The inherited listening socket, checked to be a TCP listener on this config's port."""
+        try:
+            sock = socket.socket(fileno=self.listen_fd)
+        except OSError as e:
+            raise AgentServerConfigError(f"{LISTEN_FD_ENV}={self.listen_fd}: {e.strerror or e}") from None
+        try:
+            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            bound = sock.getsockname()[1] if sock.family in (socket.AF_INET, socket.AF_INET6) else None
+        except OSError:
+            listening, bound = 0, None
+        if sock.type != socket.SOCK_STREAM or not listening or bound != self.port:
+            sock.detach()  # not ours to close
+            raise AgentServerConfigError(
+                f"{LISTEN_FD_ENV}={self.listen_fd}: not a TCP socket listening on port {self.port} ({PORT_ENV})")
+        return sock
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on host:port; AgentServerConfigError naming the address when it cannot."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise AgentServerConfigError(f"agent port {host}:{port}: {e.strerror or e}") from None
+    sock.listen(128)
+    return sock
 
 
 def build_app(agent_state: Any) -> Any:

@@ -161,6 +161,13 @@ def shard(
     if problem:  # said here in a second, not by vLLM after half a minute of imports
         typer.echo(f"error: --model {model}: {problem}", err=True)
         raise typer.Exit(2)
+    try:  # bound now and handed down: taken in a second if in use, held while the engine loads
+        sock = agent_server.listen(env[agent_server.HOST_ENV], int(env[agent_server.PORT_ENV]))
+    except agent_server.AgentServerConfigError as e:
+        typer.echo(f"error: --agent-port: {e}", err=True)
+        raise typer.Exit(2)
+    sock.set_inheritable(True)
+    env[agent_server.LISTEN_FD_ENV] = str(sock.fileno())
     # Replace this process so signals and the exit status belong to vLLM itself.
     os.execve(argv[0], argv, env)
 

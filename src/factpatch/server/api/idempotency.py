@@ -1,13 +1,14 @@
 """request_id idempotency: the first answer to a request id is stored and given again.
 
-A retried request (same id, same bytes) gets the stored response or the stored refusal without a
-second effect. Transient failures (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL) are not stored, so a
+A retried request (same id, same bytes) gets the stored response or the stored refusal (its reason and
+metadata too) without a second effect. Transient failures (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL) are not stored, so a
 retry after one runs again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 
 import grpc
 from google.protobuf import descriptor_pool, message_factory
@@ -41,7 +42,7 @@ class Idempotency:
                 field="request_id",
             )
         if row["code"]:
-            raise ApiError(grpc.StatusCode[row["code"]], row["reason"], row["message"])
+            raise ApiError(grpc.StatusCode[row["code"]], row["reason"], row["message"], **json.loads(row["metadata"]))
         desc = descriptor_pool.Default().FindMessageTypeByName(row["response_type"])
         return message_factory.GetMessageClass(desc).FromString(row["response"])
 
@@ -54,4 +55,5 @@ class Idempotency:
     def save_error(self, request_id: str, method: str, req_hash: str, err: ApiError) -> None:
         if err.code in TRANSIENT or err.reason == "REQUEST_ID_REUSED":
             return
-        self.db.save_request(request_id, method, req_hash, code=err.code.name, reason=err.reason, message=err.message)
+        self.db.save_request(request_id, method, req_hash, code=err.code.name, reason=err.reason, message=err.message,
+                             metadata=err.metadata)

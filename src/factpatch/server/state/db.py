@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS rollout_shards (
   PRIMARY KEY (rollout_id, shard));
 CREATE TABLE IF NOT EXISTS requests (
   request_id TEXT PRIMARY KEY, method TEXT NOT NULL, request_hash TEXT NOT NULL,
-  response_type TEXT, response BLOB, code TEXT, reason TEXT, message TEXT, created REAL NOT NULL);
+  response_type TEXT, response BLOB, code TEXT, reason TEXT, message TEXT, created REAL NOT NULL,
+  metadata TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS base_compat (
   patch_fingerprint TEXT NOT NULL, shard_fingerprint TEXT NOT NULL, compatible INTEGER NOT NULL,
   reason TEXT NOT NULL DEFAULT '', PRIMARY KEY (patch_fingerprint, shard_fingerprint));
@@ -145,6 +146,9 @@ class Database:
         if "agent_address" not in {r["name"] for r in self._conn.execute("PRAGMA table_info(shards)")}:
             # from before the agent had its own port: NULL reads as the default agent address
             self._conn.execute("ALTER TABLE shards ADD COLUMN agent_address TEXT")
+        if "metadata" not in {r["name"] for r in self._conn.execute("PRAGMA table_info(requests)")}:
+            # from before stored refusals kept their ErrorInfo metadata (the field at fault)
+            self._conn.execute("ALTER TABLE requests ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'")
         self._changed = threading.Condition(self._lock)
         self._generation = 0
 
@@ -357,11 +361,14 @@ class Database:
     def save_request(
         self, request_id: str, method: str, request_hash: str, *, response_type: str | None = None,
         response: bytes | None = None, code: str | None = None, reason: str | None = None, message: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         with self.tx() as c:
             c.execute(
-                "INSERT OR REPLACE INTO requests VALUES (?,?,?,?,?,?,?,?,?)",
-                (request_id, method, request_hash, response_type, response, code, reason, message, time.time()),
+                "INSERT OR REPLACE INTO requests (request_id, method, request_hash, response_type, response, code, reason,"
+                " message, created, metadata) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (request_id, method, request_hash, response_type, response, code, reason, message, time.time(),
+                 json.dumps(metadata or {})),
             )
 
     # base compatibility learned from shards' answers
