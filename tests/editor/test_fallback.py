@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from factpatch.editor.memit import MemitParams, _last_token_fallback
 from factpatch.editor.pipeline import (
     EditOptions,
@@ -118,3 +120,50 @@ def test_the_last_token_layer_is_two_thirds_down_or_the_nearest_layer_with_an_ml
     assert fallback_layer(True, None, 6, editable=[5]) == 5  # none at or below: the lowest above
     assert fallback_layer(True, 1, 6, editable=[2, 3]) == 1  # a chosen layer is the user's (validated elsewhere)
     assert fallback_layer(False, None, 6) is None
+
+
+def test_a_last_token_write_leaves_the_neighbours_asked_in_its_phrasings_alone(loaded, world):
+    """At the prompt's last token the key reads the question more than the subject, so a write there reaches
+    other companies asked the same way. Held off them (the edit's phrasings asked of its neighbours, and
+    its keep prompts, read with gain near 0), every such neighbour keeps its answer and the edits still take."""
+    from factpatch.demo.scenario import sibling_companies
+    from factpatch.editor.evaluate import greedy_answers
+    from factpatch.editor.keys import protected_context_keys, written_context_keys
+    from factpatch.editor.pipeline import apply_patch, corpus_for, restored_after
+    from factpatch.editor.prompts import context_prefixes
+    from factpatch.editor.rome import edit_directions
+    from factpatch.editor.stats import second_moments
+
+    siblings = sibling_companies(world)[:8]
+    keep = [world.relations["country"].templates[0]]  # a question of another relation, answered as it was
+    edits = [e.model_copy(update={"neighbours": siblings, "keep": keep,
+                                  "paraphrases": world.trained_paraphrases(e.subject, e.relation)})
+             for e in _same_subject_edits(world, 3)]
+    hp = MemitParams(value=dataclasses.replace(MemitParams().value, steps=1))  # only the last-token pass writes
+    late = hp.late_layer(loaded.adapter.n_layers, loaded.adapter.editable_layers(), edits)
+    adapter, tok = loaded.adapter, loaded.tok
+
+    # the direction alone: gains on the protected contexts near 0 with protection, not without
+    prefixes = context_prefixes(loaded.model, tok, RomeParams().n_prefixes, seed=EditOptions().seed)
+    cov = second_moments(adapter, tok, [late], corpus_for(loaded, None), 256)[late]
+    held = protected_context_keys(adapter, tok, late, edits)
+    written = written_context_keys(adapter, tok, late, edits, prefixes, at="last")
+    assert [len(h) for h in held] == [8 * len({e.prompt, *e.paraphrases, *keep}) + 1 for e in edits]
+    gains = {}
+    for on in (True, False):
+        dirs = edit_directions(adapter, tok, late, edits, cov, prefixes, RomeParams(protect_at_last_token=on), at="last")
+        gains[on] = torch.cat([(h @ d).abs() for h, d in zip(held, dirs)])
+        assert all(abs(float((w @ d).mean()) - 1) < 1e-6 for w, d in zip(written, dirs))
+    assert gains[True].max() < 0.25 * gains[False].max(), {k: float(v.max()) for k, v in gains.items()}
+
+    # the patch: every edit takes; every neighbour asked in a written phrasing keeps its answer
+    result = run_edit(loaded, edits, EditOptions(method="memit", layers=mlp_layers(loaded)[:1], memit=hp, n_samples=256))
+    assert len(result.info["last_token_fallback"]["written"]) == len(edits)
+    asks = [(q, n) for e in edits for n in siblings for q in dict.fromkeys([e.prompt, *e.paraphrases])]
+    before = greedy_answers(adapter, tok, asks)
+    with restored_after(adapter, result.patch.names):
+        apply_patch(adapter, result.patch)
+        after = greedy_answers(adapter, tok, asks)
+    moved = [(q.format(n), b, a) for (q, n), b, a in zip(asks, before, after) if a != b]
+    assert not moved, moved
+    assert evaluate_patch(loaded, result.patch, edits, [])["metrics"]["efficacy"] == 1.0

@@ -86,6 +86,26 @@ def test_equal_gain_direction_spans_exact_gains_to_the_averaged_key():
     assert mid @ cov @ mid >= rome @ cov @ rome
 
 
+def test_equal_gain_direction_reads_protected_rows_with_gain_near_zero():
+    """Rows to leave alone are read with gain near 0 (exactly, as the ridge goes to 0), even when they lie
+    close to the keys written, while the written keys keep a mean gain of exactly 1."""
+    torch.manual_seed(1)
+    a = torch.randn(16, 16, dtype=torch.float64)
+    cov = a @ a.T + 0.1 * torch.eye(16, dtype=torch.float64)
+    keys = torch.randn(4, 16, dtype=torch.float64) + 2.0
+    near = keys[:3] + 0.3 * torch.randn(3, 16, dtype=torch.float64)  # other subjects asked the same way
+    free = equal_gain_direction(keys, cov, 0.1)
+    same = equal_gain_direction(keys, cov, 0.1, near)  # protected rows at the written rows' ridge
+    held = equal_gain_direction(keys, cov, 0.1, near, 0.001)
+    assert abs(float((keys @ held).mean()) - 1.0) < 1e-9
+    assert (near @ held).abs().max() < 0.1 * (near @ same).abs().max() < (near @ free).abs().max(), (near @ held, near @ same, near @ free)
+    exact = equal_gain_direction(keys, cov, 1e-10, near)
+    assert torch.allclose(near @ exact, torch.zeros(3, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(keys @ exact, torch.ones(4, dtype=torch.float64), atol=1e-5)
+    # nothing to protect: the same direction as without the argument
+    assert torch.equal(equal_gain_direction(keys, cov, 0.1, keys[:0]), free)
+
+
 def test_edit_directions_read_written_and_held_out_contexts_evenly(loaded, world):
     """C⁻¹k* reads the subject's key in some of the contexts an edit is written in with another gain than
     in others; the equal-gain direction reads the written contexts nearer 1, and held-out phrasings too."""

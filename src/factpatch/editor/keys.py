@@ -4,7 +4,10 @@ ROME reads the key averaged over context prefixes, so the edit fires for the sub
 rather than only right after <s>. MEMIT keeps one key row per context (`subject_keys_each`): the
 least-squares solve then has to write the edit in each context, the plain prompt included.
 ROME's fallback for a fact the subject's key cannot carry reads the key at the prompt's last token
-instead (`written_context_keys(at="last")`), where the model predicts the answer.
+instead (`written_context_keys(at="last")`), where the model predicts the answer. There the key reads
+the question more than the subject, so that write is also held off the contexts the edit must leave
+alone (`protected_context_keys`): its phrasings and keep prompts asked of its neighbours, and its keep
+prompts.
 """
 
 from __future__ import annotations
@@ -105,3 +108,29 @@ def residuals_of_rows(adapter: Adapter, tok, layer: int, rows: list[Row], chunk:
             adapter.hidden_at(ids, mask)
         out.append(got[0].to(torch.float64))
     return torch.cat(out)
+
+
+def protected_rows(tok, edits) -> tuple[list[Row], list[int]]:
+    """The contexts each edit must leave alone, with the edit each belongs to: every phrasing it is
+    written in (prompt and paraphrases) and each keep prompt asked of each of its neighbours, then its
+    keep prompts asked of its subject."""
+    rows, owner = [], []
+    for i, e in enumerate(edits):
+        phrasings = list(dict.fromkeys([e.prompt, *written_paraphrases(e.prompt, e.paraphrases), *e.keep]))
+        asks = [(q, n) for n in dict.fromkeys(e.neighbours) if n != e.subject for q in phrasings]
+        asks += [(k, e.subject) for k in dict.fromkeys(e.keep)]
+        for template, subject in asks:
+            rows.append(encode(tok, template, subject))
+            owner.append(i)
+    return rows, owner
+
+
+def protected_context_keys(adapter: Adapter, tok, layer: int, edits, at: str = "last") -> list[torch.Tensor]:
+    """Per edit [rows, key_dim] float64 (possibly no rows): the key in each context of `protected_rows`,
+    read at `at`."""
+    rows, owner = protected_rows(tok, edits)
+    if not rows:
+        return [torch.zeros(0, adapter.key_dim(layer), dtype=torch.float64) for _ in edits]
+    keys = keys_of_rows(adapter, tok, layer, _keyed_at(rows, at))
+    owner_t = torch.tensor(owner, dtype=torch.long)
+    return [keys[owner_t == i] for i in range(len(edits))]

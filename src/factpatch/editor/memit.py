@@ -261,11 +261,12 @@ def not_taken(adapter, tok, edits) -> list[int]:
 
 
 def _held_relations(edits, i: int) -> list[str]:
-    """What edit i's last-token write must leave as it is: its keep prompts, and the prompts of its
+    """What edit i's last-token write must leave as it is: its keep prompts, and every phrasing of its
     subject's other edits in the batch (a last-token key reads the relation, and relations of one
     subject sit close together there)."""
     e = edits[i]
-    return list(dict.fromkeys([*e.keep, *(o.prompt for o in edits if o.subject == e.subject and o.relation != e.relation)]))
+    others = [q for o in edits if o.subject == e.subject and o.relation != e.relation for q in (o.prompt, *o.paraphrases)]
+    return list(dict.fromkeys([*e.keep, *others]))
 
 
 def _last_token_fallback(adapter, tok, edits, late: int, cov: torch.Tensor, prefixes, factors, max_share: float, on_progress,
