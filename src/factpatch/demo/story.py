@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from factpatch.core import patchfile
-from factpatch.fixture.build import REPORT_FILE, build, load_world
+from factpatch.fixture.build import REPORT_FILE, build, is_complete, load_world
 
 from . import scenario
 from .traffic import Traffic, error_summary, stale_rates
@@ -50,12 +50,13 @@ class Settings:
     analysis_seconds: int = 20
     min_samples: int = 20
     concurrency: int = 4
+    fixture: Path | None = None  # another build of the fixture (None: the recipe's own, built on first use)
 
     @classmethod
-    def for_mode(cls, out: Path, fast: bool) -> "Settings":
+    def for_mode(cls, out: Path, fast: bool, fixture: Path | None = None) -> "Settings":
         if fast:  # the end-to-end test: same story, fewer requests, a shorter analysis window
-            return cls(out=out, fast=True, requests_per_phase=48, analysis_seconds=8, min_samples=8)
-        return cls(out=out)
+            return cls(out=out, fast=True, requests_per_phase=48, analysis_seconds=8, min_samples=8, fixture=fixture)
+        return cls(out=out, fixture=fixture)
 
 
 @dataclass
@@ -115,7 +116,14 @@ class Story:
 
     def fixture(self) -> None:
         t0 = time.time()
-        self.model_dir = build(log=lambda m: console.print(f"[dim]{m}[/dim]"))
+        if self.s.fixture is not None:
+            if not is_complete(self.s.fixture):
+                raise DemoFailed(f"--fixture {self.s.fixture}: not a complete fixture build "
+                                 "(make one with `factpatch fixture build --seed N --out DIR`)")
+            self.model_dir = self.s.fixture
+            console.print(f"[dim]fixture: {self.model_dir} (given)[/dim]")
+        else:
+            self.model_dir = build(log=lambda m: console.print(f"[dim]{m}[/dim]"))
         self.world = load_world(self.model_dir)
         rep = json.loads((self.model_dir / REPORT_FILE).read_text())
         self.out.stage("fixture", time.time() - t0, trained=rep["trained_pairs"]["whole_object"],
