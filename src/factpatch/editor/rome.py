@@ -61,11 +61,11 @@ class RomeParams:
     # The value settings of that last-token pass (None: `value`'s).
     fallback_value: ValueParams | None = None
     # A key at the prompt's last token reads the question more than the subject: asked of a neighbour it
-    # lies close to the edit's own. A write there is also held to gain ≈ 0 on the edit's phrasings asked of
-    # its neighbours and on its keep prompts (equal_gain_direction's protected rows). Subject keys are not.
-    # Their ridge is a hundredth of the written rows': a neighbour asked the same way lies so close that
-    # at the written rows' ridge it kept a gain of up to 0.12 and moved to the new answer
-    # (bench/results/editor_tuning.md); at this one its gain stays under 0.01 for a quarter more dᵀCd.
+    # lies close to the edit's own. A write there is also held to gain ≈ 0 on the edit's phrasings and
+    # keep prompts asked of its neighbours and on its keep prompts (equal_gain_direction's protected
+    # rows). Subject keys are not. `protected_ridge` is their ridge (a share of the key scale, like
+    # equal_gain_ridge): smaller holds them closer to 0 for more of the update's reach dᵀCd
+    # (bench/results/editor_tuning.md, "Last-token writes held off the neighbours").
     protect_at_last_token: bool = True
     protected_ridge: float = 0.001
 
