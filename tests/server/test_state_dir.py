@@ -96,3 +96,30 @@ def test_a_digest_is_matched_whole():
     assert valid_digest(good)
     for bad in (good + "\n", good + " ", " " + good, good.upper(), "sha256:" + "a" * 63, good + "0"):
         assert not valid_digest(bad), repr(bad)
+
+
+def test_a_state_database_from_before_the_added_columns_opens_and_gains_them(tmp_path):
+    """Columns added since the first release are added to an older database on open; its rows keep
+    their values and read the columns' defaults."""
+    import sqlite3
+
+    from factpatch.server.state.db import Database
+
+    path = tmp_path / "state.db"
+    Database(path).close()
+    added = {"audit": ["source"], "patches": ["signature", "signed_by"], "shards": ["agent_address"], "requests": ["metadata"]}
+    with sqlite3.connect(path) as c:
+        for table, columns in added.items():
+            for column in columns:
+                c.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        c.execute("INSERT INTO requests (request_id, method, request_hash, code, reason, message, created) "
+                  "VALUES ('r1', 'M', 'h', 'ALREADY_EXISTS', 'SHARD_EXISTS', 'taken', 0)")
+    db = Database(path)
+    try:
+        for table, columns in added.items():
+            have = {r["name"] for r in db.q(f"PRAGMA table_info({table})")}
+            assert set(columns) <= have, (table, have)
+        row = db.request("r1")
+        assert (row["reason"], row["metadata"]) == ("SHARD_EXISTS", "{}")
+    finally:
+        db.close()

@@ -136,21 +136,20 @@ class Database:
         self._conn.execute("PRAGMA synchronous=FULL")  # an acknowledged call survives a crash
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._conn.executescript(SCHEMA)
-        columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(audit)")}
-        if "source" not in columns:  # a state directory from before the column
-            self._conn.execute("ALTER TABLE audit ADD COLUMN source TEXT NOT NULL DEFAULT ''")
-        patch_columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(patches)")}
-        if "signature" not in patch_columns:  # from before signed patches
-            self._conn.execute("ALTER TABLE patches ADD COLUMN signature BLOB")
-            self._conn.execute("ALTER TABLE patches ADD COLUMN signed_by TEXT NOT NULL DEFAULT ''")
-        if "agent_address" not in {r["name"] for r in self._conn.execute("PRAGMA table_info(shards)")}:
-            # from before the agent had its own port: NULL reads as the default agent address
-            self._conn.execute("ALTER TABLE shards ADD COLUMN agent_address TEXT")
-        if "metadata" not in {r["name"] for r in self._conn.execute("PRAGMA table_info(requests)")}:
-            # from before stored refusals kept their ErrorInfo metadata (the field at fault)
-            self._conn.execute("ALTER TABLE requests ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'")
+        # Columns added since the first release, for state directories made before each.
+        self._add_missing_column("audit", "source", "TEXT NOT NULL DEFAULT ''")
+        self._add_missing_column("patches", "signature", "BLOB")  # signed patches
+        self._add_missing_column("patches", "signed_by", "TEXT NOT NULL DEFAULT ''")
+        # the agent's own port: NULL reads as the default agent address
+        self._add_missing_column("shards", "agent_address", "TEXT")
+        # stored refusals keep their ErrorInfo metadata (the field at fault)
+        self._add_missing_column("requests", "metadata", "TEXT NOT NULL DEFAULT '{}'")
         self._changed = threading.Condition(self._lock)
         self._generation = 0
+
+    def _add_missing_column(self, table: str, column: str, definition: str) -> None:
+        if column not in {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}:
+            self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def close(self) -> None:
         with self._lock:
