@@ -18,6 +18,7 @@ BENCHES = [
     ("monitors", "bench.monitor_bench", False),
     ("editor", "bench.editor_bench", True),
     ("editor_scale", "bench.editor_scale", False),
+    ("editor_growth", "bench.editor_growth", False),
     ("trace", "bench.trace_bench", False),
     ("plugin", "bench.plugin_bench", False),
     ("control_plane", "bench.control_plane_bench", False),
