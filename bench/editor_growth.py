@@ -4,11 +4,11 @@ phrasing each, for n in --sizes, each in a process of its own so its peak memory
     .venv/bin/python -m bench.editor_growth [--sizes 10 100 400] [--methods memit memit-joint]
 
 Writes bench/results/editor_growth.json: per method and size the seconds of the edit (the corpus
-statistics computed beforehand and cached on disk, as a second edit finds them), the seconds per edit and their
-ratio to the smallest batch's, the process's peak resident memory against its memory once the model
-and the statistics are loaded and against the checkpoint's bytes, and `factpatch eval`'s figures for
-the batch (efficacy greedy / by probability, held-out paraphrases, neighbours unchanged, perplexity
-drift). The fixture's world has 420 subjects, so a batch of distinct subjects stops there.
+statistics computed beforehand and cached on disk, as a second edit finds them), the seconds per edit
+and their ratio to the smallest batch's, the process's peak resident memory against what it held after
+loading the model and one forward pass, the checkpoint's bytes, and `factpatch eval`'s figures for the
+batch (efficacy greedy / by probability, held-out paraphrases, neighbours unchanged, perplexity drift).
+The fixture's world has 420 subjects, so a batch of distinct subjects stops there.
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ def one(method: str, n: int) -> dict:
     peak = _rss_mib()
     m = evaluate_patch(loaded, result.patch, edits, heldout_texts(loaded, None))["metrics"]
     ckpt_mib = sum(p.stat().st_size for p in fixture.glob("*.safetensors")) / 2**20
-    return {"method": method, "edits": len(edits), "layers": result.layers, "seconds": round(seconds, 1),
+    fingerprint = json.loads((fixture / "train_report.json").read_text()).get("weights_fingerprint")
+    return {"method": method, "fixture": fingerprint, "edits": len(edits), "layers": result.layers,
+            "seconds": round(seconds, 1),
             "seconds_per_edit": round(seconds / len(edits), 3),
             "memory_mib": {"after_load": round(loaded_rss, 1), "peak": round(peak, 1),
                            "edit_increment": round(peak - loaded_rss, 1), "checkpoint": round(ckpt_mib, 1)},
@@ -91,12 +93,9 @@ def main() -> None:
         mine = [r for r in runs if r["method"] == method]
         for r in mine:  # per-edit cost against the smallest batch's: above 1, the batch grows worse than linearly
             r["per_edit_vs_smallest"] = round(r["seconds_per_edit"] / mine[0]["seconds_per_edit"], 2)
-    from factpatch.fixture.build import ensure_fixture
-
-    fixture = json.loads((ensure_fixture() / "train_report.json").read_text()).get("weights_fingerprint")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": {"platform": platform.platform(), "python": platform.python_version()},
-                                   "fixture": fixture, "runs": runs}, indent=2) + "\n")
+                                   "fixture": runs[0]["fixture"], "runs": runs}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
