@@ -1,7 +1,9 @@
 """Patches on patches: successive MEMIT batches, each computed on the weights the previous patch leaves
-(`--parent`), with MEMIT's solve and with the null-space projected one (AlphaEdit), in one run.
+(`--parent`), with MEMIT's solve, the null-space projected one (AlphaEdit) and, with `--joint`, MEMIT
+through its update.
 
-    .venv/bin/python -m bench.editor_scale [--generations 10] [--per-batch 20] [--null-space 1e-4 ...]
+    .venv/bin/python -m bench.editor_scale [--generations 10] [--per-batch 20] [--null-space 1e-4 ...] [--joint]
+        [--only joint]
 
 Writes bench/results/editor_scale.json: per variant, after every generation the greedy efficacy of
 every edit made so far (its prompt); after the last, `factpatch eval`'s figures over all of them
@@ -78,6 +80,10 @@ def main() -> None:
     ap.add_argument("--per-batch", type=int, default=20)
     ap.add_argument("--null-space", type=float, nargs="*", default=[1e-4])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--joint", action="store_true", help="also chain MEMIT through its update (--joint)")
+    ap.add_argument("--only", nargs="+", metavar="VARIANT",
+                    help="run only these variants (memit, null_space_<t>, joint); the others' results in the "
+                         "file are kept as they were")
     args = ap.parse_args()
     fixture = ensure_fixture()
     loaded = load(fixture)
@@ -85,10 +91,21 @@ def main() -> None:
     variants = {"memit": MemitParams()}
     for t in args.null_space:
         variants[f"null_space_{t:g}"] = replace(MemitParams(), null_space=t)
+    if args.joint:
+        variants["joint"] = MemitParams.joint()
+    if args.only:
+        unknown = sorted(set(args.only) - set(variants))
+        if unknown:
+            ap.error(f"--only: unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants)}")
+        variants = {k: v for k, v in variants.items() if k in args.only}
     out = {"machine": {"platform": platform.platform(), "python": platform.python_version()},
            "fixture": json.loads((fixture / "train_report.json").read_text()).get("weights_fingerprint"),
            "generations": args.generations, "per_batch": args.per_batch, "edits": len(edits),
            "targets": {"efficacy": 0.90, "generalization": 0.80, "neighbours_unchanged": 0.90}, "variants": {}}
+    if args.only and RESULTS.exists():  # the variants not run now keep their earlier results
+        earlier = json.loads(RESULTS.read_text())
+        if earlier.get("fixture") == out["fixture"] and earlier.get("edits") == out["edits"]:
+            out["variants"] = {k: v for k, v in earlier["variants"].items() if k not in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for label, memit in variants.items():
             out["variants"][label] = run_chain(loaded, edits, args.per_batch, memit, Path(tmp), label)
