@@ -26,12 +26,13 @@ RESULTS = Path(__file__).parent / "results" / "editor_growth.json"
 METHODS = ("memit", "memit-joint")
 
 
-def _rss_mib() -> float:
+def _peak_rss_mib() -> float:
     """This process's peak resident memory so far (ru_maxrss is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _current_rss_mib() -> float:
+    """This process's resident memory now (VmRSS)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -57,7 +58,7 @@ def one(method: str, n: int) -> dict:
     t0 = time.perf_counter()
     result = run_edit(loaded, edits, opts)
     seconds = time.perf_counter() - t0
-    peak = _rss_mib()
+    peak = _peak_rss_mib()
     m = evaluate_patch(loaded, result.patch, edits, heldout_texts(loaded, None))["metrics"]
     ckpt_mib = sum(p.stat().st_size for p in fixture.glob("*.safetensors")) / 2**20
     fingerprint = json.loads((fixture / "train_report.json").read_text()).get("weights_fingerprint")

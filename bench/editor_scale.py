@@ -3,7 +3,7 @@
 through its update.
 
     .venv/bin/python -m bench.editor_scale [--generations 10] [--per-batch 20] [--null-space 1e-4 ...] [--joint]
-        [--only joint]
+        [--only memit joint ...]
 
 Writes bench/results/editor_scale.json: per variant, after every generation the greedy efficacy of
 every edit made so far (its prompt); after the last, `factpatch eval`'s figures over all of them
@@ -80,7 +80,8 @@ def main() -> None:
     ap.add_argument("--per-batch", type=int, default=20)
     ap.add_argument("--null-space", type=float, nargs="*", default=[1e-4])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--joint", action="store_true", help="also chain MEMIT through its update (--joint)")
+    ap.add_argument("--joint", action="store_true", help="also chain MEMIT through its update (--joint); "
+                                                         "`--only joint` runs it alone")
     ap.add_argument("--only", nargs="+", metavar="VARIANT",
                     help="run only these variants (memit, null_space_<t>, joint); the others' results in the "
                          "file are kept as they were")
@@ -91,13 +92,14 @@ def main() -> None:
     variants = {"memit": MemitParams()}
     for t in args.null_space:
         variants[f"null_space_{t:g}"] = replace(MemitParams(), null_space=t)
-    if args.joint:
-        variants["joint"] = MemitParams.joint()
+    variants["joint"] = MemitParams.joint()
     if args.only:
         unknown = sorted(set(args.only) - set(variants))
         if unknown:
             ap.error(f"--only: unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants)}")
         variants = {k: v for k, v in variants.items() if k in args.only}
+    elif not args.joint:
+        del variants["joint"]
     out = {"machine": {"platform": platform.platform(), "python": platform.python_version()},
            "fixture": json.loads((fixture / "train_report.json").read_text()).get("weights_fingerprint"),
            "generations": args.generations, "per_batch": args.per_batch, "edits": len(edits),
