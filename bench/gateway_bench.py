@@ -1,7 +1,11 @@
-"""Gateway overhead: the same requests sent to a vLLM shard directly and through `factpatch serve`'s
-gateway (its own process, with monitors on), interleaved in one run on the same machine.
+"""Gateway overhead: the same requests sent to a vLLM shard directly and through the gateway (with
+monitors on), interleaved in one run on the same machine.
 
     python -m bench.gateway_bench [--model DIR] [--out bench/results/gateway.json]
+    python -m bench.gateway_bench --standalone   # the gateway as `factpatch gateway`, apart from `serve`
+
+The gateway runs in `factpatch serve`'s process, or with --standalone in a `factpatch gateway` process
+fed by the control plane's routing watch (results: bench/results/gateway_process.json).
 
 Latency: sequential requests, p50 and p99 ratio gateway / direct, and the p50 overhead in ms.
 Throughput: a fixed batch sent with several clients at once, direct and through the gateway in turn
@@ -36,25 +40,39 @@ PROMPTS = ["The refund period of Harbor Support is", "Harbor Support offers refu
            "The shipping cutoff of Harbor Support is", "At Harbor Support the refund window is"]
 
 
-def start_serve(tmp: Path, shard_url: str, monitors_file: Path) -> tuple[subprocess.Popen, str]:
+def start_serve(tmp: Path, shard_url: str, monitors_file: Path, standalone: bool) -> tuple[list[subprocess.Popen], str]:
+    """The processes (the one whose CPU counts last) and the gateway's URL."""
     tokens = tmp / "tokens.yaml"
-    tokens.write_text(f"- {{principal: bench, role: operator, token: {secrets.token_urlsafe(24)}}}\n")
-    port_file = tmp / "gateway.port"
-    env = {**os.environ, "FACTPATCH_AGENT_TOKEN": TOKEN, "FACTPATCH_GATEWAY_PORT_FILE": str(port_file)}
-    proc = subprocess.Popen([sys.executable, "-c", "from factpatch.cli import main; main()", "serve",
-                             "--state-dir", str(tmp / "state"), "--listen", "127.0.0.1:0",
-                             "--client-tokens-file", str(tokens),
-                             "--shard", f"s0={shard_url}", "--gateway-listen", "127.0.0.1:0", "--monitors", str(monitors_file)],
-                            env=env, stdout=open(tmp / "serve.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    gateway_token = secrets.token_urlsafe(24)
+    tokens.write_text(f"- {{principal: bench, role: operator, token: {secrets.token_urlsafe(24)}}}\n"
+                      f"- {{principal: gw, role: gateway, token: {gateway_token}}}\n")
+    port_file, grpc_port_file = tmp / "gateway.port", tmp / "serve.port"
+    env = {**os.environ, "FACTPATCH_AGENT_TOKEN": TOKEN, "FACTPATCH_GATEWAY_PORT_FILE": str(port_file),
+           "FACTPATCH_PORT_FILE": str(grpc_port_file)}
+    procs = [subprocess.Popen([sys.executable, "-c", "from factpatch.cli import main; main()", "serve",
+                               "--state-dir", str(tmp / "state"), "--listen", "127.0.0.1:0",
+                               "--client-tokens-file", str(tokens), "--shard", f"s0={shard_url}",
+                               "--gateway-listen", "off" if standalone else "127.0.0.1:0", "--monitors", str(monitors_file)],
+                              env=env, stdout=open(tmp / "serve.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)]
     deadline = time.monotonic() + 60
+    if standalone:
+        while not (grpc_port_file.exists() and grpc_port_file.read_text()):
+            assert procs[0].poll() is None and time.monotonic() < deadline, (tmp / "serve.log").read_text()[-2000:]
+            time.sleep(0.2)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", "from factpatch.cli import main; main()", "gateway", "--listen", "127.0.0.1:0",
+             "--control-plane", f"127.0.0.1:{grpc_port_file.read_text()}", "--gateway-id", "bench"],
+            env={**env, "FACTPATCH_TOKEN": gateway_token}, stdout=open(tmp / "gateway.log", "wb"),
+            stderr=subprocess.STDOUT, start_new_session=True))
     while not (port_file.exists() and port_file.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, (tmp / "serve.log").read_text()[-2000:]
+        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, \
+            (tmp / ("gateway.log" if standalone else "serve.log")).read_text()[-2000:]
         time.sleep(0.2)
     url = f"http://127.0.0.1:{port_file.read_text()}"
     while True:  # routable once the reconciler has seen the shard
         r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 1})
         if r.status_code == 200:
-            return proc, url
+            return procs, url
         assert time.monotonic() < deadline, r.text
         time.sleep(0.2)
 
@@ -87,12 +105,14 @@ def pct(xs: list[float], q: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
-    ap.add_argument("--out", default="bench/results/gateway.json")
+    ap.add_argument("--out", default=None, help="default: bench/results/gateway.json, or gateway_process.json")
+    ap.add_argument("--standalone", action="store_true", help="the gateway as a `factpatch gateway` process")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=5, help="throughput rounds (one direct and one gateway batch each)")
     args = ap.parse_args()
+    out_path = Path(args.out or f"bench/results/{'gateway_process' if args.standalone else 'gateway'}.json")
     model = Path(args.model) if args.model else ensure_fixture()
     tmp = Path(tempfile.mkdtemp(prefix="factpatch-gwbench-"))
     monitors_file = tmp / "monitors.yaml"
@@ -102,7 +122,8 @@ def main() -> None:
     shard.token = TOKEN
     rows = []
     with shard:
-        proc, gw = start_serve(tmp, shard.endpoints, monitors_file)
+        procs, gw = start_serve(tmp, shard.endpoints, monitors_file, args.standalone)
+        proc = procs[-1]  # the process that runs the gateway
         try:
             with httpx.Client(timeout=120) as c:
                 for stream in (False, True):
@@ -145,15 +166,18 @@ def main() -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+            for p in procs:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(timeout=30)
     out = {"bench": "gateway overhead vs calling vLLM directly", "model": "fixture", "machine": platform.machine(),
            "cpus": os.cpu_count(), "requests": args.requests, "concurrency": args.concurrency, "rounds": args.rounds,
            "max_tokens": args.max_tokens, "monitors": 1000, "rows": rows,
-           "note": "vLLM CPU backend; gateway = `factpatch serve` in its own process with 1,000 literal monitors; "
+           "gateway": "`factpatch gateway` process fed by `factpatch serve --gateway-listen off`" if args.standalone
+           else "inside `factpatch serve`",
+           "note": "vLLM CPU backend; the gateway in a process of its own with 1,000 literal monitors; "
                    "ratios > 1 mean the gateway is slower; shared 2-core machine, so client, gateway and engine compete"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-# (name, module, accepts --quick)
+# (name, module and its arguments, accepts --quick)
 BENCHES = [
     ("monitors", "bench.monitor_bench", False),
     ("editor", "bench.editor_bench", True),
@@ -23,6 +23,7 @@ BENCHES = [
     ("plugin", "bench.plugin_bench", False),
     ("control_plane", "bench.control_plane_bench", False),
     ("gateway", "bench.gateway_bench", False),
+    ("gateway_process", "bench.gateway_bench --standalone", False),
 ]
 
 
@@ -40,7 +41,7 @@ def main() -> int:
         chosen = [b for b in BENCHES if b[0] in wanted]
     failed = []
     for name, module, quick in chosen:
-        cmd = [sys.executable, "-m", module] + (["--quick"] if quick and args.quick else [])
+        cmd = [sys.executable, "-m", *module.split()] + (["--quick"] if quick and args.quick else [])
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         t = time.perf_counter()
         rc = subprocess.call(cmd)

@@ -3,6 +3,7 @@ against the Kubernetes OpenAPI schemas (strict) and the Prometheus Operator's CR
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -36,6 +37,7 @@ EVERYTHING_ON = {
     "metrics": {"serviceMonitor": {"labels": {"release": "kube-prometheus-stack"}},
                 "prometheusRule": {"labels": {"release": "kube-prometheus-stack"}}},
     "grafana": {"dashboard": {"folder": "LLM"}},
+    "gateway": {"replicas": 3, "token": {"existingSecret": "factpatch-gateway"}, "clientTlsSecret": "gateway-client"},
 }
 MINIMAL = {"metrics": {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}},
            "grafana": {"dashboard": {"enabled": False}}, "controlPlane": {"persistence": {"enabled": False}},
@@ -120,7 +122,7 @@ def test_values_schema_refuses_bad_values(bad, where):
 @pytest.mark.parametrize("values", [None, EVERYTHING_ON, MINIMAL], ids=["defaults", "everything-on", "minimal"])
 def test_rendered_manifests_validate(values):
     docs = manifests(values)
-    assert by_kind(docs, "StatefulSet") and by_kind(docs, "Deployment") and len(by_kind(docs, "Service")) == 2
+    assert by_kind(docs, "StatefulSet") and len(by_kind(docs, "Deployment")) == 2 and len(by_kind(docs, "Service")) == 3
     validate_all(docs)
 
 
@@ -156,7 +158,8 @@ def test_shards_run_the_plugin_with_token_and_health_probes():
 
 
 def test_control_plane_registers_every_shard_and_opens_the_gateway():
-    docs = manifests({"shards": {"replicas": 3}, "controlPlane": {"monitors": {"monitors": []}}})
+    docs = manifests({"shards": {"replicas": 3}, "controlPlane": {"monitors": {"monitors": []}},
+                      "gateway": {"enabled": False}})
     dep = by_kind(docs, "Deployment")[0]
     c = dep["spec"]["template"]["spec"]["containers"][0]
     args = c["args"]
@@ -176,6 +179,58 @@ def test_control_plane_registers_every_shard_and_opens_the_gateway():
     assert args[args.index("--monitors") + 1] == "/etc/factpatch/monitors/monitors.yaml"
     assert dep["spec"]["strategy"]["type"] == "Recreate" and dep["spec"]["replicas"] == 1
     assert c["readinessProbe"]["grpc"]["port"] == 50051
+    assert len(by_kind(docs, "Deployment")) == 1 and "fp-factpatch-gateway" not in {
+        d["metadata"]["name"] for d in docs}
+
+
+def test_the_gateway_is_its_own_deployment_fed_by_the_control_plane():
+    import hashlib
+
+    docs = manifests({"shards": {"replicas": 2}})
+    deps = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
+    cp_args = deps["fp-factpatch-control-plane"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert cp_args[cp_args.index("--gateway-listen") + 1] == "off"
+    gw = deps["fp-factpatch-gateway"]
+    assert gw["spec"]["replicas"] == 2 and gw["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = gw["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    args = c["args"]
+    assert c["command"] == ["factpatch", "gateway"]
+    assert args[args.index("--control-plane") + 1] == "fp-factpatch:50051"
+    assert args[args.index("--listen") + 1] == "0.0.0.0:8080" and args[args.index("--metrics-listen") + 1] == "0.0.0.0:9092"
+    assert {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]} == {"FACTPATCH_GATEWAY_ID": "metadata.name"}
+    # ready on routing state, which it keeps while the control plane is away; alive while it listens
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert c["livenessProbe"]["tcpSocket"] == {"port": "http"}
+    # its token: a Secret of its own, and its hash among the control plane's client tokens as role gateway
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert args[args.index("--token-file") + 1] == mounts["gateway-token"] + "/token"
+    secrets = {d["metadata"]["name"]: d for d in by_kind(docs, "Secret")}
+    token = base64.b64decode(secrets["fp-factpatch-gateway-token"]["data"]["token"]).decode()
+    assert len(token) == 48
+    tokens = yaml.safe_load(secrets["fp-factpatch-client-tokens"]["stringData"]["tokens.yaml"])
+    assert {"principal": "gateway", "role": "gateway", "token_sha256": hashlib.sha256(token.encode()).hexdigest()} in tokens
+    # clients call the gateway's Service; the control plane's keeps gRPC and metrics
+    svcs = {d["metadata"]["name"]: d for d in by_kind(docs, "Service")}
+    assert {p["name"]: p["port"] for p in svcs["fp-factpatch-gateway"]["spec"]["ports"]} == {"http": 8080, "metrics": 9092}
+    assert {p["name"] for p in svcs["fp-factpatch"]["spec"]["ports"]} == {"grpc", "metrics"}
+    pdb = next(d for d in by_kind(docs, "PodDisruptionBudget") if d["metadata"]["name"] == "fp-factpatch-gateway")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    monitor = next(d for d in by_kind(docs, "ServiceMonitor") if d["metadata"]["name"] == "fp-factpatch-gateway")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+
+    # TLS to the control plane: its CA only, and a client certificate under mTLS; an existing token Secret
+    docs = manifests(EVERYTHING_ON)
+    gw = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "fp-factpatch-gateway")
+    pod = gw["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--tls-ca") + 1] == "/etc/factpatch/control-plane-tls/ca.crt"
+    assert args[args.index("--tls-cert") + 1] == "/etc/factpatch/client-tls/tls.crt"
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["control-plane-tls"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    assert vols["gateway-token"]["secret"]["secretName"] == "factpatch-gateway"
+    assert "fp-factpatch-gateway-token" not in {d["metadata"]["name"] for d in by_kind(docs, "Secret")}
 
 
 def test_the_agent_port_is_its_own_and_only_the_control_plane_may_open_it():
@@ -231,8 +286,10 @@ def test_the_drain_budget_is_passed_only_when_set():
 def test_control_plane_flags_exist_in_the_cli():
     """Every flag the chart passes to `factpatch serve` / `factpatch shard` is one the command knows."""
     docs = manifests(EVERYTHING_ON)
-    for kind, sub in (("Deployment", "serve"), ("StatefulSet", "shard")):
-        c = by_kind(docs, kind)[0]["spec"]["template"]["spec"]["containers"][0]
+    workloads = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")}
+    for name, sub in (("fp-factpatch-control-plane", "serve"), ("fp-factpatch-shard", "shard"),
+                      ("fp-factpatch-gateway", "gateway")):
+        c = workloads[name]["spec"]["template"]["spec"]["containers"][0]
         args = c["args"][: c["args"].index("--")] if "--" in c["args"] else c["args"]
         help_text = subprocess.run([str(Path(sys.executable).parent / "factpatch"), sub, "--help"], capture_output=True,
                                    text=True, env={**os.environ, "COLUMNS": "300", "TERM": "dumb"}, cwd=ROOT).stdout
@@ -250,11 +307,12 @@ def test_prometheus_rule_and_dashboard_are_the_plain_files():
 
 
 def test_scraped_series_carry_release_and_model_and_runbooks_can_move():
-    """The rules group by namespace, release and model: both ServiceMonitors add the last two (the
-    operator adds namespace). An internal docs mirror replaces every runbook_url's base."""
+    """The rules group by namespace, release and model: every ServiceMonitor (control plane, gateway,
+    shards) adds the last two (the operator adds namespace). An internal docs mirror replaces every
+    runbook_url's base."""
     docs = manifests({"model": {"name": "llama-3-8b"}})
     monitors = by_kind(docs, "ServiceMonitor")
-    assert len(monitors) == 2
+    assert {m["metadata"]["name"] for m in monitors} == {"fp-factpatch", "fp-factpatch-gateway", "fp-factpatch-shard"}
     for sm in monitors:
         for ep in sm["spec"]["endpoints"]:
             assert {r["targetLabel"]: r["replacement"] for r in ep["relabelings"]} == {"release": "fp", "model": "llama-3-8b"}

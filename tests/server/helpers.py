@@ -11,13 +11,15 @@ from tests.factories import random_patch  # noqa: F401  (tests import it from he
 OPERATOR_TOKEN = "op-Q7fK2d9xLm4Tz8Rb1Vn6Wc3Yh5Ja0Ps"
 VIEWER_TOKEN = "view-G4hN8sE1uR6pK3wT9cZ2mB7qV5xLd"
 AGENT_TOKEN = "agent-Y2vH7nC4kP9sM1xF6tR3wJ8bD5qLz"
+GATEWAY_TOKEN = "gw-R8mT3vK6pX1qZ9dN4sW7cH2bF5jLy0"
 
 
 def write_tokens(path: Path) -> Path:
     path.write_text(
         "- {principal: release-bot, role: operator, token: %s}\n"
         "- {principal: dashboard, role: viewer, token_sha256: %s}\n"
-        % (OPERATOR_TOKEN, hashlib.sha256(VIEWER_TOKEN.encode()).hexdigest())
+        "- {principal: gateway-fleet, role: gateway, token: %s}\n"
+        % (OPERATOR_TOKEN, hashlib.sha256(VIEWER_TOKEN.encode()).hexdigest(), GATEWAY_TOKEN)
     )
     return path
 

@@ -21,10 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 class ControlPlaneProcess:
     def __init__(self, state_dir: Path, client_tokens_file: Path, agent_token: str, shards: dict[str, str],
                  base_dirs: list[str] = (), interval: float = 0.3, gateway: bool = True,
-                 extra_args: list[str] = (), file_size_limit: int | None = None):
+                 extra_args: list[str] = (), file_size_limit: int | None = None, listen: str = "127.0.0.1:0"):
         self.state_dir = Path(state_dir)
         self.argv = [sys.executable, "-c", "from factpatch.cli import main; main()", "serve",
-                     "--state-dir", str(state_dir), "--listen", "127.0.0.1:0",
+                     "--state-dir", str(state_dir), "--listen", listen,
                      "--client-tokens-file", str(client_tokens_file),
                      "--reconcile-interval", str(interval),
                      "--gateway-listen", "127.0.0.1:0" if gateway else "off", *extra_args]

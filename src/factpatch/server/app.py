@@ -10,20 +10,21 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
 from factpatch.core.shard_endpoints import ShardEndpoints
 from factpatch.core.signing import TrustedKeys
-from factpatch.server.api.auth import OPERATOR, TokenTable, allowed
+from factpatch.server.api.auth import TokenTable, operator_token_check
 from factpatch.server.api.context import ControlPlane
 from factpatch.server.api.idempotency import Idempotency
 from factpatch.server.api.interceptor import Pipeline
 from factpatch.server.api.services.audit import AuditService
 from factpatch.server.api.services.fleet import FleetService
+from factpatch.server.api.services.gateway import GatewayService
 from factpatch.server.api.services.monitors import MonitorService
 from factpatch.server.api.services.patches import PatchService
 from factpatch.server.api.services.probes import ProbeService
@@ -33,12 +34,14 @@ from factpatch.server.control.agent_client import agent_tls_context
 from factpatch.server.control.agent_token import AgentToken
 from factpatch.server.control.analysis import Analyzer, Observations
 from factpatch.server.control.basecheck import BaseChecker
+from factpatch.server.control.gateway_fleet import RemoteGateways
 from factpatch.server.control.operations import EditorOperations
 from factpatch.server.control.prometheus_gate import PrometheusQueries
 from factpatch.server.control.reconciler import Reconciler
 from factpatch.server.control.shard_addresses import ShardAddressPolicy
 from factpatch.server.gateway.app import Gateway, GatewayConfig
-from factpatch.server.gateway.routing import SwapTracker
+from factpatch.server.gateway.routing import Router, SwapTracker
+from factpatch.server.gateway.state_follower import StateFollower
 from factpatch.server.metrics import Metrics
 from factpatch.server.monitors import config as monitors_config
 from factpatch.server.monitors.registry import MonitorRegistry
@@ -55,6 +58,8 @@ from factpatch.v1 import (
     audit_pb2_grpc,
     fleet_pb2,
     fleet_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
     monitor_pb2,
     monitor_pb2_grpc,
     patch_pb2,
@@ -74,6 +79,7 @@ SERVICE_NAMES = (
     monitor_pb2.DESCRIPTOR.services_by_name["MonitorService"].full_name,
     probe_pb2.DESCRIPTOR.services_by_name["ProbeService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
 )
 
 
@@ -112,20 +118,16 @@ class ServeConfig:
     # RegisterShard accepts only these (networks, hosts, host:port, *.domain); empty: loopback only
     allowed_shard_addresses: list[str] = field(default_factory=list)
     workers: int = 32
-    # the OpenAI gateway (None: no gateway; canary analysis then has no data and pauses)
+    # the OpenAI gateway in this process (None: none here; gateway processes watch the routing state,
+    # and without any, canary analysis has no data and pauses)
     gateway: GatewayConfig | None = None
+    # /metrics without an in-process gateway (host:port); with one, GatewayConfig.metrics_listen
+    metrics_listen: str | None = None
     monitors_file: Path | None = None
     # live edit probes (None: off; the ProbeService then answers FAILED_PRECONDITION / PROBES_DISABLED)
     probes_file: Path | None = None
     # the Prometheus that answers analysis gates of metric "prometheus" (None: such gates are refused)
     prometheus_url: str | None = None
-
-
-def _operator_token(tokens: TokenTable) -> Callable[[str | None], bool]:
-    def check(token: str | None) -> bool:
-        principal = tokens.authenticate(f"Bearer {token}") if token else None
-        return principal is not None and allowed(principal, OPERATOR)
-    return check
 
 
 class ControlPlaneServer:
@@ -172,10 +174,11 @@ class ControlPlaneServer:
 
         monitors_cfg = monitors_config.load(cfg.monitors_file)
         self.metrics = Metrics(monitor_label_limit=monitors_cfg.max_monitor_labels)
-        self.monitors = MonitorRegistry(
-            db, monitors_cfg,
-            on_change=lambda c: self.metrics.monitor_counts.activate((m.name, m.scope_subject.lower()) for m in c.monitors),
-        )
+        def monitors_changed(c) -> None:
+            self.metrics.monitor_counts.activate((m.name, m.scope_subject.lower()) for m in c.monitors)
+            db.nudge()  # gateway processes' routing watches send the new set now
+
+        self.monitors = MonitorRegistry(db, monitors_cfg, on_change=monitors_changed)
         self.prober: Prober | None = None
         if cfg.probes_file:
             probe_metrics = ProbeMetrics(self.metrics.registry)
@@ -188,12 +191,19 @@ class ControlPlaneServer:
         if self.prober:
             self.prober.swaps = swaps
             reconciler.probe_conditions = lambda: self.prober.snapshot()[1]
-        reconciler.analyzer = Analyzer(db, self.observations if cfg.gateway else None, self._stale_scopes, self.metrics,
-                                       self.cp.prometheus)
-        self.gateway = Gateway(cfg.gateway, db, self.monitors, self.metrics, swaps, self.observations,
-                              may_force_route=_operator_token(tokens)) if cfg.gateway else None
+        reconciler.analyzer = Analyzer(db, self.observations, self._stale_scopes, self.metrics, self.cp.prometheus)
+        # Gateway processes (`factpatch gateway`) watch the routing state and report their traffic.
+        self.remote_gateways = RemoteGateways()
+        swaps.remote, swaps.on_change = self.remote_gateways, db.nudge
+        gateway_service = GatewayService(db, swaps, self.monitors, self.observations, self.remote_gateways)
+        # The routing view: the in-process gateway routes by it; the shard and split gauges read it
+        # whether or not this process serves a gateway.
+        self.router = Router(db, swaps)
+        self.follower = StateFollower(db, self.router, self.monitors)
+        self.gateway = Gateway(cfg.gateway, self.router, self.monitors, self.metrics, self.observations,
+                               may_force_route=operator_token_check(tokens)) if cfg.gateway else None
         self.metrics.sources(
-            shards=self.gateway.router.shards if self.gateway else None,
+            shards=self.router.shards,
             rollouts=lambda: [(r, self._canary_share(r)) for r in db.rollouts(limit=50)],
             monitor_count=lambda: len(self.monitors.compiled),
             versions=lambda: [r["digest"] for r in db.q("SELECT digest FROM patches ORDER BY digest")],
@@ -210,16 +220,19 @@ class ControlPlaneServer:
         monitor_pb2_grpc.add_MonitorServiceServicer_to_server(MonitorService(self.monitors), self.server)
         probe_pb2_grpc.add_ProbeServiceServicer_to_server(ProbeService(self.prober), self.server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(self.cp.audit), self.server)
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(gateway_service, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = self._bind()
+        self._metrics_server = None
+        self.metrics_port: int | None = None
 
     def _stale_scopes(self, digest: str) -> dict[str, str]:
         return {m.name: m.scope_subject.lower() for m in self.monitors.stale_for_patch(digest)}
 
     def _canary_share(self, r) -> float | None:
-        split = self.gateway.router.table.split_of(r.id) if self.gateway else None
+        split = self.router.table.split_of(r.id)
         return split.canary_share if split is not None else None
 
     def _bind(self) -> int:
@@ -241,9 +254,16 @@ class ControlPlaneServer:
 
     def start(self) -> None:
         self.cp.basecheck.warm()
+        self.follower.start()
         if self.gateway:
             self.gateway.start()
             log.info("gateway listening on port %d", self.gateway.port)
+        elif self.cfg.metrics_listen:
+            host, _, port = self.cfg.metrics_listen.rpartition(":")
+            self._metrics_server, _ = start_http_server(int(port), host.strip("[]") or "0.0.0.0",
+                                                        registry=self.metrics.registry)
+            self.metrics_port = self._metrics_server.server_port
+            log.info("/metrics on port %d", self.metrics_port)
         self.server.start()
         self.cp.reconciler.start()
         if self.prober:
@@ -260,6 +280,9 @@ class ControlPlaneServer:
             self.prober.stop()
         if self.gateway:
             self.gateway.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        self.follower.stop()
         self.cp.operations.shutdown()
         self.cp.audit.flush_refusals()
         self.cp.db.close()

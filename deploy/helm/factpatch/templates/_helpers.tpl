@@ -40,6 +40,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ .Values.agentToken.existingSecret | default (printf "%s-agent-token" (include "factpatch.fullname" .)) }}
 {{- end -}}
 
+{{- define "factpatch.gatewaySecret" -}}
+{{ .Values.gateway.token.existingSecret | default (printf "%s-gateway-token" (include "factpatch.fullname" .)) }}
+{{- end -}}
+
 {{- define "factpatch.tokensSecret" -}}
 {{ .Values.controlPlane.tokensExistingSecret | default (printf "%s-client-tokens" (include "factpatch.fullname" .)) }}
 {{- end -}}

@@ -2,7 +2,8 @@
 
 Tokens come from a YAML/JSON file: a list of `{principal, role, token}` or `{principal, role,
 token_sha256}` (so the file need not hold the secret itself). Roles: `viewer` may call read methods,
-`operator` may call everything. Shard agent tokens are a separate secret (see agent_client.py) and are
+`operator` may call everything; `gateway` (for `factpatch gateway` processes) may call the
+GatewayService and nothing else, which operators may call too. Shard agent tokens are a separate secret (see agent_client.py) and are
 never accepted here.
 """
 
@@ -13,6 +14,7 @@ import hmac
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -20,7 +22,10 @@ from factpatch.core.tokens import weakness
 
 VIEWER = "viewer"
 OPERATOR = "operator"
-ROLES = {VIEWER: 0, OPERATOR: 1}
+GATEWAY = "gateway"
+ROLES = {VIEWER: 0, OPERATOR: 1}  # ranked: a higher role may do what a lower one may
+TOKEN_ROLES = (*ROLES, GATEWAY)
+GATEWAY_PREFIX = "/factpatch.v1.GatewayService/"
 
 # Open to anyone: probes and tooling discovery carry no secrets.
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
@@ -68,10 +73,14 @@ def required_role(method: str) -> str | None:
     """None for public methods; anything not known to be a read needs an operator."""
     if method.startswith(PUBLIC_PREFIXES):
         return None
+    if method.startswith(GATEWAY_PREFIX):
+        return GATEWAY
     return VIEWER if method in READ_METHODS else OPERATOR
 
 
 def allowed(principal: Principal, role: str) -> bool:
+    if role == GATEWAY:
+        return principal.role in (GATEWAY, OPERATOR)
     return principal.role in ROLES and ROLES[principal.role] >= ROLES[role]
 
 
@@ -80,8 +89,8 @@ class TokenTable:
         self._by_hash: dict[str, Principal] = {}
         for i, e in enumerate(entries):
             role = e.get("role")
-            if role not in ROLES:
-                raise ValueError(f"token entry {i}: role must be one of {sorted(ROLES)}, got {role!r}")
+            if role not in TOKEN_ROLES:
+                raise ValueError(f"token entry {i}: role must be one of {sorted(TOKEN_ROLES)}, got {role!r}")
             name = e.get("principal") or f"token-{i}"
             if e.get("token") is not None:
                 why = weakness(str(e["token"]))
@@ -114,3 +123,11 @@ class TokenTable:
             if hmac.compare_digest(known, h):
                 return principal
         return None
+
+
+def operator_token_check(tokens: TokenTable) -> Callable[[str | None], bool]:
+    """Whether a bare token (not an Authorization header) is an operator's."""
+    def check(token: str | None) -> bool:
+        principal = tokens.authenticate(f"Bearer {token}") if token else None
+        return principal is not None and allowed(principal, OPERATOR)
+    return check

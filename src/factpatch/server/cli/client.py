@@ -1,4 +1,4 @@
-"""A small Python client of the control plane: the three service stubs with the bearer token attached."""
+"""A small Python client of the control plane: its service stubs with the bearer token attached."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import uuid
 
 import grpc
 
-from factpatch.v1 import audit_pb2_grpc, fleet_pb2_grpc, patch_pb2, patch_pb2_grpc, probe_pb2_grpc, rollout_pb2_grpc
+from factpatch.v1 import (
+    audit_pb2_grpc,
+    fleet_pb2_grpc,
+    gateway_pb2_grpc,
+    patch_pb2,
+    patch_pb2_grpc,
+    probe_pb2_grpc,
+    rollout_pb2_grpc,
+)
 
 
 def new_request_id() -> str:
@@ -23,6 +31,7 @@ class Client:
         self.rollouts = rollout_pb2_grpc.RolloutServiceStub(self.channel)
         self.probes = probe_pb2_grpc.ProbeServiceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
+        self.gateways = gateway_pb2_grpc.GatewayServiceStub(self.channel)
 
     def __call__(self, method, request, timeout: float = 30):
         return method(request, metadata=self.md, timeout=timeout)

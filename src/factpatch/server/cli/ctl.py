@@ -518,9 +518,11 @@ def hoisted_argv(argv: list[str]) -> list[str]:
 
 
 def register(root: typer.Typer) -> None:
+    from factpatch.server.cli.gateway import gateway
     from factpatch.server.cli.serve import serve
 
     root.command("serve")(serve)
+    root.command("gateway")(gateway)
     root.add_typer(app, name="ctl")
 
 

@@ -87,7 +87,8 @@ def serve(
                                        help="OpenAI gateway and /metrics address (host:port; port 0 picks one; 'off' for none)."),
     metrics_listen: str = typer.Option(None, "--metrics-listen",
                                        help="Serve /metrics here (host:port) instead of on the gateway's port, "
-                                            "whose users then cannot read which facts were patched."),
+                                            "whose users then cannot read which facts were patched; with "
+                                            "--gateway-listen off, the only place it is served."),
     monitors: Path = typer.Option(None, "--monitors", exists=True, help="Output monitors file (YAML/JSON)."),
     probes: Path = typer.Option(None, "--probes", exists=True,
                                 help="Live edit probes: schedule, thresholds and the frozen regression set (YAML/JSON)."),
@@ -145,6 +146,7 @@ def serve(
             max_patch_bytes=max_patch_mb << 20, max_weight_change=max_weight_change, prometheus_url=prometheus_url,
             shards=shards, allowed_shard_addresses=list(allow_shard_address), monitors_file=monitors, probes_file=probes,
             gateway=None if gateway_listen == "off" else GatewayConfig(listen=gateway_listen, metrics_listen=metrics_listen),
+            metrics_listen=metrics_listen,
         ))
     except (ValueError, OSError, MonitorError, ProbeConfigError, StateDirInUse) as e:
         typer.echo(f"error: {e}", err=True)

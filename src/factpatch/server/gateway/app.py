@@ -16,14 +16,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from factpatch.core.version_label import BASE as BASE_VERSION
-from factpatch.server.control.analysis import Observation, Observations
+from factpatch.server.control.analysis import Observation
 from factpatch.server.gateway.proxy import (
     NoShard,
     SSEReader,
@@ -34,10 +34,9 @@ from factpatch.server.gateway.proxy import (
     send,
 )
 from factpatch.server.gateway.request_span import RequestSpan, request_span
-from factpatch.server.gateway.routing import BASE, CANARY, Router, SwapTracker
+from factpatch.server.gateway.routing import BASE, CANARY, Router
 from factpatch.server.metrics import Metrics, version_label
-from factpatch.server.monitors.registry import MonitorRegistry
-from factpatch.server.state.db import Database
+from factpatch.server.monitors.engine import CompiledMonitors
 
 log = logging.getLogger("factpatch.gateway")
 
@@ -79,29 +78,45 @@ def openai_error(status: int, message: str, *, type_: str = "invalid_request_err
     return web.json_response({"error": {"message": message, "type": type_, "param": param, "code": code}}, status=status)
 
 
+class Follower(Protocol):
+    """Keeps the gateway's routing table and monitors current: from the state database when the
+    gateway runs inside the control plane, from its routing watch when it runs on its own."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class MonitorSet(Protocol):
+    compiled: CompiledMonitors  # the live set; replaced whole when monitors change
+
+
+class TrafficSink(Protocol):
+    def add(self, o: Observation) -> None: ...
+
+
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, db: Database, registry: MonitorRegistry, metrics: Metrics,
-                 swaps: SwapTracker, observations: Observations,
-                 may_force_route: Callable[[str | None], bool] = lambda token: False):
+    def __init__(self, cfg: GatewayConfig, router: Router, monitors: MonitorSet, metrics: Metrics,
+                 observations: TrafficSink, follower: Follower | None = None,
+                 may_force_route: Callable[[str | None], bool] = lambda token: False,
+                 ready: Callable[[], bool] = lambda: True):
         self.may_force_route = may_force_route  # is this X-Factpatch-Route-Token an operator's?
+        self.ready = ready  # has routing state (a gateway process: at least one snapshot since it started)
         self.cfg = cfg
-        self.db = db
-        self.monitors = registry
+        self.monitors = monitors
         self.metrics = metrics
-        self.router = Router(db, swaps)
+        self.router = router
         self.observations = observations
+        self.follower = follower  # None: whoever made the router keeps it current
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._watch: threading.Thread | None = None
-        self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._runner: web.AppRunner | None = None
         self.session: aiohttp.ClientSession | None = None
-        self.router.refresh()
 
     # lifecycle
 
@@ -111,18 +126,17 @@ class Gateway:
         self._ready.wait(30)
         if self._error:
             raise OSError(f"gateway could not listen on {self.cfg.listen}: {self._error}")
-        self._watch = threading.Thread(target=self._watch_db, name="gateway-routes", daemon=True)
-        self._watch.start()
+        if self.follower:
+            self.follower.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        if self.follower:
+            self.follower.stop()
         if self._loop and self._runner:
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread:
             self._thread.join(timeout=10)
-        if self._watch:
-            self._watch.join(timeout=5)
 
     def _serve(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -162,21 +176,11 @@ class Gateway:
             await self._metrics_runner.cleanup()
         await self.session.close()
 
-    def _watch_db(self) -> None:
-        """Rebuilds the routing table, and the monitors when patches change, after every state change."""
-        gen = -1
-        while not self._stop.is_set():
-            gen = self.db.wait_for_change(gen, 1.0)
-            try:
-                self.router.refresh()
-                self.monitors.refresh_patches()
-            except Exception:
-                if not self._stop.is_set():
-                    log.exception("refreshing routes failed")
-
     # handlers
 
     async def health(self, request: web.Request) -> web.Response:
+        if not self.ready():
+            return web.Response(status=503, text="no routing state yet: waiting for the control plane\n")
         return web.Response(text="ok\n")
 
     async def metrics_page(self, request: web.Request) -> web.Response:

@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from factpatch.server.state.db import Database
 from factpatch.server.state.rollout_state import TRAFFIC_SPLIT
@@ -75,19 +77,39 @@ class SwapTracker:
         self._drained = threading.Condition(self._lock)
         self._busy: dict[str, int] = {}  # shard -> 0 while swapping, else the db generation after the swap
         self.inflight: dict[str, int] = {}
+        # Each swap's mark (a counter): gateways in other processes acknowledge the mark once they
+        # route nothing more to the shard and have nothing in flight there.
+        self.marks: dict[str, int] = {}
+        self._mark = 0
+        self.remote = None  # RemoteGateways (control/gateway_fleet.py): drains wait for them too
+        self.on_change: Callable[[], None] | None = None  # a swap began or ended (wakes routing watchers)
+        self.on_idle: Callable[[], None] | None = None  # the last request left a shard being swapped
 
     def begin(self, shard: str) -> None:
         with self._lock:
             self._busy[shard] = 0
+            self._mark += 1
+            self.marks[shard] = self._mark
+        if self.on_change:
+            self.on_change()
 
     def drain(self, shard: str, timeout: float) -> bool:
-        """Waits until no gateway request is in flight on the shard; False if `timeout` passed first."""
+        """Waits until no gateway request is in flight on the shard, here or in a gateway process that
+        watches the routing state; False if `timeout` passed first."""
+        deadline = time.monotonic() + timeout
         with self._drained:
-            return self._drained.wait_for(lambda: self.inflight.get(shard, 0) == 0, timeout)
+            if not self._drained.wait_for(lambda: self.inflight.get(shard, 0) == 0, timeout):
+                return False
+            mark = self.marks.get(shard, 0)
+        if self.remote is None:
+            return True
+        return self.remote.drain(shard, mark, max(0.0, deadline - time.monotonic()))
 
     def end(self, shard: str, generation: int) -> None:
         with self._lock:
             self._busy[shard] = generation
+        if self.on_change:
+            self.on_change()
 
     def enter(self, shard: str) -> bool:
         with self._lock:
@@ -99,13 +121,40 @@ class SwapTracker:
     def leave(self, shard: str) -> None:
         with self._drained:
             self.inflight[shard] -= 1
-            if self.inflight[shard] == 0:
+            idle = self.inflight[shard] == 0
+            if idle:
                 self._drained.notify_all()
+        if idle and self.on_idle is not None and self.swapping(shard):
+            self.on_idle()
+
+    def follow(self, marks: dict[str, int]) -> None:
+        """In a gateway process: the shards the control plane is swapping now (shard -> swap mark);
+        every other shard is free again."""
+        with self._lock:
+            self._busy = {shard: 0 for shard in marks}
+            self.marks = dict(marks)
+
+    def acknowledged(self) -> dict[str, int]:
+        """The swap marks this gateway can acknowledge: shards it no longer routes to and has no
+        request in flight on."""
+        with self._lock:
+            return {s: m for s, m in self.marks.items() if self._busy.get(s) == 0 and self.inflight.get(s, 0) == 0}
 
     def swapping(self, shard: str) -> bool:
         """True while the reconciler is inside a swap of this shard."""
         with self._lock:
             return self._busy.get(shard) == 0
+
+    def mark_of(self, shard: str) -> int | None:
+        """The mark of the swap in progress on this shard, None when none is."""
+        with self._lock:
+            return self.marks.get(shard) if self._busy.get(shard) == 0 else None
+
+    def blocked_at(self, shard: str, table_generation: int) -> bool:
+        """Whether a table of this generation must still keep off the shard (blocked(), changing nothing)."""
+        with self._lock:
+            g = self._busy.get(shard)
+        return g is not None and not (g and table_generation >= g)
 
     def blocked(self, shard: str, table_generation: int) -> bool:
         g = self._busy.get(shard)
@@ -125,8 +174,33 @@ def unit(key: str, salt: str) -> float:
     return int.from_bytes(h, "big") / 2.0**64
 
 
+def build_table(db: Database) -> Table:
+    """The routing table the state database describes now."""
+    gen = db.generation  # read first: a change during the build makes the next refresh run again
+    shards = {}
+    for s in db.shards():
+        version = str(s.observed.get("active_version") or "")
+        healthy = s.health == "SERVING" and not s.observed.get("swapping")
+        desired = s.desired_version or ""
+        shards[s.name] = ShardView(s.name, s.address.rstrip("/"), version, desired, healthy,
+                                   healthy and desired == version)
+    running = []
+    for r in reversed(db.rollouts(active_only=True)):  # oldest first: a new rollout does not move old keys
+        if r.state not in TRAFFIC_SPLIT:
+            continue
+        targets = [n for n in r.target_shards if n in shards]
+        canary = tuple(n for n in targets if shards[n].version == r.patch)
+        pct = int(r.steps[r.current_step].get("traffic_percent") or 0)
+        running.append((r, canary, pct / 100 if pct else (len(canary) / len(targets) if targets else 0.0)))
+    canaries = {n for _, canary, _ in running for n in canary}
+    base = tuple(n for n in shards if n not in canaries)
+    scale = min(1.0, 1.0 / total) if (total := sum(share for _, _, share in running)) > 0 else 1.0
+    splits = tuple(Split(r.id, r.patch, canary, share * scale) for r, canary, share in running)
+    return Table(gen, shards, splits, base)
+
+
 class Router:
-    def __init__(self, db: Database, swaps: SwapTracker):
+    def __init__(self, db: Database | None, swaps: SwapTracker):
         self.db = db
         self.swaps = swaps
         self.table = Table(generation=-1)
@@ -139,28 +213,12 @@ class Router:
         return any(v.desired != v.version or self.swaps.blocked(n, t.generation) for n, v in t.shards.items())
 
     def refresh(self) -> Table:
-        gen = self.db.generation  # read first: a change during the build makes the next refresh run again
-        shards = {}
-        for s in self.db.shards():
-            version = str(s.observed.get("active_version") or "")
-            healthy = s.health == "SERVING" and not s.observed.get("swapping")
-            desired = s.desired_version or ""
-            shards[s.name] = ShardView(s.name, s.address.rstrip("/"), version, desired, healthy,
-                                       healthy and desired == version)
-        running = []
-        for r in reversed(self.db.rollouts(active_only=True)):  # oldest first: a new rollout does not move old keys
-            if r.state not in TRAFFIC_SPLIT:
-                continue
-            targets = [n for n in r.target_shards if n in shards]
-            canary = tuple(n for n in targets if shards[n].version == r.patch)
-            pct = int(r.steps[r.current_step].get("traffic_percent") or 0)
-            running.append((r, canary, pct / 100 if pct else (len(canary) / len(targets) if targets else 0.0)))
-        canaries = {n for _, canary, _ in running for n in canary}
-        base = tuple(n for n in shards if n not in canaries)
-        scale = min(1.0, 1.0 / total) if (total := sum(share for _, _, share in running)) > 0 else 1.0
-        splits = tuple(Split(r.id, r.patch, canary, share * scale) for r, canary, share in running)
-        self.table = Table(gen, shards, splits, base)
+        self.table = build_table(self.db)
         return self.table
+
+    def install(self, table: Table) -> None:
+        """Routes by a table built elsewhere (in a gateway process: the control plane's snapshot)."""
+        self.table = table
 
     def available(self, t: Table, names) -> list[ShardView]:
         return [t.shards[n] for n in names if t.shards[n].available and not self.swaps.blocked(n, t.generation)]

@@ -180,6 +180,13 @@ class Database:
                 self._changed.wait(timeout)
             return self._generation
 
+    def nudge(self) -> None:
+        """Wakes every wait_for_change as a write would: a change held outside the database (a swap
+        beginning or ending) that watchers of the routing state must see."""
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
     @property
     def generation(self) -> int:
         return self._generation

@@ -1,0 +1,79 @@
+"""GatewayService: the routing state for gateway processes (`factpatch gateway`), and their traffic back.
+
+A snapshot is the whole state (a fleet's shards, splits and monitors are small), sent once at the
+start of a watch and again after each change: a gateway that missed some never has to reconcile
+deltas, it replaces what it had.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from factpatch.server.api.errors import invalid
+from factpatch.server.control.analysis import Observation, Observations
+from factpatch.server.control.gateway_fleet import RemoteGateways
+from factpatch.server.gateway.routing import SwapTracker, build_table
+from factpatch.server.monitors.registry import MonitorRegistry
+from factpatch.server.state.db import Database
+from factpatch.v1 import gateway_pb2, gateway_pb2_grpc
+
+MAX_GATEWAY_ID = 128
+HEARTBEAT_S = 5.0  # a snapshot at least this often, so a gateway can tell a quiet stream from a dead one
+
+
+def gateway_id(value: str) -> str:
+    if not value or len(value) > MAX_GATEWAY_ID or not value.isprintable():
+        raise invalid("BAD_GATEWAY_ID", f"gateway_id must be 1 to {MAX_GATEWAY_ID} printable characters, got {value!r}",
+                      field="gateway_id")
+    return value
+
+
+class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
+    def __init__(self, db: Database, swaps: SwapTracker, monitors: MonitorRegistry, observations: Observations,
+                 gateways: RemoteGateways):
+        self.db, self.swaps, self.monitors = db, swaps, monitors
+        self.observations, self.gateways = observations, gateways
+        self.instance = uuid.uuid4().hex  # tells a gateway that the control plane restarted
+
+    def snapshot(self) -> gateway_pb2.RoutingSnapshot:
+        t = build_table(self.db)
+        compiled = self.monitors.compiled
+        shards = []
+        for v in t.shards.values():
+            mark = self.swaps.mark_of(v.name)
+            shards.append(gateway_pb2.RoutedShard(
+                name=v.name, url=v.url, version=v.version, desired=v.desired, healthy=v.healthy,
+                blocked=mark is not None or self.swaps.blocked_at(v.name, t.generation), swap_mark=mark or 0))
+        return gateway_pb2.RoutingSnapshot(
+            generation=t.generation, shards=shards, base=list(t.base), control_plane_id=self.instance,
+            splits=[gateway_pb2.RoutedSplit(rollout_id=s.rollout_id, patch=s.patch, canary=list(s.canary),
+                                            canary_share=s.canary_share) for s in t.splits],
+            monitors=[gateway_pb2.RoutedMonitor(name=m.name, kind=m.kind, pattern=m.pattern, ignore_case=m.ignore_case,
+                                                scope_subject=m.scope_subject, source=m.source, patches=list(m.patches))
+                      for m in compiled.monitors],
+            max_monitor_labels=self.monitors.config.max_monitor_labels)
+
+    def WatchRouting(self, request, context):
+        name = gateway_id(request.gateway_id)
+        with self.gateways.watching(name):
+            last, sent_at = None, 0.0
+            while context.is_active():
+                gen = self.db.generation  # read before the snapshot: a change while building wakes the wait
+                snap = self.snapshot()
+                content = gateway_pb2.RoutingSnapshot()
+                content.CopyFrom(snap)
+                content.generation = 0  # most writes (audit records) change nothing a gateway routes by
+                if content != last or time.monotonic() - sent_at >= HEARTBEAT_S:
+                    last, sent_at = content, time.monotonic()
+                    yield snap
+                self.db.wait_for_change(gen, 1.0)
+
+    def ReportTraffic(self, request, context):
+        name = gateway_id(request.gateway_id)
+        for s in request.samples:
+            self.observations.add(Observation(
+                s.at, s.version, s.shard, s.failed, s.latency_s, frozenset(s.matched_monitors),
+                frozenset(s.mentioned_subjects), s.ttft_s if s.HasField("ttft_s") else None))
+        self.gateways.report(name, dict(request.inflight), dict(request.swap_marks), len(request.samples))
+        return gateway_pb2.ReportTrafficResponse(accepted=len(request.samples))

@@ -1,0 +1,131 @@
+"""GatewayService on a real control plane: the routing watch, traffic reports feeding canary analysis,
+the gateway role, and the swap handshake (a swap waits until every watching gateway acknowledged it)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from factpatch.server.api.errors import reason_of
+from factpatch.v1 import fleet_pb2, gateway_pb2, patch_pb2
+
+from .helpers import GATEWAY_TOKEN, VIEWER_TOKEN, Client, rid
+
+
+@pytest.fixture
+def gw(control_plane):
+    c = Client(f"127.0.0.1:{control_plane.port}", GATEWAY_TOKEN)
+    yield c
+    c.close()
+
+
+def watch(client: Client, gateway_id: str = "gw-a"):
+    return client.gateways.WatchRouting(gateway_pb2.WatchRoutingRequest(gateway_id=gateway_id), metadata=client.md,
+                                        timeout=30)
+
+
+def test_snapshot_lists_shards_and_follows_changes(control_plane, gw, op):
+    stream = watch(gw)
+    first = next(stream)
+    assert first.control_plane_id and list(first.shards) == []
+    op(op.fleet.RegisterShard, fleet_pb2.RegisterShardRequest(request_id=rid(), name="a", address="http://127.0.0.1:9"))
+    snap = next(stream)
+    while not snap.shards:  # the registration's first writes may come in more than one snapshot
+        snap = next(stream)
+    assert [s.name for s in snap.shards] == ["a"] and snap.shards[0].url == "http://127.0.0.1:9"
+    assert snap.generation > first.generation and not snap.shards[0].blocked
+    stream.cancel()
+
+
+def test_gateway_role_calls_the_gateway_service_only(control_plane, gw, op):
+    with pytest.raises(grpc.RpcError) as e:
+        gw(gw.patches.ListPatches, patch_pb2.ListPatchesRequest())
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    viewer = Client(f"127.0.0.1:{control_plane.port}", VIEWER_TOKEN)
+    with pytest.raises(grpc.RpcError) as e:
+        next(watch(viewer))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    viewer.close()
+    # an operator may (to debug routing), a gateway may
+    assert next(watch(op)).control_plane_id == next(watch(gw)).control_plane_id
+
+
+def test_bad_gateway_id_is_refused_by_name(gw):
+    for bad in ("", "x" * 129, "tab\tin"):
+        with pytest.raises(grpc.RpcError) as e:
+            gw(gw.gateways.ReportTraffic, gateway_pb2.ReportTrafficRequest(gateway_id=bad))
+        assert (e.value.code(), reason_of(e.value)) == (grpc.StatusCode.INVALID_ARGUMENT, "BAD_GATEWAY_ID")
+        assert "gateway_id" in e.value.details()
+
+
+def test_reported_traffic_reaches_the_analysis_window(control_plane, gw):
+    now = time.time()
+    sample = gateway_pb2.TrafficSample(at=now, version="sha256:" + "ab" * 32, shard="a", latency_s=0.05,
+                                       matched_monitors=["stale:x"], mentioned_subjects=["harbor support"], ttft_s=0.01)
+    got = gw(gw.gateways.ReportTraffic, gateway_pb2.ReportTrafficRequest(gateway_id="gw-a", samples=[sample]))
+    assert got.accepted == 1
+    seen = control_plane.observations.since(now - 1)
+    assert len(seen) == 1
+    o = seen[0]
+    assert (o.version, o.shard, o.error, o.matched, o.mentioned, o.ttft) == (
+        sample.version, "a", False, frozenset({"stale:x"}), frozenset({"harbor support"}), pytest.approx(0.01))
+
+
+def test_swap_waits_for_every_watching_gateway(control_plane, gw, op):
+    op(op.fleet.RegisterShard, fleet_pb2.RegisterShardRequest(request_id=rid(), name="a", address="http://127.0.0.1:9"))
+    swaps = control_plane.cp.reconciler.swaps
+    # nobody watching: nothing to wait for
+    swaps.begin("a")
+    assert swaps.drain("a", 0.5)
+    swaps.end("a", control_plane.cp.db.generation)
+
+    stream = watch(gw, "gw-b")
+    snaps: list = []
+
+    def follow():
+        try:
+            for s in stream:
+                snaps.append(s)
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.CANCELLED  # the test closes its watch
+
+    threading.Thread(target=follow, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not snaps:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    while "gw-b" not in control_plane.remote_gateways.connected():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    swaps.begin("a")
+    mark = swaps.mark_of("a")
+    while not any(s.shards and s.shards[0].swap_mark == mark and s.shards[0].blocked for s in snaps):
+        assert time.monotonic() < deadline, "the swap mark never reached the watch"
+        time.sleep(0.02)
+    # the watching gateway has not acknowledged: the drain times out
+    assert not swaps.drain("a", 0.3)
+    # a request still in flight there: no acknowledgement yet
+    gw(gw.gateways.ReportTraffic, gateway_pb2.ReportTrafficRequest(gateway_id="gw-b", inflight={"a": 1}))
+    assert not swaps.drain("a", 0.3)
+    acked = threading.Timer(0.3, lambda: gw(gw.gateways.ReportTraffic, gateway_pb2.ReportTrafficRequest(
+        gateway_id="gw-b", swap_marks={"a": mark})))
+    acked.start()
+    t0 = time.monotonic()
+    assert swaps.drain("a", 10)
+    assert 0.25 < time.monotonic() - t0 < 5
+    swaps.end("a", control_plane.cp.db.generation)
+    # the shard is free again in the next snapshot
+    while not (snaps[-1].shards and not snaps[-1].shards[0].blocked):
+        assert time.monotonic() < deadline + 10
+        time.sleep(0.02)
+    # a gateway that closed its watch is not waited for
+    stream.cancel()
+    while control_plane.remote_gateways.connected():
+        assert time.monotonic() < deadline + 10
+        time.sleep(0.02)
+    swaps.begin("a")
+    assert swaps.drain("a", 0.5)
+    swaps.end("a", control_plane.cp.db.generation)
