@@ -9,6 +9,9 @@ Writes bench/results/control_plane.json:
   shards in parallel in both cases.
 - Rollback to the previous patch (two patches released one after the other; each round goes back one,
   so rounds alternate between them): the same two timings, beside the revert's in the same run.
+- Promotion of a canary paused on s0: from the Promote call until s1 reports the patch and the pair
+  of completions is answered (the rest of the fleet is switched by the reconciler's next pass, so
+  its interval, 0.5 s here, is part of it).
 - The yardstick for both: the same pair of completions (one per shard, in parallel) with nothing
   changed, timed in the same run. Two vLLM engines on a 2-core machine answer one of two parallel
   requests late whatever happens (0.6-1.1 s against 0.06-0.1 s), so the time a change adds is
@@ -47,6 +50,13 @@ def roll_out(cl: Client, digest: str) -> None:
     for r in cl.rollouts.WatchRollout(rollout_pb2.WatchRolloutRequest(id=r.id), metadata=cl.md, timeout=120):
         if r.state == rollout_pb2.ROLLOUT_STATE_SUCCEEDED:
             return
+    raise RuntimeError(f"rollout ended {r}")
+
+
+def wait_state(cl: Client, rollout_id: str, state: int) -> rollout_pb2.Rollout:
+    for r in cl.rollouts.WatchRollout(rollout_pb2.WatchRolloutRequest(id=rollout_id), metadata=cl.md, timeout=120):
+        if r.state == state:
+            return r
     raise RuntimeError(f"rollout ended {r}")
 
 
@@ -112,7 +122,7 @@ def main() -> None:
             cl = Client(f"127.0.0.1:{srv.port}", OPERATOR_TOKEN)
             digest = cl.push(patch).digest
             digest_other = cl.push(other).digest
-            back_s, back_serving_s = [], []
+            back_s, back_serving_s, back_parts = [], [], []
             answer_on = {}
             for d in (digest, digest_other):
                 roll_out(cl, d)
@@ -126,6 +136,11 @@ def main() -> None:
                 assert all(x.ok and x.version == now for x in resp.results), resp
                 answers = list(pool.map(lambda s: s.complete(PROMPT)["choices"][0]["text"], shards))
                 back_serving_s.append(time.perf_counter() - t0)
+                # where the call's time went: each shard's switch as the control plane timed it, and
+                # the shard's own phases
+                back_parts.append({"control_plane_per_shard_s": [round(x.seconds, 4) for x in resp.results],
+                                   "shard_total_s": [round(sh.status().json()["last_swap"]["total_s"], 4)
+                                                     for sh in shards]})
                 assert answers == answer_on[now]
             revert_s, serving_s = [], []
             for _ in range(args.rounds):
@@ -137,7 +152,22 @@ def main() -> None:
                 answers = list(pool.map(lambda s: s.complete(PROMPT)["choices"][0]["text"], shards))
                 serving_s.append(time.perf_counter() - t0)
                 assert answers == base_answer
-            roll_out(cl, digest)
+            promote_s, promote_serving_s = [], []
+            for _ in range(args.rounds):
+                assert all(x.ok for x in cl(cl.rollouts.RevertToBase, rollout_pb2.RevertToBaseRequest(
+                    request_id=rid())).results)
+                r = cl(cl.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(
+                    request_id=rid(), patch=digest, canary_shards=["s0"]))
+                r = wait_state(cl, r.id, rollout_pb2.ROLLOUT_STATE_PAUSED)
+                t0 = time.perf_counter()
+                cl(cl.rollouts.Promote, rollout_pb2.PromoteRequest(request_id=rid(), id=r.id, etag=r.etag))
+                promote_s.append(time.perf_counter() - t0)
+                while shards[1].status().json()["active_version"] != digest:  # the reconciler's next pass
+                    time.sleep(0.005)
+                answers = list(pool.map(lambda s: s.complete(PROMPT)["choices"][0]["text"], shards))
+                promote_serving_s.append(time.perf_counter() - t0)
+                assert answers == answer_on[digest]
+                wait_state(cl, r.id, rollout_pb2.ROLLOUT_STATE_SUCCEEDED)
             rollout_id = cl(cl.rollouts.ListRollouts, rollout_pb2.ListRolloutsRequest(page_size=1)).rollouts[0].id
             reads = read_rate(f"127.0.0.1:{srv.port}", digest, rollout_id, args.read_seconds)
             cl.close()
@@ -173,11 +203,20 @@ def main() -> None:
             "call_s_median": round(statistics.median(back_s), 4),
             "until_serving_it_s_median": round(statistics.median(back_serving_s), 4),
             "until_serving_it_s_all": [round(x, 4) for x in back_serving_s],
+            "parts": back_parts,
+        },
+        "promotion_of_the_canary": {
+            "rounds": args.rounds,
+            "reconcile_interval_s": 0.5,
+            "call_s_median": round(statistics.median(promote_s), 4),
+            "until_every_shard_serves_it_s_median": round(statistics.median(promote_serving_s), 4),
+            "until_every_shard_serves_it_s_all": [round(x, 4) for x in promote_serving_s],
         },
         "steady_pair_of_completions_s": {"median": round(statistics.median(steady_s), 4),
                                          "all": [round(x, 4) for x in steady_s]},
         "added_by_revert_s_median": round(med - statistics.median(steady_s), 4),
         "added_by_rollback_s_median": round(statistics.median(back_serving_s) - statistics.median(steady_s), 4),
+        "added_by_promotion_s_median": round(statistics.median(promote_serving_s) - statistics.median(steady_s), 4),
         "rollback_vs_revert_until_serving": round(statistics.median(back_serving_s) / med, 2),
         "restart_shards": {"until_serving_base_s": round(restart_s, 2)},
         "speedup_revert_vs_restart": round(restart_s / med, 1),

@@ -50,10 +50,18 @@ def _scalar(field, depth: int):
     raise AssertionError(f"no strategy for field type {t}")
 
 
+def _is_map(f) -> bool:
+    return f.type == F.TYPE_MESSAGE and f.message_type.GetOptions().map_entry
+
+
 def fields(descriptor, depth: int = 0):
     """A dict of field name -> value (nested messages as dicts) for any subset of the fields."""
     optional = {}
     for f in descriptor.fields:
+        if _is_map(f):
+            key, value = f.message_type.fields_by_name["key"], f.message_type.fields_by_name["value"]
+            optional[f.name] = st.dictionaries(_scalar(key, depth), _scalar(value, depth), max_size=3)
+            continue
         s = _scalar(f, depth)
         optional[f.name] = st.lists(s, max_size=3) if f.is_repeated else s
     return st.fixed_dictionaries({}, optional=optional)
@@ -69,7 +77,13 @@ def build(cls, values: dict):
 def _fill(msg, values: dict) -> None:
     for name, value in values.items():
         f = msg.DESCRIPTOR.fields_by_name[name]
-        if f.type == F.TYPE_MESSAGE:
+        if _is_map(f):
+            for k, v in value.items():
+                if f.message_type.fields_by_name["value"].type == F.TYPE_MESSAGE:
+                    _fill(getattr(msg, name)[k], v)
+                else:
+                    getattr(msg, name)[k] = v
+        elif f.type == F.TYPE_MESSAGE:
             if f.is_repeated:
                 for v in value:
                     _fill(getattr(msg, name).add(), v)

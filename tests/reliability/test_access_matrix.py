@@ -1,8 +1,10 @@
 """Who may call what: every RPC in proto/factpatch/v1/*.proto, called with no token, an unknown
-token, the shard agent token, a viewer token and an operator token, against a real control plane.
+token, the shard agent token, a viewer token, a gateway token and an operator token, against a real
+control plane.
 
-Reads answer viewers and operators alike; mutations answer operators only (viewers get
-PERMISSION_DENIED); everyone else gets UNAUTHENTICATED. Refused calls change nothing (checked on the
+Reads answer viewers and operators alike; mutations answer operators only; the gateway service
+answers gateways and operators only; a gateway token opens nothing else (PERMISSION_DENIED);
+everyone else gets UNAUTHENTICATED. Refused calls change nothing (checked on the
 database and the store, and by the operator's call that follows succeeding). Every mutating call that
 passed authentication has exactly one audit row with its principal, request id and result; every
 refused attempt at a mutating call has a row too (anonymous or the principal, and the refusal).
@@ -15,13 +17,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from factpatch.v1 import fleet_pb2, monitor_pb2, monitor_pb2_grpc, patch_pb2, rollout_pb2
-from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN, random_patch, rid
+from factpatch.v1 import fleet_pb2, gateway_pb2, monitor_pb2, monitor_pb2_grpc, patch_pb2, rollout_pb2
+from tests.server.helpers import AGENT_TOKEN, GATEWAY_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN, random_patch, rid
 
 from .results import merge_section
 from .rpc import Rpc, all_rpcs, call, outcome
 
-VIEWER, OPERATOR = "viewer", "operator"
+VIEWER, OPERATOR, GATEWAY = "viewer", "operator", "gateway"
 # The role each RPC needs, written out here rather than read from src/factpatch/server/api/auth.py, so a method
 # classified wrongly there (or added to a proto without a decision) fails this test.
 ROLES = {
@@ -39,12 +41,15 @@ ROLES = {
     # who reads the audit log is on record too
     "AuditService/ListAuditRecords": OPERATOR, "AuditService/VerifyAuditLog": OPERATOR,
     "ProbeService/GetProbeSet": VIEWER, "ProbeService/SetProbeSchedule": OPERATOR,
+    # gateway processes: the routing state and their traffic reports, nothing else
+    "GatewayService/WatchRouting": GATEWAY, "GatewayService/ReportTraffic": GATEWAY,
 }
 CALLERS = {  # name -> token, in the order called: refusals first, so the operator's call shows they changed nothing
     "no token": None,
     "unknown token": "not-a-known-token-" + "q" * 16,
     "shard agent token": AGENT_TOKEN,
     "viewer": VIEWER_TOKEN,
+    "gateway": GATEWAY_TOKEN,
     "operator": OPERATOR_TOKEN,
 }
 RPCS = all_rpcs()
@@ -120,6 +125,10 @@ def setup(rpc: Rpc, op):
         op(monitor_pb2_grpc.MonitorServiceStub(op.channel).CreateMonitor,
            monitor_pb2.CreateMonitorRequest(request_id=rid(), monitor=m))
         return monitor_pb2.DeleteMonitorRequest(request_id=rid(), name="competitor"), "OK"
+    if k == "GatewayService/WatchRouting":
+        return gateway_pb2.WatchRoutingRequest(gateway_id="gw-1"), "OK"
+    if k == "GatewayService/ReportTraffic":
+        return gateway_pb2.ReportTrafficRequest(gateway_id="gw-1", inflight={"s1": 0}), "OK"
     if k in ("PatchService/ListPatches", "FleetService/ListShards", "RolloutService/ListRollouts",
              "MonitorService/ListMonitors", "RolloutService/ListReleases"):
         return rpc.request(), "OK"
@@ -151,7 +160,8 @@ def record_matrix():
 
 
 def test_every_rpc_in_the_protos_has_a_role():
-    assert {r.key for r in RPCS} == set(ROLES), "classify each RPC as a read (viewer) or a mutation (operator)"
+    assert {r.key for r in RPCS} == set(ROLES), \
+        "classify each RPC as a read (viewer), a mutation (operator) or a gateway process's (gateway)"
 
 
 @pytest.mark.parametrize("rpc", RPCS, ids=lambda r: r.key)
@@ -166,9 +176,9 @@ def test_access(control_plane, op, rpc):
         cells[caller] = got
         if caller in ("no token", "unknown token", "shard agent token"):
             assert got == "UNAUTHENTICATED/UNAUTHENTICATED", (caller, got)
-        elif caller == "viewer" and role == OPERATOR:
+        elif (caller == "viewer" and role != VIEWER) or (caller == "gateway" and role != GATEWAY):
             assert got == "PERMISSION_DENIED/PERMISSION_DENIED", (caller, got)
-            assert rpc.key in answer.details() and "operator" in answer.details()
+            assert rpc.key in answer.details() and role in answer.details()
         else:  # allowed: the answer the call itself earns
             assert not got.startswith(("UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED", "INTERNAL", "UNKNOWN")), \
                 (caller, got)
@@ -180,13 +190,14 @@ def test_access(control_plane, op, rpc):
     # the audit log: one row for the operator's mutating call, with who, which request and the result;
     # one for the viewer's refused attempt, one counting the three without a valid token; none for reads
     rows = [e for e in control_plane.cp.audit.entries() if e.method == rpc.path]
-    if role == VIEWER:
+    if role != OPERATOR:  # reads, and a gateway's routing watch and reports (twice a second each)
         assert rows == []
         return
     refused = [(e.principal, e.result, e.detail.split(" refused")[0]) for e in rows
                if e.result != "PENDING" and e.principal != "release-bot"]
     assert sorted(refused) == sorted([("anonymous", "UNAUTHENTICATED/UNAUTHENTICATED", "3 calls"),
-                                      ("dashboard", "PERMISSION_DENIED/PERMISSION_DENIED", "")]), refused
+                                      ("dashboard", "PERMISSION_DENIED/PERMISSION_DENIED", ""),
+                                      ("gateway-fleet", "PERMISSION_DENIED/PERMISSION_DENIED", "")]), refused
     rows = [e for e in rows if e.principal == "release-bot"]
     assert len(rows) == 1, rows
     row = rows[0]

@@ -129,3 +129,22 @@ def test_swap_waits_for_every_watching_gateway(control_plane, gw, op):
     swaps.begin("a")
     assert swaps.drain("a", 0.5)
     swaps.end("a", control_plane.cp.db.generation)
+
+
+@pytest.mark.parametrize("sample, field", [
+    (dict(at=float("nan"), shard="a"), "samples[0].at"),
+    (dict(at=1.0, shard="a", latency_s=-1.0), "samples[0].latency_s"),
+    (dict(at=1.0, shard="a", latency_s=float("inf")), "samples[0].latency_s"),
+    (dict(at=1.0, shard="a", ttft_s=float("nan")), "samples[0].ttft_s"),
+    (dict(at=1.0, shard="a", version="sha256:../x"), "samples[0].version"),
+    (dict(at=1.0, shard=""), "samples[0].shard"),
+    (dict(at=1.0, shard="a", matched_monitors=["x" * 300]), "samples[0].matched_monitors[0]"),
+])
+def test_a_bad_sample_keeps_the_whole_report_out(control_plane, gw, sample, field):
+    good = gateway_pb2.TrafficSample(at=time.time(), shard="a", latency_s=0.1)
+    with pytest.raises(grpc.RpcError) as e:
+        gw(gw.gateways.ReportTraffic, gateway_pb2.ReportTrafficRequest(
+            gateway_id="gw-a", samples=[gateway_pb2.TrafficSample(**sample), good]))
+    assert (e.value.code(), reason_of(e.value)) == (grpc.StatusCode.INVALID_ARGUMENT, "BAD_TRAFFIC_REPORT")
+    assert field in e.value.details()
+    assert control_plane.observations.since(0) == []  # nothing of it, the good sample included

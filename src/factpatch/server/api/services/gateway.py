@@ -7,18 +7,23 @@ deltas, it replaces what it had.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 
-from factpatch.server.api.errors import invalid
+from factpatch.server.api.errors import ApiError, invalid
 from factpatch.server.control.analysis import Observation, Observations
 from factpatch.server.control.gateway_fleet import RemoteGateways
 from factpatch.server.gateway.routing import SwapTracker, build_table
 from factpatch.server.monitors.registry import MonitorRegistry
 from factpatch.server.state.db import Database
+from factpatch.server.state.store import valid_digest
 from factpatch.v1 import gateway_pb2, gateway_pb2_grpc
 
 MAX_GATEWAY_ID = 128
+MAX_SAMPLES = 10_000  # per report; a gateway sends at most 5,000
+MAX_NAME = 256  # shard, monitor and subject names in a report
+MAX_LABELS = 1_000  # monitors matched / subjects mentioned by one sample
 HEARTBEAT_S = 5.0  # a snapshot at least this often, so a gateway can tell a quiet stream from a dead one
 
 
@@ -27,6 +32,41 @@ def gateway_id(value: str) -> str:
         raise invalid("BAD_GATEWAY_ID", f"gateway_id must be 1 to {MAX_GATEWAY_ID} printable characters, got {value!r}",
                       field="gateway_id")
     return value
+
+
+def _bad(field: str, why: str) -> ApiError:
+    return invalid("BAD_TRAFFIC_REPORT", f"{field} {why}", field=field)
+
+
+def _name(value: str, field: str) -> None:
+    if not value or len(value) > MAX_NAME or not value.isprintable():
+        raise _bad(field, f"must be 1 to {MAX_NAME} printable characters, got {value[:80]!r}")
+
+
+def check_report(request: gateway_pb2.ReportTrafficRequest) -> None:
+    """Refuses a report any of whose values canary analysis could not use, naming the field."""
+    if len(request.samples) > MAX_SAMPLES:
+        raise _bad("samples", f"holds {len(request.samples)} samples; at most {MAX_SAMPLES} per report")
+    for i, s in enumerate(request.samples):
+        at = f"samples[{i}]"
+        if not (math.isfinite(s.at) and s.at > 0):
+            raise _bad(f"{at}.at", f"must be a time in Unix seconds, got {s.at!r}")
+        if s.version and not valid_digest(s.version):
+            raise _bad(f"{at}.version", f"must be empty (base) or a patch digest, got {s.version[:80]!r}")
+        _name(s.shard, f"{at}.shard")
+        if not (math.isfinite(s.latency_s) and s.latency_s >= 0):
+            raise _bad(f"{at}.latency_s", f"must be seconds >= 0, got {s.latency_s!r}")
+        if s.HasField("ttft_s") and not (math.isfinite(s.ttft_s) and s.ttft_s >= 0):
+            raise _bad(f"{at}.ttft_s", f"must be seconds >= 0, got {s.ttft_s!r}")
+        for field in ("matched_monitors", "mentioned_subjects"):
+            values = getattr(s, field)
+            if len(values) > MAX_LABELS:
+                raise _bad(f"{at}.{field}", f"holds {len(values)} names; at most {MAX_LABELS}")
+            for j, v in enumerate(values):
+                _name(v, f"{at}.{field}[{j}]")
+    for field in ("inflight", "swap_marks"):
+        for key in getattr(request, field):
+            _name(key, f"{field}[{key[:40]!r}]")
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
@@ -71,6 +111,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
     def ReportTraffic(self, request, context):
         name = gateway_id(request.gateway_id)
+        check_report(request)  # all or nothing: a bad sample keeps the whole report out of the analysis
         for s in request.samples:
             self.observations.add(Observation(
                 s.at, s.version, s.shard, s.failed, s.latency_s, frozenset(s.matched_monitors),
