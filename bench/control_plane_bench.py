@@ -139,8 +139,9 @@ def main() -> None:
                 # where the call's time went: each shard's switch as the control plane timed it, and
                 # the shard's own phases
                 back_parts.append({"control_plane_per_shard_s": [round(x.seconds, 4) for x in resp.results],
-                                   "shard_total_s": [round(sh.status().json()["last_swap"]["total_s"], 4)
-                                                     for sh in shards]})
+                                   "shard_phases_s": [{k: round(v, 4) for k, v in sh.status().json()["last_swap"].items()
+                                                       if k in ("stage_s", "drain_s", "write_s", "total_s")}
+                                                      for sh in shards]})
                 assert answers == answer_on[now]
             revert_s, serving_s = [], []
             for _ in range(args.rounds):
