@@ -121,7 +121,17 @@ def test_swap_waits_for_every_watching_gateway(control_plane, gw, op):
     while not (snaps[-1].shards and not snaps[-1].shards[0].blocked):
         assert time.monotonic() < deadline + 10
         time.sleep(0.02)
+    # a gateway whose watch looks open but that stopped reporting is not waited for past stale_after_s
+    control_plane.remote_gateways.stale_after_s = 0.5
+    time.sleep(0.6)
+    swaps.begin("a")
+    t0 = time.monotonic()
+    assert swaps.drain("a", 10) and time.monotonic() - t0 < 2
+    swaps.end("a", control_plane.cp.db.generation)
+    control_plane.remote_gateways.stale_after_s = 5.0
     # a gateway that closed its watch is not waited for
+    gw(gw.gateways.ReportTraffic, gateway_pb2.ReportTrafficRequest(gateway_id="gw-b"))
+    assert "gw-b" in control_plane.remote_gateways.connected()
     stream.cancel()
     while control_plane.remote_gateways.connected():
         assert time.monotonic() < deadline + 10

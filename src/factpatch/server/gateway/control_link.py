@@ -1,7 +1,9 @@
 """A gateway process's link to the control plane: it follows the routing watch and reports traffic.
 
-    link = ControlLink(channel, token, "gateway-0", router, monitors, metrics)
-    gateway = Gateway(cfg, router, monitors, metrics, link, link, may_force_route)
+    router = Router(None, SwapTracker())
+    monitors = FollowedMonitors(metrics)
+    link = ControlLink(channel, token, "gateway-0", router, monitors)
+    gateway = Gateway(cfg, router, monitors, metrics, observations=link, follower=link)
 
 The watch replaces the routing table, the swap marks and the monitors with each snapshot. When the
 control plane goes away the gateway keeps the last snapshot and serves by it; the link reconnects
@@ -96,9 +98,6 @@ class ControlLink:
             self._call.cancel()
         for t in self._threads:
             t.join(timeout=5)
-
-    def wait_connected(self, timeout: float) -> bool:
-        return self.connected.wait(timeout)
 
     def export(self, registry: CollectorRegistry) -> None:
         """The link's state as gauges read at scrape time."""

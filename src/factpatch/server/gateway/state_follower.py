@@ -28,6 +28,7 @@ class StateFollower:
 
     def stop(self) -> None:
         self._stop.set()
+        self.db.nudge()  # wakes the wait now, not at its timeout
         if self._thread:
             self._thread.join(timeout=5)
 
