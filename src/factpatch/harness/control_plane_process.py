@@ -18,6 +18,19 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
+def stop_group(proc: subprocess.Popen | None, log=None) -> None:
+    """SIGTERM to a child's process group, SIGKILL after 15 s; closes its log file."""
+    if proc and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    if log is not None and not log.closed:
+        log.close()
+
+
 class ControlPlaneProcess:
     def __init__(self, state_dir: Path, client_tokens_file: Path, agent_token: str, shards: dict[str, str],
                  base_dirs: list[str] = (), interval: float = 0.3, gateway: bool = True,
@@ -87,12 +100,4 @@ class ControlPlaneProcess:
         self._log.close()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        if getattr(self, "_log", None) and not self._log.closed:
-            self._log.close()
+        stop_group(self.proc, getattr(self, "_log", None))

@@ -8,13 +8,14 @@ waits for it and for /health to answer 200, which it does once the first routing
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from factpatch.harness.control_plane_process import stop_group
 
 
 class GatewayProcess:
@@ -58,15 +59,7 @@ class GatewayProcess:
         raise RuntimeError(f"gateway did not come up: {self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        if getattr(self, "_log", None) and not self._log.closed:
-            self._log.close()
+        stop_group(self.proc, getattr(self, "_log", None))
 
     def __enter__(self) -> "GatewayProcess":
         return self.start()
