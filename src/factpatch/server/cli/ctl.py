@@ -18,11 +18,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from factpatch.core.tokens import token_lines
 from factpatch.server.cli.ctl_audit import audit_app
 from factpatch.server.cli.ctl_monitors import monitors_app
 from factpatch.server.cli.ctl_probe import probe_app
-from factpatch.server.cli.session import CHANNEL_OPTIONS, OUTPUTS, Ctx, err_console, fail
+from factpatch.server.cli.session import OUTPUTS, Ctx, bearer_token, control_plane_channel, err_console, fail
 from factpatch.server.state.rollout_state import FINAL, RolloutState, from_proto
 from factpatch.v1 import fleet_pb2, patch_pb2, rollout_pb2
 
@@ -65,18 +64,8 @@ def main(
 ) -> None:
     if output not in OUTPUTS:
         raise typer.BadParameter(f"{output!r} is not one of {', '.join(OUTPUTS)}", param_hint="-o/--output")
-    if tls_ca:
-        creds = grpc.ssl_channel_credentials(
-            tls_ca.read_bytes(), tls_key.read_bytes() if tls_key else None, tls_cert.read_bytes() if tls_cert else None
-        )
-        channel = grpc.secure_channel(address, creds, options=CHANNEL_OPTIONS)
-    else:
-        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-    if token_file:
-        lines = token_lines(token_file.read_text())
-        if not lines:
-            raise typer.BadParameter(f"{token_file} holds no token", param_hint="--token-file")
-        token = lines[0][1]
+    channel = control_plane_channel(address, tls_ca, tls_cert, tls_key)
+    token = bearer_token(token_file, token)
     md = (("authorization", f"Bearer {token}"),) if token else ()
     ctx.obj = Ctx(channel, md, timeout, "json" if as_json else output, request_id)
 

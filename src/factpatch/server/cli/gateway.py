@@ -39,11 +39,9 @@ def gateway(
     """Run the OpenAI gateway apart from the control plane: it keeps serving with the last routing
     state it received while the control plane is down, and picks the control plane up again when
     it returns."""
-    import grpc
-
-    from factpatch.core.tokens import token_lines
     from factpatch.server.api.auth import TokenTable, operator_token_check
     from factpatch.server.cli import logs
+    from factpatch.server.cli.session import bearer_token, control_plane_channel
     from factpatch.server.gateway.app import Gateway, GatewayConfig
     from factpatch.server.gateway.control_link import ControlLink, FollowedMonitors
     from factpatch.server.gateway.routing import Router, SwapTracker
@@ -52,22 +50,12 @@ def gateway(
     if log_format not in FORMATS:
         raise typer.BadParameter(f"{log_format!r} is not one of {', '.join(FORMATS)}", param_hint="--log-format")
     logs.configure(log_format, verbose)
-    token = os.environ.get("FACTPATCH_TOKEN", "")
-    if token_file:
-        lines = token_lines(token_file.read_text())
-        if not lines:
-            raise typer.BadParameter(f"{token_file} holds no token", param_hint="--token-file")
-        token = lines[0][1]
+    token = bearer_token(token_file, os.environ.get("FACTPATCH_TOKEN", ""))
     if not token:
         typer.echo("error: no token for the control plane: pass --token-file or set $FACTPATCH_TOKEN "
                    "(a token of role gateway)", err=True)
         raise typer.Exit(2)
-    if tls_ca:
-        creds = grpc.ssl_channel_credentials(tls_ca.read_bytes(), tls_key.read_bytes() if tls_key else None,
-                                             tls_cert.read_bytes() if tls_cert else None)
-        channel = grpc.secure_channel(control_plane, creds)
-    else:
-        channel = grpc.insecure_channel(control_plane)
+    channel = control_plane_channel(control_plane, tls_ca, tls_cert, tls_key)
     may_force = (lambda t: False)
     if client_tokens_file:
         try:
@@ -81,13 +69,14 @@ def gateway(
     link = ControlLink(channel, token, gateway_id or f"{socket.gethostname()}-{os.getpid()}", router, monitors)
     link.export(metrics.registry)  # the shard and rollout gauges are the control plane's to export
     gw = Gateway(GatewayConfig(listen=listen, metrics_listen=metrics_listen, swap_wait_s=swap_wait), router,
-                 monitors, metrics, link, link, may_force_route=may_force,
+                 monitors, metrics, link, may_force_route=may_force,
                  ready=lambda: link.snapshots > 0)  # stays ready while the control plane is away
     try:
         gw.start()
     except OSError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
+    link.start()
     port_file = os.environ.get("FACTPATCH_GATEWAY_PORT_FILE")
     if port_file:  # lets a supervisor (or a test) find a port chosen with :0
         Path(port_file).write_text(str(gw.port))
@@ -95,4 +84,5 @@ def gateway(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     done.wait()
+    link.stop()
     gw.stop()

@@ -6,6 +6,7 @@ import json
 import sys
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import typer
@@ -13,6 +14,7 @@ import yaml
 from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 
+from factpatch.core.tokens import token_lines
 from factpatch.server.api.errors import reason_of
 from factpatch.v1 import audit_pb2_grpc, fleet_pb2_grpc, patch_pb2_grpc, rollout_pb2_grpc
 
@@ -36,6 +38,28 @@ RETRY_SERVICE_CONFIG = json.dumps({"methodConfig": [{
 }]})
 OUTPUTS = ("table", "json", "yaml")
 CHANNEL_OPTIONS = [("grpc.enable_retries", 1), ("grpc.service_config", RETRY_SERVICE_CONFIG)]
+
+
+def control_plane_channel(address: str, tls_ca: Path | None = None, tls_cert: Path | None = None,
+                          tls_key: Path | None = None) -> grpc.Channel:
+    """A channel to the control plane: TLS when a CA is given (mTLS with a client certificate), with the
+    retry policy above."""
+    if tls_ca:
+        creds = grpc.ssl_channel_credentials(
+            tls_ca.read_bytes(), tls_key.read_bytes() if tls_key else None, tls_cert.read_bytes() if tls_cert else None
+        )
+        return grpc.secure_channel(address, creds, options=CHANNEL_OPTIONS)
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def bearer_token(token_file: Path | None, token: str) -> str:
+    """The first token in `token_file` when one is given, else `token`."""
+    if token_file:
+        lines = token_lines(token_file.read_text())
+        if not lines:
+            raise typer.BadParameter(f"{token_file} holds no token", param_hint="--token-file")
+        return lines[0][1]
+    return token
 
 
 @dataclass
