@@ -128,7 +128,7 @@ def setup(rpc: Rpc, op):
     if k == "GatewayService/WatchRouting":
         return gateway_pb2.WatchRoutingRequest(gateway_id="gw-1"), "OK"
     if k == "GatewayService/ReportTraffic":
-        return gateway_pb2.ReportTrafficRequest(gateway_id="gw-1", inflight={"s1": 0}), "OK"
+        return gateway_pb2.ReportTrafficRequest(gateway_id="gw-1", swap_marks={"s1": 0}), "OK"
     if k in ("PatchService/ListPatches", "FleetService/ListShards", "RolloutService/ListRollouts",
              "MonitorService/ListMonitors", "RolloutService/ListReleases"):
         return rpc.request(), "OK"

@@ -107,8 +107,8 @@ def test_swap_waits_for_every_watching_gateway(control_plane, gw, op):
         time.sleep(0.02)
     # the watching gateway has not acknowledged: the drain times out
     assert not swaps.drain("a", 0.3)
-    # a request still in flight there: no acknowledgement yet
-    gw(gw.gateways.ReportTraffic, gateway_pb2.ReportTrafficRequest(gateway_id="gw-b", inflight={"a": 1}))
+    # a report that does not acknowledge the mark (a request still in flight there): still waiting
+    gw(gw.gateways.ReportTraffic, gateway_pb2.ReportTrafficRequest(gateway_id="gw-b", swap_marks={"a": mark - 1}))
     assert not swaps.drain("a", 0.3)
     acked = threading.Timer(0.3, lambda: gw(gw.gateways.ReportTraffic, gateway_pb2.ReportTrafficRequest(
         gateway_id="gw-b", swap_marks={"a": mark})))

@@ -24,15 +24,13 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61\x63tpatch/v1/gateway.proto\x12\x0c\x66\x61\x63tpatch.v1\")\n\x13WatchRoutingRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\"\x7f\n\x0bRoutedShard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65sired\x18\x04 \x01(\t\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\x0f\n\x07\x62locked\x18\x06 \x01(\x08\x12\x11\n\tswap_mark\x18\x07 \x01(\x04\"V\n\x0bRoutedSplit\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\r\n\x05patch\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x03 \x03(\t\x12\x14\n\x0c\x63\x61nary_share\x18\x04 \x01(\x01\"\x89\x01\n\rRoutedMonitor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07pattern\x18\x03 \x01(\t\x12\x13\n\x0bignore_case\x18\x04 \x01(\x08\x12\x15\n\rscope_subject\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x0f\n\x07patches\x18\x07 \x03(\t\"\xee\x01\n\x0fRoutingSnapshot\x12\x12\n\ngeneration\x18\x01 \x01(\x03\x12)\n\x06shards\x18\x02 \x03(\x0b\x32\x19.factpatch.v1.RoutedShard\x12)\n\x06splits\x18\x03 \x03(\x0b\x32\x19.factpatch.v1.RoutedSplit\x12\x0c\n\x04\x62\x61se\x18\x04 \x03(\t\x12-\n\x08monitors\x18\x05 \x03(\x0b\x32\x1b.factpatch.v1.RoutedMonitor\x12\x1a\n\x12max_monitor_labels\x18\x06 \x01(\x05\x12\x18\n\x10\x63ontrol_plane_id\x18\x07 \x01(\t\"\xb4\x01\n\rTrafficSample\x12\n\n\x02\x61t\x18\x01 \x01(\x01\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05shard\x18\x03 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x08\x12\x11\n\tlatency_s\x18\x05 \x01(\x01\x12\x18\n\x10matched_monitors\x18\x06 \x03(\t\x12\x1a\n\x12mentioned_subjects\x18\x07 \x03(\t\x12\x13\n\x06ttft_s\x18\x08 \x01(\x01H\x00\x88\x01\x01\x42\t\n\x07_ttft_s\"\xc6\x02\n\x14ReportTrafficRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12,\n\x07samples\x18\x02 \x03(\x0b\x32\x1b.factpatch.v1.TrafficSample\x12\x42\n\x08inflight\x18\x03 \x03(\x0b\x32\x30.factpatch.v1.ReportTrafficRequest.InflightEntry\x12\x45\n\nswap_marks\x18\x04 \x03(\x0b\x32\x31.factpatch.v1.ReportTrafficRequest.SwapMarksEntry\x1a/\n\rInflightEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x1a\x30\n\x0eSwapMarksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\")\n\x15ReportTrafficResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r2\xbe\x01\n\x0eGatewayService\x12R\n\x0cWatchRouting\x12!.factpatch.v1.WatchRoutingRequest\x1a\x1d.factpatch.v1.RoutingSnapshot0\x01\x12X\n\rReportTraffic\x12\".factpatch.v1.ReportTrafficRequest\x1a#.factpatch.v1.ReportTrafficResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61\x63tpatch/v1/gateway.proto\x12\x0c\x66\x61\x63tpatch.v1\")\n\x13WatchRoutingRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\"\x7f\n\x0bRoutedShard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65sired\x18\x04 \x01(\t\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\x0f\n\x07\x62locked\x18\x06 \x01(\x08\x12\x11\n\tswap_mark\x18\x07 \x01(\x04\"V\n\x0bRoutedSplit\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\r\n\x05patch\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x03 \x03(\t\x12\x14\n\x0c\x63\x61nary_share\x18\x04 \x01(\x01\"\x89\x01\n\rRoutedMonitor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07pattern\x18\x03 \x01(\t\x12\x13\n\x0bignore_case\x18\x04 \x01(\x08\x12\x15\n\rscope_subject\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x0f\n\x07patches\x18\x07 \x03(\t\"\xee\x01\n\x0fRoutingSnapshot\x12\x12\n\ngeneration\x18\x01 \x01(\x03\x12)\n\x06shards\x18\x02 \x03(\x0b\x32\x19.factpatch.v1.RoutedShard\x12)\n\x06splits\x18\x03 \x03(\x0b\x32\x19.factpatch.v1.RoutedSplit\x12\x0c\n\x04\x62\x61se\x18\x04 \x03(\t\x12-\n\x08monitors\x18\x05 \x03(\x0b\x32\x1b.factpatch.v1.RoutedMonitor\x12\x1a\n\x12max_monitor_labels\x18\x06 \x01(\x05\x12\x18\n\x10\x63ontrol_plane_id\x18\x07 \x01(\t\"\xb4\x01\n\rTrafficSample\x12\n\n\x02\x61t\x18\x01 \x01(\x01\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05shard\x18\x03 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x08\x12\x11\n\tlatency_s\x18\x05 \x01(\x01\x12\x18\n\x10matched_monitors\x18\x06 \x03(\t\x12\x1a\n\x12mentioned_subjects\x18\x07 \x03(\t\x12\x13\n\x06ttft_s\x18\x08 \x01(\x01H\x00\x88\x01\x01\x42\t\n\x07_ttft_s\"\xd7\x01\n\x14ReportTrafficRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12,\n\x07samples\x18\x02 \x03(\x0b\x32\x1b.factpatch.v1.TrafficSample\x12\x45\n\nswap_marks\x18\x04 \x03(\x0b\x32\x31.factpatch.v1.ReportTrafficRequest.SwapMarksEntry\x1a\x30\n\x0eSwapMarksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01J\x04\x08\x03\x10\x04\")\n\x15ReportTrafficResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r2\xbe\x01\n\x0eGatewayService\x12R\n\x0cWatchRouting\x12!.factpatch.v1.WatchRoutingRequest\x1a\x1d.factpatch.v1.RoutingSnapshot0\x01\x12X\n\rReportTraffic\x12\".factpatch.v1.ReportTrafficRequest\x1a#.factpatch.v1.ReportTrafficResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'factpatch.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPORTTRAFFICREQUEST_INFLIGHTENTRY']._loaded_options = None
-  _globals['_REPORTTRAFFICREQUEST_INFLIGHTENTRY']._serialized_options = b'8\001'
   _globals['_REPORTTRAFFICREQUEST_SWAPMARKSENTRY']._loaded_options = None
   _globals['_REPORTTRAFFICREQUEST_SWAPMARKSENTRY']._serialized_options = b'8\001'
   _globals['_WATCHROUTINGREQUEST']._serialized_start=44
@@ -48,13 +46,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAFFICSAMPLE']._serialized_start=686
   _globals['_TRAFFICSAMPLE']._serialized_end=866
   _globals['_REPORTTRAFFICREQUEST']._serialized_start=869
-  _globals['_REPORTTRAFFICREQUEST']._serialized_end=1195
-  _globals['_REPORTTRAFFICREQUEST_INFLIGHTENTRY']._serialized_start=1098
-  _globals['_REPORTTRAFFICREQUEST_INFLIGHTENTRY']._serialized_end=1145
-  _globals['_REPORTTRAFFICREQUEST_SWAPMARKSENTRY']._serialized_start=1147
-  _globals['_REPORTTRAFFICREQUEST_SWAPMARKSENTRY']._serialized_end=1195
-  _globals['_REPORTTRAFFICRESPONSE']._serialized_start=1197
-  _globals['_REPORTTRAFFICRESPONSE']._serialized_end=1238
-  _globals['_GATEWAYSERVICE']._serialized_start=1241
-  _globals['_GATEWAYSERVICE']._serialized_end=1431
+  _globals['_REPORTTRAFFICREQUEST']._serialized_end=1084
+  _globals['_REPORTTRAFFICREQUEST_SWAPMARKSENTRY']._serialized_start=1030
+  _globals['_REPORTTRAFFICREQUEST_SWAPMARKSENTRY']._serialized_end=1078
+  _globals['_REPORTTRAFFICRESPONSE']._serialized_start=1086
+  _globals['_REPORTTRAFFICRESPONSE']._serialized_end=1127
+  _globals['_GATEWAYSERVICE']._serialized_start=1130
+  _globals['_GATEWAYSERVICE']._serialized_end=1320
 # @@protoc_insertion_point(module_scope)

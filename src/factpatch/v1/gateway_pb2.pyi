@@ -99,14 +99,7 @@ class TrafficSample(_message.Message):
     def __init__(self, at: _Optional[float] = ..., version: _Optional[str] = ..., shard: _Optional[str] = ..., failed: _Optional[bool] = ..., latency_s: _Optional[float] = ..., matched_monitors: _Optional[_Iterable[str]] = ..., mentioned_subjects: _Optional[_Iterable[str]] = ..., ttft_s: _Optional[float] = ...) -> None: ...
 
 class ReportTrafficRequest(_message.Message):
-    __slots__ = ("gateway_id", "samples", "inflight", "swap_marks")
-    class InflightEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: int
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    __slots__ = ("gateway_id", "samples", "swap_marks")
     class SwapMarksEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -116,13 +109,11 @@ class ReportTrafficRequest(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
-    INFLIGHT_FIELD_NUMBER: _ClassVar[int]
     SWAP_MARKS_FIELD_NUMBER: _ClassVar[int]
     gateway_id: str
     samples: _containers.RepeatedCompositeFieldContainer[TrafficSample]
-    inflight: _containers.ScalarMap[str, int]
     swap_marks: _containers.ScalarMap[str, int]
-    def __init__(self, gateway_id: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[TrafficSample, _Mapping]]] = ..., inflight: _Optional[_Mapping[str, int]] = ..., swap_marks: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    def __init__(self, gateway_id: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[TrafficSample, _Mapping]]] = ..., swap_marks: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ReportTrafficResponse(_message.Message):
     __slots__ = ("accepted",)

@@ -1,4 +1,4 @@
-"""Gateway processes that watch this control plane: who is connected, what each has in flight.
+"""Gateway processes that watch this control plane: who is connected, which swaps each has drained.
 
 A weight swap must not start while a gateway still has a request running on the shard, or that
 response would be tagged with a version it was not made by. The reconciler marks the swap (the
@@ -22,10 +22,8 @@ from typing import Iterator
 class GatewayState:
     watches: int = 0  # routing watch streams open now
     watching_since: float = 0.0
-    inflight: dict[str, int] = field(default_factory=dict)
     marks: dict[str, int] = field(default_factory=dict)  # acknowledged swap marks per shard
     reported_at: float = 0.0
-    samples: int = 0
 
 
 class RemoteGateways:
@@ -50,10 +48,10 @@ class RemoteGateways:
                 self._gateways[gateway_id].watches -= 1
                 self._cond.notify_all()  # a drain no longer waits for it
 
-    def report(self, gateway_id: str, inflight: dict[str, int], marks: dict[str, int], samples: int) -> None:
+    def report(self, gateway_id: str, marks: dict[str, int]) -> None:
         with self._cond:
             g = self._gateways.setdefault(gateway_id, GatewayState())
-            g.inflight, g.reported_at, g.samples = dict(inflight), time.time(), g.samples + samples
+            g.reported_at = time.time()
             for shard, mark in marks.items():
                 g.marks[shard] = max(mark, g.marks.get(shard, 0))
             self._cond.notify_all()

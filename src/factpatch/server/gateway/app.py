@@ -78,15 +78,6 @@ def openai_error(status: int, message: str, *, type_: str = "invalid_request_err
     return web.json_response({"error": {"message": message, "type": type_, "param": param, "code": code}}, status=status)
 
 
-class Follower(Protocol):
-    """Keeps the gateway's routing table and monitors current: from the state database when the
-    gateway runs inside the control plane, from its routing watch when it runs on its own."""
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
 class MonitorSet(Protocol):
     compiled: CompiledMonitors  # the live set; replaced whole when monitors change
 
@@ -97,7 +88,7 @@ class TrafficSink(Protocol):
 
 class Gateway:
     def __init__(self, cfg: GatewayConfig, router: Router, monitors: MonitorSet, metrics: Metrics,
-                 observations: TrafficSink, follower: Follower | None = None,
+                 observations: TrafficSink,
                  may_force_route: Callable[[str | None], bool] = lambda token: False,
                  ready: Callable[[], bool] = lambda: True):
         self.may_force_route = may_force_route  # is this X-Factpatch-Route-Token an operator's?
@@ -107,7 +98,6 @@ class Gateway:
         self.metrics = metrics
         self.router = router
         self.observations = observations
-        self.follower = follower  # None: whoever made the router keeps it current
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -126,12 +116,8 @@ class Gateway:
         self._ready.wait(30)
         if self._error:
             raise OSError(f"gateway could not listen on {self.cfg.listen}: {self._error}")
-        if self.follower:
-            self.follower.start()
 
     def stop(self) -> None:
-        if self.follower:
-            self.follower.stop()
         if self._loop and self._runner:
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
             self._loop.call_soon_threadsafe(self._loop.stop)

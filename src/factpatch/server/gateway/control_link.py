@@ -3,7 +3,8 @@
     router = Router(None, SwapTracker())
     monitors = FollowedMonitors(metrics)
     link = ControlLink(channel, token, "gateway-0", router, monitors)
-    gateway = Gateway(cfg, router, monitors, metrics, observations=link, follower=link)
+    gateway = Gateway(cfg, router, monitors, metrics, observations=link)
+    gateway.start(); link.start()   # the link keeps the router and monitors current
 
 The watch replaces the routing table, the swap marks and the monitors with each snapshot. When the
 control plane goes away the gateway keeps the last snapshot and serves by it; the link reconnects
@@ -65,7 +66,8 @@ def table_of(snap: gateway_pb2.RoutingSnapshot) -> Table:
 
 
 class ControlLink:
-    """Follower (routing state in) and traffic sink (samples out) of a gateway process."""
+    """What keeps a gateway process's router and monitors current (routing state in), and its traffic
+    sink (samples out)."""
 
     def __init__(self, channel: grpc.Channel, token: str, gateway_id: str, router: Router, monitors: FollowedMonitors,
                  *, max_buffered: int = 200_000):
@@ -83,7 +85,7 @@ class ControlLink:
         self._call = None
         self._threads: list[threading.Thread] = []
 
-    # Follower
+    # lifecycle
 
     def start(self) -> None:
         for target, name in ((self._watch, "gateway-watch"), (self._report, "gateway-report")):
@@ -171,9 +173,8 @@ class ControlLink:
             if self._stop.is_set() or not self.connected.is_set():
                 continue
             batch = [self.samples.popleft() for _ in range(min(len(self.samples), MAX_SAMPLES_PER_REPORT))]
-            req = gateway_pb2.ReportTrafficRequest(
-                gateway_id=self.gateway_id, samples=batch, swap_marks=self.swaps.acknowledged(),
-                inflight={s: n for s, n in list(self.swaps.inflight.items()) if n})
+            req = gateway_pb2.ReportTrafficRequest(gateway_id=self.gateway_id, samples=batch,
+                                                   swap_marks=self.swaps.acknowledged())
             try:
                 self.stub.ReportTraffic(req, metadata=self.md, timeout=5)
             except grpc.RpcError as e:

@@ -150,17 +150,21 @@ class SwapTracker:
         with self._lock:
             return self.marks.get(shard) if self._busy.get(shard) == 0 else None
 
+    @staticmethod
+    def _blocks(g: int | None, table_generation: int) -> bool:
+        """Mid-swap (0), or swapped at generation g and the table is older than that."""
+        return g is not None and not (g and table_generation >= g)
+
     def blocked_at(self, shard: str, table_generation: int) -> bool:
         """Whether a table of this generation must still keep off the shard (blocked(), changing nothing)."""
         with self._lock:
-            g = self._busy.get(shard)
-        return g is not None and not (g and table_generation >= g)
+            return self._blocks(self._busy.get(shard), table_generation)
 
     def blocked(self, shard: str, table_generation: int) -> bool:
         g = self._busy.get(shard)
         if g is None:
             return False
-        if g and table_generation >= g:
+        if not self._blocks(g, table_generation):
             with self._lock:
                 if self._busy.get(shard) == g:
                     del self._busy[shard]

@@ -64,9 +64,8 @@ def check_report(request: gateway_pb2.ReportTrafficRequest) -> None:
                 raise _bad(f"{at}.{field}", f"holds {len(values)} names; at most {MAX_LABELS}")
             for j, v in enumerate(values):
                 _name(v, f"{at}.{field}[{j}]")
-    for field in ("inflight", "swap_marks"):
-        for key in getattr(request, field):
-            _name(key, f"{field}[{key[:40]!r}]")
+    for key in request.swap_marks:
+        _name(key, f"swap_marks[{key[:40]!r}]")
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
@@ -81,10 +80,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         compiled = self.monitors.compiled
         shards = []
         for v in t.shards.values():
-            mark = self.swaps.mark_of(v.name)
             shards.append(gateway_pb2.RoutedShard(
                 name=v.name, url=v.url, version=v.version, desired=v.desired, healthy=v.healthy,
-                blocked=mark is not None or self.swaps.blocked_at(v.name, t.generation), swap_mark=mark or 0))
+                blocked=self.swaps.blocked_at(v.name, t.generation), swap_mark=self.swaps.mark_of(v.name) or 0))
         return gateway_pb2.RoutingSnapshot(
             generation=t.generation, shards=shards, base=list(t.base), control_plane_id=self.instance,
             splits=[gateway_pb2.RoutedSplit(rollout_id=s.rollout_id, patch=s.patch, canary=list(s.canary),
@@ -116,5 +114,5 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
             self.observations.add(Observation(
                 s.at, s.version, s.shard, s.failed, s.latency_s, frozenset(s.matched_monitors),
                 frozenset(s.mentioned_subjects), s.ttft_s if s.HasField("ttft_s") else None))
-        self.gateways.report(name, dict(request.inflight), dict(request.swap_marks), len(request.samples))
+        self.gateways.report(name, dict(request.swap_marks))
         return gateway_pb2.ReportTrafficResponse(accepted=len(request.samples))
