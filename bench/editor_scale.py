@@ -1,9 +1,9 @@
 """Patches on patches: successive MEMIT batches, each computed on the weights the previous patch leaves
-(`--parent`), with MEMIT's solve, the null-space projected one (AlphaEdit) and, with `--joint`, MEMIT
-through its update.
+(`--parent`), with MEMIT's solve, the null-space projected one (AlphaEdit), either solve holding the
+earlier edits' keys (`--chain-weight`) and, with `--joint`, MEMIT through its update.
 
     .venv/bin/python -m bench.editor_scale [--generations 10] [--per-batch 20] [--null-space 1e-4 ...] [--joint]
-        [--only memit joint ...]
+        [--chain-weight 1 10 ...] [--only memit joint ...]
 
 Writes bench/results/editor_scale.json: per variant, after every generation the greedy efficacy of
 every edit made so far (its prompt); after the last, `factpatch eval`'s figures over all of them
@@ -79,11 +79,14 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=10)
     ap.add_argument("--per-batch", type=int, default=20)
     ap.add_argument("--null-space", type=float, nargs="*", default=[1e-4])
+    ap.add_argument("--chain-weight", type=float, nargs="*", default=[],
+                    help="also chain with the earlier edits' keys held in the solve at these weights "
+                         "(memit_chain_<w>; with --joint also joint_chain_<w>)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--joint", action="store_true", help="also chain MEMIT through its update (--joint); "
                                                          "`--only joint` runs it alone")
     ap.add_argument("--only", nargs="+", metavar="VARIANT",
-                    help="run only these variants (memit, null_space_<t>, joint); the others' results in the "
+                    help="run only these variants (memit, null_space_<t>, joint, memit_chain_<w>, joint_chain_<w>); the others' results in the "
                          "file are kept as they were")
     args = ap.parse_args()
     fixture = ensure_fixture()
@@ -93,13 +96,16 @@ def main() -> None:
     for t in args.null_space:
         variants[f"null_space_{t:g}"] = replace(MemitParams(), null_space=t)
     variants["joint"] = MemitParams.joint()
+    for w in args.chain_weight:
+        variants[f"memit_chain_{w:g}"] = replace(MemitParams(), chain_weight=w)
+        variants[f"joint_chain_{w:g}"] = replace(MemitParams.joint(), chain_weight=w)
     if args.only:
         unknown = sorted(set(args.only) - set(variants))
         if unknown:
             ap.error(f"--only: unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants)}")
         variants = {k: v for k, v in variants.items() if k in args.only}
     elif not args.joint:
-        del variants["joint"]
+        variants = {k: v for k, v in variants.items() if not k.startswith("joint")}
     out = {"machine": {"platform": platform.platform(), "python": platform.python_version()},
            "fixture": json.loads((fixture / "train_report.json").read_text()).get("weights_fingerprint"),
            "generations": args.generations, "per_batch": args.per_batch, "edits": len(edits),

@@ -99,6 +99,15 @@ def test_joint_memit_takes_one_layer_and_only_memit(tmp_path, fixture_dir):
     assert "--joint is a MEMIT setting" in _run(tmp_path, fixture_dir, _yaml(), "--joint", "--method", "rome")
 
 
+def test_chain_weight_needs_a_parent_and_a_weight_of_zero_or_more(tmp_path, fixture_dir):
+    says = "with --parent (it weighs the parent chain's edits)"
+    assert says in _run(tmp_path, fixture_dir, _yaml(), "--chain-weight", "100")
+    parent = tmp_path / "parent.fpatch"
+    parent.write_bytes(b"not read: the option is refused first")
+    assert "--chain-weight -1.0" in _run(tmp_path, fixture_dir, _yaml(), "--chain-weight", "-1", "--parent", str(parent))
+    assert says in _run(tmp_path, fixture_dir, _yaml(), "--chain-weight", "1", "--parent", str(parent), "--method", "rome")
+
+
 def test_unknown_layer_strategy(tmp_path, fixture_dir):
     assert "not available" in _run(tmp_path, fixture_dir, _yaml(), "--layers", "nonsense")
 

@@ -152,6 +152,7 @@ def edit_cmd(
     fallback_layer: Optional[str] = typer.Option(None, "--fallback-layer", help="Where edits not taken at the subject are written again, with their key at the prompt's last token (not part of ROME or MEMIT; the manifest names each such edit). A layer number: on there for every method and edit. off: never. Default: MEMIT writes there only the edits of a subject edited several times in the batch that its shared value did not carry, two thirds down the model."),
     joint: bool = typer.Option(False, "--joint", help="MEMIT at one layer, the batch's values optimised through the very update the patch writes: more edits take and fewer neighbours move, about 4x slower; best with paraphrases and keep prompts in the spec."),
     null_space: Optional[float] = typer.Option(None, "--null-space", help="MEMIT confined to the directions the corpus keys leave empty (AlphaEdit): eigenvalues of the key covariance below this share of the largest, e.g. 1e-4; with --parent the chain's earlier edits are left as they are too. Default: off (MEMIT's solve)."),
+    chain_weight: Optional[float] = typer.Option(None, "--chain-weight", help="With --parent: how much each of the chain's earlier edits' keys weighs against a new edit's in MEMIT's solve (held as they are). Default: 100 with --joint (it keeps earlier batches' edits, bench/results/editor_tuning.md), 0 otherwise (MEMIT as published)."),
     sign_key: Optional[Path] = typer.Option(None, "--sign-key", exists=True, dir_okay=False, help="Sign the patch with this private key (PEM, elliptic curve): writes OUT.sig beside it (see `factpatch patch sign`)."),
 ) -> None:
     """Compute a ROME or MEMIT edit and write it as a patch file."""
@@ -165,6 +166,9 @@ def edit_cmd(
     if null_space is not None and (method != "memit" or joint or not 0 < null_space < 1):
         _fail(f"--null-space {null_space!r}: a share in (0, 1) of the covariance's largest eigenvalue, for --method memit "
               "without --joint")
+    if chain_weight is not None and (method != "memit" or parent is None or not chain_weight >= 0):
+        _fail(f"--chain-weight {chain_weight!r}: a weight ≥ 0 for --method memit with --parent (it weighs the parent "
+              "chain's edits)")
     rome_fallback, memit_fallback = _fallback_settings(fallback_layer)
     try:
         parsed = edit_spec.load(spec)
@@ -175,9 +179,11 @@ def edit_cmd(
         loaded = load(model, hparams=hparams)
     except EditInputError as e:
         _fail(str(e))
+    memit = replace(MemitParams.joint() if joint else MemitParams(), **memit_fallback, null_space=null_space)
+    if chain_weight is not None:
+        memit = replace(memit, chain_weight=chain_weight)
     opts = EditOptions(method=method, layers=layers, corpus_dir=str(corpus) if corpus else None, n_samples=samples, parent=str(parent) if parent else None, progress=True, seed=seed,
-                       rome=RomeParams(**rome_fallback), memit=replace(MemitParams.joint() if joint else MemitParams(), **memit_fallback,
-                                                                  null_space=null_space))
+                       rome=RomeParams(**rome_fallback), memit=memit)
     edits = parsed.edits
     with _run_progress() as bar:
         tasks: dict[str, int] = {}

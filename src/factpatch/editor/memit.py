@@ -91,6 +91,10 @@ class MemitParams:
     # chain (`protect`) alone; λC is then not part of the solve. None: MEMIT's solve.
     null_space: float | None = None
     null_space_l2: float = 10.0  # the solve's ridge, AlphaEdit's L2
+    # In a patch chain (`protect`), the earlier edits' keys (their prompt behind every prefix, their
+    # paraphrases) enter MEMIT's solve as rows whose output must stay as it is, each weighing this much
+    # against a new edit's row: A = λC + μ K_pᵀK_p + KᵀK. 0: only λC holds them (MEMIT as published).
+    chain_weight: float = 0.0
 
     def late_layer(self, n_layers: int, editable: list[int] | None = None, edits=()) -> int | None:
         """The layer the last-token pass writes for these edits (None when it cannot happen: it is off, or
@@ -106,6 +110,8 @@ class MemitParams:
                 raise ValueError("null_space works with MEMIT's spread over layers, not with through_update (--joint)")
             if not 0 < self.null_space < 1:
                 raise ValueError(f"null_space must be in (0, 1), a share of C's largest eigenvalue; got {self.null_space!r}")
+        if not self.chain_weight >= 0:
+            raise ValueError(f"chain_weight must be ≥ 0, got {self.chain_weight!r}")
         if self.retry_value is not None:
             if not self.through_update:
                 raise ValueError("retry_value needs through_update (the second pass optimises through the batch's update)")
@@ -119,11 +125,12 @@ class MemitParams:
         The weight decay sets δ's size, and every other subject's key reads a share of every δ, so the
         batch's damage to facts it does not edit grows with it. The directions also read the subject in
         each paraphrase (`paraphrase_keys`), and the prompt's rows (one per context prefix) count for
-        `prompt_weight` paraphrases together in the NLL. Measurements: bench/results/editor_tuning.md.
+        `prompt_weight` paraphrases together in the NLL. In a patch chain the earlier edits' keys are held
+        (`chain_weight`). Measurements: bench/results/editor_tuning.md.
         """
         value = ValueParams(lr=1.0, weight_decay=0.5, clamp_norm=4.0, norm_ref="residual", steps=80, kl_factor=0.0625,
                             anchor_kl_factor=0.25, anchor_at="answer", early_stop_kl=0.05, prompt_weight=3.0)
-        return cls(value=value, mom2_weight=100000.0, through_update=True, paraphrase_keys=True)
+        return cls(value=value, mom2_weight=100000.0, through_update=True, paraphrase_keys=True, chain_weight=100.0)
 
 
 def null_space_projector(cov: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -148,10 +155,21 @@ def projected_update(resid: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor
     return _compact(resid.to(torch.float64).T, v)
 
 
-def layer_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(u [d,n], v [k,n]) float32 with u vᵀ = Rᵀ K (λC + KᵀK)⁻¹ for R [n,d], K [n,k]."""
+def held_gram(cov: torch.Tensor, lam: float, held: torch.Tensor | None, weight: float) -> torch.Tensor:
+    """λC + μ K_pᵀK_p (float64): what the solve keeps, the corpus keys and a chain's earlier edits' keys."""
+    a = lam * cov.to(torch.float64)
+    if held is not None and len(held) and weight > 0:
+        h64 = held.to(torch.float64)
+        a = a + weight * (h64.T @ h64)
+    return a
+
+
+def layer_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor, lam: float,
+                 held: torch.Tensor | None = None, held_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u [d,n], v [k,n]) float32 with u vᵀ = Rᵀ K (λC + μK_pᵀK_p + KᵀK)⁻¹ for R [n,d], K [n,k] and
+    `held` K_p, rows whose output stays as it is."""
     k64 = keys.to(torch.float64)
-    a = lam * cov.to(torch.float64) + k64.T @ k64
+    a = held_gram(cov, lam, held, held_weight) + k64.T @ k64
     v = torch.linalg.solve(a, k64.T)  # A is symmetric, so (A⁻¹Kᵀ)ᵀ = K A⁻¹
     return _compact(resid.to(torch.float64).T, v)
 
@@ -231,7 +249,8 @@ def apply_memit(
     protect: list | None = None,
 ) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], dict]:
     """Apply the batch to the live model; returns per-layer factors and optimisation details.
-    `protect`: earlier edits (a parent chain's) whose keys a null-space update leaves alone."""
+    `protect`: earlier edits (a parent chain's) whose keys the update leaves alone: a null-space update,
+    or MEMIT's solve with `chain_weight`."""
     layers = sorted(layers)
     subjects = list(dict.fromkeys(e.subject for e in edits))
     group = torch.tensor([subjects.index(e.subject) for e in edits])
@@ -321,15 +340,14 @@ def _apply_spread(b: MemitBatch):
     z = residuals_of_rows(adapter, tok, last, rows) + deltas.to(torch.float64)[row_group]
     factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     gaps = []
-    if hp.null_space is not None and b.protect:
-        protect_rows, _ = written_rows(tok, b.protect, prefixes)
+    held_at = _chain_keys(b)
     for i, layer in enumerate(layers):
         gap = z - residuals_of_rows(adapter, tok, last, rows)
         gaps.append(float(gap.norm(dim=-1).mean()))
+        protected = held_at(layer)
         if hp.null_space is None:
-            u, v = layer_update(gap / (len(layers) - i), keys_at(layer), covs[layer], hp.mom2_weight)
+            u, v = layer_update(gap / (len(layers) - i), keys_at(layer), covs[layer], hp.mom2_weight, protected, hp.chain_weight)
         else:
-            protected = keys_of_rows(adapter, tok, layer, protect_rows) if b.protect else None
             u, v = projected_update(gap / (len(layers) - i), keys_at(layer), null_space_projector(covs[layer], hp.null_space),
                                     protected, hp.null_space_l2)
         add_low_rank(adapter, layer, u, v)
@@ -349,6 +367,15 @@ def _apply_spread(b: MemitBatch):
     return factors, info
 
 
+def _chain_keys(b: MemitBatch) -> Callable[[int], torch.Tensor | None]:
+    """layer -> the keys of a chain's earlier edits there (None when nothing holds them: no parent, or
+    neither the null space nor `chain_weight` reads them)."""
+    if not b.protect or (b.hp.null_space is None and b.hp.chain_weight <= 0):
+        return lambda layer: None
+    rows, _ = written_rows(b.tok, b.protect, b.prefixes)
+    return lambda layer: keys_of_rows(b.adapter, b.tok, layer, rows)
+
+
 def unwritten_shared_values(hp: MemitParams, group: torch.Tensor, final_nll: torch.Tensor) -> torch.Tensor:
     """[subjects] bool: the shared δ (a subject with several edits) that ended above `shared_value_max_nll`
     while the last-token pass is on to write its edits instead."""
@@ -358,12 +385,14 @@ def unwritten_shared_values(hp: MemitParams, group: torch.Tensor, final_nll: tor
     return several & (final_nll > hp.shared_value_max_nll)
 
 
-def batch_directions(keys: torch.Tensor, row_group: torch.Tensor, n_groups: int, cov: torch.Tensor, lam: float) -> torch.Tensor:
-    """[key_dim, n_groups] float64: column g = (λC + KᵀK)⁻¹ Σ_{rows of g} k, scaled so the rows of g read
-    gain 1 on average. MEMIT's solve Δ = Rᵀ K (λC + KᵀK)⁻¹ with every row of subject g asking for the same
-    δ_g is exactly Σ_g δ_g ⊗ column g, so the directions are known before δ is."""
+def batch_directions(keys: torch.Tensor, row_group: torch.Tensor, n_groups: int, cov: torch.Tensor, lam: float,
+                     held: torch.Tensor | None = None, held_weight: float = 0.0) -> torch.Tensor:
+    """[key_dim, n_groups] float64: column g = (λC + μK_pᵀK_p + KᵀK)⁻¹ Σ_{rows of g} k, scaled so the rows of
+    g read gain 1 on average. MEMIT's solve Δ = Rᵀ K (λC + KᵀK)⁻¹ with every row of subject g asking for the
+    same δ_g is exactly Σ_g δ_g ⊗ column g, so the directions are known before δ is. `held` (K_p): rows
+    the update must leave as they are (a chain's earlier edits)."""
     k64 = keys.to(torch.float64)
-    a = lam * cov.to(torch.float64) + k64.T @ k64
+    a = held_gram(cov, lam, held, held_weight) + k64.T @ k64
     summed = torch.zeros(n_groups, k64.shape[1], dtype=torch.float64).index_add(0, row_group, k64)
     dirs = torch.linalg.solve(a, summed.T)  # [k, n_groups]
     gain = torch.zeros(n_groups, dtype=torch.float64).index_add(0, row_group, (k64 * dirs.T[row_group]).sum(-1))
@@ -398,7 +427,7 @@ def _apply_joint(b: MemitBatch):
         raise ValueError(f"MEMIT through its update writes one layer, got {layers}")
     layer = layers[0]
     keys, row_group = direction_keys(adapter, tok, layer, edits, group, prefixes, hp.paraphrase_keys)
-    dirs = batch_directions(keys, row_group, len(per_subject), covs[layer], hp.mom2_weight)
+    dirs = batch_directions(keys, row_group, len(per_subject), covs[layer], hp.mom2_weight, _chain_keys(b)(layer), hp.chain_weight)
 
     def run(value: ValueParams, stage: str, **kw):
         return optimise_values(adapter, tok, layer, per_subject, value, batch_directions=dirs.to(torch.float32),
