@@ -99,6 +99,10 @@ def test_joint_memit_takes_one_layer_and_only_memit(tmp_path, fixture_dir):
     assert "--joint is a MEMIT setting" in _run(tmp_path, fixture_dir, _yaml(), "--joint", "--method", "rome")
 
 
+def test_memory_budget_must_be_above_zero(tmp_path, fixture_dir):
+    assert "--memory-budget 0.0: MiB of activations" in _run(tmp_path, fixture_dir, _yaml(), "--memory-budget", "0")
+
+
 def test_chain_weight_needs_a_parent_and_a_weight_of_zero_or_more(tmp_path, fixture_dir):
     says = "with --parent (it weighs the parent chain's edits)"
     assert says in _run(tmp_path, fixture_dir, _yaml(), "--chain-weight", "100")

@@ -7,6 +7,7 @@ One concern per module:
   stats      C = E[k kᵀ] per layer, cached on disk
   keys       the key at the subject's last token, averaged over context prefixes
   values     batched optimisation of the residual delta that yields the new target
+  memory     tokens per optimisation pass from a memory budget (activations measured per token)
   rome       rank-one update per edit
   memit      batch update spread over several layers
   layers     the --layers argument: lists, defaults, pluggable strategies

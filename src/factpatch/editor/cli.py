@@ -153,6 +153,7 @@ def edit_cmd(
     joint: bool = typer.Option(False, "--joint", help="MEMIT at one layer, the batch's values optimised through the very update the patch writes: more edits take and fewer neighbours move, about 4x slower; best with paraphrases and keep prompts in the spec."),
     null_space: Optional[float] = typer.Option(None, "--null-space", help="MEMIT confined to the directions the corpus keys leave empty (AlphaEdit): eigenvalues of the key covariance below this share of the largest, e.g. 1e-4; with --parent the chain's earlier edits are left as they are too. Default: off (MEMIT's solve)."),
     chain_weight: Optional[float] = typer.Option(None, "--chain-weight", help="With --parent: how much each of the chain's earlier edits' keys weighs against a new edit's in MEMIT's solve (held as they are). Default: 100 with --joint (it keeps earlier batches' edits, bench/results/editor_tuning.md), 0 otherwise (MEMIT as published)."),
+    memory_budget: Optional[float] = typer.Option(None, "--memory-budget", help="MiB of activations one pass of the value optimisation may hold (measured per token for this model); a batch too large for it takes more, smaller passes. Default: up to 2,048 rows a pass."),
     sign_key: Optional[Path] = typer.Option(None, "--sign-key", exists=True, dir_okay=False, help="Sign the patch with this private key (PEM, elliptic curve): writes OUT.sig beside it (see `factpatch patch sign`)."),
 ) -> None:
     """Compute a ROME or MEMIT edit and write it as a patch file."""
@@ -169,6 +170,8 @@ def edit_cmd(
     if chain_weight is not None and (method != "memit" or parent is None or not chain_weight >= 0):
         _fail(f"--chain-weight {chain_weight!r}: a weight ≥ 0 for --method memit with --parent (it weighs the parent "
               "chain's edits)")
+    if memory_budget is not None and not memory_budget > 0:
+        _fail(f"--memory-budget {memory_budget!r}: MiB of activations a pass may hold, a number above 0")
     rome_fallback, memit_fallback = _fallback_settings(fallback_layer)
     try:
         parsed = edit_spec.load(spec)
@@ -183,7 +186,8 @@ def edit_cmd(
     if chain_weight is not None:
         memit = replace(memit, chain_weight=chain_weight)
     opts = EditOptions(method=method, layers=layers, corpus_dir=str(corpus) if corpus else None, n_samples=samples, parent=str(parent) if parent else None, progress=True, seed=seed,
-                       rome=RomeParams(**rome_fallback), memit=memit)
+                       rome=RomeParams(**rome_fallback), memit=memit,
+                       memory_budget=None if memory_budget is None else int(memory_budget * 2**20))
     edits = parsed.edits
     with _run_progress() as bar:
         tasks: dict[str, int] = {}

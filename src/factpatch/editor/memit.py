@@ -16,7 +16,7 @@ whole batch's δ is optimised through the update it will be written with (`_appl
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -268,7 +268,7 @@ def apply_memit(
         factors, info["last_token_fallback"] = _last_token_fallback(
             adapter, tok, edits, late, covs[late], prefixes, factors,
             hp.fallback_max_share if hp.last_token_fallback else 0.0, on_progress,
-            shared=hp.shared_subject_last_token)
+            shared=hp.shared_subject_last_token, max_tokens_per_pass=hp.value.max_tokens_per_pass)
     return factors, info
 
 
@@ -289,7 +289,7 @@ def _held_relations(edits, i: int) -> list[str]:
 
 
 def _last_token_fallback(adapter, tok, edits, late: int, cov: torch.Tensor, prefixes, factors, max_share: float, on_progress,
-                         shared: bool = False):
+                         shared: bool = False, max_tokens_per_pass: int | None = None):
     """The edits the batch did not take, written at the prompt's last token at `late`, one after another
     on the edited model; returns the factors with theirs added and what was done. With `shared`, every
     edit left whose subject has others in the batch is written; an edit of a subject edited once only
@@ -304,8 +304,9 @@ def _last_token_fallback(adapter, tok, edits, late: int, cov: torch.Tensor, pref
     chosen.sort()
     cb = (lambda i, rec: on_progress("last-token", i + 1, len(chosen))) if on_progress else None
     to_write = [edits[i].model_copy(update={"keep": _held_relations(edits, i)}) for i in chosen]
-    written, recs = apply_rome(adapter, tok, to_write, late, cov, prefixes,
-                               RomeParams(last_token_fallback=False), on_edit=cb, at="last")
+    rome = RomeParams(last_token_fallback=False)
+    rome = replace(rome, value=replace(rome.value, max_tokens_per_pass=max_tokens_per_pass))  # the batch's memory budget
+    written, recs = apply_rome(adapter, tok, to_write, late, cov, prefixes, rome, on_edit=cb, at="last")
     factors = dict(factors)
     for layer, (u, v) in written.items():  # a layer the batch also wrote: the ranks concatenate
         factors[layer] = concat_ranks(factors[layer], (u, v)) if layer in factors else (u, v)

@@ -25,11 +25,12 @@ from .adapters import Adapter, family_for
 from .auto_layers import choose_layers
 from .corpus import Corpus, CorpusError, fixture_corpus, folder_corpus
 from .memit import MemitParams, apply_memit
+from .memory import activation_bytes_per_token, tokens_per_pass
 from .prompts import TokenizationError, encode
 from .rome import RomeParams, apply_rome, independent_edits
 from .scoring import greedy_answers, score_targets
 from .stats import second_moments
-from .values import ESSENCE_TEMPLATE
+from .values import ESSENCE_TEMPLATE, ValueParams
 from .weights import apply_patch, concat_ranks, restored_after
 
 METHODS = ("rome", "memit")
@@ -113,6 +114,9 @@ class EditOptions:
     memit: MemitParams = field(default_factory=MemitParams)
     progress: bool = False
     seed: int = 0
+    # Bytes of activations one pass of the value optimisation may hold (editor/memory.py); None: the
+    # value settings' row cap alone.
+    memory_budget: int | None = None
 
     @property
     def layer_kind(self) -> str:
@@ -259,10 +263,26 @@ def with_model_defaults(loaded: Loaded, opts: EditOptions) -> EditOptions:
     return opts
 
 
+def with_memory_budget(opts: EditOptions, adapter: Adapter, layers: list[int]) -> EditOptions:
+    """The value settings with `max_tokens_per_pass` from `opts.memory_budget`, measured at the lowest of
+    `layers` (the most activations above it), for every value optimisation the edit may run."""
+    if opts.memory_budget is None:
+        return opts
+    tokens = tokens_per_pass(activation_bytes_per_token(adapter, min(layers)), opts.memory_budget)
+
+    def cap(value: ValueParams | None) -> ValueParams | None:
+        return None if value is None else replace(value, max_tokens_per_pass=tokens)
+
+    rome = replace(opts.rome, value=cap(opts.rome.value), fallback_value=cap(opts.rome.fallback_value))
+    memit = replace(opts.memit, value=cap(opts.memit.value), retry_value=cap(opts.memit.retry_value))
+    return replace(opts, rome=rome, memit=memit)
+
+
 def run_edit(loaded: Loaded, edits, opts: EditOptions, on_progress: Callable[[str, int, int], None] | None = None) -> EditResult:
     """Validate, compute and return the patch. The loaded model is left as the base on return."""
     opts = with_model_defaults(loaded, opts)
-    def compute(adapter, tok, layers, covs, prefixes):
+
+    def compute(adapter, tok, layers, covs, prefixes, opts):
         if opts.method == "rome":
             cb = (lambda i, rec: on_progress("edits", i + 1, len(edits))) if on_progress else None
             written, per_edit = apply_rome(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome, on_edit=cb,
@@ -290,7 +310,7 @@ def run_single_edits(loaded: Loaded, edits, opts: EditOptions,
         raise EditInputError(f"--method {opts.method!r}: single edits from the base are a ROME run")
     opts = with_model_defaults(loaded, opts)
 
-    def compute(adapter, tok, layers, covs, prefixes):
+    def compute(adapter, tok, layers, covs, prefixes, opts):
         factors, info = independent_edits(adapter, tok, edits, layers[0], covs[layers[0]], prefixes, opts.rome,
                                           on_progress=on_progress, late=_late(opts, adapter, covs, edits))
         return [(f, {"per_edit": [rec]}) for f, rec in zip(factors, info)]
@@ -325,6 +345,7 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
     writable = sorted(set(layers) | ({late} if late is not None else set()))
     covs = second_moments(adapter, tok, writable, corpus, opts.n_samples, progress=opts.progress)
     t_stats = time.perf_counter() - t0
+    opts = with_memory_budget(opts, adapter, writable)
 
     touched = sorted({adapter.param_name(l) for l in writable} | set(parent[0].names if parent else []))
 
@@ -334,7 +355,7 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
             apply_patch(adapter, parent[0])
         hp = opts.rome if opts.method == "rome" else opts.memit
         prefixes = context_prefixes(adapter.model, tok, hp.n_prefixes, seed=opts.seed)
-        results = compute(adapter, tok, layers, covs, prefixes)
+        results = compute(adapter, tok, layers, covs, prefixes, opts)
     t_edit = time.perf_counter() - t1
 
     defaults = loaded.defaults

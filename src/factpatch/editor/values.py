@@ -41,6 +41,8 @@ class ValueParams:
     # None: the NLL alone decides, and the first δ that says the target is kept whatever it costs.
     early_stop_kl: float | None = None
     max_rows_per_pass: int = 2048  # memory bound: larger batches accumulate gradients over chunks
+    # Tokens (padding counted) a pass may hold, from a memory budget (editor/memory.py); None: rows alone.
+    max_tokens_per_pass: int | None = None
     # How many paraphrases the edit prompt's rows (one per context prefix) count for together in the
     # edit's NLL; None: each row counts as one, so 6 prefixes outweigh 3 paraphrases 2:1.
     prompt_weight: float | None = None
@@ -50,6 +52,8 @@ class ValueParams:
             raise ValueError(f"anchor_at must be 'answer' or 'all', got {self.anchor_at!r}")
         if self.prompt_weight is not None and not self.prompt_weight > 0:
             raise ValueError(f"prompt_weight must be positive, got {self.prompt_weight!r}")
+        if self.max_tokens_per_pass is not None and not self.max_tokens_per_pass > 0:
+            raise ValueError(f"max_tokens_per_pass must be positive, got {self.max_tokens_per_pass!r}")
 
 
 @dataclass
@@ -188,12 +192,23 @@ def _chunks(n: int, size: int):
     return [(s, min(n, s + size)) for s in range(0, n, size)]
 
 
-def _length_chunks(rows: list[Row], size: int, pieces: int = 4):
+def _length_chunks(rows: list[Row], size: int, max_tokens: int | None = None, pieces: int = 4):
     """Chunks of rows sorted by length: at most `size` rows each and at least `pieces` chunks when there
-    are enough rows, so short rows are not padded to the longest (a third to half of the work here)."""
+    are enough rows, so short rows are not padded to the longest (a third to half of the work here).
+    With `max_tokens`, a chunk also holds at most that many tokens once padded to its longest row (one
+    row at least, whatever its length)."""
     n = len(rows)
     per = max(1, min(size, -(-n // pieces) if n >= 64 * pieces else n))
-    return _chunks(n, per)
+    if max_tokens is None:
+        return _chunks(n, per)
+    out, s = [], 0
+    while s < n:
+        e = s + 1  # rows are sorted shortest first: the row added last sets the chunk's padded length
+        while e < n and e - s < per and (e + 1 - s) * len(rows[e].ids) <= max_tokens:
+            e += 1
+        out.append((s, e))
+        s = e
+    return out
 
 
 @torch.no_grad()
@@ -294,7 +309,7 @@ def optimise_values(
         nll_sum = torch.zeros(n)
         kl_sum = torch.zeros(n)
         prompt_nll_max = torch.zeros(n)
-        for s, e in _length_chunks(in_pass.rows, hp.max_rows_per_pass):
+        for s, e in _length_chunks(in_pass.rows, hp.max_rows_per_pass, hp.max_tokens_per_pass):
             c = in_pass.take(slice(s, e))
             ids, mask = batch(c.rows, tok)
             b_all = torch.arange(len(c))
