@@ -67,3 +67,17 @@ def test_the_budget_reaches_every_value_setting(loaded):
     assert with_memory_budget(EditOptions(), loaded.adapter, [layer]) == EditOptions()
     with pytest.raises(ValueError, match="max_tokens_per_pass"):
         ValueParams(max_tokens_per_pass=0)
+
+
+def test_keys_and_residuals_read_in_budgeted_passes_are_the_same(loaded, world):
+    from factpatch.editor.keys import keys_of_rows, residuals_of_rows
+    from factpatch.editor.prompts import row_chunks
+
+    rows = [r for er in _rows(loaded, world, 6) for r in er.rewrite]  # not sorted: lengths vary along
+    assert len({len(r.ids) for r in rows}) > 1
+    for s, e in row_chunks(rows, 2048, 30):
+        assert (e - s) * max(len(r.ids) for r in rows[s:e]) <= 30 or e - s == 1
+    layer = rome_layer(loaded)
+    for read in (keys_of_rows, residuals_of_rows):
+        whole, small = read(loaded.adapter, loaded.tok, layer, rows), read(loaded.adapter, loaded.tok, layer, rows, max_tokens=30)
+        assert torch.allclose(small, whole, rtol=1e-4, atol=1e-5 * float(whole.abs().max()))

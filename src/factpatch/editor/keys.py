@@ -16,7 +16,7 @@ import torch
 
 from .adapters import Adapter
 from .hooks import capture_input, capture_output
-from .prompts import Row, batch, encode
+from .prompts import Row, batch, encode, row_chunks
 from .values import written_paraphrases
 
 KEY_POSITIONS = ("subject", "last")
@@ -26,17 +26,20 @@ def _rows(tok, edits, prefixes: list[str]) -> list[Row]:
     return [encode(tok, e.prompt, e.subject, prefix=p) for e in edits for p in prefixes]
 
 
-def subject_keys_each(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], chunk: int = 2048) -> torch.Tensor:
+def subject_keys_each(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], chunk: int = 2048,
+                      max_tokens: int | None = None) -> torch.Tensor:
     """[n_edits × n_prefixes, key_dim] float64: the key in every context, edit-major."""
-    return keys_of_rows(adapter, tok, layer, _rows(tok, edits, prefixes), chunk)
+    return keys_of_rows(adapter, tok, layer, _rows(tok, edits, prefixes), chunk, max_tokens)
 
 
 @torch.no_grad()
-def keys_of_rows(adapter: Adapter, tok, layer: int, rows: list[Row], chunk: int = 2048) -> torch.Tensor:
-    """[len(rows), key_dim] float64: the key at each row's subject."""
+def keys_of_rows(adapter: Adapter, tok, layer: int, rows: list[Row], chunk: int = 2048,
+                 max_tokens: int | None = None) -> torch.Tensor:
+    """[len(rows), key_dim] float64: the key at each row's subject, in forward passes of at most `chunk`
+    rows and `max_tokens` padded tokens."""
     out = []
-    for s in range(0, len(rows), chunk):
-        c = rows[s : s + chunk]
+    for s, e in row_chunks(rows, chunk, max_tokens):
+        c = rows[s:e]
         ids, mask = batch(c, tok)
         with capture_input(adapter.mlp_out(layer), torch.arange(len(c)), torch.tensor([r.subject_last for r in c])) as got:
             adapter.hidden_at(ids, mask)
@@ -56,7 +59,8 @@ def _keyed_at(rows: list[Row], at: str) -> list[Row]:
     return [at_last_token(r) for r in rows] if at == "last" else rows
 
 
-def written_paraphrase_keys(adapter: Adapter, tok, layer: int, edits, at: str = "subject") -> tuple[torch.Tensor, torch.Tensor]:
+def written_paraphrase_keys(adapter: Adapter, tok, layer: int, edits, at: str = "subject",
+                            max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(keys [rows, key_dim] float64, edit [rows]): the key (at the subject's last token, or with
     at="last" the prompt's) in each paraphrase an edit is written in (its prompt and repeats left out),
     with the index of the edit each row belongs to."""
@@ -67,7 +71,7 @@ def written_paraphrase_keys(adapter: Adapter, tok, layer: int, edits, at: str = 
             owner.append(i)
     if not rows:
         return torch.zeros(0, adapter.key_dim(layer), dtype=torch.float64), torch.zeros(0, dtype=torch.long)
-    return keys_of_rows(adapter, tok, layer, _keyed_at(rows, at)), torch.tensor(owner, dtype=torch.long)
+    return keys_of_rows(adapter, tok, layer, _keyed_at(rows, at), max_tokens=max_tokens), torch.tensor(owner, dtype=torch.long)
 
 
 def written_context_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], at: str = "subject") -> list[torch.Tensor]:
@@ -98,11 +102,12 @@ def subject_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], 
 
 
 @torch.no_grad()
-def residuals_of_rows(adapter: Adapter, tok, layer: int, rows: list[Row], chunk: int = 2048) -> torch.Tensor:
-    """[len(rows), d] float64: the block output at `layer` at each row's subject."""
+def residuals_of_rows(adapter: Adapter, tok, layer: int, rows: list[Row], chunk: int = 2048,
+                      max_tokens: int | None = None) -> torch.Tensor:
+    """[len(rows), d] float64: the block output at `layer` at each row's subject (passes as keys_of_rows)."""
     out = []
-    for s in range(0, len(rows), chunk):
-        c = rows[s : s + chunk]
+    for s, e in row_chunks(rows, chunk, max_tokens):
+        c = rows[s:e]
         ids, mask = batch(c, tok)
         with capture_output(adapter.blocks[layer], torch.arange(len(c)), torch.tensor([r.subject_last for r in c])) as got:
             adapter.hidden_at(ids, mask)

@@ -326,6 +326,7 @@ def _apply_spread(b: MemitBatch):
         progress=(lambda s, t, a: on_progress("values", s, t)) if on_progress else None,
     )
     deltas = res.deltas.clone()
+    tokens = hp.value.max_tokens_per_pass  # the memory budget's, for the forward passes below too
     dropped = unwritten_shared_values(hp, group, res.final_nll)
     deltas[dropped] = 0.0
     # One target per key row: that row's own residual plus its subject's δ. With "each", a row for every
@@ -333,17 +334,17 @@ def _apply_spread(b: MemitBatch):
     # writes δ wherever the edit is asked, not only in the prompt's wording.
     if hp.key_rows == "each":
         rows, owner = written_rows(tok, edits, prefixes)
-        keys_at = lambda layer: keys_of_rows(adapter, tok, layer, rows)
+        keys_at = lambda layer: keys_of_rows(adapter, tok, layer, rows, max_tokens=tokens)
     else:
         rows, owner = [encode(tok, e.prompt, e.subject) for e in edits], torch.arange(len(edits))
         keys_at = lambda layer: subject_keys(adapter, tok, layer, edits, prefixes)
     row_group = group[owner]
-    z = residuals_of_rows(adapter, tok, last, rows) + deltas.to(torch.float64)[row_group]
+    z = residuals_of_rows(adapter, tok, last, rows, max_tokens=tokens) + deltas.to(torch.float64)[row_group]
     factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     gaps = []
     held_at = _chain_keys(b)
     for i, layer in enumerate(layers):
-        gap = z - residuals_of_rows(adapter, tok, last, rows)
+        gap = z - residuals_of_rows(adapter, tok, last, rows, max_tokens=tokens)
         gaps.append(float(gap.norm(dim=-1).mean()))
         protected = held_at(layer)
         if hp.null_space is None:
@@ -355,7 +356,7 @@ def _apply_spread(b: MemitBatch):
         factors[layer] = (u, v)
         if on_progress:
             on_progress("layers", i + 1, len(layers))
-    final_gap = float((z - residuals_of_rows(adapter, tok, last, rows)).norm(dim=-1).mean())
+    final_gap = float((z - residuals_of_rows(adapter, tok, last, rows, max_tokens=tokens)).norm(dim=-1).mean())
     info = {
         "value_nll_mean": float(res.final_nll.mean()),
         "value_steps_mean": float(res.steps_taken.float().mean()),
@@ -374,7 +375,7 @@ def _chain_keys(b: MemitBatch) -> Callable[[int], torch.Tensor | None]:
     if not b.protect or (b.hp.null_space is None and b.hp.chain_weight <= 0):
         return lambda layer: None
     rows, _ = written_rows(b.tok, b.protect, b.prefixes)
-    return lambda layer: keys_of_rows(b.adapter, b.tok, layer, rows)
+    return lambda layer: keys_of_rows(b.adapter, b.tok, layer, rows, max_tokens=b.hp.value.max_tokens_per_pass)
 
 
 def unwritten_shared_values(hp: MemitParams, group: torch.Tensor, final_nll: torch.Tensor) -> torch.Tensor:
@@ -401,13 +402,14 @@ def batch_directions(keys: torch.Tensor, row_group: torch.Tensor, n_groups: int,
     return dirs / (gain / count)[None, :]
 
 
-def direction_keys(adapter, tok, layer: int, edits, group: torch.Tensor, prefixes: list[str], paraphrases: bool):
+def direction_keys(adapter, tok, layer: int, edits, group: torch.Tensor, prefixes: list[str], paraphrases: bool,
+                   max_tokens: int | None = None):
     """(keys [rows, key_dim] float64, row_group [rows]): the subject's key in its prompt behind every
     prefix and, with `paraphrases`, in each of its edits' paraphrases, with the subject group of each row."""
-    keys = subject_keys_each(adapter, tok, layer, edits, prefixes)
+    keys = subject_keys_each(adapter, tok, layer, edits, prefixes, max_tokens=max_tokens)
     row_group = group.repeat_interleave(len(prefixes))
     if paraphrases:
-        extra, owner = written_paraphrase_keys(adapter, tok, layer, edits)
+        extra, owner = written_paraphrase_keys(adapter, tok, layer, edits, max_tokens=max_tokens)
         keys = torch.cat([keys, extra])
         row_group = torch.cat([row_group, group[owner].to(row_group.dtype)])
     return keys, row_group
@@ -427,7 +429,8 @@ def _apply_joint(b: MemitBatch):
     if len(layers) != 1:
         raise ValueError(f"MEMIT through its update writes one layer, got {layers}")
     layer = layers[0]
-    keys, row_group = direction_keys(adapter, tok, layer, edits, group, prefixes, hp.paraphrase_keys)
+    keys, row_group = direction_keys(adapter, tok, layer, edits, group, prefixes, hp.paraphrase_keys,
+                                     hp.value.max_tokens_per_pass)
     dirs = batch_directions(keys, row_group, len(per_subject), covs[layer], hp.mom2_weight, _chain_keys(b)(layer), hp.chain_weight)
 
     def run(value: ValueParams, stage: str, **kw):

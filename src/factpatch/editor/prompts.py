@@ -79,6 +79,22 @@ def batch(rows: list[Row], tok) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
+def row_chunks(rows: list[Row], max_rows: int, max_tokens: int | None = None) -> list[tuple[int, int]]:
+    """(start, end) chunks of `rows` in their order: at most `max_rows` rows each and, with `max_tokens`, at
+    most that many tokens once padded to the chunk's longest row (one row at least, whatever its length)."""
+    out, s, n = [], 0, len(rows)
+    while s < n:
+        e, longest = s + 1, len(rows[s].ids)
+        while e < n and e - s < max_rows:
+            longer = max(longest, len(rows[e].ids))
+            if max_tokens is not None and (e + 1 - s) * longer > max_tokens:
+                break
+            e, longest = e + 1, longer
+        out.append((s, e))
+        s = e
+    return out
+
+
 def target_positions(rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(row index, logit position, target token) for every target token of every row."""
     b_idx, pos, tgt = [], [], []

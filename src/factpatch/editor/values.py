@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .adapters import Adapter
 from .hooks import add_low_rank_update, add_rank_one, add_to_output, capture_output
-from .prompts import Row, batch, encode, target_positions
+from .prompts import Row, batch, encode, row_chunks, target_positions
 
 ESSENCE_TEMPLATE = "{} is a"
 
@@ -188,10 +188,6 @@ class _RowTable:
         return _spans(self.kl_from, self.length)
 
 
-def _chunks(n: int, size: int):
-    return [(s, min(n, s + size)) for s in range(0, n, size)]
-
-
 def _length_chunks(rows: list[Row], size: int, max_tokens: int | None = None, pieces: int = 4):
     """Chunks of rows sorted by length: at most `size` rows each and at least `pieces` chunks when there
     are enough rows, so short rows are not padded to the longest (a third to half of the work here).
@@ -199,26 +195,17 @@ def _length_chunks(rows: list[Row], size: int, max_tokens: int | None = None, pi
     row at least, whatever its length)."""
     n = len(rows)
     per = max(1, min(size, -(-n // pieces) if n >= 64 * pieces else n))
-    if max_tokens is None:
-        return _chunks(n, per)
-    out, s = [], 0
-    while s < n:
-        e = s + 1  # rows are sorted shortest first: the row added last sets the chunk's padded length
-        while e < n and e - s < per and (e + 1 - s) * len(rows[e].ids) <= max_tokens:
-            e += 1
-        out.append((s, e))
-        s = e
-    return out
+    return row_chunks(rows, per, max_tokens)
 
 
 @torch.no_grad()
-def _reference(adapter: Adapter, tok, layer: int, rows_per_edit: list[EditRows], chunk: int, anchor_at: str):
+def _reference(adapter: Adapter, tok, layer: int, rows_per_edit: list[EditRows], chunk: int, anchor_at: str,
+               max_tokens: int | None = None):
     """Per edit: the MLP output and the block output at the subject's last token of the plain prompt,
     and, per (edit, KL row), the log-probabilities before editing from the subject on (the KL anchor)."""
-    n = len(rows_per_edit)
     plain = [er.rewrite[0] for er in rows_per_edit]
     mlp_out, resid = [], []
-    for s, e in _chunks(n, chunk):
+    for s, e in row_chunks(plain, chunk, max_tokens):
         rows = plain[s:e]
         ids, mask = batch(rows, tok)
         b = torch.arange(len(rows))
@@ -229,7 +216,7 @@ def _reference(adapter: Adapter, tok, layer: int, rows_per_edit: list[EditRows],
         resid.append(h[0])
     kl = [((i, j), r) for i, er in enumerate(rows_per_edit) for j, r in enumerate(er.kl_rows)]
     anchors: dict[tuple[int, int], torch.Tensor] = {}
-    for s, e in _chunks(len(kl), chunk):
+    for s, e in row_chunks([r for _, r in kl], chunk, max_tokens):
         keys, rows = zip(*kl[s:e])
         ids, mask = batch(list(rows), tok)
         hidden = adapter.hidden_at(ids, mask)
@@ -271,7 +258,8 @@ def optimise_values(
     model = adapter.model
     n = len(rows_per_edit)
     d = adapter.hidden_dim()
-    mlp_ref, resid_ref, anchors = _reference(adapter, tok, layer, rows_per_edit, hp.max_rows_per_pass, hp.anchor_at)
+    mlp_ref, resid_ref, anchors = _reference(adapter, tok, layer, rows_per_edit, hp.max_rows_per_pass, hp.anchor_at,
+                                           hp.max_tokens_per_pass)
     ref = mlp_ref if hp.norm_ref == "mlp" else resid_ref
     ref_norm = ref.norm(dim=-1).clamp_min(1e-6)
     max_norm = hp.clamp_norm * ref_norm
