@@ -100,7 +100,11 @@ class ShardServer:
     def _start_once(self) -> "ShardServer":
         self.agent_token_file.write_text(self.token)
         self.agent_token_file.chmod(0o600)
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **self.extra_env}
+        # vLLM's automatic CPU binding pins every engine's worker to the same first core of the node
+        # (keeping one core in reserve), so shards started side by side on one host share that core and
+        # one can starve the other for tens of seconds. The harness runs several shards per host, so the
+        # OS places their threads instead, unless the caller's environment binds them itself.
+        env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", **os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **self.extra_env}
         env.pop("FACTPATCH_AGENT_TOKEN", None)
         argv = [sys.executable, "-c", "from factpatch.cli import main; main()", "shard", "--model", self.model_dir, "--port", str(self.port),
                 "--agent-port", str(self.agent_port), "--agent-token-file", str(self.agent_token_file),
