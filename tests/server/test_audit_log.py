@@ -145,3 +145,27 @@ def test_records_from_before_the_chain_are_sealed_into_it(tmp_path):
         raw.execute("UPDATE audit SET principal='someone-else'")
     assert "principal is" in log.verify().problem
     db.close()
+
+
+def test_a_page_of_large_records_stays_under_a_clients_limit_and_pages_on(tmp_path):
+    """Records carry what callers sent; 1,000 of them can pass the 4 MiB a gRPC client accepts by default.
+    A page stops before 3 MiB and the caller pages on with before_id until every record is read."""
+    from factpatch.server.api.services.audit import MAX_PAGE_BYTES
+
+    srv = _server(tmp_path)
+    c = Client(f"127.0.0.1:{srv.port}", OPERATOR_TOKEN)
+    try:
+        for i in range(300):
+            srv.cp.audit.record("release-bot", f"test/large-{i}", target=f"n={i}", result="OK", detail="x" * 20_000)
+        seen, before, pages = set(), 0, 0
+        while True:
+            got = c(c.audit.ListAuditRecords, audit_pb2.ListAuditRecordsRequest(limit=1000, before_id=before))
+            if not got.records:
+                break
+            assert got.ByteSize() <= MAX_PAGE_BYTES + 64 * 1024 < 4 * 2**20
+            seen |= {r.method for r in got.records if r.method.startswith("test/large-")}
+            before, pages = got.records[-1].id, pages + 1
+        assert seen == {f"test/large-{i}" for i in range(300)} and pages >= 2
+    finally:
+        c.close()
+        srv.stop(0)
