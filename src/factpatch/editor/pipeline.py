@@ -114,8 +114,8 @@ class EditOptions:
     memit: MemitParams = field(default_factory=MemitParams)
     progress: bool = False
     seed: int = 0
-    # Bytes of activations one pass of the value optimisation may hold (editor/memory.py); None: the
-    # value settings' row cap alone.
+    # Bytes of activations one pass of the edit may hold (the value optimisation's, and the passes that
+    # read keys, residuals and references; editor/memory.py); None: the value settings' row cap alone.
     memory_budget: int | None = None
 
     @property
@@ -265,7 +265,8 @@ def with_model_defaults(loaded: Loaded, opts: EditOptions) -> EditOptions:
 
 def with_memory_budget(opts: EditOptions, adapter: Adapter, layers: list[int]) -> EditOptions:
     """The value settings with `max_tokens_per_pass` from `opts.memory_budget`, measured at the lowest of
-    `layers` (the most activations above it), for every value optimisation the edit may run."""
+    `layers` (the most activations above it), for every value optimisation the edit may run (the passes
+    reading keys and residuals take their bound from the same settings)."""
     if opts.memory_budget is None:
         return opts
     tokens = tokens_per_pass(activation_bytes_per_token(adapter, min(layers)), opts.memory_budget)
