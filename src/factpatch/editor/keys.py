@@ -95,9 +95,10 @@ def written_rows(tok, edits, prefixes: list[str]) -> tuple[list[Row], torch.Tens
     return rows, torch.tensor(owner, dtype=torch.long)
 
 
-def subject_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], chunk: int = 2048) -> torch.Tensor:
+def subject_keys(adapter: Adapter, tok, layer: int, edits, prefixes: list[str], chunk: int = 2048,
+                 max_tokens: int | None = None) -> torch.Tensor:
     """[n_edits, key_dim] float64: the key at `layer`, averaged over the prefixes."""
-    keys = subject_keys_each(adapter, tok, layer, edits, prefixes, chunk)
+    keys = subject_keys_each(adapter, tok, layer, edits, prefixes, chunk, max_tokens)
     return keys.view(len(edits), len(prefixes), -1).mean(1)
 
 

@@ -337,7 +337,7 @@ def _apply_spread(b: MemitBatch):
         keys_at = lambda layer: keys_of_rows(adapter, tok, layer, rows, max_tokens=tokens)
     else:
         rows, owner = [encode(tok, e.prompt, e.subject) for e in edits], torch.arange(len(edits))
-        keys_at = lambda layer: subject_keys(adapter, tok, layer, edits, prefixes)
+        keys_at = lambda layer: subject_keys(adapter, tok, layer, edits, prefixes, max_tokens=tokens)
     row_group = group[owner]
     z = residuals_of_rows(adapter, tok, last, rows, max_tokens=tokens) + deltas.to(torch.float64)[row_group]
     factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -1,4 +1,4 @@
-"""How many tokens one pass of the value optimisation may hold, from a memory budget in bytes.
+"""How many tokens one pass of an edit may hold, from a memory budget in bytes.
 
 The value optimisation's memory is what autograd keeps for the backward pass: every activation from
 the layer δ is added at up to the head, for every token of every row in the pass. Its size per token
@@ -6,8 +6,9 @@ depends only on the model's shape above that layer, so it is measured once, on a
 `torch.autograd.graph.saved_tensors_hooks`: the bytes of every tensor autograd saves, each storage
 counted once, the model's own weights and buffers left out (autograd keeps a reference to them, but
 they are held anyway). A pass then takes rows up to `budget // bytes per token` tokens, padding
-counted, so the activations of one pass stay within the budget whatever the batch's size; the peak
-adds that pass's transient tensors and what the edit holds besides (keys, covariance, anchors).
+counted, so the activations of one pass stay within the budget whatever the batch's size. The no-grad
+passes that read keys, residuals and references keep far less per token and take the same bound. The
+peak adds that pass's transient tensors and what the edit holds besides (keys, covariance, anchors).
 
     per_token = activation_bytes_per_token(adapter, layer=2)
     tokens = tokens_per_pass(per_token, budget=12 * 2**20)   # 12 MiB of activations a pass
