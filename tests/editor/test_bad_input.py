@@ -114,6 +114,7 @@ def test_chain_weight_needs_a_parent_and_a_weight_of_zero_or_more(tmp_path, fixt
 
 def test_unknown_layer_strategy(tmp_path, fixture_dir):
     assert "not available" in _run(tmp_path, fixture_dir, _yaml(), "--layers", "nonsense")
+    assert "--retrace redoes --layers auto's choice" in _run(tmp_path, fixture_dir, _yaml(), "--layers", "2", "--retrace")
 
 
 def test_unsupported_architecture(tmp_path):

@@ -24,7 +24,8 @@ def test_auto_matches_the_best_contiguous_window(loaded, world):
     # judges each layer without the last-token fallback (which writes elsewhere), so the run does too.
     rome = RomeParams(value=replace(RomeParams().value, steps=40), last_token_fallback=False)
     opts = dict(method="rome", n_samples=400, rome=rome)
-    result = run_edit(loaded, edits, EditOptions(layers="auto", **opts))
+    # The trace and the sweep run here, not a choice stored by an earlier run (test_layer_cache.py).
+    result = run_edit(loaded, edits, EditOptions(layers="auto", layer_cache=False, **opts))
     chosen = result.layers
     report = result.patch.manifest["hparams"]["layer_choice"]
     assert report["chosen"] == list(chosen) == result.patch.manifest["layers"]

@@ -131,7 +131,7 @@ def choose_layers(loaded, edits, opts, corpus, validate: Callable[[list, list[in
         val = [edits[i] for i in val_idx]
         # One corpus pass for every candidate layer; the sweep's edits then read them from the cache.
         second_moments(adapter, tok, sorted({l for c in cands for l in c}), corpus, opts.n_samples,
-                       progress=opts.progress)
+                       progress=opts.progress, fingerprint=loaded.identity)
         vtask = bar.add_task("validating layer windows", total=len(cands)) if bar else None
         rows = []
         for c in cands:

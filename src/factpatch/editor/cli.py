@@ -136,12 +136,28 @@ def _fallback_settings(fallback_layer: str | None) -> tuple[dict[str, Any], dict
     return on, {**on, "shared_subject_last_token": True}
 
 
+def _print_layer_choice(report: dict[str, Any] | None) -> None:
+    """Where --layers auto's choice came from: measured now, or read back from the stored one."""
+    if not report:
+        return
+    cache = report.get("cache") or {}
+    layers = ",".join(map(str, report.get("chosen", [])))
+    if cache.get("hit"):
+        out.print(f"layers {layers}: the choice stored {cache.get('made')} for {', '.join(cache.get('relations', []))} "
+                  "(--retrace to trace and sweep again)")
+    else:
+        secs = (report.get("seconds") or {}).get("total")
+        out.print(f"layers {layers}: chosen by causal trace and a sweep of {len(report.get('candidates', []))} candidates"
+                  + (f" in {secs:.1f} s" if secs is not None else "") + ", stored for later edits of these relations")
+
+
 def edit_cmd(
     model: Path = typer.Option(..., "--model", help="Hugging Face model folder (the base)."),
     spec: Path = typer.Option(..., "--spec", help="Edit spec, YAML or JSONL."),
     out_path: Path = typer.Option(..., "--out", help="Patch file to write (.fpatch)."),
     method: str = typer.Option("memit", "--method", help="rome (one layer, edits in sequence) or memit (a batch over several layers)."),
     layers: Optional[str] = typer.Option("auto", "--layers", help="Layers to edit: 3,4,5 or 3-5; auto: chosen by causal trace and a validation sweep; default: the model's published settings (editor/hparams), the fixture's own causal trace, else by depth."),
+    retrace: bool = typer.Option(False, "--retrace", help="With --layers auto: trace and sweep again even when a choice for this model and these relations is stored (the first auto edit of a relation stores it), and store the new one."),
     hparams: Optional[Path] = typer.Option(None, "--hparams", help="JSON file with the model's default layers (and MEMIT's λ), instead of the published ones; see editor/hparams/."),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Folder of .txt files for the covariance statistics; default: the fixture's corpus."),
     samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Corpus texts used for the covariance statistics; default: all."),
@@ -162,6 +178,8 @@ def edit_cmd(
     from .rome import RomeParams
 
     _check_out_path(out_path)
+    if retrace and layers != "auto":
+        _fail(f"--retrace redoes --layers auto's choice; it cannot be used with --layers {layers}")
     if joint and method != "memit":
         _fail(f"--joint is a MEMIT setting; it cannot be used with --method {method}")
     if null_space is not None and (method != "memit" or joint or not 0 < null_space < 1):
@@ -187,7 +205,7 @@ def edit_cmd(
         memit = replace(memit, chain_weight=chain_weight)
     opts = EditOptions(method=method, layers=layers, corpus_dir=str(corpus) if corpus else None, n_samples=samples, parent=str(parent) if parent else None, progress=True, seed=seed,
                        rome=RomeParams(**rome_fallback), memit=memit,
-                       memory_budget=None if memory_budget is None else int(memory_budget * 2**20))
+                       memory_budget=None if memory_budget is None else int(memory_budget * 2**20), layer_cache=not retrace)
     edits = parsed.edits
     with _run_progress() as bar:
         tasks: dict[str, int] = {}
@@ -238,6 +256,7 @@ def edit_cmd(
     if len(edits) > 20:
         t.add_row(f"… {len(edits) - 20} more", "", "", *([""] if per_edit else []))
     out.print(t)
+    _print_layer_choice(result.patch.manifest["hparams"].get("layer_choice"))
     fallback = result.info.get("last_token_fallback") or {}
     if fallback.get("written"):
         names = ", ".join(f"{w['subject']} ({w['relation']})" for w in fallback["written"])

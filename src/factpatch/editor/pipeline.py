@@ -24,8 +24,10 @@ from . import model_defaults
 from .adapters import Adapter, family_for
 from .auto_layers import choose_layers
 from .corpus import Corpus, CorpusError, fixture_corpus, folder_corpus
+from .layer_cache import choice_key, choose_once
 from .memit import MemitParams, apply_memit
 from .memory import activation_bytes_per_token, tokens_per_pass
+from .model_identity import model_identity
 from .prompts import TokenizationError, encode
 from .rome import RomeParams, apply_rome, independent_edits
 from .scoring import greedy_answers, score_targets
@@ -57,6 +59,12 @@ class Loaded:
     def checkpoint(self) -> Checkpoint:
         """The checkpoint as stored: the dtype and bytes a shard serving it fingerprints and writes."""
         return Checkpoint(self.path)
+
+    @cached_property
+    def identity(self) -> str:
+        """The whole model folder's fingerprint, the key of the editor's caches (hashed once per version
+        of the files, model_identity)."""
+        return model_identity(self.path)
 
     def base_fingerprint(self, names) -> str:
         """The fingerprint a shard computes over these tensors: of the stored bytes, whatever dtype the
@@ -117,6 +125,9 @@ class EditOptions:
     # Bytes of activations one pass of the edit may hold (the value optimisation's, and the passes that
     # read keys, residuals and references; editor/memory.py); None: the value settings' row cap alone.
     memory_budget: int | None = None
+    # layers="auto": read the choice stored for this model and these relations (layer_cache); False runs
+    # the trace and the sweep again and stores the new choice over it.
+    layer_cache: bool = True
 
     @property
     def layer_kind(self) -> str:
@@ -190,9 +201,13 @@ def validate(loaded: Loaded, edits, opts: EditOptions) -> tuple[list[int], Corpu
             f"answer to {e.text!r}; the edit would change nothing"
         )
     try:
-        if choice == "auto":  # trace + validation sweep; needs the loaded model, the corpus and the options
-            chosen = layer_choice.check(choose_layers(loaded, edits, opts, corpus, _window_validator(loaded, opts)),
-                                        loaded.adapter.n_layers, opts.layer_kind)
+        if choice == "auto":  # trace + validation sweep, once per model and relations; needs the corpus and options
+            key = choice_key(opts.layer_kind, [e.relation for e in edits], opts.rome if opts.method == "rome" else opts.memit,
+                             opts.n_samples, corpus.digest(len(corpus.head(opts.n_samples))))
+            chosen = choose_once(loaded.identity, key, loaded.adapter.n_layers,
+                                 lambda: choose_layers(loaded, edits, opts, corpus, _window_validator(loaded, opts)),
+                                 use_cache=opts.layer_cache)
+            chosen = layer_choice.check(chosen, loaded.adapter.n_layers, opts.layer_kind)
         else:
             chosen = layer_choice.resolve(choice, loaded.adapter.n_layers, opts.layer_kind, loaded.adapter, tok, edits,
                                           loaded.defaults)
@@ -344,7 +359,7 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
     # statistics come from the base model, before anything is edited.
     late = _late_layer(opts, adapter, edits)
     writable = sorted(set(layers) | ({late} if late is not None else set()))
-    covs = second_moments(adapter, tok, writable, corpus, opts.n_samples, progress=opts.progress)
+    covs = second_moments(adapter, tok, writable, corpus, opts.n_samples, progress=opts.progress, fingerprint=loaded.identity)
     t_stats = time.perf_counter() - t0
     opts = with_memory_budget(opts, adapter, writable)
 
