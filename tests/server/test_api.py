@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from factpatch.server.api.errors import reason_of
 from factpatch.server.state.store import PatchStore, StoreCorrupt
 from factpatch.v1 import fleet_pb2, patch_pb2, rollout_pb2
+from tests.factories import DEMO_EDIT
 
 from .helpers import random_patch, rid
 
@@ -78,6 +79,26 @@ def test_import_get_list_blob(op, viewer, patch_bytes):
     assert [x.digest for x in viewer(viewer.patches.ListPatches, patch_pb2.ListPatchesRequest()).patches] == [p.digest]
     chunks = list(viewer.patches.GetPatchBlob(patch_pb2.GetPatchBlobRequest(digest=p.digest), metadata=viewer.md))
     assert b"".join(c.data for c in chunks) == patch_bytes and chunks[0].total_size == len(patch_bytes)
+
+
+def test_a_page_of_large_manifests_stays_under_a_clients_limit_and_pages_on(op):
+    """A manifest lists every edit of its chain, so a page of 100 patches can pass the 4 MiB a gRPC client
+    accepts by default: a page stops before 3 MiB and next_page_token goes on from there."""
+    from factpatch.server.api.paging import MAX_PAGE_BYTES
+
+    digests = set()
+    for seed in range(6):  # about 0.8 MB each as a message (edits and the manifest's JSON): 6 pass 4 MiB
+        edits = [{**DEMO_EDIT, "subject": f"Harbor Support {seed}-{i}", "target_new": f"{i} days"} for i in range(1800)]
+        digests.add(op.push(random_patch({W: (64, 128)}, "sha256:" + "0" * 64, seed=seed, edits=edits)).digest)
+    seen, token, pages = [], "", 0
+    while True:
+        got = op(op.patches.ListPatches, patch_pb2.ListPatchesRequest(page_size=100, page_token=token))
+        assert got.ByteSize() <= MAX_PAGE_BYTES + 64 * 1024 < 4 * 2**20 and got.patches
+        seen += [p.digest for p in got.patches]
+        pages, token = pages + 1, got.next_page_token
+        if not token:
+            break
+    assert sorted(seen) == sorted(digests) and pages >= 2
 
 
 def test_bad_uploads_change_nothing(op, patch_bytes):

@@ -150,7 +150,7 @@ def test_records_from_before_the_chain_are_sealed_into_it(tmp_path):
 def test_a_page_of_large_records_stays_under_a_clients_limit_and_pages_on(tmp_path):
     """Records carry what callers sent; 1,000 of them can pass the 4 MiB a gRPC client accepts by default.
     A page stops before 3 MiB and the caller pages on with before_id until every record is read."""
-    from factpatch.server.api.services.audit import MAX_PAGE_BYTES
+    from factpatch.server.api.paging import MAX_PAGE_BYTES
 
     srv = _server(tmp_path)
     c = Client(f"127.0.0.1:{srv.port}", OPERATOR_TOKEN)

@@ -42,6 +42,19 @@ def test_push_list_show_and_exit_codes(control_plane, tmp_path):
     assert ctl(control_plane, "patch", "delete", digest).exit_code == 0
 
 
+def test_patch_list_reads_every_page(control_plane, op):
+    """Pages stop at about 3 MiB of manifests (test_api.py); `patch list` pages on to the last one."""
+    from tests.factories import DEMO_EDIT
+
+    digests = set()
+    for seed in range(6):
+        edits = [{**DEMO_EDIT, "subject": f"Harbor Support {seed}-{i}", "target_new": f"{i} days"} for i in range(1800)]
+        digests.add(op.push(random_patch({W: (64, 128)}, "sha256:" + "0" * 64, seed=seed, edits=edits)).digest)
+    r = ctl(control_plane, "--json", "patch", "list", token=VIEWER_TOKEN)
+    assert r.exit_code == 0, r.output
+    assert sorted(p["digest"] for p in json.loads(r.stdout)["patches"]) == sorted(digests)
+
+
 def test_unreachable_control_plane_exit_code():
     r = CliRunner().invoke(app, ["--address", "127.0.0.1:9", "--timeout", "1", "patch", "list"])
     assert r.exit_code == 6

@@ -128,7 +128,13 @@ def patch_list(ctx: typer.Context) -> None:
     Example: factpatch ctl patch list -o json
     """
     c: Ctx = ctx.obj
-    resp = c.call(c.patches.ListPatches, patch_pb2.ListPatchesRequest(page_size=1000))
+    resp, token = patch_pb2.ListPatchesResponse(), ""
+    while True:  # every page: a page stops at 1,000 patches or about 3 MiB of manifests
+        page = c.call(c.patches.ListPatches, patch_pb2.ListPatchesRequest(page_size=1000, page_token=token))
+        resp.patches.extend(page.patches)
+        token = page.next_page_token
+        if not token:
+            break
     c.out(resp, lambda r: _patch_table(r.patches))
 
 

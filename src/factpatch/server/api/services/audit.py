@@ -4,30 +4,16 @@ from __future__ import annotations
 
 from factpatch.server.api.convert import ts
 from factpatch.server.api.errors import invalid
+from factpatch.server.api.paging import within_page_bytes
 from factpatch.server.state.audit import AuditEntry, AuditLog
 from factpatch.v1 import audit_pb2, audit_pb2_grpc
 
 MAX_LIMIT = 1000
-# A page stops before its records pass this many bytes: a client accepts 4 MiB by default, and records
-# carry what callers sent (request ids, targets, details), so 1,000 of them can be far larger.
-MAX_PAGE_BYTES = 3 * 2**20
 
 
 def record_pb(e: AuditEntry) -> audit_pb2.AuditRecord:
     return audit_pb2.AuditRecord(id=e.id, time=ts(e.time), principal=e.principal, source=e.source, method=e.method,
                                  request_id=e.request_id, target=e.target, result=e.result, detail=e.detail)
-
-
-def within_page_bytes(records: list[audit_pb2.AuditRecord], budget: int = MAX_PAGE_BYTES) -> list[audit_pb2.AuditRecord]:
-    """The newest records that fit in `budget` bytes (the first always: a page is never empty while there
-    are records); the caller pages on from the last one's id."""
-    out, size = [], 0
-    for r in records:
-        size += r.ByteSize() + 8  # the field's tag and length
-        if out and size > budget:
-            break
-        out.append(r)
-    return out
 
 
 class AuditService(audit_pb2_grpc.AuditServiceServicer):

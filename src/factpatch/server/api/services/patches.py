@@ -16,6 +16,7 @@ from factpatch.server.api.context import ControlPlane
 from factpatch.server.api.errors import ApiError, invalid, not_found, precondition
 from factpatch.server.api.idempotency import request_hash
 from factpatch.server.api.interceptor import call_principal, current_call
+from factpatch.server.api.paging import within_page_bytes
 from factpatch.server.state.store import StoreCorrupt, valid_digest
 from factpatch.v1 import common_pb2, patch_pb2, patch_pb2_grpc
 
@@ -180,10 +181,10 @@ class PatchService(patch_pb2_grpc.PatchServiceServicer):
         if not 0 <= offset < 2**62:  # SQLite's OFFSET is a signed 64-bit integer
             raise invalid("BAD_PAGE_TOKEN", "page_token is not one this server gave", field="page_token")
         rows = self.cp.db.patches(size + 1, offset)
-        patches = [self._patch(r["digest"]) for r in rows[:size]]
-        return patch_pb2.ListPatchesResponse(
-            patches=patches, next_page_token=str(offset + size) if len(rows) > size else ""
-        )
+        # Manifests grow with their edits: a page stops before the client's message limit, and pages on.
+        patches = within_page_bytes([self._patch(r["digest"]) for r in rows[:size]])
+        more = len(rows) > len(patches)
+        return patch_pb2.ListPatchesResponse(patches=patches, next_page_token=str(offset + len(patches)) if more else "")
 
     def DeletePatch(self, request, context):
         self._patch(request.digest)  # NOT_FOUND first
