@@ -39,6 +39,35 @@ def test_an_edit_waits_for_its_kl_rows_when_asked(loaded, world):
     assert float(settled.final_kl[0]) <= float(target_only.final_kl[0])
 
 
+def test_most_probable_early_stopping_ends_an_edit_once_its_target_leads_everywhere(loaded, world):
+    """ENCORE's stop: once the target is the most probable continuation, token by token, in every row the
+    edit is written in, its value is final, however far its NLL is from the usual threshold."""
+    from factpatch.editor.hooks import add_rank_one
+    from factpatch.editor.prompts import batch, target_positions
+
+    adapter, tok = loaded.adapter, loaded.tok
+    layer = rome_layer(loaded)
+    cov = second_moments(adapter, tok, [layer], fixture_corpus(world), n_samples=256)[layer]
+    prefixes = context_prefixes(adapter.model, tok, 4)
+    hp = dataclasses.replace(RomeParams().value, steps=80, early_stop_kl=None)
+    fewer = 0
+    for edit in fixture_edits(world, 3, seed=8):
+        rows = build_rows(tok, edit.prompt, edit.subject, edit.target_new, prefixes)
+        direction = input_direction(subject_keys(adapter, tok, layer, [edit], prefixes)[0], cov)[None].float()
+        usual = optimise_values(adapter, tok, layer, [rows], hp, directions=direction)
+        mpes = optimise_values(adapter, tok, layer, [rows], dataclasses.replace(hp, stop_at_argmax=True), directions=direction)
+        assert int(mpes.steps_taken[0]) <= int(usual.steps_taken[0])
+        fewer += int(mpes.steps_taken[0]) < int(usual.steps_taken[0])
+        assert int(mpes.steps_taken[0]) < hp.steps  # it stopped, so every row's target leads
+        ids, mask = batch(rows.rewrite, tok)
+        with torch.no_grad(), add_rank_one(adapter.mlp_out(layer), direction.expand(len(rows.rewrite), -1),
+                                           mpes.deltas.expand(len(rows.rewrite), -1)):
+            hidden = adapter.hidden_at(ids, mask)
+        tb, tp, tt = target_positions(rows.rewrite)
+        assert bool((adapter.head(hidden[tb, tp]).argmax(-1) == tt).all())
+    assert fewer >= 1  # and it is a stop of its own, not the NLL threshold's under another name
+
+
 def test_keep_prompts_are_held_at_their_answer_token(loaded):
     """A keep prompt becomes a KL row read where its answer is predicted; the essence prompt is read from
     the subject on; anchor_at="all" reads anchors like the essence prompt."""

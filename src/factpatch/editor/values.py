@@ -40,6 +40,10 @@ class ValueParams:
     # An edit also stops only once its KL rows have moved less than this (mean KL per position);
     # None: the NLL alone decides, and the first δ that says the target is kept whatever it costs.
     early_stop_kl: float | None = None
+    # Most-probable early stopping (ENCORE, Gupta et al. 2025): an edit also stops once its target is the
+    # most probable continuation, token by token, in every row it is written in, however low its NLL; the
+    # value then carries no more than the edit needs, which the paper finds keeps mass edits specific.
+    stop_at_argmax: bool = False
     max_rows_per_pass: int = 2048  # memory bound: larger batches accumulate gradients over chunks
     # Tokens (padding counted) a pass may hold, from a memory budget (editor/memory.py); None: rows alone.
     max_tokens_per_pass: int | None = None
@@ -297,6 +301,7 @@ def optimise_values(
         nll_sum = torch.zeros(n)
         kl_sum = torch.zeros(n)
         prompt_nll_max = torch.zeros(n)
+        not_argmax = torch.zeros(n)  # target tokens, per edit, that are not yet the most probable
         for s, e in _length_chunks(in_pass.rows, hp.max_rows_per_pass, hp.max_tokens_per_pass):
             c = in_pass.take(slice(s, e))
             ids, mask = batch(c.rows, tok)
@@ -317,6 +322,8 @@ def optimise_values(
                 tb_rows = torch.tensor(rw)[tb]
                 logp = F.log_softmax(adapter.head(hidden[tb_rows, tp]).float(), -1)
                 tok_nll = -logp.gather(1, tt[:, None]).squeeze(1)
+                if hp.stop_at_argmax:
+                    not_argmax += torch.zeros(n).index_add(0, c.owner[tb_rows], (logp.detach().argmax(-1) != tt).float())
                 # mean over a row's target tokens, then the edit's rows weighed (rewrite_divisors)
                 n_tok = torch.tensor([r.n_target for r in c.rows], dtype=torch.float)
                 w = 1.0 / (n_tok[tb_rows] * c.divisor[tb_rows])
@@ -350,6 +357,8 @@ def optimise_values(
         converged = nll_sum[act] < hp.early_stop_nll
         if hp.early_stop_kl is not None:
             converged &= kl_sum[act] < hp.early_stop_kl
+        if hp.stop_at_argmax:
+            converged |= not_argmax[act] == 0
         newly_done = act[converged]
         if step == hp.steps - 1:
             break
