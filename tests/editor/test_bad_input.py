@@ -112,6 +112,10 @@ def test_chain_weight_needs_a_parent_and_a_weight_of_zero_or_more(tmp_path, fixt
     assert says in _run(tmp_path, fixture_dir, _yaml(), "--chain-weight", "1", "--parent", str(parent), "--method", "rome")
 
 
+def test_unknown_load_dtype(tmp_path, fixture_dir):
+    assert "--load-dtype 'fp8': choose one of stored, float32" in _run(tmp_path, fixture_dir, _yaml(), "--load-dtype", "fp8")
+
+
 def test_unknown_layer_strategy(tmp_path, fixture_dir):
     assert "not available" in _run(tmp_path, fixture_dir, _yaml(), "--layers", "nonsense")
     assert "--retrace redoes --layers auto's choice" in _run(tmp_path, fixture_dir, _yaml(), "--layers", "2", "--retrace")

@@ -60,6 +60,7 @@ def test_the_patch_names_the_stored_base_and_its_rounding(bf16_dir, fixture_dir,
     assert all(ckpt[n].dtype == torch.bfloat16 for n in patch.names)
     assert patch.manifest["base"]["fingerprint"] == ckpt.fingerprint(patch.names)
     assert patch.manifest["base"]["dtype"] == "bfloat16"
+    assert patch.manifest["hparams"]["model_dtype"] == "bfloat16"  # held in its own dtype, not twice its bytes
     rounding = patch.manifest["rounding"]
     assert set(rounding) == set(patch.names) and all(0 < r < 0.5 for r in rounding.values()), rounding
     assert 0.0 <= patch.manifest["eval"]["efficacy"] <= 1.0  # evaluated (on the weights rounded below)
@@ -96,7 +97,7 @@ def test_evaluation_measures_the_weights_a_bf16_shard_holds(bf16_dir, patch_byte
     from factpatch.editor.weights import apply_patch
 
     patch = patchfile.from_bytes(patch_bytes)
-    loaded = load(bf16_dir)
+    loaded = load(bf16_dir, dtype="float32")  # held in float32, the evaluation rounds what it applied
     state = loaded.model.state_dict()
     apply_patch(loaded.adapter, patch)
     unrounded = {n: state[n].clone() for n in patch.names}
@@ -108,3 +109,9 @@ def test_evaluation_measures_the_weights_a_bf16_shard_holds(bf16_dir, patch_byte
         assert not torch.equal(w, unrounded[n])  # the rounding did something
         u, v = patch.factors[n]
         assert torch.equal(w, (ckpt[n].float() + u @ v.T).to(torch.bfloat16).float())
+    # Held in its stored dtype (the default), the model takes the very same values from the patch.
+    held = load(bf16_dir)
+    assert all(p.dtype == torch.bfloat16 for p in held.model.parameters())
+    apply_patch(held.adapter, patch)
+    for n in patch.names:
+        assert torch.equal(held.model.state_dict()[n].float(), state[n])

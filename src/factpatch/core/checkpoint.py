@@ -17,6 +17,8 @@ from safetensors import safe_open
 
 from factpatch.core.patchfile import tensor_fingerprint
 
+_SAFETENSORS_FLOATS = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
 # Conv1D weights in GPT-2 checkpoints are [in, out]; DESIGN.md states patch factors in [out, in].
 _CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -74,6 +76,19 @@ class Checkpoint(Mapping[str, torch.Tensor]):
     def shape(self, name: str) -> tuple[int, ...]:
         with safe_open(str(self._files[name]), framework="pt") as h:
             return tuple(h.get_slice(name).get_shape())
+
+    def weights_dtype(self) -> torch.dtype:
+        """The dtype most of the stored floating-point tensors have (read from the headers alone)."""
+        counts: dict[str, int] = {}
+        for f in sorted(set(self._files.values())):
+            with safe_open(str(f), framework="pt") as h:
+                for name in h.keys():
+                    d = h.get_slice(name).get_dtype()
+                    counts[d] = counts.get(d, 0) + 1
+        floats = {k: v for k, v in counts.items() if k in _SAFETENSORS_FLOATS}
+        if not floats:
+            raise ValueError(f"{self.dir} stores no floating-point tensors")
+        return _SAFETENSORS_FLOATS[max(sorted(floats), key=lambda k: floats[k])]
 
     def is_transposed(self, name: str) -> bool:
         return self.model_type == "gpt2" and name.endswith(_CONV1D_SUFFIXES)

@@ -158,6 +158,7 @@ def edit_cmd(
     method: str = typer.Option("memit", "--method", help="rome (one layer, edits in sequence) or memit (a batch over several layers)."),
     layers: Optional[str] = typer.Option("auto", "--layers", help="Layers to edit: 3,4,5 or 3-5; auto: chosen by causal trace and a validation sweep; default: the model's published settings (editor/hparams), the fixture's own causal trace, else by depth."),
     retrace: bool = typer.Option(False, "--retrace", help="With --layers auto: trace and sweep again even when a choice for this model and these relations is stored (the first auto edit of a relation stores it), and store the new one."),
+    load_dtype: str = typer.Option("stored", "--load-dtype", help="The dtype the model is held in: stored (its checkpoint's: bf16, fp16 or fp32) or float32 (twice a bf16 checkpoint's memory). Values, losses and solves are float32 or wider either way."),
     hparams: Optional[Path] = typer.Option(None, "--hparams", help="JSON file with the model's default layers (and MEMIT's λ), instead of the published ones; see editor/hparams/."),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Folder of .txt files for the covariance statistics; default: the fixture's corpus."),
     samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Corpus texts used for the covariance statistics; default: all."),
@@ -198,7 +199,7 @@ def edit_cmd(
         _fail(str(e))
     try:
         check_architecture(model)
-        loaded = load(model, hparams=hparams)
+        loaded = load(model, hparams=hparams, dtype=load_dtype)
     except EditInputError as e:
         _fail(str(e))
     memit = replace(MemitParams.joint() if joint else MemitParams(), **memit_fallback, null_space=null_space)
@@ -283,6 +284,7 @@ def eval_cmd(
     patch: Path = typer.Option(..., "--patch", help="Patch file (.fpatch)."),
     spec: Optional[Path] = typer.Option(None, "--spec", help="Edits to evaluate; default: the edits in the patch's manifest."),
     heldout: Optional[Path] = typer.Option(None, "--heldout", help="Folder of .txt files for locality; default: the fixture's held-out corpus."),
+    load_dtype: str = typer.Option("stored", "--load-dtype", help="The dtype the model is held in: stored (its checkpoint's) or float32."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every number as JSON."),
     min_efficacy: float = typer.Option(0.90, help="Gate: least share of edits that take."),
     min_generalization: float = typer.Option(0.85, help="Gate: least share of paraphrases that take."),
@@ -304,7 +306,7 @@ def eval_cmd(
         _fail(str(e))
     try:
         check_architecture(model)
-        loaded = load(model)
+        loaded = load(model, dtype=load_dtype)
         check_fingerprint(loaded, p)
         texts = heldout_texts(loaded, str(heldout) if heldout else None)
     except EditInputError as e:

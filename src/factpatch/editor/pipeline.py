@@ -5,6 +5,7 @@ All checks run before any statistics or optimisation, so bad input fails fast an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -62,9 +63,10 @@ class Loaded:
 
     @cached_property
     def identity(self) -> str:
-        """The whole model folder's fingerprint, the key of the editor's caches (hashed once per version
-        of the files, model_identity)."""
-        return model_identity(self.path)
+        """The key of the editor's caches: the whole model folder's fingerprint (hashed once per version of
+        its files, model_identity) and the dtype the editor computes in (statistics differ with it)."""
+        dtype = str(self.adapter.weight(self.adapter.editable_layers()[0]).dtype).removeprefix("torch.")
+        return "sha256:" + hashlib.sha256(f"{model_identity(self.path)}|{dtype}".encode()).hexdigest()
 
     def base_fingerprint(self, names) -> str:
         """The fingerprint a shard computes over these tensors: of the stored bytes, whatever dtype the
@@ -90,7 +92,14 @@ def check_architecture(model_dir: str | Path):
     return config
 
 
-def load(model_dir: str | Path, threads: int | None = 2, hparams: str | Path | None = None) -> Loaded:
+LOAD_DTYPES = ("stored", "float32")
+
+
+def load(model_dir: str | Path, threads: int | None = 2, hparams: str | Path | None = None,
+         dtype: str = "stored") -> Loaded:
+    """The model, in the dtype its checkpoint stores ("stored": a bf16 checkpoint takes its own bytes in
+    memory, not twice them) or in float32. The edit's own arithmetic is float32 or wider either way
+    (values, losses, covariance and solves); only the model's forward and backward passes run in `dtype`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from factpatch.fixture.build import WORLD_FILE, load_world
@@ -102,7 +111,16 @@ def load(model_dir: str | Path, threads: int | None = 2, hparams: str | Path | N
         defaults = model_defaults.for_model(model_dir, config, hparams)
     except model_defaults.HparamsError as e:
         raise EditInputError(str(e)) from None
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    if dtype not in LOAD_DTYPES:
+        raise EditInputError(f"--load-dtype {dtype!r}: choose one of {', '.join(LOAD_DTYPES)}")
+    try:
+        torch_dtype = Checkpoint(model_dir).weights_dtype() if dtype == "stored" else torch.float32
+    except (OSError, ValueError) as e:
+        raise EditInputError(f"--model {model_dir}: {e}") from None
+    if torch_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise EditInputError(f"--model {model_dir}: stored in {torch_dtype}, which the editor cannot write; "
+                             "use --load-dtype float32")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -375,7 +393,9 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
     t_edit = time.perf_counter() - t1
 
     defaults = loaded.defaults
+    model_dtype = str(adapter.weight(layers[0]).dtype).removeprefix("torch.")  # what the passes ran in
     hparams = {**_hparams(opts, layers, corpus, len(corpus.head(opts.n_samples))), "batch_layers": list(layers),
+               "model_dtype": model_dtype,
                "model_defaults": None if defaults is None else {
                    "name": defaults.name, "origin": defaults.origin,
                    "source": defaults.memit.source if opts.method == "memit" else defaults.rome.source},
