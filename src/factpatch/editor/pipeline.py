@@ -65,7 +65,7 @@ class Loaded:
     def identity(self) -> str:
         """The key of the editor's caches: the whole model folder's fingerprint (hashed once per version of
         its files, model_identity) and the dtype the editor computes in (statistics differ with it)."""
-        dtype = str(self.adapter.weight(self.adapter.editable_layers()[0]).dtype).removeprefix("torch.")
+        dtype = str(self.adapter.weight(0).dtype).removeprefix("torch.")
         return "sha256:" + hashlib.sha256(f"{model_identity(self.path)}|{dtype}".encode()).hexdigest()
 
     def base_fingerprint(self, names) -> str:
