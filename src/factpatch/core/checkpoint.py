@@ -77,10 +77,14 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         with safe_open(str(self._files[name]), framework="pt") as h:
             return tuple(h.get_slice(name).get_shape())
 
+    def weight_files(self) -> list[Path]:
+        """The .safetensors files the checkpoint's tensors are stored in."""
+        return sorted(set(self._files.values()))
+
     def weights_dtype(self) -> torch.dtype:
         """The dtype most of the stored floating-point tensors have (read from the headers alone)."""
         counts: dict[str, int] = {}
-        for f in sorted(set(self._files.values())):
+        for f in self.weight_files():
             with safe_open(str(f), framework="pt") as h:
                 for name in h.keys():
                     d = h.get_slice(name).get_dtype()

@@ -32,7 +32,8 @@ def identity_root() -> Path:
 
 
 def _file_states(ckpt: Checkpoint) -> dict[str, list[int]]:
-    files = sorted(set(ckpt._files.values()) | ({ckpt.dir / "config.json"} if (ckpt.dir / "config.json").exists() else set()))
+    config = ckpt.dir / "config.json"
+    files = ckpt.weight_files() + ([config] if config.exists() else [])
     states = {}
     for f in files:
         st = os.stat(f)
