@@ -100,6 +100,12 @@ class Clients:
                     self.outcomes.append(o)
                 i += 1
 
+    @property
+    def finished(self) -> int:
+        """Requests answered (or failed) so far."""
+        with self._lock:
+            return len(self.outcomes)
+
     def __enter__(self) -> "Clients":
         self._threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in range(self.n)]
         for t in self._threads:
