@@ -61,12 +61,16 @@ class Loaded:
         """The checkpoint as stored: the dtype and bytes a shard serving it fingerprints and writes."""
         return Checkpoint(self.path)
 
+    @property
+    def model_dtype(self) -> str:
+        """The dtype the model is held in, so the one its forward and backward passes run in."""
+        return str(self.adapter.weight(0).dtype).removeprefix("torch.")
+
     @cached_property
     def identity(self) -> str:
         """The key of the editor's caches: the whole model folder's fingerprint (hashed once per version of
         its files, model_identity) and the dtype the editor computes in (statistics differ with it)."""
-        dtype = str(self.adapter.weight(0).dtype).removeprefix("torch.")
-        return "sha256:" + hashlib.sha256(f"{model_identity(self.path)}|{dtype}".encode()).hexdigest()
+        return "sha256:" + hashlib.sha256(f"{model_identity(self.path)}|{self.model_dtype}".encode()).hexdigest()
 
     def base_fingerprint(self, names) -> str:
         """The fingerprint a shard computes over these tensors: of the stored bytes, whatever dtype the
@@ -393,9 +397,8 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
     t_edit = time.perf_counter() - t1
 
     defaults = loaded.defaults
-    model_dtype = str(adapter.weight(layers[0]).dtype).removeprefix("torch.")  # what the passes ran in
     hparams = {**_hparams(opts, layers, corpus, len(corpus.head(opts.n_samples))), "batch_layers": list(layers),
-               "model_dtype": model_dtype,
+               "model_dtype": loaded.model_dtype,
                "model_defaults": None if defaults is None else {
                    "name": defaults.name, "origin": defaults.origin,
                    "source": defaults.memit.source if opts.method == "memit" else defaults.rome.source},
