@@ -109,6 +109,11 @@ def test_gateway_keeps_serving_through_a_control_plane_kill9(tmp_path, shards, f
             wait_for("the promoted patch on every shard", lambda: {x[2] for x in seen[-4:]} == {patch})
             # fleet series from the control plane, request series from the gateway process
             for shard in ("s0", "s1"):
+                # the gateway's answers can show the patch a reconcile pass before the control plane's
+                # gauge reads the shard's new version: wait for it, then it must be exactly 1
+                wait_for(f"{shard}'s active version in the control plane's metrics",
+                         lambda: gauge(cp_metrics, "factpatch_shard_active_version", shard=shard,
+                                       version=version_label(patch)) is not None, timeout=30)
                 assert gauge(cp_metrics, "factpatch_shard_active_version", shard=shard, version=version_label(patch)) == 1
                 assert gauge(cp_metrics, "factpatch_shard_routable", shard=shard) == 1
             assert gauge(gw.url, "factpatch_gateway_requests_total", version=version_label(patch)) >= 1
