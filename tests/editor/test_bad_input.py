@@ -140,6 +140,12 @@ def test_empty_corpus_folder(tmp_path, fixture_dir):
     ({"name": "x", "rome": {"layer": 1, "source": "s"}, "memit": {"layers": [1], "source": "s"}, "lr": 3}, "field 'lr'"),
     ({"name": "x", "rome": {"layer": 1, "source": "s"}, "memit": {"layers": [1, 9], "source": "s"}}, "memit.layers 9 is out of range"),
     ({"name": "x", "rome": {"layer": 1, "source": "s"}}, "field 'memit'"),
+    ({"name": "x", "rome": {"layer": 1, "value": {"stepz": 20}, "source": "s"}, "memit": {"layers": [1], "source": "s"}},
+     "field 'rome.value.stepz'"),
+    ({"name": "x", "rome": {"layer": 1, "source": "s"}, "memit": {"layers": [1], "value": {"norm_ref": "ffn"}, "source": "s"}},
+     "field 'memit.value.norm_ref'"),
+    ({"name": "x", "rome": {"layer": 1, "value": {"steps": None}, "source": "s"}, "memit": {"layers": [1], "source": "s"}},
+     "field 'rome.value.steps'"),
 ])
 def test_hparams_file_with_unknown_ill_typed_or_out_of_range_fields(tmp_path, fixture_dir, content, says):
     f = tmp_path / "hp.json"

@@ -1,13 +1,19 @@
-"""Default layers come from data: published settings per model, a file of the user's, or the depth rule."""
+"""Default layers and settings come from data: published settings per model, a file of the user's, or the
+depth rule with the papers' main model's settings; never the fixture's own for another model."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from types import SimpleNamespace
 
 from transformers import GPT2Config, GPTJConfig, LlamaConfig
 
 from factpatch.editor import model_defaults
 from factpatch.editor.layers import default_layers
+from factpatch.editor.memit import MemitParams
+from factpatch.editor.pipeline import EditOptions, with_model_defaults
+from factpatch.editor.rome import RomeParams
 
 
 def test_every_published_file_loads_and_names_its_source():
@@ -45,3 +51,73 @@ def test_an_hparams_file_overrides_the_published_one(tmp_path):
     d = model_defaults.for_model(tmp_path, GPT2Config(n_layer=48, n_embd=1600), override=f)
     assert d.name == "mine" and d.origin == str(f)
     assert default_layers(48, "rome", d) == [3] and default_layers(48, "memit", d) == [2, 3]
+
+
+def _resolved(defaults, opts=None):
+    return with_model_defaults(SimpleNamespace(defaults=defaults), opts or EditOptions())
+
+
+def test_a_published_family_edits_with_its_papers_value_settings(tmp_path):
+    d = model_defaults.for_model(tmp_path, GPTJConfig(n_layer=28, n_embd=4096))
+    opts = _resolved(d, EditOptions(rome=replace(RomeParams(), value=replace(RomeParams().value, stop_at_argmax=True))))
+    rome, memit = opts.rome, opts.memit
+    # ROME clamps δ at 4 × the MLP output, MEMIT at 0.75 × the layer's output (the papers' code)
+    assert (rome.value.steps, rome.value.lr, rome.value.clamp_norm, rome.value.norm_ref) == (20, 0.5, 4.0, "mlp")
+    assert (memit.value.steps, memit.value.clamp_norm, memit.value.norm_ref) == (25, 0.75, "residual")
+    assert rome.value.decay_form == memit.value.decay_form == "published"
+    assert rome.value.early_stop_kl is None and rome.n_prefixes == 20 and memit.mom2_weight == 15000
+    assert rome.value.stop_at_argmax  # what the file does not name stays as the caller set it
+
+
+def test_a_model_no_file_matches_takes_the_fallback_files_settings_not_the_fixtures(tmp_path):
+    assert model_defaults.for_model(tmp_path, LlamaConfig(num_hidden_layers=32, hidden_size=4096, vocab_size=32000)) is None
+    opts = _resolved(None)
+    fallback = model_defaults.fallback()
+    assert opts.rome.value.steps == fallback.rome.value.steps != RomeParams().value.steps
+    assert opts.memit.value.norm_ref == fallback.memit.value.norm_ref
+    assert opts.memit.value.clamp_norm == fallback.memit.value.clamp_norm != MemitParams().value.clamp_norm
+    assert opts.memit.mom2_weight == fallback.memit.mom2_weight
+
+
+def test_the_fixtures_layers_carry_no_settings_so_its_own_stay(tmp_path):
+    fixture = model_defaults.ModelDefaults(name="fixture", rome=model_defaults.RomeDefaults(layer=2, source="trace"),
+                                           memit=model_defaults.MemitDefaults(layers=[2], source="trace"))
+    assert _resolved(fixture) == EditOptions()
+
+
+def test_joint_keeps_its_own_value_settings_under_a_published_file(tmp_path):
+    d = model_defaults.for_model(tmp_path, GPT2Config(n_layer=48, n_embd=1600))
+    opts = _resolved(d, EditOptions(memit=MemitParams.joint()))
+    assert opts.memit.value == MemitParams.joint().value and opts.memit.mom2_weight == 20000
+
+
+def test_an_hparams_file_sets_only_the_value_fields_it_names(tmp_path):
+    f = tmp_path / "mine.json"
+    f.write_text(json.dumps({"name": "mine", "rome": {"layer": 3, "value": {"steps": 7, "early_stop_kl": None}, "source": "s"},
+                             "memit": {"layers": [2, 3], "source": "s"}}))
+    opts = _resolved(model_defaults.for_model(tmp_path, GPT2Config(n_layer=48, n_embd=1600), override=f))
+    assert opts.rome.value == replace(RomeParams().value, steps=7, early_stop_kl=None)
+    assert opts.memit == MemitParams()
+
+
+def test_an_edit_runs_with_the_settings_its_hparams_file_names(tmp_path, fixture_dir, monkeypatch):
+    """End to end on the fixture: its layers, GPT-J's published ROME settings, from an --hparams file."""
+    from factpatch.editor.pipeline import check_architecture, load, run_edit
+    from factpatch.fixture.build import load_world
+
+    from .conftest import fixture_edits
+
+    monkeypatch.setenv("FACTPATCH_STATS_CACHE", str(tmp_path / "stats"))
+    gptj = json.loads((model_defaults.HPARAMS_DIR / "gpt-j-6b.json").read_text())
+    layer = model_defaults.for_model(fixture_dir, check_architecture(fixture_dir)).rome.layer
+    f = tmp_path / "fixture-with-gptj-settings.json"
+    f.write_text(json.dumps({"name": "fixture layers, GPT-J settings", "rome": {**gptj["rome"], "layer": layer},
+                             "memit": {**gptj["memit"], "layers": [layer]}}))
+    loaded = load(fixture_dir, hparams=f)
+    edits = fixture_edits(load_world(fixture_dir), 1, seed=3)
+    result = run_edit(loaded, edits, EditOptions(method="rome", layers="default", n_samples=300))
+    hp = result.patch.manifest["hparams"]
+    assert (hp["value"]["steps"], hp["value"]["norm_ref"], hp["value"]["decay_form"], hp["n_prefixes"]) == (20, "mlp", "published", 20)
+    assert hp["settings_from"]["origin"] == str(f) and not hp["settings_from"]["fallback"]
+    first = result.info["per_edit"][0]
+    assert first["layer"] == layer and (first["second_pass"] or 1 <= first["steps"] <= 20)

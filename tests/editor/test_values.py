@@ -201,3 +201,24 @@ def test_rome_retry_settings_are_checked():
         with pytest.raises(ValueError, match="retry_lr, retry_steps and retry_above_nll"):
             RomeParams(**bad)
     RomeParams(retry_lr=None, retry_steps=0)  # no second pass: its settings are not used
+
+
+def test_value_settings_name_an_unknown_decay_form_or_clamp_reference():
+    from factpatch.editor.values import ValueParams
+
+    with pytest.raises(ValueError, match="decay_form must be one of ratio_squared, published, got 'linear'"):
+        ValueParams(decay_form="linear")
+    with pytest.raises(ValueError, match="norm_ref must be one of mlp, residual, got 'ffn'"):
+        ValueParams(norm_ref="ffn")
+
+
+def test_the_published_decay_pulls_a_value_less_where_the_reference_is_large():
+    """ROME's and MEMIT's code divide ‖δ‖ by ‖reference‖²: at a real model's scale (a residual of norm
+    in the tens) it hardly pulls; factpatch's ratio pulls the same at any scale."""
+    from factpatch.editor.values import ValueParams, decay_term
+
+    delta = torch.tensor([2.0, 20.0])
+    ref = torch.tensor([1.0, 10.0])  # the same δ relative to its reference, at two scales
+    ours, published = decay_term(ValueParams(), delta, ref), decay_term(ValueParams(decay_form="published"), delta, ref)
+    assert torch.allclose(ours[0], ours[1])
+    assert published[1] < published[0] / 5

@@ -159,7 +159,7 @@ def edit_cmd(
     layers: Optional[str] = typer.Option("auto", "--layers", help="Layers to edit: 3,4,5 or 3-5; auto: chosen by causal trace and a validation sweep; default: the model's published settings (editor/hparams), the fixture's own causal trace, else by depth."),
     retrace: bool = typer.Option(False, "--retrace", help="With --layers auto: trace and sweep again even when a choice for this model and these relations is stored (the first auto edit of a relation stores it), and store the new one."),
     load_dtype: str = typer.Option("stored", "--load-dtype", help="The dtype the model is held in: stored (its checkpoint's: bf16, fp16 or fp32) or float32 (twice a bf16 checkpoint's memory). Values, losses and solves are float32 or wider either way."),
-    hparams: Optional[Path] = typer.Option(None, "--hparams", help="JSON file with the model's default layers (and MEMIT's λ), instead of the published ones; see editor/hparams/."),
+    hparams: Optional[Path] = typer.Option(None, "--hparams", help="JSON file with the model's default layers, MEMIT's λ and the value optimisation's settings, instead of the published ones; see editor/hparams/."),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Folder of .txt files for the covariance statistics; default: the fixture's corpus."),
     samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Corpus texts used for the covariance statistics; default: all."),
     parent: Optional[Path] = typer.Option(None, "--parent", help="Patch this batch follows; the new patch includes its factors."),

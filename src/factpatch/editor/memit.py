@@ -42,6 +42,8 @@ class MemitParams:
     # Value optimisation at the last edited layer (values.ValueParams); the clamp is relative to the
     # residual stream, as in the published MEMIT (which clamps at 0.75 × it). `kl_factor` weighs the
     # essence prompt's KL (the published 0.0625); anchors are read from the subject on.
+    # factpatch's settings, measured on the fixture; a model's file in editor/hparams replaces the
+    # fields it names (pipeline.with_model_defaults).
     value: ValueParams = field(default_factory=lambda: ValueParams(lr=1.0, weight_decay=0.1, clamp_norm=3.0, kl_factor=0.0625, norm_ref="residual", steps=40,
                                                                   anchor_at="all"))
     n_prefixes: int = 5

@@ -1,4 +1,4 @@
-"""The layers (and MEMIT's λ) an edit uses by default on a model, as data with their sources.
+"""The layers, MEMIT's λ and the value settings an edit uses by default on a model, as data with their sources.
 
 In order:
 1. `--hparams FILE`, a JSON file of the shape below;
@@ -13,15 +13,22 @@ A file:
 
     {"name": "GPT-J 6B",
      "match": {"model_type": "gptj", "num_layers": 28, "hidden_size": 4096},   # optional in --hparams
-     "rome": {"layer": 5, "source": "..."},
-     "memit": {"layers": [3, 4, 5, 6, 7, 8], "mom2_weight": 15000, "source": "..."}}
+     "rome": {"layer": 5, "n_prefixes": 20,
+              "value": {"steps": 20, "lr": 0.5, "clamp_norm": 4, "norm_ref": "mlp", ...}, "source": "..."},
+     "memit": {"layers": [3, 4, 5, 6, 7, 8], "mom2_weight": 15000, "value": {...}, "source": "..."}}
+
+`value` holds the value optimisation's settings as the paper's code sets them (`ValueDefaults`); each
+field it names replaces factpatch's own (`values.ValueParams`), the rest stay. The fixture has no file:
+its layers come from its causal trace and its value settings are the dataclasses' defaults, measured on it
+(bench/results/editor_tuning.md). A model that matches no file takes the value settings of the papers'
+main model (`FALLBACK_FILE`), and its layers by depth.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -37,14 +44,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class ValueDefaults(_Strict):
+    """The value optimisation's settings (values.ValueParams) a paper's code uses. A field left out keeps
+    factpatch's (the None defaults are never validated, so only `early_stop_kl` may be written as null:
+    no KL stop)."""
+
+    steps: int = Field(None, ge=1)  # the published v_num_grad_steps
+    lr: float = Field(None, gt=0)  # v_lr
+    weight_decay: float = Field(None, ge=0)  # v_weight_decay
+    decay_form: Literal["ratio_squared", "published"] = None
+    clamp_norm: float = Field(None, gt=0)  # clamp_norm_factor
+    norm_ref: Literal["mlp", "residual"] = None  # what the clamp is a multiple of: ROME the MLP output, MEMIT the layer's
+    kl_factor: float = Field(None, ge=0)
+    early_stop_nll: float = Field(None, gt=0)
+    early_stop_kl: float | None = Field(None, gt=0)
+
+    def given(self) -> dict[str, Any]:
+        """The fields the file names, to replace on a ValueParams."""
+        return {k: getattr(self, k) for k in self.model_fields_set}
+
+
 class RomeDefaults(_Strict):
     layer: int = Field(ge=0)
+    # context prefixes k* is averaged over, besides none (ROME's code: 10 of 5 tokens and 10 of 10)
+    n_prefixes: int | None = Field(default=None, ge=0)
+    value: ValueDefaults | None = None
     source: str
 
 
 class MemitDefaults(_Strict):
     layers: list[int] = Field(min_length=1)
     mom2_weight: float | None = Field(default=None, gt=0)
+    value: ValueDefaults | None = None
     source: str
 
 
@@ -109,6 +140,15 @@ def _config_shape(config: Any) -> dict[str, Any]:
         "hidden_size": getattr(config, "hidden_size", None) or getattr(config, "n_embd", None),
         "vocab_size": getattr(config, "vocab_size", None),
     }
+
+
+# What a model no file matches edits with, besides layers by depth: the value settings and λ of the model
+# MEMIT's experiments centre on (GPT-J 6B), never the fixture's.
+FALLBACK_FILE = HPARAMS_DIR / "gpt-j-6b.json"
+
+
+def fallback() -> ModelDefaults:
+    return load_file(FALLBACK_FILE)
 
 
 def published() -> list[ModelDefaults]:

@@ -292,12 +292,37 @@ def _hparams(opts: EditOptions, layers: list[int], corpus: Corpus, n_texts: int)
     }
 
 
+def settings_source(loaded: Loaded) -> model_defaults.ModelDefaults:
+    """Where an edit's settings as data come from: the model's file (or the fixture's report), else the
+    fallback file (a model no file matches; its layers still come by depth)."""
+    return loaded.defaults if loaded.defaults is not None else model_defaults.fallback()
+
+
 def with_model_defaults(loaded: Loaded, opts: EditOptions) -> EditOptions:
-    """MEMIT's λ from the model's defaults (its published setting), where they name one."""
-    d = loaded.defaults
-    if d is not None and d.memit.mom2_weight is not None:
-        return replace(opts, memit=replace(opts.memit, mom2_weight=d.memit.mom2_weight))
-    return opts
+    """The settings the model's file names, over factpatch's own: MEMIT's λ, the value optimisation's
+    settings (ROME's and plain MEMIT's; `--joint` optimises through its update, which no paper's
+    settings are for) and ROME's context prefixes. The fixture's report names none of them."""
+    d = settings_source(loaded)
+    rome, memit = opts.rome, opts.memit
+    if d.rome.value is not None:
+        rome = replace(rome, value=replace(rome.value, **d.rome.value.given()))
+    if d.rome.n_prefixes is not None:
+        rome = replace(rome, n_prefixes=d.rome.n_prefixes)
+    if d.memit.mom2_weight is not None:
+        memit = replace(memit, mom2_weight=d.memit.mom2_weight)
+    if d.memit.value is not None and not memit.through_update:
+        memit = replace(memit, value=replace(memit.value, **d.memit.value.given()))
+    return replace(opts, rome=rome, memit=memit)
+
+
+def _settings_record(loaded: Loaded, method: str) -> dict[str, Any] | None:
+    """The manifest's note of which file the edit's settings came from (None: factpatch's own)."""
+    d = settings_source(loaded)
+    block = d.memit if method == "memit" else d.rome
+    if block.value is None and not (method == "memit" and d.memit.mom2_weight is not None):
+        return None
+    return {"name": d.name, "origin": d.origin, "source": block.source,
+            "fallback": loaded.defaults is None}
 
 
 def with_memory_budget(opts: EditOptions, adapter: Adapter, layers: list[int]) -> EditOptions:
@@ -402,6 +427,7 @@ def _run(loaded: Loaded, edits, opts: EditOptions, compute, edits_of) -> list[Ed
                "model_defaults": None if defaults is None else {
                    "name": defaults.name, "origin": defaults.origin,
                    "source": defaults.memit.source if opts.method == "memit" else defaults.rome.source},
+               "settings_from": _settings_record(loaded, opts.method),
                **({"layer_choice": layers.report} if hasattr(layers, "report") else {})}
     fingerprints: dict[tuple[str, ...], str] = {}  # single edits write one or two sets of tensors between them
     out = []

@@ -35,6 +35,8 @@ class RomeParams:
     # share of it and a clamp relative to the MLP output stops edits from taking (the published ROME
     # clamps at 4 × the MLP output). An edit stops early once it says the target and its essence prompt
     # has moved less than `early_stop_kl`; keep prompts are KL anchors weighted by `anchor_kl_factor`.
+    # These are factpatch's settings, measured on the fixture; a model's file in editor/hparams (the
+    # paper's settings) replaces the fields it names (pipeline.with_model_defaults).
     value: ValueParams = field(default_factory=lambda: ValueParams(lr=1.0, weight_decay=0.1, clamp_norm=4.0, norm_ref="residual",
                                                                   steps=80, early_stop_kl=0.05, anchor_kl_factor=0.25))
     # Context prefixes k* is averaged over (ROME reads the key behind several short generated texts).

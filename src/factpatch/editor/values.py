@@ -23,11 +23,19 @@ from .prompts import Row, batch, encode, row_chunks, target_positions
 ESSENCE_TEMPLATE = "{} is a"
 
 
+DECAY_FORMS = ("ratio_squared", "published")
+NORM_REFS = ("mlp", "residual")
+
+
 @dataclass(frozen=True)
 class ValueParams:
     steps: int = 25
     lr: float = 0.5
     weight_decay: float = 0.5
+    # How the decay grows with δ: "ratio_squared", weight_decay · (‖δ‖/‖reference‖)², the same pull at any
+    # scale of the residual stream; "published", weight_decay · ‖δ‖/‖reference‖², the form ROME's and
+    # MEMIT's code use (weak where the reference is large), for their published settings (editor/hparams).
+    decay_form: str = "ratio_squared"
     kl_factor: float = 0.0625
     # Weight of the anchor rows (keep prompts, the batch's other relations) in the KL term; None: kl_factor.
     anchor_kl_factor: float | None = None
@@ -52,12 +60,23 @@ class ValueParams:
     prompt_weight: float | None = None
 
     def __post_init__(self) -> None:
+        if self.decay_form not in DECAY_FORMS:
+            raise ValueError(f"decay_form must be one of {', '.join(DECAY_FORMS)}, got {self.decay_form!r}")
+        if self.norm_ref not in NORM_REFS:
+            raise ValueError(f"norm_ref must be one of {', '.join(NORM_REFS)}, got {self.norm_ref!r}")
         if self.anchor_at not in ("answer", "all"):
             raise ValueError(f"anchor_at must be 'answer' or 'all', got {self.anchor_at!r}")
         if self.prompt_weight is not None and not self.prompt_weight > 0:
             raise ValueError(f"prompt_weight must be positive, got {self.prompt_weight!r}")
         if self.max_tokens_per_pass is not None and not self.max_tokens_per_pass > 0:
             raise ValueError(f"max_tokens_per_pass must be positive, got {self.max_tokens_per_pass!r}")
+
+
+def decay_term(hp: ValueParams, delta_norm: torch.Tensor, ref_norm: torch.Tensor) -> torch.Tensor:
+    """The weight-decay term for values of norm `delta_norm` against references of norm `ref_norm`."""
+    if hp.decay_form == "published":
+        return hp.weight_decay * delta_norm / ref_norm ** 2
+    return hp.weight_decay * (delta_norm / ref_norm) ** 2
 
 
 @dataclass
@@ -344,7 +363,7 @@ def optimise_values(
                 loss = loss + (weight * kl_mean).sum()
             loss.backward()
         act = torch.tensor(active)
-        decay = hp.weight_decay * (delta[act].norm(dim=-1) / ref_norm[act]) ** 2
+        decay = decay_term(hp, delta[act].norm(dim=-1), ref_norm[act])
         decay.sum().backward()
         final_nll[act] = nll_sum[act]
         final_kl[act] = kl_sum[act]
