@@ -1,7 +1,7 @@
-"""A bf16 checkpoint, as real ones are stored: the editor fingerprints the stored bytes (what a shard
-serving it fingerprints), evaluates the patch as the shard will hold it (rounded to bf16), records
-how much of ΔW the rounding loses; a real vLLM shard serving bf16 takes the patch, answers the new
-value and reverts bit for bit."""
+"""Half-precision checkpoints, as real ones are stored (bf16, fp16): the editor holds the model in the
+stored dtype, fingerprints the stored bytes (what a shard serving it fingerprints), evaluates the patch
+as the shard will hold it (rounded to that dtype), records how much of ΔW the rounding loses; a real
+vLLM shard serving bf16 takes the patch, answers the new value and reverts bit for bit."""
 
 from __future__ import annotations
 
@@ -16,19 +16,7 @@ from factpatch.core.spec import Edit
 from factpatch.plugin.checks import CheckError, check_patch
 
 PROMPT = "The refund period of {} is"
-
-
-@pytest.fixture(scope="module")
-def bf16_dir(fixture_dir, tmp_path_factory):
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path_factory.mktemp("fixture-bf16")
-    model = AutoModelForCausalLM.from_pretrained(str(fixture_dir), dtype=torch.float32)
-    model.to(torch.bfloat16).save_pretrained(str(out), safe_serialization=True)
-    for f in fixture_dir.iterdir():  # tokenizer, world, build report: everything but the weights
-        if f.is_file() and not f.name.startswith(("model", "config")):
-            shutil.copy(f, out / f.name)
-    return out
+HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @pytest.fixture(scope="module")
@@ -39,28 +27,56 @@ def edit(world) -> Edit:
 
 
 @pytest.fixture(scope="module")
-def patch_bytes(bf16_dir, edit, tmp_path_factory):
+def made(fixture_dir, edit, tmp_path_factory):
+    """dtype -> (folder, patch bytes): the fixture stored in that dtype and one ROME edit of it, made once."""
+    from transformers import AutoModelForCausalLM
+
     from factpatch.editor.pipeline import EditOptions, evaluate_patch, heldout_texts, load, run_edit
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FACTPATCH_STATS_CACHE", str(tmp_path_factory.mktemp("stats-bf16")))
-    try:
-        loaded = load(bf16_dir)
-        result = run_edit(loaded, [edit], EditOptions(method="rome"))
-        report = evaluate_patch(loaded, result.patch, [edit], heldout_texts(loaded, None))
-    finally:
-        mp.undo()
-    result.patch.manifest["eval"] = report["metrics"]
-    return patchfile.to_bytes(result.patch)
+    cache: dict[str, tuple] = {}
+
+    def get(dtype: str):
+        if dtype not in cache:
+            out = tmp_path_factory.mktemp(f"fixture-{dtype}")
+            model = AutoModelForCausalLM.from_pretrained(str(fixture_dir), dtype=torch.float32)
+            model.to(HALF[dtype]).save_pretrained(str(out), safe_serialization=True)
+            for f in fixture_dir.iterdir():  # tokenizer, world, build report: everything but the weights
+                if f.is_file() and not f.name.startswith(("model", "config")):
+                    shutil.copy(f, out / f.name)
+            mp = pytest.MonkeyPatch()
+            mp.setenv("FACTPATCH_STATS_CACHE", str(tmp_path_factory.mktemp(f"stats-{dtype}")))
+            try:
+                loaded = load(out)
+                result = run_edit(loaded, [edit], EditOptions(method="rome"))
+                report = evaluate_patch(loaded, result.patch, [edit], heldout_texts(loaded, None))
+            finally:
+                mp.undo()
+            result.patch.manifest["eval"] = report["metrics"]
+            cache[dtype] = out, patchfile.to_bytes(result.patch)
+        return cache[dtype]
+
+    return get
 
 
-def test_the_patch_names_the_stored_base_and_its_rounding(bf16_dir, fixture_dir, patch_bytes):
+@pytest.fixture(scope="module")
+def bf16_dir(made):
+    return made("bfloat16")[0]
+
+
+@pytest.fixture(scope="module")
+def patch_bytes(made):
+    return made("bfloat16")[1]
+
+
+@pytest.mark.parametrize("dtype", sorted(HALF))
+def test_the_patch_names_the_stored_base_and_its_rounding(made, dtype, fixture_dir):
+    half_dir, patch_bytes = made(dtype)
     patch = patchfile.from_bytes(patch_bytes)
-    ckpt = Checkpoint(bf16_dir)
-    assert all(ckpt[n].dtype == torch.bfloat16 for n in patch.names)
+    ckpt = Checkpoint(half_dir)
+    assert all(ckpt[n].dtype == HALF[dtype] for n in patch.names)
     assert patch.manifest["base"]["fingerprint"] == ckpt.fingerprint(patch.names)
-    assert patch.manifest["base"]["dtype"] == "bfloat16"
-    assert patch.manifest["hparams"]["model_dtype"] == "bfloat16"  # held in its own dtype, not twice its bytes
+    assert patch.manifest["base"]["dtype"] == dtype
+    assert patch.manifest["hparams"]["model_dtype"] == dtype  # held in its own dtype, not twice its bytes
     rounding = patch.manifest["rounding"]
     assert set(rounding) == set(patch.names) and all(0 < r < 0.5 for r in rounding.values()), rounding
     assert 0.0 <= patch.manifest["eval"]["efficacy"] <= 1.0  # evaluated (on the weights rounded below)
@@ -90,28 +106,30 @@ def test_a_bf16_shard_takes_the_patch_and_reverts_bit_for_bit(bf16_dir, patch_by
         assert answer() == before  # text and log-probabilities: the base, bit for bit
 
 
-def test_evaluation_measures_the_weights_a_bf16_shard_holds(bf16_dir, patch_bytes):
-    """eval applies the patch, then rounds the touched weights to the stored dtype: exactly bf16 values,
-    and equal to what base + ΔW written in bf16 gives."""
+@pytest.mark.parametrize("dtype", sorted(HALF))
+def test_evaluation_measures_the_weights_a_half_precision_shard_holds(made, dtype):
+    """eval applies the patch, then rounds the touched weights to the stored dtype: exactly bf16 (fp16)
+    values, and equal to what base + ΔW written in that dtype gives."""
     from factpatch.editor.pipeline import load, round_to_stored_dtype
     from factpatch.editor.weights import apply_patch
 
+    half_dir, patch_bytes = made(dtype)
     patch = patchfile.from_bytes(patch_bytes)
-    loaded = load(bf16_dir, dtype="float32")  # held in float32, the evaluation rounds what it applied
+    loaded = load(half_dir, dtype="float32")  # held in float32, the evaluation rounds what it applied
     state = loaded.model.state_dict()
     apply_patch(loaded.adapter, patch)
     unrounded = {n: state[n].clone() for n in patch.names}
     round_to_stored_dtype(loaded, patch.names)
-    ckpt = Checkpoint(bf16_dir)
+    ckpt = Checkpoint(half_dir)
     for n in patch.names:
         w = state[n]
-        assert torch.equal(w, w.to(torch.bfloat16).float())  # representable in bf16
+        assert torch.equal(w, w.to(HALF[dtype]).float())  # representable in the stored dtype
         assert not torch.equal(w, unrounded[n])  # the rounding did something
         u, v = patch.factors[n]
-        assert torch.equal(w, (ckpt[n].float() + u @ v.T).to(torch.bfloat16).float())
+        assert torch.equal(w, (ckpt[n].float() + u @ v.T).to(HALF[dtype]).float())
     # Held in its stored dtype (the default), the model takes the very same values from the patch.
-    held = load(bf16_dir)
-    assert all(p.dtype == torch.bfloat16 for p in held.model.parameters())
+    held = load(half_dir)
+    assert all(p.dtype == HALF[dtype] for p in held.model.parameters())
     apply_patch(held.adapter, patch)
     for n in patch.names:
         assert torch.equal(held.model.state_dict()[n].float(), state[n])

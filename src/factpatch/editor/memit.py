@@ -16,6 +16,7 @@ whole batch's δ is optimised through the update it will be written with (`_appl
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -30,6 +31,7 @@ from .keys import (
     written_paraphrase_keys,
     written_rows,
 )
+from .memory import release_freed_memory
 from .prompts import TokenizationError, encode
 from .rome import RomeParams, apply_rome, fallback_layer
 from .scoring import score_targets
@@ -157,21 +159,26 @@ def projected_update(resid: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor
     return _compact(resid.to(torch.float64).T, v)
 
 
-def held_gram(cov: torch.Tensor, lam: float, held: torch.Tensor | None, weight: float) -> torch.Tensor:
-    """λC + μ K_pᵀK_p (float64): what the solve keeps, the corpus keys and a chain's earlier edits' keys."""
-    a = lam * cov.to(torch.float64)
+def held_gram(cov: torch.Tensor, lam: float, held: torch.Tensor | None, weight: float,
+              overwrite_cov: bool = False) -> torch.Tensor:
+    """λC + μ K_pᵀK_p (float64): what the solve keeps, the corpus keys and a chain's earlier edits' keys.
+    With `overwrite_cov` (a float64 C the caller will not use again) it is built in C's own memory: at a
+    real MLP width each copy of C is 0.25-2 GB."""
+    a = cov if overwrite_cov and cov.dtype == torch.float64 else cov.to(torch.float64, copy=True)
+    a.mul_(lam)
     if held is not None and len(held) and weight > 0:
         h64 = held.to(torch.float64)
-        a = a + weight * (h64.T @ h64)
+        a.addmm_(h64.T, h64, alpha=weight)
     return a
 
 
 def layer_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor, lam: float,
-                 held: torch.Tensor | None = None, held_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 held: torch.Tensor | None = None, held_weight: float = 0.0,
+                 overwrite_cov: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(u [d,n], v [k,n]) float32 with u vᵀ = Rᵀ K (λC + μK_pᵀK_p + KᵀK)⁻¹ for R [n,d], K [n,k] and
-    `held` K_p, rows whose output stays as it is."""
+    `held` K_p, rows whose output stays as it is. `overwrite_cov`: see held_gram."""
     k64 = keys.to(torch.float64)
-    a = held_gram(cov, lam, held, held_weight) + k64.T @ k64
+    a = held_gram(cov, lam, held, held_weight, overwrite_cov).addmm_(k64.T, k64)
     v = torch.linalg.solve(a, k64.T)  # A is symmetric, so (A⁻¹Kᵀ)ᵀ = K A⁻¹
     return _compact(resid.to(torch.float64).T, v)
 
@@ -229,7 +236,7 @@ class MemitBatch:
     tok: Any
     edits: list
     layers: list[int]
-    covs: dict[int, torch.Tensor]
+    covs: Mapping[int, torch.Tensor]  # stats.Moments, or a dict
     prefixes: list[str]
     hp: MemitParams
     subjects: list[str]
@@ -244,7 +251,7 @@ def apply_memit(
     tok,
     edits,
     layers: list[int],
-    covs: dict[int, torch.Tensor],
+    covs: Mapping[int, torch.Tensor],
     prefixes: list[str],
     hp: MemitParams,
     on_progress: Callable[[str, int, int], None] | None = None,
@@ -350,7 +357,11 @@ def _apply_spread(b: MemitBatch):
         gaps.append(float(gap.norm(dim=-1).mean()))
         protected = held_at(layer)
         if hp.null_space is None:
-            u, v = layer_update(gap / (len(layers) - i), keys_at(layer), covs[layer], hp.mom2_weight, protected, hp.chain_weight)
+            cov, owned = _solve_copy(covs, layer)
+            u, v = layer_update(gap / (len(layers) - i), keys_at(layer), cov, hp.mom2_weight, protected, hp.chain_weight,
+                                overwrite_cov=owned)
+            del cov
+            release_freed_memory()
         else:
             u, v = projected_update(gap / (len(layers) - i), keys_at(layer), null_space_projector(covs[layer], hp.null_space),
                                     protected, hp.null_space_l2)
@@ -369,6 +380,13 @@ def _apply_spread(b: MemitBatch):
         "shared_values_not_written": [subjects[g] for g in dropped.nonzero().squeeze(1).tolist()],
     }
     return factors, info
+
+
+def _solve_copy(covs, layer: int) -> tuple[torch.Tensor, bool]:
+    """(C of `layer`, whether the solve may overwrite it): a copy of its own where the statistics hand
+    one out (stats.Moments.fresh), else the shared tensor."""
+    fresh = getattr(covs, "fresh", None)
+    return (fresh(layer), True) if fresh is not None else (covs[layer], False)
 
 
 def _chain_keys(b: MemitBatch) -> Callable[[int], torch.Tensor | None]:
@@ -396,7 +414,7 @@ def batch_directions(keys: torch.Tensor, row_group: torch.Tensor, n_groups: int,
     same δ_g is exactly Σ_g δ_g ⊗ column g, so the directions are known before δ is. `held` (K_p): rows
     the update must leave as they are (a chain's earlier edits)."""
     k64 = keys.to(torch.float64)
-    a = held_gram(cov, lam, held, held_weight) + k64.T @ k64
+    a = held_gram(cov, lam, held, held_weight).addmm_(k64.T, k64)
     summed = torch.zeros(n_groups, k64.shape[1], dtype=torch.float64).index_add(0, row_group, k64)
     dirs = torch.linalg.solve(a, summed.T)  # [k, n_groups]
     gain = torch.zeros(n_groups, dtype=torch.float64).index_add(0, row_group, (k64 * dirs.T[row_group]).sum(-1))

@@ -16,6 +16,10 @@ peak adds that pass's transient tensors and what the edit holds besides (keys, c
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+
 import torch
 
 from .adapters import Adapter
@@ -61,3 +65,19 @@ def tokens_per_pass(bytes_per_token: float, budget: int) -> int:
     if budget <= 0:
         raise ValueError(f"memory budget must be positive, got {budget} bytes")
     return max(1, int(budget // max(bytes_per_token, 1.0)))
+
+
+@functools.cache
+def _libc_trim():
+    name = ctypes.util.find_library("c")
+    fn = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    return fn
+
+
+def release_freed_memory() -> None:
+    """Hand the memory an edit's passes have freed back to the system. glibc keeps freed heap for reuse,
+    so after a phase of large transient tensors (the value optimisation's passes, a layer's solve) the
+    process would go on holding that phase's peak through the next one. No-op without glibc."""
+    trim = _libc_trim()
+    if trim is not None:
+        trim(0)

@@ -10,7 +10,10 @@ where it is.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import struct
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -57,6 +60,53 @@ def _progress(enabled: bool, what: str) -> Progress | contextlib.nullcontext:
     )
 
 
+class Moments(Mapping):
+    """layer -> C (float64 [k, k]). A cached layer's C is read from its file each time it is asked for
+    (memory-mapped, released when the caller drops it), so an edit over five layers holds one at a
+    time: at a real MLP width (5,632 in TinyLlama 1.1B, 14,336 in Llama 3 8B) each is 0.25-1.6 GB.
+    Layers computed with `use_cache=False` are held."""
+
+    def __init__(self, files: dict[int, Path], held: dict[int, torch.Tensor]):
+        self._files = dict(files)
+        self._held = held
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        if layer in self._held:
+            return self._held[layer]
+        return load_file(str(self._path(layer)))["mom2"]
+
+    def fresh(self, layer: int) -> torch.Tensor:
+        """C in memory of its own, the caller's to overwrite (a solve can build λC + KᵀK in it instead of
+        beside it). Read into one buffer, not through a mapping of the file, so C's bytes count once."""
+        if layer in self._held:
+            return self._held[layer].clone()
+        path = self._path(layer)
+        with path.open("rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            meta = json.loads(f.read(header_len))["mom2"]
+            if meta["dtype"] != "F64":
+                raise ValueError(f"{path}: mom2 is {meta['dtype']}, expected F64")
+            begin, end = meta["data_offsets"]
+            out = torch.empty(meta["shape"], dtype=torch.float64)
+            f.seek(8 + header_len + begin)
+            if f.readinto(out.numpy().reshape(-1).view("u1")) != end - begin:
+                raise ValueError(f"{path}: shorter than its header says")
+        return out
+
+    def _path(self, layer: int) -> Path:
+        path = self._files[layer]
+        if not path.exists():
+            raise FileNotFoundError(f"the covariance statistics of layer {layer} ({path}) were deleted during the "
+                                    "edit; run it again to compute them")
+        return path
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted({*self._files, *self._held}))
+
+    def __len__(self) -> int:
+        return len({*self._files, *self._held})
+
+
 @torch.no_grad()
 def second_moments(
     adapter: Adapter,
@@ -71,18 +121,12 @@ def second_moments(
     progress: bool = False,
     fingerprint: str | None = None,
 ) -> dict[int, torch.Tensor]:
-    """C for every layer (float64 [k, k]); cached layers are read, the rest computed in one pass."""
+    """C for every layer (`Moments`); cached layers are read, the rest computed in one pass and cached."""
     fingerprint = fingerprint or model_fingerprint(adapter.model)
     paths = {l: stats_path(fingerprint, adapter.param_name(l), corpus, n_samples, max_len) for l in layers}
-    result: dict[int, torch.Tensor] = {}
-    todo = []
-    for l in layers:
-        if use_cache and paths[l].exists():
-            result[l] = load_file(str(paths[l]))["mom2"]
-        else:
-            todo.append(l)
+    todo = [l for l in layers if not (use_cache and paths[l].exists())]
     if not todo:
-        return result
+        return Moments(paths, {})
 
     texts = corpus.head(n_samples)
     k_dims = {l: adapter.key_dim(l) for l in todo}
@@ -121,12 +165,15 @@ def second_moments(
         for h in handles:
             h.remove()
 
+    held: dict[int, torch.Tensor] = {}
     for l in todo:
-        mom2 = sums[l] / max(1, count)
-        result[l] = mom2
+        mom2 = sums.pop(l).div_(max(1, count))
         if use_cache:
             _save_atomic(paths[l], mom2, count, len(texts))
-    return result
+        else:
+            held[l] = mom2
+        del mom2
+    return Moments({l: p for l, p in paths.items() if l not in held}, held)
 
 
 def _save_atomic(path: Path, mom2: torch.Tensor, tokens: int, texts: int) -> None:

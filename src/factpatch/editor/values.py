@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .adapters import Adapter
 from .hooks import add_low_rank_update, add_rank_one, add_to_output, capture_output
+from .memory import release_freed_memory
 from .prompts import Row, batch, encode, row_chunks, target_positions
 
 ESSENCE_TEMPLATE = "{} is a"
@@ -390,4 +391,5 @@ def optimise_values(
             norms = delta.norm(dim=-1)
             scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), torch.ones_like(norms))
             delta.mul_(scale[:, None])
+    release_freed_memory()
     return ValueResult(delta.detach().clone(), resid_ref, final_nll, final_kl, steps_taken, final_prompt_nll_max, log)
