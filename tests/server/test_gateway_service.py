@@ -158,3 +158,53 @@ def test_a_bad_sample_keeps_the_whole_report_out(control_plane, gw, sample, fiel
     assert (e.value.code(), reason_of(e.value)) == (grpc.StatusCode.INVALID_ARGUMENT, "BAD_TRAFFIC_REPORT")
     assert field in e.value.details()
     assert control_plane.observations.since(0) == []  # nothing of it, the good sample included
+
+
+def test_a_gateway_sends_the_token_its_file_holds_now(control_plane, tmp_path, caplog):
+    """Rotation without a restart: the link reads its token file again at every reconnect, so a token
+    the control plane refuses locks it out only until the file holds an accepted one again."""
+    import secrets
+
+    from factpatch.core.tokens import TokenFile
+    from factpatch.server.gateway.control_link import ControlLink, FollowedMonitors
+    from factpatch.server.gateway.routing import Router, SwapTracker
+    from factpatch.server.metrics import Metrics
+
+    def until(cond, what: str, timeout: float = 15.0) -> None:
+        end = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < end, what
+            time.sleep(0.05)
+
+    f = tmp_path / "gateway.token"
+    f.write_text(GATEWAY_TOKEN + "\n")
+    channel = grpc.insecure_channel(f"127.0.0.1:{control_plane.port}")
+    link = ControlLink(channel, TokenFile(f, "--token-file"), "gw-rotating", Router(None, SwapTracker()),
+                       FollowedMonitors(Metrics()))
+    link.start()
+    try:
+        until(link.connected.is_set, "the link never connected with the accepted token")
+        f.write_text(secrets.token_urlsafe(32) + "\n")  # a token the control plane does not know
+        link._call.cancel()  # the watch drops, as on a control plane restart
+        until(lambda: "refused this gateway's token" in caplog.text, "the new token was not sent on reconnect")
+        assert not link.connected.is_set()
+        f.write_text(GATEWAY_TOKEN + "\n")
+        until(link.connected.is_set, "the link did not come back once the file held an accepted token again")
+    finally:
+        link.stop()
+        channel.close()
+
+
+def test_a_token_file_that_turns_weak_keeps_the_last_good_token(tmp_path, caplog):
+    from factpatch.core.tokens import TokenFile, WeakTokenError
+
+    f = tmp_path / "t"
+    f.write_text(GATEWAY_TOKEN)
+    token = TokenFile(f, "--token-file")
+    f.write_text("   \n")
+    assert token() == GATEWAY_TOKEN and "holds no token" in caplog.text
+    f.unlink()
+    assert token() == GATEWAY_TOKEN and "cannot be read" in caplog.text
+    f.write_text("change-me\n")
+    with pytest.raises(WeakTokenError, match="line 1: refused"):
+        TokenFile(f, "--token-file")

@@ -124,3 +124,14 @@ def test_a_shard_with_a_token_of_its_own_is_sent_that_one(tmp_path):
     (own / "s2").write_text("change-me\n")
     with pytest.raises(WeakTokenError, match="--agent-token-dir file s2"):
         AgentToken(AGENT_TOKEN, shard_dir=own)
+
+
+def test_the_gateway_refuses_a_weak_token_file_naming_it(tmp_path):
+    weak = tmp_path / "gateway.token"
+    for content, says in (("change-me\n", "line 1: refused"), ("  \n", "holds no token")):
+        weak.write_text(content)
+        r = subprocess.run([sys.executable, "-c", "from factpatch.cli import main; main()", "gateway",
+                            "--token-file", str(weak), "--control-plane", "127.0.0.1:1", "--listen", "127.0.0.1:0"],
+                           env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert f"--token-file {weak}" in r.stderr and says in r.stderr

@@ -9,6 +9,7 @@ the old one — at no moment does a request carry a token its receiver does not 
 
 from __future__ import annotations
 
+import logging
 import string
 from pathlib import Path
 
@@ -16,6 +17,7 @@ MIN_LENGTH = 32  # secrets.token_urlsafe(24) is 32 characters
 # Values that ship in examples and documentation: accepted nowhere.
 PLACEHOLDERS = ("change-me", "changeme", "replace-me", "example", "secret", "password", "token", "xxxx")
 _ALLOWED = set(string.ascii_letters + string.digits + "-._~+/=")
+log = logging.getLogger("factpatch.tokens")
 
 
 def weakness(token: str) -> str | None:
@@ -68,3 +70,24 @@ def check(token: str, what: str) -> str:
     if why:
         raise WeakTokenError(f"{what}: refused, {why}")
     return token
+
+
+class TokenFile:
+    """The token a client sends, read again from its file at every use, so rotating it (core/tokens.py's
+    order) needs no restart of the sender. A weak or missing file at the start is refused
+    (WeakTokenError); later, the last good token is kept and the reason logged.
+
+        token = TokenFile(path, "--token-file")
+        metadata = (("authorization", f"Bearer {token()}"),)
+    """
+
+    def __init__(self, path: str | Path, what: str):
+        self.path, self.what = Path(path), what
+        self._current = read_token_file(self.path, what)[0]
+
+    def __call__(self) -> str:
+        try:
+            self._current = read_token_file(self.path, self.what)[0]
+        except WeakTokenError as e:
+            log.error("%s; still sending the previous token", e)
+        return self._current

@@ -18,7 +18,8 @@ def gateway(
                                       help="Control plane host:port (its routing watch)."),
     token_file: Path = typer.Option(None, "--token-file", envvar="FACTPATCH_TOKEN_FILE", exists=True, dir_okay=False,
                                     help="File whose first line is this gateway's token (role gateway; "
-                                         "else $FACTPATCH_TOKEN)."),
+                                         "else $FACTPATCH_TOKEN), read again at every reconnect and report, "
+                                         "so a rotated token needs no restart."),
     listen: str = typer.Option("127.0.0.1:8080", "--listen", help="OpenAI API address (host:port; port 0 picks one)."),
     metrics_listen: str = typer.Option(None, "--metrics-listen",
                                        help="Serve /metrics here (host:port) instead of on --listen."),
@@ -39,6 +40,7 @@ def gateway(
     """Run the OpenAI gateway apart from the control plane: it keeps serving with the last routing
     state it received while the control plane is down, and picks the control plane up again when
     it returns."""
+    from factpatch.core.tokens import TokenFile, WeakTokenError
     from factpatch.server.api.auth import TokenTable, operator_token_check
     from factpatch.server.cli import logs
     from factpatch.server.cli.session import bearer_token, control_plane_channel
@@ -50,7 +52,14 @@ def gateway(
     if log_format not in FORMATS:
         raise typer.BadParameter(f"{log_format!r} is not one of {', '.join(FORMATS)}", param_hint="--log-format")
     logs.configure(log_format, verbose)
-    token = bearer_token(token_file, os.environ.get("FACTPATCH_TOKEN", ""))
+    if token_file:
+        try:  # read again at every reconnect and report: a rotated token needs no restart
+            token: str | TokenFile = TokenFile(token_file, "--token-file")
+        except WeakTokenError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2)
+    else:
+        token = bearer_token(None, os.environ.get("FACTPATCH_TOKEN", ""))
     if not token:
         typer.echo("error: no token for the control plane: pass --token-file or set $FACTPATCH_TOKEN "
                    "(a token of role gateway)", err=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from factpatch.core.tokens import WeakTokenError, check, read_token_file
+from factpatch.core.tokens import TokenFile, WeakTokenError, check, read_token_file
 
 log = logging.getLogger("factpatch.agent_token")
 
@@ -31,8 +31,8 @@ class AgentToken:
         if self.file is None and not token:
             raise WeakTokenError("no shard agent token: set FACTPATCH_AGENT_TOKEN or FACTPATCH_AGENT_TOKEN_FILE, "
                                  "or pass --agent-token-file")
-        self._current = read_token_file(self.file, "--agent-token-file")[0] if self.file else check(
-            token, "the shard agent token ($FACTPATCH_AGENT_TOKEN)")
+        self._file = TokenFile(self.file, "--agent-token-file") if self.file else None
+        self._fixed = "" if self.file else check(token, "the shard agent token ($FACTPATCH_AGENT_TOKEN)")
 
     def for_shard(self, name: str) -> "AgentToken":
         """The token source for one shard: its own file in the token folder, else this one."""
@@ -48,9 +48,4 @@ class AgentToken:
         return self._per_shard[name]
 
     def __call__(self) -> str:
-        if self.file is not None:
-            try:
-                self._current = read_token_file(self.file, "--agent-token-file")[0]
-            except WeakTokenError as e:
-                log.error("%s; still sending the previous token", e)
-        return self._current
+        return self._file() if self._file is not None else self._fixed

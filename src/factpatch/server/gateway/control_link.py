@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from typing import Callable
 
 import grpc
 from prometheus_client import CollectorRegistry, Gauge
@@ -69,10 +70,12 @@ class ControlLink:
     """What keeps a gateway process's router and monitors current (routing state in), and its traffic
     sink (samples out)."""
 
-    def __init__(self, channel: grpc.Channel, token: str, gateway_id: str, router: Router, monitors: FollowedMonitors,
-                 *, max_buffered: int = 200_000):
+    def __init__(self, channel: grpc.Channel, token: str | Callable[[], str], gateway_id: str, router: Router,
+                 monitors: FollowedMonitors, *, max_buffered: int = 200_000):
         self.stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-        self.md = (("authorization", f"Bearer {token}"),)
+        # a callable (core.tokens.TokenFile) is asked at every call: a rotated token is sent from the
+        # next reconnect or report on, without a restart
+        self._token = token if callable(token) else (lambda: token)
         self.gateway_id = gateway_id
         self.router, self.swaps, self.monitors = router, router.swaps, monitors
         self.swaps.on_idle = self._report_soon
@@ -84,6 +87,10 @@ class ControlLink:
         self._report_now = threading.Event()
         self._call = None
         self._threads: list[threading.Thread] = []
+
+    @property
+    def md(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self._token()}"),)
 
     # lifecycle
 
