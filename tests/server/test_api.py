@@ -241,3 +241,29 @@ def test_rollouts_on_disjoint_shards_run_side_by_side(op, patch_bytes):
     fails(lambda: start(["s2"], ["s2"], 10), grpc.StatusCode.FAILED_PRECONDITION, "ROLLOUT_CONFLICT")
     fails(lambda: start(["s5"], ["s5"], 10), grpc.StatusCode.FAILED_PRECONDITION, "TRAFFIC_OVERCOMMITTED")
     start(["s5"], ["s5"], 0)  # by shard count: the gateway scales shares that overrun, none is starved
+
+
+def test_rollouts_list_in_pages_newest_first(op, viewer, patch_bytes):
+    digest = op.push(patch_bytes).digest
+    started = []
+    for n in ("r1", "r2", "r3"):
+        op(op.fleet.RegisterShard, fleet_pb2.RegisterShardRequest(request_id=rid(), name=n, address=DEAD))
+        started.append(op(op.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(
+            request_id=rid(), patch=digest, shards=[n], canary_shards=[n], canary_traffic_percent=0)).id)
+        time.sleep(0.01)  # distinct creation times
+    seen, token, pages = [], "", 0
+    while True:
+        page = viewer(viewer.rollouts.ListRollouts, rollout_pb2.ListRolloutsRequest(page_size=1, page_token=token))
+        seen += [r.id for r in page.rollouts]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == started[::-1] and pages == 3  # every rollout once, newest first
+    everything = viewer(viewer.rollouts.ListRollouts, rollout_pb2.ListRolloutsRequest())
+    assert [r.id for r in everything.rollouts] == seen and not everything.next_page_token
+    fails(lambda: viewer(viewer.rollouts.ListRollouts, rollout_pb2.ListRolloutsRequest(page_token="x")),
+          grpc.StatusCode.INVALID_ARGUMENT, "BAD_PAGE_TOKEN")
+    for size in (-1, 1001):
+        fails(lambda: viewer(viewer.rollouts.ListRollouts, rollout_pb2.ListRolloutsRequest(page_size=size)),
+              grpc.StatusCode.INVALID_ARGUMENT, "BAD_PAGE_SIZE")

@@ -218,3 +218,18 @@ def test_flags_show_no_value_type_in_help():
     r = CliRunner().invoke(root, ["ctl", "rollout", "start", "--help"], terminal_width=200)
     lines = {ln.split()[1]: ln for ln in r.stdout.splitlines() if ln.strip().startswith("│ --")}
     assert "<bool>" not in lines["--wait"] and "<int>" in lines["--traffic"], r.stdout
+
+
+def test_rollout_list_pages_up_to_its_limit(control_plane, op):
+    from factpatch.v1 import fleet_pb2, rollout_pb2
+
+    from .helpers import rid
+
+    digest = op.push(random_patch({W: (64, 128)}, "sha256:" + "2" * 64)).digest
+    for n in ("q1", "q2", "q3"):
+        op(op.fleet.RegisterShard, fleet_pb2.RegisterShardRequest(request_id=rid(), name=n, address="http://127.0.0.1:9"))
+        op(op.rollouts.StartRollout, rollout_pb2.StartRolloutRequest(request_id=rid(), patch=digest, shards=[n],
+                                                                     canary_shards=[n], canary_traffic_percent=0))
+    listed = lambda *a: json.loads(ctl(control_plane, "--json", "rollout", "list", *a, token=VIEWER_TOKEN).stdout)["rollouts"]
+    assert len(listed("--limit", "2")) == 2
+    assert len(listed("--limit", "0")) == len(listed()) == 3

@@ -217,18 +217,22 @@ class GetRolloutRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListRolloutsRequest(_message.Message):
-    __slots__ = ("page_size", "active_only")
+    __slots__ = ("page_size", "active_only", "page_token")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     active_only: bool
-    def __init__(self, page_size: _Optional[int] = ..., active_only: _Optional[bool] = ...) -> None: ...
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., active_only: _Optional[bool] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListRolloutsResponse(_message.Message):
-    __slots__ = ("rollouts",)
+    __slots__ = ("rollouts", "next_page_token")
     ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     rollouts: _containers.RepeatedCompositeFieldContainer[Rollout]
-    def __init__(self, rollouts: _Optional[_Iterable[_Union[Rollout, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, rollouts: _Optional[_Iterable[_Union[Rollout, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchRolloutRequest(_message.Message):
     __slots__ = ("id",)

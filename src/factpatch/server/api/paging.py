@@ -12,6 +12,8 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
+from factpatch.server.api.errors import invalid
+
 MAX_PAGE_BYTES = 3 * 2**20
 
 M = TypeVar("M", bound=Message)
@@ -28,3 +30,15 @@ def within_page_bytes(items: Sequence[M], budget: int = MAX_PAGE_BYTES) -> list[
             break
         out.append(item)
     return out
+
+
+def page_offset(token: str) -> int:
+    """The offset a list's page_token stands for ("" is the first page); anything this server did not
+    give is refused (BAD_PAGE_TOKEN)."""
+    try:
+        offset = int(token or 0)
+    except ValueError:
+        offset = -1
+    if not 0 <= offset < 2**62:  # SQLite's OFFSET is a signed 64-bit integer
+        raise invalid("BAD_PAGE_TOKEN", "page_token is not one this server gave", field="page_token")
+    return offset

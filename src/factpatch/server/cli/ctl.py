@@ -303,13 +303,22 @@ def rollout_status(ctx: typer.Context, rollout_id: str) -> None:
 
 
 @rollout_app.command("list")
-def rollout_list(ctx: typer.Context, active: bool = typer.Option(False, "--active")) -> None:
+def rollout_list(ctx: typer.Context, active: bool = typer.Option(False, "--active"),
+                 limit: int = typer.Option(100, "--limit", min=0, help="At most this many, newest first; 0: all.")) -> None:
     """Rollouts, newest first (--active: only unfinished ones).
 
     Example: factpatch ctl rollout list --active
     """
     c: Ctx = ctx.obj
-    resp = c.call(c.rollouts.ListRollouts, rollout_pb2.ListRolloutsRequest(active_only=active))
+    resp, token = rollout_pb2.ListRolloutsResponse(), ""
+    while True:  # page on until --limit: a page stops at 1,000 rollouts or about 3 MiB
+        want = 1000 if limit == 0 else min(1000, limit - len(resp.rollouts))
+        page = c.call(c.rollouts.ListRollouts, rollout_pb2.ListRolloutsRequest(active_only=active, page_size=want,
+                                                                               page_token=token))
+        resp.rollouts.extend(page.rollouts)
+        token = page.next_page_token
+        if not token or (limit and len(resp.rollouts) >= limit):
+            break
 
     def render(resp):
         t = Table("id", "state", "step", "patch", "reason")

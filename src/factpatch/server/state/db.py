@@ -316,12 +316,12 @@ class Database:
         rows = self.q("SELECT * FROM rollouts WHERE id=?", (rollout_id,))
         return self._rollout(rows[0]) if rows else None
 
-    def rollouts(self, active_only: bool = False, limit: int = 1000) -> list[Rollout]:
+    def rollouts(self, active_only: bool = False, limit: int = 1000, offset: int = 0) -> list[Rollout]:
         sql = "SELECT * FROM rollouts"
         if active_only:
             sql += " WHERE state IN (%s)" % ",".join("?" * len(ACTIVE))
-        sql += " ORDER BY created DESC LIMIT ?"
-        args = (*ACTIVE, limit) if active_only else (limit,)
+        sql += " ORDER BY created DESC, id LIMIT ? OFFSET ?"  # id: a total order, so pages neither repeat nor skip
+        args = (*ACTIVE, limit, offset) if active_only else (limit, offset)
         return [self._rollout(r) for r in self.q(sql, args)]
 
     def insert_rollout(self, c: sqlite3.Connection, r: Rollout) -> None:

@@ -16,7 +16,7 @@ from factpatch.server.api.context import ControlPlane
 from factpatch.server.api.errors import ApiError, invalid, not_found, precondition
 from factpatch.server.api.idempotency import request_hash
 from factpatch.server.api.interceptor import call_principal, current_call
-from factpatch.server.api.paging import within_page_bytes
+from factpatch.server.api.paging import page_offset, within_page_bytes
 from factpatch.server.state.store import StoreCorrupt, valid_digest
 from factpatch.v1 import common_pb2, patch_pb2, patch_pb2_grpc
 
@@ -174,12 +174,7 @@ class PatchService(patch_pb2_grpc.PatchServiceServicer):
         size = request.page_size or 100
         if not 0 < size <= 1000:
             raise invalid("BAD_PAGE_SIZE", "page_size must be between 1 and 1000", field="page_size")
-        try:
-            offset = int(request.page_token or 0)
-        except ValueError:
-            offset = -1
-        if not 0 <= offset < 2**62:  # SQLite's OFFSET is a signed 64-bit integer
-            raise invalid("BAD_PAGE_TOKEN", "page_token is not one this server gave", field="page_token")
+        offset = page_offset(request.page_token)
         rows = self.cp.db.patches(size + 1, offset)
         # Manifests grow with their edits: a page stops before the client's message limit, and pages on.
         patches = within_page_bytes([self._patch(r["digest"]) for r in rows[:size]])
