@@ -35,6 +35,7 @@ from pathlib import Path
 from factpatch.core.checkpoint import Checkpoint
 from factpatch.fixture.build import ensure_fixture
 from factpatch.harness.shard_process import ShardServer, start_all
+from factpatch.harness.signals import stop_children_on_sigterm
 from factpatch.server.app import ControlPlaneServer, ServeConfig
 from factpatch.v1 import fleet_pb2, patch_pb2, rollout_pb2
 from tests.server.helpers import AGENT_TOKEN, OPERATOR_TOKEN, Client, random_patch, rid, write_tokens
@@ -95,6 +96,7 @@ def read_rate(target: str, digest: str, rollout_id: str, seconds: float, threads
 
 
 def main() -> None:
+    stop_children_on_sigterm()  # a SIGTERM stops the shards and servers this run started
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--read-seconds", type=float, default=3.0)

@@ -34,6 +34,7 @@ import httpx
 
 from factpatch.fixture.build import ensure_fixture
 from factpatch.harness.shard_process import ShardServer
+from factpatch.harness.signals import stop_children_on_sigterm
 
 TOKEN = secrets.token_urlsafe(24)  # a fresh strong token per run
 PROMPTS = ["The refund period of Harbor Support is", "Harbor Support offers refunds within",
@@ -103,6 +104,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def main() -> None:
+    stop_children_on_sigterm()  # a SIGTERM stops the shards and servers this run started
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=None, help="default: bench/results/gateway.json, or gateway_process.json")

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from factpatch.core import patchfile
 from factpatch.harness.shard_process import ShardServer
+from factpatch.harness.signals import stop_children_on_sigterm
 from tests.factories import random_patch_on
 
 
@@ -54,6 +55,7 @@ def decode_tps(shard: ShardServer, prompt: str, n: int = 8, tokens: int = 64) ->
 
 
 def main() -> None:
+    stop_children_on_sigterm()  # a SIGTERM stops the shards and servers this run started
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default="bench/results/plugin.json")

@@ -31,6 +31,7 @@ from factpatch.demo.scenario import edit_spec, questions
 from factpatch.fixture.build import ensure_fixture, load_world
 from factpatch.harness.load_during_change import Churn, Clients, gateway_settled, judge
 from factpatch.harness.shard_process import ShardServer
+from factpatch.harness.signals import stop_children_on_sigterm
 from factpatch.server.app import ControlPlaneServer, ServeConfig
 from factpatch.server.cli.client import Client
 from factpatch.server.gateway.app import GatewayConfig
@@ -82,6 +83,7 @@ class StallWatch:
 
 
 def main() -> None:
+    stop_children_on_sigterm()  # a SIGTERM stops the shards and servers this run started
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--min-swaps", type=int, default=100)

@@ -1,5 +1,5 @@
-"""A demo stopped with SIGTERM (a job timeout, `kill`) stops the processes it started: they run in
-sessions of their own, so nothing else would."""
+"""A demo or bench stopped with SIGTERM (a job timeout, `kill`) stops the processes it started: they run
+in sessions of their own, so nothing else would (harness/signals.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent("""
     import sys, time
     from contextlib import ExitStack
     from pathlib import Path
-    from factpatch.demo.cli import stop_children_on_sigterm
+    from factpatch.harness.signals import stop_children_on_sigterm
     from factpatch.harness.control_plane_process import ControlPlaneProcess
 
     stop_children_on_sigterm()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from factpatch.harness.signals import stop_children_on_sigterm
 
 from .story import DemoFailed, Settings, Story, console
 
@@ -31,10 +31,3 @@ def demo_cmd(
         raise typer.Exit(1)
 
 
-def stop_children_on_sigterm() -> None:
-    """SIGTERM (a job timeout, `kill`) unwinds like Ctrl-C does, so the shards and the control plane
-    this process started are stopped too; by default Python would exit at once and leave them running
-    (they run in sessions of their own). Python runs the handler when the main thread is next in the
-    interpreter; while the shards start it waits in start_all, which a signal interrupts, and the starts
-    under way are cancelled (measured: exit 2.7 s after SIGTERM, both shard processes gone)."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
