@@ -10,9 +10,7 @@ where it is.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -77,21 +75,8 @@ class Moments(Mapping):
 
     def fresh(self, layer: int) -> torch.Tensor:
         """C in memory of its own, the caller's to overwrite (a solve can build λC + KᵀK in it instead of
-        beside it). Read into one buffer, not through a mapping of the file, so C's bytes count once."""
-        if layer in self._held:
-            return self._held[layer].clone()
-        path = self._path(layer)
-        with path.open("rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            meta = json.loads(f.read(header_len))["mom2"]
-            if meta["dtype"] != "F64":
-                raise ValueError(f"{path}: mom2 is {meta['dtype']}, expected F64")
-            begin, end = meta["data_offsets"]
-            out = torch.empty(meta["shape"], dtype=torch.float64)
-            f.seek(8 + header_len + begin)
-            if f.readinto(out.numpy().reshape(-1).view("u1")) != end - begin:
-                raise ValueError(f"{path}: shorter than its header says")
-        return out
+        beside it); the file's mapping is let go once it is copied."""
+        return self[layer].clone()
 
     def _path(self, layer: int) -> Path:
         path = self._files[layer]
@@ -120,7 +105,7 @@ def second_moments(
     use_cache: bool = True,
     progress: bool = False,
     fingerprint: str | None = None,
-) -> dict[int, torch.Tensor]:
+) -> Moments:
     """C for every layer (`Moments`); cached layers are read, the rest computed in one pass and cached."""
     fingerprint = fingerprint or model_fingerprint(adapter.model)
     paths = {l: stats_path(fingerprint, adapter.param_name(l), corpus, n_samples, max_len) for l in layers}
