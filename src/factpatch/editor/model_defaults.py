@@ -26,11 +26,14 @@ main model (`FALLBACK_FILE`), and its layers by depth.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .values import DECAY_FORMS, NORM_REFS
 
 HPARAMS_DIR = Path(__file__).parent / "hparams"
 FIXTURE_REPORT = "train_report.json"
@@ -52,9 +55,9 @@ class ValueDefaults(_Strict):
     steps: int = Field(None, ge=1)  # the published v_num_grad_steps
     lr: float = Field(None, gt=0)  # v_lr
     weight_decay: float = Field(None, ge=0)  # v_weight_decay
-    decay_form: Literal["ratio_squared", "published"] = None
+    decay_form: Literal[DECAY_FORMS] = None
     clamp_norm: float = Field(None, gt=0)  # clamp_norm_factor
-    norm_ref: Literal["mlp", "residual"] = None  # what the clamp is a multiple of: ROME the MLP output, MEMIT the layer's
+    norm_ref: Literal[NORM_REFS] = None  # what the clamp is a multiple of: ROME the MLP output, MEMIT the layer's
     kl_factor: float = Field(None, ge=0)
     early_stop_nll: float = Field(None, gt=0)
     early_stop_kl: float | None = Field(None, gt=0)
@@ -147,6 +150,7 @@ def _config_shape(config: Any) -> dict[str, Any]:
 FALLBACK_FILE = HPARAMS_DIR / "gpt-j-6b.json"
 
 
+@functools.cache
 def fallback() -> ModelDefaults:
     return load_file(FALLBACK_FILE)
 
