@@ -7,8 +7,8 @@ is megabytes). A page therefore stops before its items pass MAX_PAGE_BYTES, and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
@@ -42,3 +42,20 @@ def page_offset(token: str) -> int:
     if not 0 <= offset < 2**62:  # SQLite's OFFSET is a signed 64-bit integer
         raise invalid("BAD_PAGE_TOKEN", "page_token is not one this server gave", field="page_token")
     return offset
+
+
+def page_size(value: int, default: int = 100, most: int = 1000) -> int:
+    """A request's page_size (0: the default); outside 1..most is refused (BAD_PAGE_SIZE): SQLite would
+    read a negative LIMIT as "no limit"."""
+    size = value or default
+    if not 0 < size <= most:
+        raise invalid("BAD_PAGE_SIZE", f"page_size must be between 1 and {most}", field="page_size")
+    return size
+
+
+def offset_page(rows: Sequence[Any], size: int, offset: int, message: Callable[[Any], M]) -> tuple[list[M], str]:
+    """One page of an offset-paged list: `rows` were read from `offset` with a limit of size + 1 (one more
+    tells whether a next page exists). Returns up to `size` messages within MAX_PAGE_BYTES, and the
+    next_page_token ("" on the last page)."""
+    page = within_page_bytes([message(r) for r in rows[:size]])
+    return page, str(offset + len(page)) if len(rows) > len(page) else ""

@@ -16,7 +16,7 @@ from factpatch.server.api.context import ControlPlane
 from factpatch.server.api.errors import ApiError, invalid, not_found, precondition
 from factpatch.server.api.idempotency import request_hash
 from factpatch.server.api.interceptor import call_principal, current_call
-from factpatch.server.api.paging import page_offset, within_page_bytes
+from factpatch.server.api.paging import offset_page, page_offset, page_size
 from factpatch.server.state.store import StoreCorrupt, valid_digest
 from factpatch.v1 import common_pb2, patch_pb2, patch_pb2_grpc
 
@@ -171,15 +171,10 @@ class PatchService(patch_pb2_grpc.PatchServiceServicer):
         return self._patch(request.digest)
 
     def ListPatches(self, request, context):
-        size = request.page_size or 100
-        if not 0 < size <= 1000:
-            raise invalid("BAD_PAGE_SIZE", "page_size must be between 1 and 1000", field="page_size")
-        offset = page_offset(request.page_token)
-        rows = self.cp.db.patches(size + 1, offset)
+        size, offset = page_size(request.page_size), page_offset(request.page_token)
         # Manifests grow with their edits: a page stops before the client's message limit, and pages on.
-        patches = within_page_bytes([self._patch(r["digest"]) for r in rows[:size]])
-        more = len(rows) > len(patches)
-        return patch_pb2.ListPatchesResponse(patches=patches, next_page_token=str(offset + len(patches)) if more else "")
+        patches, token = offset_page(self.cp.db.patches(size + 1, offset), size, offset, lambda r: self._patch(r["digest"]))
+        return patch_pb2.ListPatchesResponse(patches=patches, next_page_token=token)
 
     def DeletePatch(self, request, context):
         self._patch(request.digest)  # NOT_FOUND first

@@ -17,7 +17,7 @@ from factpatch.server.api import convert
 from factpatch.server.api.context import ControlPlane
 from factpatch.server.api.errors import ApiError, invalid, not_found, precondition
 from factpatch.server.api.interceptor import call_principal
-from factpatch.server.api.paging import page_offset, within_page_bytes
+from factpatch.server.api.paging import offset_page, page_offset, page_size
 from factpatch.server.api.services.patches import check_digest
 from factpatch.server.control import analysis, releases
 from factpatch.server.control.prometheus_gate import PrometheusUnreachable
@@ -203,16 +203,12 @@ class RolloutService(rollout_pb2_grpc.RolloutServiceServicer):
         return self._msg(self._rollout(request.id))
 
     def ListRollouts(self, request, context):
-        size = request.page_size or 100
-        if not 0 < size <= 1000:  # SQLite would read a negative LIMIT as "no limit"
-            raise invalid("BAD_PAGE_SIZE", "page_size must be between 1 and 1000", field="page_size")
-        offset = page_offset(request.page_token)
+        size, offset = page_size(request.page_size), page_offset(request.page_token)
         rows = self.cp.db.rollouts(active_only=request.active_only, limit=size + 1, offset=offset)
         # A rollout's steps, gates and messages make it a few KiB at most, but a page stops before a
         # client's message limit all the same.
-        page = within_page_bytes([self._msg(r) for r in rows[:size]])
-        more = len(rows) > len(page)
-        return rollout_pb2.ListRolloutsResponse(rollouts=page, next_page_token=str(offset + len(page)) if more else "")
+        rollouts, token = offset_page(rows, size, offset, self._msg)
+        return rollout_pb2.ListRolloutsResponse(rollouts=rollouts, next_page_token=token)
 
     def WatchRollout(self, request, context):
         r = self._rollout(request.id)
