@@ -135,3 +135,46 @@ def test_the_gateway_refuses_a_weak_token_file_naming_it(tmp_path):
                            env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, r.stderr
         assert f"--token-file {weak}" in r.stderr and says in r.stderr
+
+
+def test_the_client_tokens_file_is_read_again_when_it_changes(tmp_path, caplog):
+    """A client token added, rotated or revoked in the file takes effect on a running control plane;
+    a file broken by a bad edit keeps the tokens it held, and says why."""
+    import grpc
+
+    from factpatch.server.app import ControlPlaneServer, ServeConfig
+    from factpatch.server.cli.client import Client
+    from factpatch.v1 import patch_pb2
+
+    tokens = write_tokens(tmp_path / "tokens.yaml")
+    srv = ControlPlaneServer(ServeConfig(state_dir=tmp_path / "state", listen="127.0.0.1:0", tokens_file=tokens,
+                                         agent_token=AGENT_TOKEN, reconcile_interval=0.2))
+    srv.start()
+    address = f"127.0.0.1:{srv.port}"
+
+    def lists(token: str) -> bool:
+        c = Client(address, token)
+        try:
+            c(c.patches.ListPatches, patch_pb2.ListPatchesRequest(), timeout=10)
+            return True
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e
+            return False
+        finally:
+            c.close()
+
+    try:
+        assert lists(OPERATOR_TOKEN) and not lists(NEXT_TOKEN)
+        original = tokens.read_text()
+        tokens.write_text(original + f"- {{principal: new-bot, role: viewer, token: {NEXT_TOKEN}}}\n")
+        assert lists(NEXT_TOKEN) and lists(OPERATOR_TOKEN)  # added: both accepted
+        tokens.write_text(f"- {{principal: new-bot, role: operator, token: {NEXT_TOKEN}}}\n")
+        assert lists(NEXT_TOKEN) and not lists(OPERATOR_TOKEN)  # the old one revoked, no restart
+        with caplog.at_level("ERROR", logger="factpatch.auth"):
+            tokens.write_text("- {principal: typo, role: operatr, token: %s}\n" % OPERATOR_TOKEN)
+            assert lists(NEXT_TOKEN) and not lists(OPERATOR_TOKEN)  # the broken file changed nothing
+        assert "role must be one of" in caplog.text and "still accepting" in caplog.text
+        tokens.unlink()
+        assert lists(NEXT_TOKEN)  # nor does a deleted one
+    finally:
+        srv.stop(0)

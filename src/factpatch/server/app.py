@@ -18,7 +18,7 @@ from prometheus_client import start_http_server
 
 from factpatch.core.shard_endpoints import ShardEndpoints
 from factpatch.core.signing import TrustedKeys
-from factpatch.server.api.auth import TokenTable, operator_token_check
+from factpatch.server.api.auth import ClientTokensFile, operator_token_check
 from factpatch.server.api.context import ControlPlane
 from factpatch.server.api.idempotency import Idempotency
 from factpatch.server.api.interceptor import Pipeline
@@ -138,7 +138,7 @@ class ControlPlaneServer:
         if cfg.tokens_file is None:
             raise ValueError("no client tokens: pass --client-tokens-file (a list of {principal, role, token})")
         self.cfg = cfg
-        tokens = TokenTable.from_file(cfg.tokens_file)
+        tokens = ClientTokensFile(cfg.tokens_file)  # read again when it changes: rotation needs no restart
         self.state_lock = StateDirLock(cfg.state_dir).acquire()  # before anything reads or writes the state
         try:
             self._assemble(cfg, tokens, agent_token)
@@ -146,7 +146,7 @@ class ControlPlaneServer:
             self.state_lock.release()  # a refused start leaves the directory free for the next try
             raise
 
-    def _assemble(self, cfg: ServeConfig, tokens: TokenTable, agent_token: AgentToken) -> None:
+    def _assemble(self, cfg: ServeConfig, tokens: ClientTokensFile, agent_token: AgentToken) -> None:
         endpoints = {name: ShardEndpoints.parse(text) for name, text in cfg.shards.items()}
         db = Database(cfg.state_dir / "state.db")
         store = PatchStore(cfg.state_dir / "patches")

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,6 +22,8 @@ from typing import Callable
 import yaml
 
 from factpatch.core.tokens import weakness
+
+log = logging.getLogger("factpatch.auth")
 
 VIEWER = "viewer"
 OPERATOR = "operator"
@@ -88,6 +93,8 @@ class TokenTable:
     def __init__(self, entries: list[dict]):
         self._by_hash: dict[str, Principal] = {}
         for i, e in enumerate(entries):
+            if not isinstance(e, dict):
+                raise ValueError(f"token entry {i}: must be a mapping of principal, role and token, got {type(e).__name__}")
             role = e.get("role")
             if role not in TOKEN_ROLES:
                 raise ValueError(f"token entry {i}: role must be one of {sorted(TOKEN_ROLES)}, got {role!r}")
@@ -110,7 +117,12 @@ class TokenTable:
         data = yaml.safe_load(Path(path).read_text()) or []
         if isinstance(data, dict):
             data = data.get("tokens", [])
-        return cls(list(data))
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: must hold a list of token entries (or a mapping with 'tokens'), got {type(data).__name__}")
+        return cls(data)
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
 
     def authenticate(self, authorization: str | None) -> Principal | None:
         if not authorization or not authorization.startswith("Bearer "):
@@ -125,7 +137,49 @@ class TokenTable:
         return None
 
 
-def operator_token_check(tokens: TokenTable) -> Callable[[str | None], bool]:
+class ClientTokensFile:
+    """A client tokens file read again whenever it changes on disk (size, mtime or inode), so adding,
+    rotating or revoking a client token needs no restart. A file that is wrong at start is refused
+    (ValueError naming the entry); one that turns wrong later keeps the last good table and logs why,
+    once per version of the file — a typo never locks every client out.
+
+        tokens = ClientTokensFile("tokens.yaml")
+        principal = tokens.authenticate(metadata.get("authorization"))
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._seen = self._signature()
+        self._table = TokenTable.from_file(self.path)
+
+    def _signature(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def table(self) -> TokenTable:
+        seen = self._signature()
+        if seen == self._seen:
+            return self._table
+        with self._lock:
+            if seen != self._seen:
+                self._seen = seen
+                try:
+                    self._table = TokenTable.from_file(self.path)
+                    log.info("client tokens file %s read again: %d tokens", self.path, len(self._table))
+                except (OSError, ValueError, yaml.YAMLError) as e:
+                    why = getattr(e, "strerror", None) or str(e)
+                    log.error("client tokens file %s: %s; still accepting the tokens it held before", self.path, why)
+        return self._table
+
+    def authenticate(self, authorization: str | None) -> Principal | None:
+        return self.table().authenticate(authorization)
+
+
+def operator_token_check(tokens: TokenTable | ClientTokensFile) -> Callable[[str | None], bool]:
     """Whether a bare token (not an Authorization header) is an operator's."""
     def check(token: str | None) -> bool:
         principal = tokens.authenticate(f"Bearer {token}") if token else None

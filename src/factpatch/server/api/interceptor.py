@@ -17,6 +17,7 @@ from factpatch.server.api.auth import (
     ANONYMOUS,
     OPERATOR,
     UNLOCKED_METHODS,
+    ClientTokensFile,
     Principal,
     TokenTable,
     allowed,
@@ -77,7 +78,7 @@ def well_formed(request, method: str):
 
 
 class Pipeline(grpc.ServerInterceptor):
-    def __init__(self, tokens: TokenTable, audit: AuditLog, idempotency: Idempotency, mutation_lock: threading.RLock,
+    def __init__(self, tokens: TokenTable | ClientTokensFile, audit: AuditLog, idempotency: Idempotency, mutation_lock: threading.RLock,
                  streams: StreamSlots | None = None):
         self.streams = streams or StreamSlots(workers=32)
         self.tokens = tokens

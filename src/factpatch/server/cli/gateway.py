@@ -41,7 +41,7 @@ def gateway(
     state it received while the control plane is down, and picks the control plane up again when
     it returns."""
     from factpatch.core.tokens import TokenFile, WeakTokenError
-    from factpatch.server.api.auth import TokenTable, operator_token_check
+    from factpatch.server.api.auth import ClientTokensFile, operator_token_check
     from factpatch.server.cli import logs
     from factpatch.server.cli.session import bearer_token, control_plane_channel
     from factpatch.server.gateway.app import Gateway, GatewayConfig
@@ -68,7 +68,7 @@ def gateway(
     may_force = (lambda t: False)
     if client_tokens_file:
         try:
-            may_force = operator_token_check(TokenTable.from_file(client_tokens_file))
+            may_force = operator_token_check(ClientTokensFile(client_tokens_file))
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--client-tokens-file")
 
