@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from .adapters import Adapter
+from .cov_solve import CovSolver, solver
 from .keys import protected_context_keys, subject_keys, written_context_keys, written_paraphrase_keys
 from .values import ValueParams, build_rows, optimise_values
 from .weights import add_low_rank
@@ -105,13 +106,13 @@ def fallback_layer(enabled: bool, chosen: int | None, n_layers: int, editable: l
     return layer
 
 
-def input_direction(key: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+def input_direction(key: torch.Tensor, cov: torch.Tensor | CovSolver) -> torch.Tensor:
     """C⁻¹k*/(k*ᵀC⁻¹k*) in float64: W += δ ⊗ this writes exactly δ at k* and as little as C allows elsewhere."""
-    ck = torch.linalg.solve(cov.to(torch.float64), key.to(torch.float64))
+    ck = solver(cov)(key)
     return ck / (key.to(torch.float64) @ ck)
 
 
-def equal_gain_direction(keys: torch.Tensor, cov: torch.Tensor, ridge: float,
+def equal_gain_direction(keys: torch.Tensor, cov: torch.Tensor | CovSolver, ridge: float,
                          protected: torch.Tensor | None = None, protected_ridge: float | None = None) -> torch.Tensor:
     """The direction d of least dᵀCd that reads every row of `keys` ([rows, key_dim], one per context) with
     gain k·d close to 1, and every row of `protected` (contexts to leave alone) with gain close to 0, in
@@ -122,7 +123,7 @@ def equal_gain_direction(keys: torch.Tensor, cov: torch.Tensor, ridge: float,
     k = keys.to(torch.float64)
     rows = k.shape[0]
     a = k if protected is None or not len(protected) else torch.cat([k, protected.to(torch.float64)])
-    cia = torch.linalg.solve(cov.to(torch.float64), a.T)  # C⁻¹Aᵀ [key_dim, rows of A]
+    cia = solver(cov)(a.T)  # C⁻¹Aᵀ [key_dim, rows of A]
     gram = a @ cia
     scale = torch.trace(gram[:rows, :rows]) / rows
     ridges = torch.full((a.shape[0],), ridge if protected_ridge is None else protected_ridge, dtype=gram.dtype)
@@ -157,11 +158,13 @@ def paraphrase_averaged_keys(adapter, tok, layer: int, edits, keys: torch.Tensor
     return total / count[:, None]
 
 
-def edit_directions(adapter, tok, layer: int, edits, cov: torch.Tensor, prefixes: list[str], hp: RomeParams,
+def edit_directions(adapter, tok, layer: int, edits, cov: torch.Tensor | CovSolver, prefixes: list[str], hp: RomeParams,
                     at: str = "subject") -> list[torch.Tensor]:
     """Each edit's input direction (float64): through every written context's key (equal_gain_ridge), or
     C⁻¹k* with k* averaged over the prefixes and, with paraphrase_keys, the written paraphrases. Keys at
-    the prompt's last token (at="last") always take the equal-gain direction (the default ridge when unset)."""
+    the prompt's last token (at="last") always take the equal-gain direction (the default ridge when unset).
+    C is factorised once for all of them (cov_solve)."""
+    cov = solver(cov)
     if hp.equal_gain_ridge is not None or at != "subject":
         if not hp.paraphrase_keys:
             edits = [e.model_copy(update={"paraphrases": []}) for e in edits]
@@ -182,15 +185,20 @@ def apply_rome(
     tok,
     edits,
     layer: int,
-    cov: torch.Tensor,
+    cov: torch.Tensor | CovSolver,
     prefixes: list[str],
     hp: RomeParams,
     on_edit: Callable[[int, dict], None] | None = None,
-    late: tuple[int, torch.Tensor] | None = None,
+    late: tuple[int, torch.Tensor | CovSolver] | None = None,
     at: str = "subject",
 ) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], list[dict]]:
     """Apply the edits in order to the live model; returns per layer written the stacked factors
-    (u [d,n], v [k,n]) and a record per edit. `at`: where the keys are read (see independent_edits)."""
+    (u [d,n], v [k,n]) and a record per edit. `at`: where the keys are read (see independent_edits).
+    Each C is factorised once for all the edits (held between them: d² float64 a layer)."""
+    if len(edits) > 1:
+        cov = solver(cov)
+        if late is not None:
+            late = (late[0], solver(late[1]))
     us: dict[int, list[torch.Tensor]] = {}
     vs: dict[int, list[torch.Tensor]] = {}
     info = []
@@ -212,11 +220,11 @@ def independent_edits(
     tok,
     edits,
     layer: int,
-    cov: torch.Tensor,
+    cov: torch.Tensor | CovSolver,
     prefixes: list[str],
     hp: RomeParams,
     on_progress: Callable[[str, int, int], None] | None = None,
-    late: tuple[int, torch.Tensor] | None = None,
+    late: tuple[int, torch.Tensor | CovSolver] | None = None,
     at: str = "subject",
 ) -> tuple[list[dict[int, tuple[torch.Tensor, torch.Tensor]]], list[dict]]:
     """Each edit alone on the model as it is now, all optimised in one batch: {layer: (u [d,1], v [k,1])}
@@ -255,7 +263,8 @@ def independent_edits(
     stuck = [i for i in everyone if float(nll[i]) > hp.retry_above_nll] if late is not None else []
     if stuck:
         at_layer, late_cov = late
-        late_dirs = torch.zeros(len(edits), late_cov.shape[0], dtype=torch.float64)
+        late_cov = solver(late_cov)
+        late_dirs = torch.zeros(len(edits), late_cov.dim, dtype=torch.float64)
         late_dirs[stuck] = torch.stack(edit_directions(adapter, tok, at_layer, [edits[i] for i in stuck], late_cov, prefixes, hp, at="last"))
         last = run(hp.fallback_value or hp.value, stuck, "values-last-token", at_layer, late_dirs)
         for j, i in enumerate(stuck):
