@@ -45,7 +45,8 @@ def exported_metric_names() -> set[str]:
     from factpatch.server.state.db import Database
 
     m = Metrics()
-    m.sources(shards=lambda: [], rollouts=lambda: [], monitor_count=lambda: 0, versions=lambda: ["sha256:" + "ab" * 32])
+    m.sources(shards=lambda: [], rollouts=lambda: [], monitor_count=lambda: 0, versions=lambda: ["sha256:" + "ab" * 32],
+              client_tokens=lambda: (True, 3))
     with tempfile.TemporaryDirectory() as state:
         db = Database(Path(state) / "state.db")
         probes = ProbeMetrics(m.registry)

@@ -174,7 +174,13 @@ def test_the_client_tokens_file_is_read_again_when_it_changes(tmp_path, caplog):
             tokens.write_text("- {principal: typo, role: operatr, token: %s}\n" % OPERATOR_TOKEN)
             assert lists(NEXT_TOKEN) and not lists(OPERATOR_TOKEN)  # the broken file changed nothing
         assert "role must be one of" in caplog.text and "still accepting" in caplog.text
+        # /metrics says so, read at scrape time (no client call needed), and counts the tokens in use.
+        valid = lambda: srv.metrics.registry.get_sample_value("factpatch_client_tokens_file_valid")
+        assert valid() == 0.0 and srv.metrics.registry.get_sample_value("factpatch_client_tokens") == 1
         tokens.unlink()
-        assert lists(NEXT_TOKEN)  # nor does a deleted one
+        assert lists(NEXT_TOKEN) and valid() == 0.0  # nor does a deleted one
+        write_tokens(tokens)
+        assert valid() == 1.0 and srv.metrics.registry.get_sample_value("factpatch_client_tokens") == 3
+        assert lists(OPERATOR_TOKEN) and not lists(NEXT_TOKEN)
     finally:
         srv.stop(0)

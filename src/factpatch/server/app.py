@@ -207,6 +207,7 @@ class ControlPlaneServer:
             rollouts=lambda: [(r, self._canary_share(r)) for r in db.rollouts(limit=50)],
             monitor_count=lambda: len(self.monitors.compiled),
             versions=lambda: [r["digest"] for r in db.q("SELECT digest FROM patches ORDER BY digest")],
+            client_tokens=tokens.state,
         )
 
         self.server = grpc.server(

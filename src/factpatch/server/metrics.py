@@ -147,10 +147,12 @@ class Metrics:
 
     def sources(self, shards: Callable[[], list] | None = None, rollouts: Callable[[], list] | None = None,
                 monitor_count: Callable[[], int] | None = None,
-                versions: Callable[[], Iterable[str]] | None = None) -> None:
+                versions: Callable[[], Iterable[str]] | None = None,
+                client_tokens: Callable[[], tuple[bool, int]] | None = None) -> None:
         """Where the state gauges read from (set once the gateway and the database exist)."""
         st = self._state
         st.shards, st.rollouts, st.monitor_count, st.versions = shards, rollouts, monitor_count, versions
+        st.client_tokens = client_tokens
 
     def request_series(self, version: str, shard: str) -> None:
         """Create a (version, shard)'s error and retry series at zero with its first request, so an error
@@ -171,6 +173,7 @@ class _StateCollector:
         self.rollouts: Callable[[], list] | None = None
         self.monitor_count: Callable[[], int] | None = None
         self.versions: Callable[[], Iterable[str]] | None = None
+        self.client_tokens: Callable[[], tuple[bool, int]] | None = None
 
     def describe(self):
         return []
@@ -211,6 +214,12 @@ class _StateCollector:
             for digest in self.versions():
                 info.add_metric([version_label(digest), digest], 1)
             yield info
+        if self.client_tokens:
+            valid, accepted = self.client_tokens()
+            yield GaugeMetricFamily("factpatch_client_tokens_file_valid", "1 when the client tokens file as it is now "
+                                    "was read; 0 while it is invalid and the tokens of its last valid version are in use.",
+                                    value=float(valid))
+            yield GaugeMetricFamily("factpatch_client_tokens", "Client tokens the control plane accepts.", value=accepted)
         if self.shards:
             active = GaugeMetricFamily("factpatch_shard_active_version", "1 for the version each shard reports serving.",
                                        labels=["shard", "version"])

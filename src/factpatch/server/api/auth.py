@@ -152,6 +152,7 @@ class ClientTokensFile:
         self._lock = threading.Lock()
         self._seen = self._signature()
         self._table = TokenTable.from_file(self.path)
+        self.valid = True  # whether the file's current version was read (False: an earlier one is in use)
 
     def _signature(self) -> tuple | None:
         try:
@@ -169,11 +170,19 @@ class ClientTokensFile:
                 self._seen = seen
                 try:
                     self._table = TokenTable.from_file(self.path)
+                    self.valid = True
                     log.info("client tokens file %s read again: %d tokens", self.path, len(self._table))
                 except (OSError, ValueError, yaml.YAMLError) as e:
+                    self.valid = False
                     why = getattr(e, "strerror", None) or str(e)
                     log.error("client tokens file %s: %s; still accepting the tokens it held before", self.path, why)
         return self._table
+
+    def state(self) -> tuple[bool, int]:
+        """(whether the file as it is now was read, tokens accepted), the file looked at again first:
+        what /metrics exports, so a broken file shows even while no client calls."""
+        accepted = len(self.table())
+        return self.valid, accepted
 
     def authenticate(self, authorization: str | None) -> Principal | None:
         return self.table().authenticate(authorization)
