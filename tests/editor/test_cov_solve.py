@@ -50,7 +50,12 @@ def test_a_covariance_that_is_not_positive_definite_is_solved_by_lu():
 def test_a_sequence_of_rome_edits_factorises_c_once(loaded, world, monkeypatch):
     made = []
     real = CovSolver._factorise
-    monkeypatch.setattr(cov_solve.CovSolver, "_factorise", lambda self: (made.append(self.dim), real(self))[1])
+
+    def counted(self):
+        made.append(self.dim)
+        real(self)
+
+    monkeypatch.setattr(cov_solve.CovSolver, "_factorise", counted)
     opts = EditOptions(method="rome")
     layer = rome_layer(loaded)
     cov = second_moments(loaded.adapter, loaded.tok, [layer], corpus_for(loaded, None), opts.n_samples)[layer]
