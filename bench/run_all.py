@@ -20,6 +20,7 @@ BENCHES = [
     ("editor_scale", "bench.editor_scale", False),
     ("editor_growth", "bench.editor_growth", False),
     ("rome_directions", "bench.rome_directions", False),
+    ("memit_delivery", "bench.memit_delivery", False),
     ("trace", "bench.trace_bench", False),
     ("plugin", "bench.plugin_bench", False),
     ("control_plane", "bench.control_plane_bench", False),
