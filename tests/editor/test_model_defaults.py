@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from types import SimpleNamespace
 
+import pytest
 from transformers import GPT2Config, GPTJConfig, LlamaConfig
 
 from factpatch.editor import model_defaults
@@ -98,6 +99,17 @@ def test_an_hparams_file_sets_only_the_value_fields_it_names(tmp_path):
     opts = _resolved(model_defaults.for_model(tmp_path, GPT2Config(n_layer=48, n_embd=1600), override=f))
     assert opts.rome.value == replace(RomeParams().value, steps=7, early_stop_kl=None)
     assert opts.memit == MemitParams()
+
+
+def test_an_hparams_file_sets_the_kl_plateau_stop_and_refuses_a_patience_under_one_step(tmp_path):
+    f = tmp_path / "mine.json"
+    f.write_text(json.dumps({"name": "mine", "rome": {"layer": 3, "value": {"kl_patience": 10, "kl_plateau": 0.05}, "source": "s"},
+                             "memit": {"layers": [2, 3], "source": "s"}}))
+    opts = _resolved(model_defaults.for_model(tmp_path, GPT2Config(n_layer=48, n_embd=1600), override=f))
+    assert (opts.rome.value.kl_patience, opts.rome.value.kl_plateau) == (10, 0.05)
+    f.write_text(f.read_text().replace('"kl_patience": 10', '"kl_patience": 0'))
+    with pytest.raises(model_defaults.HparamsError, match="kl_patience"):
+        model_defaults.for_model(tmp_path, GPT2Config(n_layer=48, n_embd=1600), override=f)
 
 
 def test_an_edit_runs_with_the_settings_its_hparams_file_names(tmp_path, fixture_dir, monkeypatch):

@@ -39,6 +39,29 @@ def test_an_edit_waits_for_its_kl_rows_when_asked(loaded, world):
     assert float(settled.final_kl[0]) <= float(target_only.final_kl[0])
 
 
+def test_an_edit_whose_kl_has_stopped_falling_stops_before_an_unreachable_threshold(loaded, world):
+    adapter, tok = loaded.adapter, loaded.tok
+    (edit,) = fixture_edits(world, 1, seed=7)  # an edit that says its target within the steps
+    prefixes = context_prefixes(adapter.model, tok, 4)
+    rows = build_rows(tok, edit.prompt, edit.subject, edit.target_new, prefixes)
+    layer = rome_layer(loaded)
+    cov = second_moments(adapter, tok, [layer], fixture_corpus(world), n_samples=256)[layer]
+    direction = input_direction(subject_keys(adapter, tok, layer, [edit], prefixes)[0], cov)[None].float()
+    hp = dataclasses.replace(RomeParams().value, steps=80, early_stop_kl=1e-9)  # a KL no edit reaches
+
+    threshold_only = optimise_values(adapter, tok, layer, [rows], hp, directions=direction)
+    plateau = optimise_values(adapter, tok, layer, [rows], dataclasses.replace(hp, kl_patience=3, kl_plateau=0.5),
+                              directions=direction)
+
+    assert int(threshold_only.steps_taken[0]) == hp.steps
+    assert int(plateau.steps_taken[0]) < hp.steps  # it stopped once its KL no longer fell by half in 3 steps
+    assert plateau.final_nll[0] < hp.early_stop_nll  # and only once it said its target
+    with pytest.raises(ValueError, match="kl_patience"):
+        dataclasses.replace(hp, kl_patience=0)
+    with pytest.raises(ValueError, match="kl_plateau"):
+        dataclasses.replace(hp, kl_plateau=1.5)
+
+
 def test_most_probable_early_stopping_ends_an_edit_once_its_target_leads_everywhere(loaded, world):
     """ENCORE's stop: once the target is the most probable continuation, token by token, in every row the
     edit is written in, its value is final, however far its NLL is from the usual threshold."""

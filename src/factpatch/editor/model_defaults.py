@@ -49,8 +49,8 @@ class _Strict(BaseModel):
 
 class ValueDefaults(_Strict):
     """The value optimisation's settings (values.ValueParams) a paper's code uses. A field left out keeps
-    factpatch's (the None defaults are never validated, so only `early_stop_kl` may be written as null:
-    no KL stop)."""
+    factpatch's (the None defaults are never validated, so only `early_stop_kl` and `kl_patience` may be
+    written as null: no KL stop, no plateau stop)."""
 
     steps: int = Field(None, ge=1)  # the published v_num_grad_steps
     lr: float = Field(None, gt=0)  # v_lr
@@ -61,6 +61,8 @@ class ValueDefaults(_Strict):
     kl_factor: float = Field(None, ge=0)
     early_stop_nll: float = Field(None, gt=0)
     early_stop_kl: float | None = Field(None, gt=0)
+    kl_patience: int | None = Field(None, ge=1)  # steps a flat KL is waited for (values.ValueParams)
+    kl_plateau: float = Field(None, ge=0, lt=1)
 
     def given(self) -> dict[str, Any]:
         """The fields the file names, to replace on a ValueParams."""

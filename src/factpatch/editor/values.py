@@ -49,6 +49,10 @@ class ValueParams:
     # An edit also stops only once its KL rows have moved less than this (mean KL per position);
     # None: the NLL alone decides, and the first δ that says the target is kept whatever it costs.
     early_stop_kl: float | None = None
+    # ...or once its KL has stopped falling: no step in the last `kl_patience` lowered it by more than
+    # `kl_plateau` (a share of its best so far) while the target was said. None: the threshold alone.
+    kl_patience: int | None = None
+    kl_plateau: float = 0.02
     # Most-probable early stopping (ENCORE, Gupta et al. 2025): an edit also stops once its target is the
     # most probable continuation, token by token, in every row it is written in, however low its NLL; the
     # value then carries no more than the edit needs, which the paper finds keeps mass edits specific.
@@ -69,6 +73,10 @@ class ValueParams:
             raise ValueError(f"anchor_at must be 'answer' or 'all', got {self.anchor_at!r}")
         if self.prompt_weight is not None and not self.prompt_weight > 0:
             raise ValueError(f"prompt_weight must be positive, got {self.prompt_weight!r}")
+        if self.kl_patience is not None and not self.kl_patience >= 1:
+            raise ValueError(f"kl_patience must be at least 1 step, got {self.kl_patience!r}")
+        if not 0 <= self.kl_plateau < 1:
+            raise ValueError(f"kl_plateau must be a share in [0, 1), got {self.kl_plateau!r}")
         if self.max_tokens_per_pass is not None and not self.max_tokens_per_pass > 0:
             raise ValueError(f"max_tokens_per_pass must be positive, got {self.max_tokens_per_pass!r}")
 
@@ -299,6 +307,8 @@ def optimise_values(
     final_kl = torch.full((n,), float("nan"))
     final_prompt_nll_max = torch.full((n,), float("nan"))
     steps_taken = torch.zeros(n, dtype=torch.long)
+    best_kl = torch.full((n,), float("inf"))
+    flat_steps = torch.zeros(n, dtype=torch.long)  # steps since the KL last fell by kl_plateau
     log: list[dict] = []
     for p in model.parameters():
         p.requires_grad_(False)
@@ -376,7 +386,14 @@ def optimise_values(
         # Converged edits stop here: their δ is final and they leave the batch.
         converged = nll_sum[act] < hp.early_stop_nll
         if hp.early_stop_kl is not None:
-            converged &= kl_sum[act] < hp.early_stop_kl
+            settled = kl_sum[act] < hp.early_stop_kl
+            if hp.kl_patience is not None:
+                # counted only while the target is said: the KL rises while δ grows towards it
+                fell = kl_sum[act] < best_kl[act] * (1 - hp.kl_plateau)
+                flat_steps[act] = torch.where(converged, torch.where(fell, 0, flat_steps[act] + 1), 0)
+                best_kl[act] = torch.where(converged, torch.minimum(best_kl[act], kl_sum[act]), float("inf"))
+                settled |= flat_steps[act] >= hp.kl_patience
+            converged &= settled
         if hp.stop_at_argmax:
             converged |= not_argmax[act] == 0
         newly_done = act[converged]
