@@ -78,10 +78,18 @@ def test_gateway_keeps_serving_through_a_control_plane_kill9(tmp_path, shards, f
                              {n: s.endpoints for n, s in shards.items()}, interval=0.2, gateway=False,
                              listen=f"127.0.0.1:{free_port()}",
                              extra_args=["--metrics-listen", cp_metrics.removeprefix("http://")]).start()
-    gw = GatewayProcess(tmp_path / "gw", cp.target, GATEWAY_TOKEN)
+    gw_tokens = write_tokens(tmp_path / "gateway-tokens.yaml")  # who may force a route
+    gw = GatewayProcess(tmp_path / "gw", cp.target, GATEWAY_TOKEN, extra_args=["--client-tokens-file", str(gw_tokens)])
     cl = Client(cp.target, OPERATOR_TOKEN)
     try:
         gw.start()
+        # the gateway exports its own tokens file's state: a broken edit shows at the next scrape
+        assert (gauge(gw.url, "factpatch_client_tokens_file_valid"), gauge(gw.url, "factpatch_client_tokens")) == (1, 3)
+        good = gw_tokens.read_text()
+        gw_tokens.write_text("- {principal: ops, role: superuser, token: x}\n")
+        assert (gauge(gw.url, "factpatch_client_tokens_file_valid"), gauge(gw.url, "factpatch_client_tokens")) == (0, 3)
+        gw_tokens.write_text(good)
+        assert gauge(gw.url, "factpatch_client_tokens_file_valid") == 1
         with traffic(gw.url, str(fixture_dir), fact.prompts[0]) as seen:
             wait_for("both shards to serve", lambda: {x[3] for x in seen} >= {"s0", "s1"})
             assert gauge(gw.url, "factpatch_gateway_control_plane_connected") == 1

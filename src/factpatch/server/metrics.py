@@ -219,7 +219,8 @@ class _StateCollector:
             yield GaugeMetricFamily("factpatch_client_tokens_file_valid", "1 when the client tokens file as it is now "
                                     "was read; 0 while it is invalid and the tokens of its last valid version are in use.",
                                     value=float(valid))
-            yield GaugeMetricFamily("factpatch_client_tokens", "Client tokens the control plane accepts.", value=accepted)
+            yield GaugeMetricFamily("factpatch_client_tokens", "Client tokens this process accepts (the control "
+                                    "plane: its clients; a gateway: who may force a route).", value=accepted)
         if self.shards:
             active = GaugeMetricFamily("factpatch_shard_active_version", "1 for the version each shard reports serving.",
                                        labels=["shard", "version"])

@@ -66,13 +66,17 @@ def gateway(
         raise typer.Exit(2)
     channel = control_plane_channel(control_plane, tls_ca, tls_cert, tls_key)
     may_force = (lambda t: False)
+    client_tokens = None
     if client_tokens_file:
         try:
-            may_force = operator_token_check(ClientTokensFile(client_tokens_file))
+            client_tokens = ClientTokensFile(client_tokens_file)
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--client-tokens-file")
+        may_force = operator_token_check(client_tokens)
 
     metrics = Metrics()
+    if client_tokens:  # a broken edit of the file shows here too, not only in the log
+        metrics.sources(client_tokens=client_tokens.state)
     router = Router(None, SwapTracker())
     monitors = FollowedMonitors(metrics)
     link = ControlLink(channel, token, gateway_id or f"{socket.gethostname()}-{os.getpid()}", router, monitors)
