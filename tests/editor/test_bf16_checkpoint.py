@@ -6,6 +6,7 @@ vLLM shard serving bf16 takes the patch, answers the new value and reverts bit f
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -32,6 +33,7 @@ def made(fixture_dir, edit, tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     from factpatch.editor.pipeline import EditOptions, evaluate_patch, heldout_texts, load, run_edit
+    from factpatch.editor.rome import RomeParams
 
     cache: dict[str, tuple] = {}
 
@@ -47,7 +49,12 @@ def made(fixture_dir, edit, tmp_path_factory):
             mp.setenv("FACTPATCH_STATS_CACHE", str(tmp_path_factory.mktemp(f"stats-{dtype}")))
             try:
                 loaded = load(out)
-                result = run_edit(loaded, [edit], EditOptions(method="rome"))
+                # Half-precision arithmetic is slow on a CPU and these tests read the patch's base, dtype
+                # and rounding: 300 covariance texts, and for fp16 (emulated here) 20 value steps, not 80.
+                rome = RomeParams()
+                if dtype == "float16":
+                    rome = replace(rome, value=replace(rome.value, steps=20))
+                result = run_edit(loaded, [edit], EditOptions(method="rome", n_samples=300, rome=rome))
                 report = evaluate_patch(loaded, result.patch, [edit], heldout_texts(loaded, None))
             finally:
                 mp.undo()
