@@ -51,6 +51,7 @@ class ValueParams:
     early_stop_kl: float | None = None
     # ...or once its KL has stopped falling: no step in the last `kl_patience` lowered it by more than
     # `kl_plateau` (a share of its best so far) while the target was said. None: the threshold alone.
+    # Without `early_stop_kl` it has nothing to shorten: the target alone stops an edit.
     kl_patience: int | None = None
     kl_plateau: float = 0.02
     # Most-probable early stopping (ENCORE, Gupta et al. 2025): an edit also stops once its target is the
