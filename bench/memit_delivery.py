@@ -78,16 +78,26 @@ def _scaled(patch, alpha: float):
     return Patch({n: (u * alpha, v) for n, (u, v) in patch.factors.items()}, patch.manifest)
 
 
-def values_against_patch(loaded, edits, covs) -> dict:
-    """Plain MEMIT: its values added at the subject on the base model, against the patch it writes."""
+def edited(loaded, edits, method: str):
+    """(result, seconds, [(layer, values)]): the batch edited once by `method`, with the values it found."""
     from factpatch.editor import memit
+    from factpatch.editor.memit import MemitParams
     from factpatch.editor.pipeline import EditOptions, run_edit
+
+    params = MemitParams.joint() if method == "memit-joint" else MemitParams()
+    with recorded_values(memit) as seen:
+        t0 = time.perf_counter()
+        result = run_edit(loaded, edits, EditOptions(method="memit", memit=params))
+        seconds = time.perf_counter() - t0
+    return result, seconds, seen
+
+
+def values_against_patch(loaded, edits, covs, result, values) -> dict:
+    """Plain MEMIT: its values added at the subject on the base model, against the patch it wrote."""
     from factpatch.editor.weights import apply_patch, restored_after
 
     world, adapter = loaded.world, loaded.adapter
-    with recorded_values(memit) as seen:
-        result = run_edit(loaded, edits, EditOptions(method="memit"))
-    layer, deltas = seen[0]
+    layer, deltas = values[0]
     held = [(i, t) for i, e in enumerate(edits) for t in world.heldout_paraphrases(e.subject, e.relation)]
     prompts = [(e.prompt, e.subject, e.target_new) for e in edits]
     held_items = [(t, edits[i].subject, edits[i].target_new) for i, t in held]
@@ -135,14 +145,9 @@ def values_against_patch(loaded, edits, covs) -> dict:
     }
 
 
-def scaled_updates(loaded, edits, method: str, alphas: list[float]) -> dict:
-    from factpatch.editor.memit import MemitParams
-    from factpatch.editor.pipeline import EditOptions, evaluate_patch, heldout_texts, run_edit
+def scaled_updates(loaded, edits, method: str, result, seconds: float, alphas: list[float]) -> dict:
+    from factpatch.editor.pipeline import evaluate_patch, heldout_texts
 
-    memit = MemitParams.joint() if method == "memit-joint" else MemitParams()
-    t0 = time.perf_counter()
-    result = run_edit(loaded, edits, EditOptions(method="memit", memit=memit))
-    seconds = time.perf_counter() - t0
     heldout = heldout_texts(loaded, None)
     rows = []
     for a in alphas:
@@ -175,14 +180,15 @@ def main() -> None:
     print(f"fixture {fingerprint}, {len(edits)} edits", flush=True)
     out: dict = {"fixture": fingerprint, "edits": len(edits), "seed": args.seed, "machine": platform.processor() or platform.machine(),
                  "threads": torch.get_num_threads()}
-    if "memit" in args.methods:
-        from factpatch.editor.layers import default_layers
-
-        layers = default_layers(loaded.adapter.n_layers, "memit", loaded.defaults)
-        covs = second_moments(loaded.adapter, loaded.tok, layers, corpus_for(loaded, None), fingerprint=loaded.identity)
-        out["values_against_patch"] = values_against_patch(loaded, edits, covs)
-        print(f"  values against patch: {out['values_against_patch']}", flush=True)
-    out["scaled_updates"] = [scaled_updates(loaded, edits, m, args.alphas) for m in args.methods]
+    out["scaled_updates"] = []
+    for method in args.methods:
+        result, seconds, values = edited(loaded, edits, method)
+        if method == "memit":  # --joint optimises its values through the update: no value alone to add
+            covs = second_moments(loaded.adapter, loaded.tok, result.layers, corpus_for(loaded, None),
+                                  fingerprint=loaded.identity)
+            out["values_against_patch"] = values_against_patch(loaded, edits, covs, result, values)
+            print(f"  values against patch: {out['values_against_patch']}", flush=True)
+        out["scaled_updates"].append(scaled_updates(loaded, edits, method, result, seconds, args.alphas))
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 
