@@ -94,6 +94,7 @@ def edited(loaded, edits, method: str):
 
 def values_against_patch(loaded, edits, covs, result, values) -> dict:
     """Plain MEMIT: its values added at the subject on the base model, against the patch it wrote."""
+    from factpatch.editor.cov_solve import CovSolver
     from factpatch.editor.weights import apply_patch, restored_after
 
     world, adapter = loaded.world, loaded.adapter
@@ -109,11 +110,12 @@ def values_against_patch(loaded, edits, covs, result, values) -> dict:
 
     k_prompt, k_held = _keys(loaded, layer, prompts), _keys(loaded, layer, held_items)
     owner = torch.tensor([i for i, _ in held])
-    c_inv = torch.linalg.inv(covs[layer].to(torch.float64))
-    reach = (k_prompt @ c_inv * k_prompt).sum(-1)  # kᵀC⁻¹k
-    reach_held = (k_held @ c_inv * k_held).sum(-1)
-    whitened_same = (k_prompt[owner] @ c_inv * k_held).sum(-1) / (reach[owner] * reach_held).sqrt()
-    gram = k_prompt @ c_inv @ k_prompt.T / torch.outer(reach.sqrt(), reach.sqrt())
+    solve = CovSolver(covs[layer])
+    whitened = solve(k_prompt.T).T  # C⁻¹k per prompt key
+    reach = (k_prompt * whitened).sum(-1)  # kᵀC⁻¹k
+    reach_held = (k_held * solve(k_held.T).T).sum(-1)
+    whitened_same = (k_held * whitened[owner]).sum(-1) / (reach[owner] * reach_held).sqrt()
+    gram = k_prompt @ whitened.T / torch.outer(reach.sqrt(), reach.sqrt())
     off = ~torch.eye(len(edits), dtype=torch.bool)
     raw_same = torch.nn.functional.cosine_similarity(k_prompt[owner], k_held, dim=-1)
 
