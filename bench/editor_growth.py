@@ -9,7 +9,8 @@ statistics computed beforehand and cached on disk, as a second edit finds them),
 and their ratio to the smallest batch's, the process's peak resident memory against what it held after
 loading the model and one forward pass, the checkpoint's bytes, and `factpatch eval`'s figures for the
 batch (efficacy greedy / by probability, held-out paraphrases, neighbours unchanged, perplexity drift).
-The fixture's world has 420 subjects, so a batch of distinct subjects stops there.
+The fixture's world has 420 subjects, so a batch of distinct subjects stops there. The batches run
+with `--memory-budget none` (passes of up to 2,048 rows), to show what the batch alone costs.
 
 With --budget-share S, each batch runs twice, with no budget and with `--memory-budget` S × the
 checkpoint's bytes, and bench/results/editor_memory.json gets both: the edit's peak as a ratio to the
@@ -60,7 +61,7 @@ def one(method: str, n: int, budget_share: float | None = None) -> dict:
     memit = MemitParams.joint() if method == "memit-joint" else MemitParams()
     ckpt_bytes = sum(p.stat().st_size for p in fixture.glob("*.safetensors"))
     budget = None if budget_share is None else int(budget_share * ckpt_bytes)
-    opts = EditOptions(method="memit", memit=memit, memory_budget=budget)
+    opts = EditOptions(method="memit", memit=memit, memory_budget="none" if budget is None else budget)
     # one forward pass first: the kernels and buffers any use of the model loads are not the edit's
     loaded.model(input_ids=loaded.tok(edits[0].prompt.format(edits[0].subject), return_tensors="pt").input_ids)
     loaded_rss = _current_rss_mib()

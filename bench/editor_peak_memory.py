@@ -8,7 +8,7 @@ weights, the fixture's tokenizer and world (its facts as edits, its corpus for t
 random weights what an edit writes is meaningless; what it holds while computing it is not. No model hub
 is reachable here, so the weights are made, not downloaded.
 
-    .venv/bin/python -m bench.editor_peak_memory [--shape tinyllama-1.1b] [--samples 400] [--budget-share 0.1]
+    .venv/bin/python -m bench.editor_peak_memory [--shape tinyllama-1.1b] [--samples 400] [--budget-share S]
 
 Each edit runs in a process of its own (`--one`): load the model, one forward pass, reset the process's
 peak resident memory (/proc/self/clear_refs), run the edit, read the peak. The figure is (checkpoint +
@@ -16,8 +16,10 @@ the edit's own peak above what the loaded model held) / checkpoint, with the who
 checkpoint beside it (the libraries' ~400 MiB included). ROME (one edit) and MEMIT (1 and 10 edits) at
 the layers by depth that a model no settings file matches gets, with the settings of the fallback file
 (GPT-J's) except the value steps, cut to 2: a step's memory is every step's, and 25 steps of a 1.1B
-model take most of an hour on 2 cores. Each runs with no budget and within `--memory-budget` = budget
-share × the checkpoint. Writes bench/results/editor_peak_memory.json.
+model take most of an hour on 2 cores. Each runs with `--memory-budget none` (passes of up to 2,048
+rows) and with the budget an edit takes when given none (a tenth of the model's bytes, at least 256
+MiB; editor/memory.py), and with --budget-share S also within S × the checkpoint. Writes
+bench/results/editor_peak_memory.json.
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ def hparams_file(model_dir: Path) -> Path:
     return path
 
 
-def one(model_dir: Path, method: str, n: int, samples: int, budget_share: float | None) -> dict:
+def one(model_dir: Path, method: str, n: int, samples: int, budget: str) -> dict:
+    """One edit in this process; `budget` is "none", "default" or a share of the checkpoint's bytes."""
     from factpatch.core.checkpoint import Checkpoint
     from factpatch.editor.pipeline import EditOptions, load, run_edit
     from factpatch.editor.rome import RomeParams
@@ -103,9 +106,9 @@ def one(model_dir: Path, method: str, n: int, samples: int, budget_share: float 
     loaded = load(model_dir, hparams=hparams_file(model_dir))
     edits = chain_edits(loaded.world, n, seed=0)
     ckpt = sum(f.stat().st_size for f in Checkpoint(model_dir).weight_files())
-    budget = None if budget_share is None else int(budget_share * ckpt)
+    memory_budget = budget if budget in ("none", "default") else int(float(budget) * ckpt)
     # no second pass for edits a random model does not take in VALUE_STEPS steps (200 more steps)
-    opts = EditOptions(method=method, layers="default", n_samples=samples, memory_budget=budget,
+    opts = EditOptions(method=method, layers="default", n_samples=samples, memory_budget=memory_budget,
                        rome=replace(RomeParams(), retry_lr=None))
     loaded.model(input_ids=loaded.tok(edits[0].prompt.format(edits[0].subject), return_tensors="pt").input_ids)
     held = _status_mib("VmRSS")
@@ -116,7 +119,8 @@ def one(model_dir: Path, method: str, n: int, samples: int, budget_share: float 
     peak = _status_mib("VmHWM")
     ckpt_mib = ckpt / 2**20
     return {"method": method, "edits": n, "layers": result.layers, "dtype": loaded.model_dtype,
-            "budget_mib": None if budget is None else round(budget / 2**20, 1),
+            "budget": budget,
+            "budget_mib": _budget_mib(loaded, memory_budget),
             "seconds": round(seconds, 1), "value_steps": VALUE_STEPS,
             "memory_mib": {"checkpoint": round(ckpt_mib, 1), "after_load": round(held, 1), "peak": round(peak, 1),
                            "edit_increment": round(peak - held, 1)},
@@ -124,25 +128,33 @@ def one(model_dir: Path, method: str, n: int, samples: int, budget_share: float 
             "process_peak_vs_checkpoint": round(peak / ckpt_mib, 3)}
 
 
+def _budget_mib(loaded, memory_budget) -> float | None:
+    """The budget the edit ran within, in MiB (None: none)."""
+    from factpatch.editor.memory import default_budget
+
+    if memory_budget == "none":
+        return None
+    return round((default_budget(loaded.model) if memory_budget == "default" else memory_budget) / 2**20, 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="tinyllama-1.1b")
     ap.add_argument("--samples", type=int, default=400, help="corpus texts for the covariance (its size is the MLP's width squared whatever their number)")
-    ap.add_argument("--budget-share", type=float, default=0.1)
-    ap.add_argument("--one", nargs=5, metavar=("MODEL", "METHOD", "N", "SAMPLES", "SHARE"), help=argparse.SUPPRESS)
+    ap.add_argument("--budget-share", type=float, default=None, help="also run each edit within this share of the checkpoint's bytes")
+    ap.add_argument("--one", nargs=5, metavar=("MODEL", "METHOD", "N", "SAMPLES", "BUDGET"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        model, method, n, samples, share = args.one
-        print(json.dumps(one(Path(model), method, int(n), int(samples), None if share == "none" else float(share))))
+        model, method, n, samples, budget = args.one
+        print(json.dumps(one(Path(model), method, int(n), int(samples), budget)))
         return
     from factpatch.fixture.build import ensure_fixture
 
     model_dir = make_model(args.shape, ensure_fixture())
     env = {**os.environ, "FACTPATCH_STATS_CACHE": str(WORK / "stats")}
 
-    def run(method: str, n: int, share: float | None) -> dict:
-        cmd = [sys.executable, "-m", "bench.editor_peak_memory", "--one", str(model_dir), method, str(n), str(args.samples),
-               "none" if share is None else str(share)]
+    def run(method: str, n: int, budget: str) -> dict:
+        cmd = [sys.executable, "-m", "bench.editor_peak_memory", "--one", str(model_dir), method, str(n), str(args.samples), budget]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1]
         print(out, flush=True)
         return json.loads(out)
@@ -150,9 +162,9 @@ def main() -> None:
     # one edit first: the covariance of every layer either method writes is computed and cached on disk,
     # so each measured edit reads it as a second edit would
     for method in ("memit", "rome"):
-        run(method, 1, None)
-    runs = [run(method, n, share) for method, n in (("rome", 1), ("memit", 1), ("memit", 10))
-            for share in (None, args.budget_share)]
+        run(method, 1, "none")
+    budgets = ["none", "default"] + ([] if args.budget_share is None else [str(args.budget_share)])
+    runs = [run(method, n, budget) for method, n in (("rome", 1), ("memit", 1), ("memit", 10)) for budget in budgets]
     RESULTS.write_text(json.dumps({
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "shape": {"name": args.shape, **SHAPES[args.shape]}, "weights": "random (seed 0), bf16",

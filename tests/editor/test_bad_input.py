@@ -100,7 +100,8 @@ def test_joint_memit_takes_one_layer_and_only_memit(tmp_path, fixture_dir):
 
 
 def test_memory_budget_must_be_above_zero(tmp_path, fixture_dir):
-    assert "--memory-budget 0.0: MiB of activations" in _run(tmp_path, fixture_dir, _yaml(), "--memory-budget", "0")
+    for bad in ("0", "-3", "lots"):
+        assert f"--memory-budget {bad!r}: MiB of activations" in _run(tmp_path, fixture_dir, _yaml(), "--memory-budget", bad)
 
 
 def test_chain_weight_needs_a_parent_and_a_weight_of_zero_or_more(tmp_path, fixture_dir):

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from factpatch.editor.memit import MemitParams
-from factpatch.editor.memory import activation_bytes_per_token, tokens_per_pass
+from factpatch.editor.memory import (
+    DEFAULT_BUDGET_FLOOR,
+    activation_bytes_per_token,
+    default_budget,
+    model_bytes,
+    tokens_per_pass,
+)
 from factpatch.editor.pipeline import EditOptions, with_memory_budget
 from factpatch.editor.prompts import context_prefixes
 from factpatch.editor.rome import RomeParams
@@ -64,7 +70,9 @@ def test_the_budget_reaches_every_value_setting(loaded):
     tokens = tokens_per_pass(activation_bytes_per_token(loaded.adapter, layer), 2**20)
     for value in (capped.rome.value, capped.rome.fallback_value, capped.memit.value, capped.memit.retry_value):
         assert value.max_tokens_per_pass == tokens
-    assert with_memory_budget(EditOptions(), loaded.adapter, [layer]) == EditOptions()
+    assert with_memory_budget(EditOptions(memory_budget="none"), loaded.adapter, [layer]) == EditOptions(memory_budget="none")
+    with pytest.raises(ValueError, match="memory_budget must be bytes"):
+        with_memory_budget(EditOptions(memory_budget="lots"), loaded.adapter, [layer])
     with pytest.raises(ValueError, match="max_tokens_per_pass"):
         ValueParams(max_tokens_per_pass=0)
 
@@ -81,3 +89,18 @@ def test_keys_and_residuals_read_in_budgeted_passes_are_the_same(loaded, world):
     for read in (keys_of_rows, residuals_of_rows):
         whole, small = read(loaded.adapter, loaded.tok, layer, rows), read(loaded.adapter, loaded.tok, layer, rows, max_tokens=30)
         assert torch.allclose(small, whole, rtol=1e-4, atol=1e-5 * float(whole.abs().max()))
+
+
+def test_an_edit_given_no_budget_takes_a_tenth_of_the_model_at_least_the_floor(loaded):
+    """The default bounds every batch: the fixture is far smaller than the floor, so it gets the floor; a
+    model ten times the floor's size gets a tenth of itself."""
+    layer = rome_layer(loaded)
+    n_bytes = model_bytes(loaded.model)
+    assert n_bytes == sum(p.numel() * p.element_size() for p in loaded.model.parameters()) + sum(
+        b.numel() * b.element_size() for b in loaded.model.buffers())
+    assert n_bytes < 10 * DEFAULT_BUDGET_FLOOR and default_budget(loaded.model) == DEFAULT_BUDGET_FLOOR
+    big = torch.nn.Linear(1, 20 * DEFAULT_BUDGET_FLOOR // 4, bias=False, device="meta")  # float32: 20 floors, none allocated
+    assert default_budget(big) == 2 * DEFAULT_BUDGET_FLOOR
+    capped = with_memory_budget(EditOptions(), loaded.adapter, [layer])
+    tokens = tokens_per_pass(activation_bytes_per_token(loaded.adapter, layer), DEFAULT_BUDGET_FLOOR)
+    assert capped.rome.value.max_tokens_per_pass == capped.memit.value.max_tokens_per_pass == tokens

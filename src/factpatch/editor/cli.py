@@ -136,6 +136,21 @@ def _fallback_settings(fallback_layer: str | None) -> tuple[dict[str, Any], dict
     return on, {**on, "shared_subject_last_token": True}
 
 
+def _memory_budget(value: str | None) -> int | str:
+    """--memory-budget as EditOptions.memory_budget: bytes, "default" when not given, or "none"."""
+    if value is None:
+        return "default"
+    if value.strip().lower() == "none":
+        return "none"
+    try:
+        mib = float(value)
+    except ValueError:
+        mib = float("nan")
+    if not mib > 0 or mib == float("inf"):
+        _fail(f"--memory-budget {value!r}: MiB of activations a pass may hold, a number above 0, or none")
+    return int(mib * 2**20)
+
+
 def _print_layer_choice(report: dict[str, Any] | None) -> None:
     """Where --layers auto's choice came from: measured now, or read back from the stored one."""
     if not report:
@@ -171,7 +186,7 @@ def edit_cmd(
     null_space: Optional[float] = typer.Option(None, "--null-space", help="MEMIT confined to the directions the corpus keys leave empty (AlphaEdit): eigenvalues of the key covariance below this share of the largest, e.g. 1e-4; with --parent the chain's earlier edits are left as they are too. Default: off (MEMIT's solve)."),
     chain_weight: Optional[float] = typer.Option(None, "--chain-weight", help="With --parent: how much each of the chain's earlier edits' keys weighs against a new edit's in MEMIT's solve (held as they are). Default: 100 with --joint (it keeps earlier batches' edits, bench/results/editor_tuning.md), 0 otherwise (MEMIT as published)."),
     stop_at_argmax: bool = typer.Option(False, "--stop-at-argmax", help="Stop each edit's value optimisation once its target is the most probable answer in every phrasing it is written in (ENCORE's most-probable early stopping). ROME single edits about 4x faster for fewer paraphrases and neighbours held; it loses MEMIT batches their edits (bench/results/editor_tuning.md)."),
-    memory_budget: Optional[float] = typer.Option(None, "--memory-budget", help="MiB of activations one pass of the edit may keep for its backward pass (the value optimisation's, and those reading keys and residuals; measured per token for this model); the backward's transient gradients come on top, about as much again. A batch too large for it takes more, smaller passes. Default: up to 2,048 rows a pass."),
+    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", metavar="MIB|none", help="MiB of activations one pass of the edit may keep for its backward pass (the value optimisation's, and those reading keys and residuals; measured per token for this model); the backward's transient gradients come on top, about as much again. A batch too large for it takes more, smaller passes. Default: a tenth of the model's bytes, at least 256 MiB; 'none': up to 2,048 rows a pass, however large."),
     sign_key: Optional[Path] = typer.Option(None, "--sign-key", exists=True, dir_okay=False, help="Sign the patch with this private key (PEM, elliptic curve): writes OUT.sig beside it (see `factpatch patch sign`)."),
 ) -> None:
     """Compute a ROME or MEMIT edit and write it as a patch file."""
@@ -190,8 +205,7 @@ def edit_cmd(
     if chain_weight is not None and (method != "memit" or parent is None or not chain_weight >= 0):
         _fail(f"--chain-weight {chain_weight!r}: a weight ≥ 0 for --method memit with --parent (it weighs the parent "
               "chain's edits)")
-    if memory_budget is not None and not memory_budget > 0:
-        _fail(f"--memory-budget {memory_budget!r}: MiB of activations a pass may hold, a number above 0")
+    budget = _memory_budget(memory_budget)
     rome_fallback, memit_fallback = _fallback_settings(fallback_layer)
     try:
         parsed = edit_spec.load(spec)
@@ -211,7 +225,7 @@ def edit_cmd(
         rome = replace(rome, value=replace(rome.value, stop_at_argmax=True))
     opts = EditOptions(method=method, layers=layers, corpus_dir=str(corpus) if corpus else None, n_samples=samples, parent=str(parent) if parent else None, progress=True, seed=seed,
                        rome=rome, memit=memit,
-                       memory_budget=None if memory_budget is None else int(memory_budget * 2**20), layer_cache=not retrace)
+                       memory_budget=budget, layer_cache=not retrace)
     edits = parsed.edits
     with _run_progress() as bar:
         tasks: dict[str, int] = {}

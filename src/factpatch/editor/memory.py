@@ -12,6 +12,12 @@ peak adds that pass's transient tensors and what the edit holds besides (keys, c
 
     per_token = activation_bytes_per_token(adapter, layer=2)
     tokens = tokens_per_pass(per_token, budget=12 * 2**20)   # 12 MiB of activations a pass
+
+Without a budget of its own an edit takes `default_budget`: a tenth of the model's bytes, at least
+256 MiB. A batch's activations otherwise grow with it (ten MEMIT edits on a 1.1B model: 2.4 × the
+checkpoint at the peak), and a pass holds about twice what autograd saves (the backward's transient
+gradients), so a tenth keeps an edit's peak near 1.4 × the checkpoint; the floor keeps small models'
+passes large enough not to slow them (bench/results/editor_peak_memory.json).
 """
 
 from __future__ import annotations
@@ -28,6 +34,20 @@ from .hooks import add_to_output
 # rows a probe pass holds, and their length: per-token bytes barely depend on the length (attention is
 # computed by a fused kernel that saves no score matrix), so a short probe is enough
 PROBE_ROWS, PROBE_TOKENS = 2, 32
+
+
+DEFAULT_BUDGET_SHARE = 0.1
+DEFAULT_BUDGET_FLOOR = 256 * 2**20
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers as held (the dtype it was loaded in)."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def default_budget(model: torch.nn.Module) -> int:
+    """The memory budget an edit takes when given none (module docstring)."""
+    return max(int(DEFAULT_BUDGET_SHARE * model_bytes(model)), DEFAULT_BUDGET_FLOOR)
 
 
 def activation_bytes_per_token(adapter: Adapter, layer: int) -> float:

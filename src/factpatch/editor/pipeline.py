@@ -27,7 +27,7 @@ from .auto_layers import choose_layers
 from .corpus import Corpus, CorpusError, fixture_corpus, folder_corpus
 from .layer_cache import choice_key, choose_once
 from .memit import MemitParams, apply_memit
-from .memory import activation_bytes_per_token, tokens_per_pass
+from .memory import activation_bytes_per_token, default_budget, tokens_per_pass
 from .model_identity import model_identity
 from .prompts import TokenizationError, encode
 from .rome import RomeParams, apply_rome, independent_edits
@@ -145,8 +145,9 @@ class EditOptions:
     progress: bool = False
     seed: int = 0
     # Bytes of activations one pass of the edit may hold (the value optimisation's, and the passes that
-    # read keys, residuals and references; editor/memory.py); None: the value settings' row cap alone.
-    memory_budget: int | None = None
+    # read keys, residuals and references; editor/memory.py). "default": memory.default_budget, from the
+    # model's size; "none": the value settings' row cap alone.
+    memory_budget: int | str = "default"
     # layers="auto": read the choice stored for this model and these relations (layer_cache); False runs
     # the trace and the sweep again and stores the new choice over it.
     layer_cache: bool = True
@@ -329,9 +330,12 @@ def with_memory_budget(opts: EditOptions, adapter: Adapter, layers: list[int]) -
     """The value settings with `max_tokens_per_pass` from `opts.memory_budget`, measured at the lowest of
     `layers` (the most activations above it), for every value optimisation the edit may run (the passes
     reading keys and residuals take their bound from the same settings)."""
-    if opts.memory_budget is None:
+    if opts.memory_budget == "none":
         return opts
-    tokens = tokens_per_pass(activation_bytes_per_token(adapter, min(layers)), opts.memory_budget)
+    budget = default_budget(adapter.model) if opts.memory_budget == "default" else opts.memory_budget
+    if not isinstance(budget, int) or isinstance(budget, bool):
+        raise ValueError(f"memory_budget must be bytes (an int), 'default' or 'none'; got {opts.memory_budget!r}")
+    tokens = tokens_per_pass(activation_bytes_per_token(adapter, min(layers)), budget)
 
     def cap(value: ValueParams | None) -> ValueParams | None:
         return None if value is None else replace(value, max_tokens_per_pass=tokens)
