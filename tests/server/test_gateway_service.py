@@ -208,3 +208,35 @@ def test_a_token_file_that_turns_weak_keeps_the_last_good_token(tmp_path, caplog
     f.write_text("change-me\n")
     with pytest.raises(WeakTokenError, match="line 1: refused"):
         TokenFile(f, "--token-file")
+
+
+def test_one_snapshot_per_state_however_many_gateways_watch(control_plane, gw, op):
+    service, swaps = control_plane.gateway_service, control_plane.cp.reconciler.swaps
+    streams = [watch(gw, f"gw-{i}") for i in range(4)]
+    firsts = [next(s) for s in streams]
+    assert len({f.generation for f in firsts}) == 1
+    built = service.builds
+    op(op.fleet.RegisterShard, fleet_pb2.RegisterShardRequest(request_id=rid(), name="a", address="http://127.0.0.1:9"))
+    for s in streams:
+        snap = next(s)
+        while not snap.shards:
+            snap = next(s)
+        assert [x.name for x in snap.shards] == ["a"]
+    # every watch saw the change, from far fewer builds than one per watch and state
+    states = service.db.generation - firsts[0].generation
+    assert 1 <= service.builds - built <= states + 1
+    # the same state: the same snapshot; a swap beginning is a new state, whatever the database says
+    same = service.shared_snapshot()
+    assert service.shared_snapshot() is same
+    gen = service.db.generation
+    swaps.on_change, on_change = None, swaps.on_change  # not nudged: only the tracker knows
+    try:
+        swaps.begin("a")
+        assert service.db.generation == gen
+        blocked = service.shared_snapshot()
+        assert blocked is not same and blocked.shards[0].blocked and blocked.shards[0].swap_mark > 0
+        swaps.end("a", gen + 1)
+    finally:
+        swaps.on_change = on_change
+    for s in streams:
+        s.cancel()

@@ -195,7 +195,7 @@ class ControlPlaneServer:
         # Gateway processes (`factpatch gateway`) watch the routing state and report their traffic.
         self.remote_gateways = RemoteGateways()
         swaps.remote, swaps.on_change = self.remote_gateways, db.nudge
-        gateway_service = GatewayService(db, swaps, self.monitors, self.observations, self.remote_gateways)
+        self.gateway_service = GatewayService(db, swaps, self.monitors, self.observations, self.remote_gateways)
         # The routing view: the in-process gateway routes by it; the shard and split gauges read it
         # whether or not this process serves a gateway.
         self.router = Router(db, swaps)
@@ -221,7 +221,7 @@ class ControlPlaneServer:
         monitor_pb2_grpc.add_MonitorServiceServicer_to_server(MonitorService(self.monitors), self.server)
         probe_pb2_grpc.add_ProbeServiceServicer_to_server(ProbeService(self.prober), self.server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(self.cp.audit), self.server)
-        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(gateway_service, self.server)
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(self.gateway_service, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)

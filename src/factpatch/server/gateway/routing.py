@@ -81,6 +81,7 @@ class SwapTracker:
         # route nothing more to the shard and have nothing in flight there.
         self.marks: dict[str, int] = {}
         self._mark = 0
+        self.version = 0  # counts begin() and end(): what a routing snapshot reads of this changed
         self.remote = None  # RemoteGateways (control/gateway_fleet.py): drains wait for them too
         self.on_change: Callable[[], None] | None = None  # a swap began or ended (wakes routing watchers)
         self.on_idle: Callable[[], None] | None = None  # the last request left a shard being swapped
@@ -90,6 +91,7 @@ class SwapTracker:
             self._busy[shard] = 0
             self._mark += 1
             self.marks[shard] = self._mark
+            self.version += 1
         if self.on_change:
             self.on_change()
 
@@ -108,6 +110,7 @@ class SwapTracker:
     def end(self, shard: str, generation: int) -> None:
         with self._lock:
             self._busy[shard] = generation
+            self.version += 1
         if self.on_change:
             self.on_change()
 

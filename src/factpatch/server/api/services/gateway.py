@@ -2,12 +2,15 @@
 
 A snapshot is the whole state (a fleet's shards, splits and monitors are small), sent once at the
 start of a watch and again after each change: a gateway that missed some never has to reconcile
-deltas, it replaces what it had.
+deltas, it replaces what it had. Every watch wakes on every change of the state database, so the
+snapshot is built once per state (database generation, swaps begun and ended, compiled monitors) and
+shared by all of them, not once per watching gateway.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 import uuid
 
@@ -74,8 +77,24 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         self.db, self.swaps, self.monitors = db, swaps, monitors
         self.observations, self.gateways = observations, gateways
         self.instance = uuid.uuid4().hex  # tells a gateway that the control plane restarted
+        self._shared_lock = threading.Lock()
+        self._shared: tuple[tuple[int, int], object, gateway_pb2.RoutingSnapshot] | None = None
+        self.builds = 0  # snapshots built: once per state, however many gateways watch
+
+    def shared_snapshot(self) -> gateway_pb2.RoutingSnapshot:
+        """The snapshot of the current state, built once for every watch that asks for it. The state is
+        read before the build, so a snapshot is never older than the state it is kept for (a change
+        during the build makes the next caller build again). Callers must not modify it."""
+        key, compiled = (self.db.generation, self.swaps.version), self.monitors.compiled
+        with self._shared_lock:
+            if self._shared is not None and self._shared[0] == key and self._shared[1] is compiled:
+                return self._shared[2]
+            snap = self.snapshot()
+            self._shared = (key, compiled, snap)
+            return snap
 
     def snapshot(self) -> gateway_pb2.RoutingSnapshot:
+        self.builds += 1
         t = build_table(self.db)
         compiled = self.monitors.compiled
         shards = []
@@ -98,7 +117,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
             last, sent_at = None, 0.0
             while context.is_active():
                 gen = self.db.generation  # read before the snapshot: a change while building wakes the wait
-                snap = self.snapshot()
+                snap = self.shared_snapshot()
                 content = gateway_pb2.RoutingSnapshot()
                 content.CopyFrom(snap)
                 content.generation = 0  # most writes (audit records) change nothing a gateway routes by
