@@ -80,10 +80,22 @@ def test_a_model_no_file_matches_takes_the_fallback_files_settings_not_the_fixtu
     assert opts.memit.mom2_weight == fallback.memit.mom2_weight
 
 
-def test_the_fixtures_layers_carry_no_settings_so_its_own_stay(tmp_path):
-    fixture = model_defaults.ModelDefaults(name="fixture", rome=model_defaults.RomeDefaults(layer=2, source="trace"),
-                                           memit=model_defaults.MemitDefaults(layers=[2], source="trace"))
-    assert _resolved(fixture) == EditOptions()
+def test_the_fixtures_defaults_name_its_layers_and_romes_fallback_and_its_own_settings_stay(fixture_dir):
+    from transformers import AutoConfig
+
+    fixture = model_defaults.for_model(fixture_dir, AutoConfig.from_pretrained(str(fixture_dir)))
+    assert fixture.name == "fixture" and fixture.rome.value is None and fixture.memit.value is None
+    opts = _resolved(fixture)
+    assert opts.rome.last_token_fallback is True
+    assert replace(opts, rome=replace(opts.rome, last_token_fallback=None)) == EditOptions()
+    # the caller's choice (--fallback-layer off, or a layer) stands over the model's
+    assert _resolved(fixture, EditOptions(rome=RomeParams(last_token_fallback=False))).rome.last_token_fallback is False
+
+
+def test_romes_fallback_is_off_for_a_published_family_and_a_model_no_file_matches(tmp_path):
+    for d in (model_defaults.for_model(tmp_path, GPTJConfig(n_layer=28, n_embd=4096)), None):
+        assert _resolved(d).rome.last_token_fallback is False
+    assert all(not d.rome.last_token_fallback for d in model_defaults.published())
 
 
 def test_joint_keeps_its_own_value_settings_under_a_published_file(tmp_path):

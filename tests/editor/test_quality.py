@@ -26,6 +26,7 @@ from factpatch.editor.pipeline import (
     run_edit,
     run_single_edits,
 )
+from factpatch.editor.rome import fallback_layer
 from factpatch.editor.weights import apply_patch
 
 from .conftest import fixture_edits, memit_layers, rome_layer
@@ -47,18 +48,21 @@ def _assert_targets(m: dict, efficacy: float, paraphrase: float, neighbours: flo
 
 @pytest.mark.xfail(strict=False, reason=(
     "ROME's targets (0.99 / 0.90 / 0.98 over 50 edits) hold on some builds of the fixture and not on others: on the "
-    "default recipe's seed build (18e178ee) one edit of 50 does not take (0.98 / 0.93 / 0.984): no value at its "
-    "subject's last token moves its prompt (target NLL 1.94 even with no decay and no KL anchors); written at the "
-    "prompt's last token (--fallback-layer 3, off by default) it takes. Until ROME takes every edit on every build, "
-    "a user should expect an occasional single edit that does not take; `factpatch eval` names it. Non-strict "
-    "because the builds that meet the target must stay green; figures in the README."))
+    "default recipe's seed build (18e178ee) they hold (1.00 / 0.95 / 0.981) with ROME's last-token fallback, on for "
+    "the fixture, which writes the one edit no value at its subject moves; on seed 1's build (b937934a) "
+    "neighbours stay under theirs (1.00 / 0.91 / 0.971). Non-strict because the builds that meet the target must "
+    "stay green; figures in the README."))
 def test_rome_single_edits_meet_the_targets(loaded, world):
     # Each edit keeps its subject's other facts (in another phrasing than the one evaluated) and is written
     # in its relation's other trained phrasings; paraphrases are evaluated on the held-out phrasings.
     edits = [e.model_copy(update={"paraphrases": world.trained_paraphrases(e.subject, e.relation)})
              for e in fixture_edits(world, 50, seed=11, keep=True)]
     results = run_single_edits(loaded, edits, EditOptions(method="rome"))
-    assert all(r.layers == [rome_layer(loaded)] for r in results)
+    for r in results:  # at the ROME layer, or where the manifest says the last-token fallback wrote it
+        (written,) = [e["written"] for e in r.patch.manifest["edits"]]
+        late = fallback_layer(True, None, loaded.adapter.n_layers, loaded.adapter.editable_layers())
+        at = {"subject": [rome_layer(loaded)], "last": [late]}[written["key_at"]]
+        assert r.layers == written["layers"] == at
     # No held-out text: ROME's targets say nothing of perplexity, and 50 passes over it cost 25 s.
     # The evaluation gets the edits without their paraphrases, so nothing written is measured.
     m = evaluate_each(loaded, [r.patch for r in results], [e.model_copy(update={"paraphrases": []}) for e in edits], [])["metrics"]

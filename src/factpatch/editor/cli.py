@@ -121,11 +121,11 @@ def _written_text(w: dict | None) -> str:
 
 
 def _fallback_settings(fallback_layer: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """--fallback-layer as (ROME, MEMIT) settings. None (the default): ROME's fallback off, MEMIT's pass
-    for shared subjects on at its default layer. A layer number: both on there, MEMIT's for single
-    edits too. "off": none."""
+    """--fallback-layer as (ROME, MEMIT) settings. None (the default): ROME's fallback as the model's
+    settings say (on for the fixture, off for a published model), MEMIT's pass for shared subjects on at
+    its default layer. A layer number: both on there, MEMIT's for single edits too. "off": none."""
     if fallback_layer is None:
-        return {"last_token_fallback": False}, {"last_token_fallback": False}
+        return {}, {"last_token_fallback": False}
     if fallback_layer.strip().lower() == "off":
         return {"last_token_fallback": False}, {"last_token_fallback": False, "shared_subject_last_token": False}
     try:
@@ -181,7 +181,7 @@ def edit_cmd(
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate the patch and record the metrics in its manifest."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the edit report (timings, metrics) as JSON."),
     seed: int = typer.Option(0, "--seed"),
-    fallback_layer: Optional[str] = typer.Option(None, "--fallback-layer", help="Where edits not taken at the subject are written again, with their key at the prompt's last token (not part of ROME or MEMIT; the manifest names each such edit). A layer number: on there for every method and edit. off: never. Default: MEMIT writes there only the edits of a subject edited several times in the batch that its shared value did not carry, two thirds down the model."),
+    fallback_layer: Optional[str] = typer.Option(None, "--fallback-layer", help="Where edits not taken at the subject are written again, with their key at the prompt's last token (not part of ROME or MEMIT; the manifest names each such edit). A layer number: on there for every method and edit. off: never. Default: MEMIT writes there only the edits of a subject edited several times in the batch that its shared value did not carry, two thirds down the model; ROME as the model's settings say (on for the fixture, off for a published model)."),
     joint: bool = typer.Option(False, "--joint", help="MEMIT at one layer, the batch's values optimised through the very update the patch writes: more edits take and fewer neighbours move, about 4x slower; best with paraphrases and keep prompts in the spec."),
     null_space: Optional[float] = typer.Option(None, "--null-space", help="MEMIT confined to the directions the corpus keys leave empty (AlphaEdit): eigenvalues of the key covariance below this share of the largest, e.g. 1e-4; with --parent the chain's earlier edits are left as they are too. Default: off (MEMIT's solve)."),
     chain_weight: Optional[float] = typer.Option(None, "--chain-weight", help="With --parent: how much each of the chain's earlier edits' keys weighs against a new edit's in MEMIT's solve (held as they are). Default: 100 with --joint (it keeps earlier batches' edits, bench/results/editor_tuning.md), 0 otherwise (MEMIT as published)."),

@@ -73,6 +73,9 @@ class RomeDefaults(_Strict):
     layer: int = Field(ge=0)
     # context prefixes k* is averaged over, besides none (ROME's code: 10 of 5 tokens and 10 of 10)
     n_prefixes: int | None = Field(default=None, ge=0)
+    # an edit ROME's value at the subject cannot carry written again at the prompt's last token
+    # (rome.RomeParams.last_token_fallback); not part of the paper, so off unless a file says otherwise
+    last_token_fallback: bool = False
     value: ValueDefaults | None = None
     source: str
 
@@ -134,7 +137,11 @@ def _fixture_defaults(model_dir: Path) -> ModelDefaults | None:
     if not layers or not data.get("acceptance", {}).get("recall"):
         return None  # a build not held to recall like a real model: its trace names no editing layers
     source = f"causal trace of the fixture build ({report})"
-    return ModelDefaults(name="fixture", rome=RomeDefaults(layer=layers["rome"][0], source=source),
+    # ROME's last-token fallback on: on the builds measured a few of 50 single edits asked with the subject
+    # last are moved by no value at the subject, and written at the last token they take
+    # (bench/results/editor_tuning.md, "ROME's last-token fallback on the fixture")
+    rome = RomeDefaults(layer=layers["rome"][0], last_token_fallback=True, source=source)
+    return ModelDefaults(name="fixture", rome=rome,
                          memit=MemitDefaults(layers=layers["memit"], source=source), origin=str(report))
 
 

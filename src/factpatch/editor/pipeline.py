@@ -302,13 +302,16 @@ def settings_source(loaded: Loaded) -> model_defaults.ModelDefaults:
 def with_model_defaults(loaded: Loaded, opts: EditOptions) -> EditOptions:
     """The settings the model's file names, over factpatch's own: MEMIT's λ, the value optimisation's
     settings (ROME's and plain MEMIT's; `--joint` optimises through its update, which no paper's
-    settings are for) and ROME's context prefixes. The fixture's report names none of them."""
+    settings are for), ROME's context prefixes, and whether ROME's last-token fallback is on where the
+    caller left it open. The fixture's report names only the last."""
     d = settings_source(loaded)
     rome, memit = opts.rome, opts.memit
     if d.rome.value is not None:
         rome = replace(rome, value=replace(rome.value, **d.rome.value.given()))
     if d.rome.n_prefixes is not None:
         rome = replace(rome, n_prefixes=d.rome.n_prefixes)
+    if rome.last_token_fallback is None:  # not chosen by the caller (--fallback-layer)
+        rome = replace(rome, last_token_fallback=d.rome.last_token_fallback)
     if d.memit.mom2_weight is not None:
         memit = replace(memit, mom2_weight=d.memit.mom2_weight)
     if d.memit.value is not None and not memit.through_update:

@@ -56,10 +56,12 @@ class RomeParams:
     retry_lr: float | None = 0.2
     retry_steps: int = 200
     retry_above_nll: float = 1.0
-    # Off by default (not part of ROME). When on, an edit still above retry_above_nll after both passes
-    # is written again from zero with its key at the prompt's last token, at `fallback_layer` (None: two
-    # thirds of the depth), keeping the lower NLL of the two; the manifest names each edit written so.
-    last_token_fallback: bool = False
+    # Not part of ROME. When on, an edit still above retry_above_nll after both passes is written again
+    # from zero with its key at the prompt's last token, at `fallback_layer` (None: two thirds of the
+    # depth), keeping the lower NLL of the two; the manifest names each edit written so. None: the model's
+    # settings decide (model_defaults: on for the fixture, whose subject-last prompts a subject's value
+    # sometimes cannot move; off for a published model, as in the paper).
+    last_token_fallback: bool | None = None
     fallback_layer: int | None = None
     # The value settings of that last-token pass (None: `value`'s).
     fallback_value: ValueParams | None = None
@@ -83,7 +85,7 @@ class RomeParams:
 
     def late_layer(self, n_layers: int, editable: list[int] | None = None, edits=()) -> int | None:
         """The layer the last-token fallback writes (None when it is off)."""
-        return fallback_layer(self.last_token_fallback, self.fallback_layer, n_layers, editable)
+        return fallback_layer(bool(self.last_token_fallback), self.fallback_layer, n_layers, editable)
 
     @property
     def retry_value(self) -> ValueParams:
