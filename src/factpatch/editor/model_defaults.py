@@ -18,7 +18,8 @@ A file:
      "memit": {"layers": [3, 4, 5, 6, 7, 8], "mom2_weight": 15000, "value": {...}, "source": "..."}}
 
 `value` holds the value optimisation's settings as the paper's code sets them (`ValueDefaults`); each
-field it names replaces factpatch's own (`values.ValueParams`), the rest stay. The fixture has no file:
+field it names replaces factpatch's own (`values.ValueParams`), the rest stay. `rome.last_token_fallback`
+(default false) turns on ROME's last-token fallback where the caller left it open. The fixture has no file:
 its layers come from its causal trace and its value settings are the dataclasses' defaults, measured on it
 (bench/results/editor_tuning.md). A model that matches no file takes the value settings of the papers'
 main model (`FALLBACK_FILE`), and its layers by depth.

@@ -84,11 +84,16 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
     def shared_snapshot(self) -> gateway_pb2.RoutingSnapshot:
         """The snapshot of the current state, built once for every watch that asks for it. The state is
         read before the build, so a snapshot is never older than the state it is kept for (a change
-        during the build makes the next caller build again). Callers must not modify it."""
-        key, compiled = (self.db.generation, self.swaps.version), self.monitors.compiled
+        during the build makes the next caller build again). A caller that read the state before the
+        kept snapshot's gets that newer one: both counters only grow, and a kept snapshot is never
+        replaced by an older one. Callers must not modify it."""
+        (gen, swaps), compiled = (self.db.generation, self.swaps.version), self.monitors.compiled
         with self._shared_lock:
-            if self._shared is not None and self._shared[0] == key and self._shared[1] is compiled:
-                return self._shared[2]
+            if self._shared is not None and self._shared[1] is compiled:
+                kept_gen, kept_swaps = self._shared[0]
+                if kept_gen >= gen and kept_swaps >= swaps:
+                    return self._shared[2]
+            key = (gen, swaps)
             snap = self.snapshot()
             self._shared = (key, compiled, snap)
             return snap
