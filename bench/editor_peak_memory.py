@@ -130,11 +130,10 @@ def one(model_dir: Path, method: str, n: int, samples: int, budget: str) -> dict
 
 def _budget_mib(loaded, memory_budget) -> float | None:
     """The budget the edit ran within, in MiB (None: none)."""
-    from factpatch.editor.memory import default_budget
+    from factpatch.editor.memory import budget_bytes
 
-    if memory_budget == "none":
-        return None
-    return round((default_budget(loaded.model) if memory_budget == "default" else memory_budget) / 2**20, 1)
+    budget = budget_bytes(memory_budget, loaded.model)
+    return None if budget is None else round(budget / 2**20, 1)
 
 
 def main() -> None:

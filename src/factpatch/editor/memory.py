@@ -50,6 +50,18 @@ def default_budget(model: torch.nn.Module) -> int:
     return max(int(DEFAULT_BUDGET_SHARE * model_bytes(model)), DEFAULT_BUDGET_FLOOR)
 
 
+def budget_bytes(setting: int | str, model: torch.nn.Module) -> int | None:
+    """An edit's memory budget setting (EditOptions.memory_budget) in bytes: "default" is
+    `default_budget`, "none" is None (no budget), bytes stay as given."""
+    if setting == "none":
+        return None
+    if setting == "default":
+        return default_budget(model)
+    if not isinstance(setting, int) or isinstance(setting, bool):
+        raise ValueError(f"memory_budget must be bytes (an int), 'default' or 'none'; got {setting!r}")
+    return setting
+
+
 def activation_bytes_per_token(adapter: Adapter, layer: int) -> float:
     """Bytes autograd keeps per token for a forward pass with δ added to the MLP output at `layer`."""
     model = adapter.model

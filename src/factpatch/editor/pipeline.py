@@ -27,7 +27,7 @@ from .auto_layers import choose_layers
 from .corpus import Corpus, CorpusError, fixture_corpus, folder_corpus
 from .layer_cache import choice_key, choose_once
 from .memit import MemitParams, apply_memit
-from .memory import activation_bytes_per_token, default_budget, tokens_per_pass
+from .memory import activation_bytes_per_token, budget_bytes, tokens_per_pass
 from .model_identity import model_identity
 from .prompts import TokenizationError, encode
 from .rome import RomeParams, apply_rome, independent_edits
@@ -333,11 +333,9 @@ def with_memory_budget(opts: EditOptions, adapter: Adapter, layers: list[int]) -
     """The value settings with `max_tokens_per_pass` from `opts.memory_budget`, measured at the lowest of
     `layers` (the most activations above it), for every value optimisation the edit may run (the passes
     reading keys and residuals take their bound from the same settings)."""
-    if opts.memory_budget == "none":
+    budget = budget_bytes(opts.memory_budget, adapter.model)
+    if budget is None:
         return opts
-    budget = default_budget(adapter.model) if opts.memory_budget == "default" else opts.memory_budget
-    if not isinstance(budget, int) or isinstance(budget, bool):
-        raise ValueError(f"memory_budget must be bytes (an int), 'default' or 'none'; got {opts.memory_budget!r}")
     tokens = tokens_per_pass(activation_bytes_per_token(adapter, min(layers)), budget)
 
     def cap(value: ValueParams | None) -> ValueParams | None:
