@@ -102,7 +102,7 @@ def values_one_edit_at_a_time():
         parts = [batched(adapter, tok, layer, [r], hp, **kw) for r in rows_per_edit]
         cat = lambda name: torch.cat([getattr(p, name) for p in parts])
         return ValueResult(cat("deltas"), cat("init_residual"), cat("final_nll"), cat("final_kl"), cat("steps_taken"),
-                           cat("final_prompt_nll_max"), [])
+                           cat("final_prompt_nll_max"), cat("final_prompt_missed"), [])
 
     memit_module.optimise_values = loop
     try:

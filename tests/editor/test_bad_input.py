@@ -181,7 +181,7 @@ def test_an_edit_its_parent_chain_already_made_is_refused(loaded, tmp_path):
     """On a chain the check is against the model the patch builds on (base + parent), not the base."""
     from factpatch.core import patchfile
     from factpatch.core.spec import Edit
-    from factpatch.editor.pipeline import EditInputError, EditOptions, run_edit
+    from factpatch.editor.pipeline import EditInputError, EditOptions, answers_already, run_edit
 
     edit = Edit(**GOOD)
     first = run_edit(loaded, [edit], EditOptions(method="rome")).patch
@@ -190,4 +190,5 @@ def test_an_edit_its_parent_chain_already_made_is_refused(loaded, tmp_path):
     patchfile.write(first, parent)
     with pytest.raises(EditInputError, match="already the parent chain's answer"):
         run_edit(loaded, [edit], EditOptions(method="memit", parent=str(parent)))
-    run_edit(loaded, [edit], EditOptions(method="memit"))  # against the base alone it is a change
+    assert answers_already(loaded, [edit], first).all()
+    assert not answers_already(loaded, [edit], None).any()  # against the base alone it is a change

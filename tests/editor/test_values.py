@@ -150,7 +150,7 @@ def test_prompt_weight_sets_the_prompts_share_of_the_nll(loaded):
 
 def test_rome_optimises_an_edit_not_taken_again_with_smaller_steps(loaded, world):
     """An edit whose NLL stays above `retry_above_nll` gets a second pass from zero (retry_lr, retry_steps)
-    and keeps the better of the two; the other edits are left exactly as the first pass made them."""
+    and keeps the better of the two (here its bare prompt's answer does not count: retry_on_prompt off); the other edits are left exactly as the first pass made them."""
     from factpatch.editor.rome import independent_edits
 
     adapter, tok = loaded.adapter, loaded.tok
@@ -162,7 +162,7 @@ def test_rome_optimises_an_edit_not_taken_again_with_smaller_steps(loaded, world
     first, first_info = independent_edits(adapter, tok, edits, layer, cov, prefixes, RomeParams(value=short, retry_lr=None))
     nll = [r["nll"] for r in first_info]
     cut = sorted(nll)[1]  # edits above it (the worst two) are retried
-    hp = RomeParams(value=short, retry_lr=0.2, retry_steps=60, retry_above_nll=cut)
+    hp = RomeParams(value=short, retry_lr=0.2, retry_steps=60, retry_above_nll=cut, retry_on_prompt=False)
     stages = set()
     again, info = independent_edits(adapter, tok, edits, layer, cov, prefixes, hp, on_progress=lambda s, d, t: stages.add(s))
 
@@ -177,6 +177,37 @@ def test_rome_optimises_an_edit_not_taken_again_with_smaller_steps(loaded, world
             assert r["second_pass"] and r["nll"] < before and r["steps"] > short.steps
             assert torch.equal(v0, v1) and not torch.equal(u0, u1)  # same direction, new δ
     assert sum(r["second_pass"] for r in info) == 2
+
+
+def test_rome_optimises_again_an_edit_whose_bare_prompt_misses_the_target(loaded, world):
+    """With `retry_on_prompt` an edit whose prompt, asked bare, does not say the target greedily has not
+    taken, whatever its mean NLL: with the NLL bar out of reach, exactly those edits get the second pass,
+    and one that says its prompt there keeps that pass."""
+    from factpatch.editor.rome import independent_edits
+
+    adapter, tok = loaded.adapter, loaded.tok
+    edits = fixture_edits(world, 4, seed=5)
+    prefixes = context_prefixes(adapter.model, tok, 4)
+    layer = rome_layer(loaded)
+    cov = second_moments(adapter, tok, [layer], fixture_corpus(world), n_samples=256)[layer]
+    for steps in (3, 5, 8, 12, 20):  # the fewest steps after which some prompts say the target and some not
+        short = dataclasses.replace(RomeParams().value, steps=steps)
+        first, first_info = independent_edits(adapter, tok, edits, layer, cov, prefixes, RomeParams(value=short, retry_lr=None))
+        missed = [r["prompt_missed"] > 0 for r in first_info]
+        if any(missed) and not all(missed):
+            break
+    assert any(missed) and not all(missed), "no step count leaves some prompts saying the target and some not"
+    hp = RomeParams(value=short, retry_lr=0.2, retry_steps=60, retry_above_nll=1e6, retry_on_prompt=True)
+    again, info = independent_edits(adapter, tok, edits, layer, cov, prefixes, hp)
+    for f0, f1, miss, r0, r in zip(first, again, missed, first_info, info):
+        (u0, _), (u1, _) = f0[layer], f1[layer]
+        if not miss:  # taken: bit for bit the first pass
+            assert not r["second_pass"] and torch.equal(u0, u1)
+        elif r["second_pass"]:  # kept: it takes where the first did not, or both miss and it rates the target higher
+            assert r["prompt_missed"] == 0 or r["nll"] < r0["nll"]
+        else:
+            assert torch.equal(u0, u1)
+    assert any(r["second_pass"] and r["prompt_missed"] == 0 for r in info)
 
 
 def test_rome_writes_an_edit_not_taken_at_the_prompts_last_token_at_the_fallback_layer(loaded, world):
@@ -199,7 +230,7 @@ def test_rome_writes_an_edit_not_taken_at_the_prompts_last_token_at_the_fallback
                                       on_progress=lambda s, d, t: stages.add(s))
 
     assert stages == {"values", "values-last-token"}
-    stuck = [i for i, r in enumerate(info) if r["subject_nll"] > hp.retry_above_nll]
+    stuck = [i for i, r in enumerate(info) if hp.is_stuck(r["subject_nll"], r["subject_prompt_missed"])]
     assert stuck
     for i, (f, r) in enumerate(zip(factors, info)):
         if i not in stuck:

@@ -50,15 +50,19 @@ class RomeParams:
     # (equal_gain_direction), not only their average k*. The ridge, relative to the mean gain's scale,
     # trades equal gains for the update's reach into other keys (dᵀCd). None: ROME's C⁻¹k*.
     equal_gain_ridge: float | None = 0.1
-    # An edit whose δ still rates its target below e^-retry_above_nll after `value.steps` is optimised
-    # again from zero with the smaller step `retry_lr` for `retry_steps`, and the lower NLL of the two
-    # is kept (a large step can oscillate on a few edits). None: no second pass.
+    # An edit that has not taken after `value.steps` (is_stuck: δ rates its target below
+    # e^-retry_above_nll, or its bare prompt does not say it) is optimised again from zero with the
+    # smaller step `retry_lr` for `retry_steps`, and the better of the two kept (is_better; a large step
+    # can oscillate on a few edits). None: no second pass.
     retry_lr: float | None = 0.2
     retry_steps: int = 200
     retry_above_nll: float = 1.0
-    # Not part of ROME. When on, an edit still above retry_above_nll after both passes is written again
+    # Whether an edit whose prompt, asked bare, does not say the target greedily also counts as not taken:
+    # it can rate its target well on average over its phrasings and contexts and still not answer it.
+    retry_on_prompt: bool = True
+    # Not part of ROME. When on, an edit that has still not taken after both passes is written again
     # from zero with its key at the prompt's last token, at `fallback_layer` (None: two thirds of the
-    # depth), keeping the lower NLL of the two; the manifest names each edit written so. None: the model's
+    # depth), keeping the better of the two; the manifest names each edit written so. None: the model's
     # settings decide (model_defaults: on for the fixture, whose subject-last prompts a subject's value
     # sometimes cannot move; off for a published model, as in the paper).
     last_token_fallback: bool | None = None
@@ -86,6 +90,18 @@ class RomeParams:
     def late_layer(self, n_layers: int, editable: list[int] | None = None, edits=()) -> int | None:
         """The layer the last-token fallback writes (None when it is off)."""
         return fallback_layer(bool(self.last_token_fallback), self.fallback_layer, n_layers, editable)
+
+    def is_stuck(self, nll, prompt_missed) -> bool:
+        """Whether an edit has not taken: its mean NLL above retry_above_nll, or (retry_on_prompt) its
+        bare prompt not saying the target greedily (`prompt_missed` target tokens not the most probable)."""
+        return float(nll) > self.retry_above_nll or (self.retry_on_prompt and float(prompt_missed) > 0)
+
+    def is_better(self, nll, prompt_missed, than_nll, than_prompt_missed) -> torch.Tensor:
+        """[n] bool: whether each new pass beats the δ kept so far: one that has taken beats one that has
+        not, and between two alike the lower mean NLL wins."""
+        takes = torch.tensor([not self.is_stuck(a, b) for a, b in zip(nll, prompt_missed)], dtype=torch.bool)
+        took = torch.tensor([not self.is_stuck(a, b) for a, b in zip(than_nll, than_prompt_missed)], dtype=torch.bool)
+        return (takes & ~took) | ((takes == took) & (torch.as_tensor(nll) < torch.as_tensor(than_nll)))
 
     @property
     def retry_value(self) -> ValueParams:
@@ -250,31 +266,37 @@ def independent_edits(
     everyone = list(range(len(edits)))
     res = run(hp.value, everyone, "values")
     deltas, nll, kl, steps = res.deltas.clone(), res.final_nll.clone(), res.final_kl.clone(), res.steps_taken.clone()
+    missed = res.final_prompt_missed.clone()
     second_pass = torch.zeros(len(edits), dtype=torch.bool)  # the δ kept is the second pass's
-    stuck = [i for i in everyone if float(nll[i]) > hp.retry_above_nll] if hp.retry_lr is not None else []
+    stuck = [i for i in everyone if hp.is_stuck(nll[i], missed[i])] if hp.retry_lr is not None else []
     if stuck:
         again = run(hp.retry_value, stuck, "values-retry")
-        better = again.final_nll < nll[stuck]
+        better = hp.is_better(again.final_nll, again.final_prompt_missed, nll[stuck], missed[stuck])
         kept = torch.tensor(stuck)[better]
-        deltas[kept], nll[kept], kl[kept], steps[kept] = (again.deltas[better], again.final_nll[better],
-                                                          again.final_kl[better], again.steps_taken[better])
+        deltas[kept], nll[kept], kl[kept], steps[kept], missed[kept] = (
+            again.deltas[better], again.final_nll[better], again.final_kl[better], again.steps_taken[better],
+            again.final_prompt_missed[better])
         second_pass[kept] = True
     factors = [{layer: rank_one_factors(deltas[i], directions[i])} for i in everyone]
     key_at = [at] * len(edits)
     subject_nll = nll.clone()  # the best the subject's key reached, kept for the record
-    stuck = [i for i in everyone if float(nll[i]) > hp.retry_above_nll] if late is not None else []
+    subject_missed = missed.clone()
+    stuck = [i for i in everyone if hp.is_stuck(nll[i], missed[i])] if late is not None else []
     if stuck:
         at_layer, late_cov = late
         late_cov = solver(late_cov)
         late_dirs = torch.zeros(len(edits), late_cov.dim, dtype=torch.float64)
         late_dirs[stuck] = torch.stack(edit_directions(adapter, tok, at_layer, [edits[i] for i in stuck], late_cov, prefixes, hp, at="last"))
         last = run(hp.fallback_value or hp.value, stuck, "values-last-token", at_layer, late_dirs)
+        better = hp.is_better(last.final_nll, last.final_prompt_missed, nll[stuck], missed[stuck])
         for j, i in enumerate(stuck):
-            if float(last.final_nll[j]) < float(nll[i]):
+            if bool(better[j]):
                 deltas[i], nll[i], kl[i], steps[i] = last.deltas[j], last.final_nll[j], last.final_kl[j], last.steps_taken[j]
+                missed[i] = last.final_prompt_missed[j]
                 factors[i] = {at_layer: rank_one_factors(deltas[i], late_dirs[i])}
                 key_at[i], second_pass[i] = "last", False
     info = [{"nll": float(nll[i]), "kl": float(kl[i]), "steps": int(steps[i]), "delta_norm": float(deltas[i].norm()),
              "second_pass": bool(second_pass[i]), "layer": next(iter(factors[i])), "key_at": key_at[i],
-             "subject_nll": float(subject_nll[i])} for i in everyone]
+             "subject_nll": float(subject_nll[i]), "prompt_missed": int(missed[i]),
+             "subject_prompt_missed": int(subject_missed[i])} for i in everyone]
     return factors, info

@@ -115,6 +115,9 @@ class ValueResult:
     # [n] the NLL (mean over target tokens) of the edit's prompt in its worst-served context, at its last
     # step: an edit can be fine on average and still miss its bare prompt
     final_prompt_nll_max: torch.Tensor
+    # [n] target tokens of the edit's bare prompt (its first rewrite row: the empty prefix comes first)
+    # that were not the most probable at its last step: 0 when the prompt says the target, greedy
+    final_prompt_missed: torch.Tensor
     log: list[dict] = field(default_factory=list)
 
 
@@ -173,8 +176,9 @@ class _RowTable:
     """A batch's rows, flattened once and sorted shortest first (a chunk then pads its rows to about their
     own length), with what each row is: the edit it belongs to (owner), which of the edit's KL rows
     (slot; -1 for a rewrite row), its length, where its KL is read from (a rewrite row: its end, so
-    nowhere), a rewrite row's NLL divisor (rewrite_divisors; 0 for a KL row) and whether it asks an
-    edit prompt (not a paraphrase, not a KL row)."""
+    nowhere), a rewrite row's NLL divisor (rewrite_divisors; 0 for a KL row), whether it asks an
+    edit prompt (not a paraphrase, not a KL row) and whether it is the edit's bare prompt (its first
+    rewrite row)."""
 
     rows: list[Row]
     owner: torch.Tensor
@@ -183,20 +187,24 @@ class _RowTable:
     kl_from: torch.Tensor
     divisor: torch.Tensor
     is_prompt: torch.Tensor
+    is_bare: torch.Tensor
 
     @classmethod
     def build(cls, rows_per_edit: list[EditRows], prompt_weight: float | None, anchor_at: str) -> "_RowTable":
-        entries = []  # (row, owner, slot, kl_from, divisor, is_prompt): rewrite rows first, then KL rows
+        # (row, owner, slot, kl_from, divisor, is_prompt, is_bare): rewrite rows first, then KL rows
+        entries = []
         for e, er in enumerate(rows_per_edit):
             prompt = [g < 0 for g in er.phrasing] if er.phrasing else [True] * len(er.rewrite)
-            entries += [(r, e, -1, len(r.ids), w, p) for r, w, p in zip(er.rewrite, rewrite_divisors(er, prompt_weight), prompt)]
+            entries += [(r, e, -1, len(r.ids), w, p, j == 0 and p)
+                        for j, (r, w, p) in enumerate(zip(er.rewrite, rewrite_divisors(er, prompt_weight), prompt))]
         for e, er in enumerate(rows_per_edit):
-            entries += [(r, e, j, kl_from(r, j, anchor_at), 0.0, False) for j, r in enumerate(er.kl_rows)]
+            entries += [(r, e, j, kl_from(r, j, anchor_at), 0.0, False, False) for j, r in enumerate(er.kl_rows)]
         entries.sort(key=lambda x: len(x[0].ids))  # stable: rows of one length keep that order
-        rows, owner, slot, start, divisor, is_prompt = zip(*entries) if entries else ((), (), (), (), (), ())
+        rows, owner, slot, start, divisor, is_prompt, is_bare = zip(*entries) if entries else ((),) * 7
         return cls(list(rows), torch.tensor(owner, dtype=torch.long), torch.tensor(slot, dtype=torch.long),
                    torch.tensor([len(r.ids) for r in rows], dtype=torch.long), torch.tensor(start, dtype=torch.long),
-                   torch.tensor(divisor, dtype=torch.float), torch.tensor(is_prompt, dtype=torch.bool))
+                   torch.tensor(divisor, dtype=torch.float), torch.tensor(is_prompt, dtype=torch.bool),
+                   torch.tensor(is_bare, dtype=torch.bool))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -209,7 +217,7 @@ class _RowTable:
         """The rows `keep` selects (a boolean mask or a slice), in the same order."""
         idx = keep.nonzero().squeeze(1).tolist() if isinstance(keep, torch.Tensor) else range(len(self))[keep]
         return _RowTable([self.rows[b] for b in idx], self.owner[keep], self.slot[keep], self.length[keep],
-                         self.kl_from[keep], self.divisor[keep], self.is_prompt[keep])
+                         self.kl_from[keep], self.divisor[keep], self.is_prompt[keep], self.is_bare[keep])
 
     def of_edits(self, edits: list[int], n: int) -> "_RowTable":
         wanted = torch.zeros(n, dtype=torch.bool)
@@ -307,6 +315,7 @@ def optimise_values(
     final_nll = torch.full((n,), float("nan"))
     final_kl = torch.full((n,), float("nan"))
     final_prompt_nll_max = torch.full((n,), float("nan"))
+    final_prompt_missed = torch.zeros(n)
     steps_taken = torch.zeros(n, dtype=torch.long)
     best_kl = torch.full((n,), float("inf"))
     flat_steps = torch.zeros(n, dtype=torch.long)  # steps since the KL last fell by kl_plateau
@@ -333,6 +342,7 @@ def optimise_values(
         kl_sum = torch.zeros(n)
         prompt_nll_max = torch.zeros(n)
         not_argmax = torch.zeros(n)  # target tokens, per edit, that are not yet the most probable
+        bare_missed = torch.zeros(n)  # ...of those, the ones on the edit's bare prompt
         for s, e in _length_chunks(in_pass.rows, hp.max_rows_per_pass, hp.max_tokens_per_pass):
             c = in_pass.take(slice(s, e))
             ids, mask = batch(c.rows, tok)
@@ -353,8 +363,9 @@ def optimise_values(
                 tb_rows = torch.tensor(rw)[tb]
                 logp = F.log_softmax(adapter.head(hidden[tb_rows, tp]).float(), -1)
                 tok_nll = -logp.gather(1, tt[:, None]).squeeze(1)
-                if hp.stop_at_argmax:
-                    not_argmax += torch.zeros(n).index_add(0, c.owner[tb_rows], (logp.detach().argmax(-1) != tt).float())
+                missed = (logp.detach().argmax(-1) != tt).float()
+                not_argmax += torch.zeros(n).index_add(0, c.owner[tb_rows], missed)
+                bare_missed += torch.zeros(n).index_add(0, c.owner[tb_rows], missed * c.is_bare[tb_rows])
                 # mean over a row's target tokens, then the edit's rows weighed (rewrite_divisors)
                 n_tok = torch.tensor([r.n_target for r in c.rows], dtype=torch.float)
                 w = 1.0 / (n_tok[tb_rows] * c.divisor[tb_rows])
@@ -380,6 +391,7 @@ def optimise_values(
         final_nll[act] = nll_sum[act]
         final_kl[act] = kl_sum[act]
         final_prompt_nll_max[act] = prompt_nll_max[act]
+        final_prompt_missed[act] = bare_missed[act]
         steps_taken[act] += 1
         log.append({"step": step, "active": len(active), "mean_nll": float(nll_sum[act].mean())})
         if progress:
@@ -410,4 +422,5 @@ def optimise_values(
             scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), torch.ones_like(norms))
             delta.mul_(scale[:, None])
     release_freed_memory()
-    return ValueResult(delta.detach().clone(), resid_ref, final_nll, final_kl, steps_taken, final_prompt_nll_max, log)
+    return ValueResult(delta.detach().clone(), resid_ref, final_nll, final_kl, steps_taken, final_prompt_nll_max,
+                       final_prompt_missed, log)
