@@ -80,16 +80,19 @@ def test_a_model_no_file_matches_takes_the_fallback_files_settings_not_the_fixtu
     assert opts.memit.mom2_weight == fallback.memit.mom2_weight
 
 
-def test_the_fixtures_defaults_name_its_layers_romes_fallback_and_keep_weight_and_its_own_settings_stay(fixture_dir):
+def test_the_fixtures_defaults_name_its_layers_romes_fallback_and_weights_and_its_own_settings_stay(fixture_dir):
     from transformers import AutoConfig
 
     fixture = model_defaults.for_model(fixture_dir, AutoConfig.from_pretrained(str(fixture_dir)))
     assert fixture.name == "fixture" and fixture.memit.value is None
-    assert fixture.rome.value.given() == {"anchor_kl_factor": 1.0}  # ROME's keep prompts, nothing else
+    named = {"anchor_kl_factor": 1.0, "prompt_weight": 4.0}  # ROME's keep prompts' and prompt rows' weights
+    assert fixture.rome.value.given() == named
     opts = _resolved(fixture)
-    assert opts.rome.last_token_fallback is True and opts.rome.value.anchor_kl_factor == 1.0
-    assert RomeParams().value.anchor_kl_factor != 1.0  # factpatch's own, for every other model
-    plain = replace(opts.rome, last_token_fallback=None, value=replace(opts.rome.value, anchor_kl_factor=RomeParams().value.anchor_kl_factor))
+    assert opts.rome.last_token_fallback is True
+    own = RomeParams().value  # factpatch's own, for every other model
+    for field, value in named.items():
+        assert getattr(opts.rome.value, field) == value != getattr(own, field)
+    plain = replace(opts.rome, last_token_fallback=None, value=own)
     assert replace(opts, rome=plain) == EditOptions()
     # the caller's choice (--fallback-layer off, or a layer) stands over the model's
     assert _resolved(fixture, EditOptions(rome=RomeParams(last_token_fallback=False))).rome.last_token_fallback is False

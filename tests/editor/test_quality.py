@@ -46,13 +46,6 @@ def _assert_targets(m: dict, efficacy: float, paraphrase: float, neighbours: flo
     assert m["neighbours_unchanged"] >= neighbours, _figures(m)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "ROME's targets (0.99 / 0.90 / 0.98 over 50 edits) hold on some builds of the fixture and not on others: with "
-    "the fixture's ROME settings (the last-token fallback for an edit no value at its subject moves, an edit whose "
-    "bare prompt misses retried, keep prompts weighed 1.0) they hold on the default recipe's seed build (18e178ee: "
-    "1.00 / 0.95 / 0.9925) and seed 1's (b937934a: 1.00 / 0.90 / 0.986); on seed 2's (7c79a807) the held-out "
-    "phrasings stay under theirs (1.00 / 0.87 / 0.980). Non-strict because the builds that meet the target must "
-    "stay green; figures in the README."))
 def test_rome_single_edits_meet_the_targets(loaded, world):
     # Each edit keeps its subject's other facts (in another phrasing than the one evaluated) and is written
     # in its relation's other trained phrasings; paraphrases are evaluated on the held-out phrasings.

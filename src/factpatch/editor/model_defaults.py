@@ -21,8 +21,9 @@ A file:
 field it names replaces factpatch's own (`values.ValueParams`), the rest stay. `rome.last_token_fallback`
 (default false) turns on ROME's last-token fallback where the caller left it open. The fixture has no file:
 its layers come from its causal trace, and its value settings are the dataclasses' defaults but for ROME's
-keep prompts' weight, all measured on it (bench/results/editor_tuning.md; `_fixture_defaults`). A model that matches no file takes the value settings of the papers'
-main model (`FALLBACK_FILE`), and its layers by depth.
+keep prompts' and prompt rows' weights, all measured on it (bench/results/editor_tuning.md;
+`_fixture_defaults`). A model that matches no file takes the value settings of the papers' main model
+(`FALLBACK_FILE`), and its layers by depth.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class ValueDefaults(_Strict):
     norm_ref: Literal[NORM_REFS] = None  # what the clamp is a multiple of: ROME the MLP output, MEMIT the layer's
     kl_factor: float = Field(None, ge=0)
     anchor_kl_factor: float | None = Field(None, ge=0)  # the keep prompts' KL weight (values.ValueParams)
+    prompt_weight: float | None = Field(None, gt=0)  # how many paraphrases the prompt's rows count for
     early_stop_nll: float = Field(None, gt=0)
     early_stop_kl: float | None = Field(None, gt=0)
     kl_patience: int | None = Field(None, ge=1)  # steps a flat KL is waited for (values.ValueParams)
@@ -142,11 +144,11 @@ def _fixture_defaults(model_dir: Path) -> ModelDefaults | None:
     # ROME's last-token fallback on: on the builds measured a few of 50 single edits asked with the subject
     # last are moved by no value at the subject, and written at the last token they take
     # (bench/results/editor_tuning.md, "ROME's last-token fallback on the fixture"). ROME's keep
-    # prompts weighed 1.0 in the KL term, not factpatch's general 0.25: with edits whose bare prompt
-    # misses the target retried, that holds more neighbours on every build measured and loses no edit
-    # (same note, "ROME's retry judged on the bare prompt").
-    rome = RomeDefaults(layer=layers["rome"][0], last_token_fallback=True, value=ValueDefaults(anchor_kl_factor=1.0),
-                        source=source)
+    # prompts weighed 1.0 in the KL term, not factpatch's general 0.25, and the prompt's rows (behind 7
+    # prefixes) counted as 4 paraphrases, not 7: with edits whose bare prompt misses the target retried,
+    # ROME's targets hold on every build measured (same note, "ROME's retry judged on the bare prompt").
+    value = ValueDefaults(anchor_kl_factor=1.0, prompt_weight=4.0)
+    rome = RomeDefaults(layer=layers["rome"][0], last_token_fallback=True, value=value, source=source)
     return ModelDefaults(name="fixture", rome=rome,
                          memit=MemitDefaults(layers=layers["memit"], source=source), origin=str(report))
 
