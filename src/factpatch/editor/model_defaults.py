@@ -144,9 +144,10 @@ def _fixture_defaults(model_dir: Path) -> ModelDefaults | None:
     # ROME's last-token fallback on: on the builds measured a few of 50 single edits asked with the subject
     # last are moved by no value at the subject, and written at the last token they take
     # (bench/results/editor_tuning.md, "ROME's last-token fallback on the fixture"). ROME's keep
-    # prompts weighed 1.0 in the KL term, not factpatch's general 0.25, and the prompt's rows (behind 7
-    # prefixes) counted as 4 paraphrases, not 7: with edits whose bare prompt misses the target retried,
-    # ROME's targets hold on every build measured (same note, "ROME's retry judged on the bare prompt").
+    # prompts weighed 1.0 in the KL term, not factpatch's general 0.25, and the prompt's 7 rows (one per
+    # context prefix) counted as 4 paraphrases, not 7: with edits whose bare prompt misses the target
+    # retried, ROME's targets hold on three of the four builds measured (same note, "ROME's retry judged
+    # on the bare prompt").
     value = ValueDefaults(anchor_kl_factor=1.0, prompt_weight=4.0)
     rome = RomeDefaults(layer=layers["rome"][0], last_token_fallback=True, value=value, source=source)
     return ModelDefaults(name="fixture", rome=rome,
