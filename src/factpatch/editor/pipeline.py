@@ -303,7 +303,8 @@ def with_model_defaults(loaded: Loaded, opts: EditOptions) -> EditOptions:
     """The settings the model's file names, over factpatch's own: MEMIT's λ, the value optimisation's
     settings (ROME's and plain MEMIT's; `--joint` optimises through its update, which no paper's
     settings are for), ROME's context prefixes, and whether ROME's last-token fallback is on where the
-    caller left it open. The fixture's report names the last and the keep prompts' weight."""
+    caller left it open. The fixture's report names the last, and ROME's keep prompts' and prompt rows'
+    weights (model_defaults._fixture_defaults)."""
     d = settings_source(loaded)
     rome, memit = opts.rome, opts.memit
     if d.rome.value is not None:
