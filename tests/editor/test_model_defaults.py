@@ -98,6 +98,20 @@ def test_the_fixtures_defaults_name_its_layers_romes_fallback_and_weights_and_it
     assert _resolved(fixture, EditOptions(rome=RomeParams(last_token_fallback=False))).rome.last_token_fallback is False
 
 
+def test_a_setting_the_caller_changed_stands_over_the_models_file(tmp_path, fixture_dir):
+    from transformers import AutoConfig
+
+    fixture = model_defaults.for_model(fixture_dir, AutoConfig.from_pretrained(str(fixture_dir)))
+    mine = RomeParams(value=replace(RomeParams().value, prompt_weight=1.5))
+    opts = _resolved(fixture, EditOptions(rome=mine))
+    assert opts.rome.value.prompt_weight == 1.5  # the caller's, not the fixture's 4.0
+    assert opts.rome.value.anchor_kl_factor == fixture.rome.value.anchor_kl_factor  # left open: the file's
+    gptj = model_defaults.for_model(tmp_path, GPTJConfig(n_layer=28, n_embd=4096))
+    opts = _resolved(gptj, EditOptions(rome=replace(mine, n_prefixes=3), memit=replace(MemitParams(), mom2_weight=777.0)))
+    assert (opts.rome.n_prefixes, opts.memit.mom2_weight) == (3, 777.0)
+    assert (opts.rome.value.steps, opts.rome.value.lr) == (20, 0.5)  # the paper's, which the caller left
+
+
 def test_romes_fallback_is_off_for_a_published_family_and_a_model_no_file_matches(tmp_path):
     for d in (model_defaults.for_model(tmp_path, GPTJConfig(n_layer=28, n_embd=4096)), None):
         assert _resolved(d).rome.last_token_fallback is False

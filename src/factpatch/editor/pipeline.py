@@ -304,20 +304,28 @@ def with_model_defaults(loaded: Loaded, opts: EditOptions) -> EditOptions:
     settings (ROME's and plain MEMIT's; `--joint` optimises through its update, which no paper's
     settings are for), ROME's context prefixes, and whether ROME's last-token fallback is on where the
     caller left it open. The fixture's report names the last, and ROME's keep prompts' and prompt rows'
-    weights (model_defaults._fixture_defaults)."""
+    weights (model_defaults._fixture_defaults). A setting the caller changed from factpatch's own
+    stands: the file fills in only what the caller left at its default."""
     d = settings_source(loaded)
     rome, memit = opts.rome, opts.memit
+    memit_own = MemitParams.joint() if memit.through_update else MemitParams()
     if d.rome.value is not None:
-        rome = replace(rome, value=replace(rome.value, **d.rome.value.given()))
-    if d.rome.n_prefixes is not None:
+        rome = replace(rome, value=replace(rome.value, **_left_open(rome.value, RomeParams().value, d.rome.value.given())))
+    if d.rome.n_prefixes is not None and rome.n_prefixes == RomeParams().n_prefixes:
         rome = replace(rome, n_prefixes=d.rome.n_prefixes)
     if rome.last_token_fallback is None:  # not chosen by the caller (--fallback-layer)
         rome = replace(rome, last_token_fallback=d.rome.last_token_fallback)
-    if d.memit.mom2_weight is not None:
+    if d.memit.mom2_weight is not None and memit.mom2_weight == memit_own.mom2_weight:
         memit = replace(memit, mom2_weight=d.memit.mom2_weight)
     if d.memit.value is not None and not memit.through_update:
-        memit = replace(memit, value=replace(memit.value, **d.memit.value.given()))
+        memit = replace(memit, value=replace(memit.value, **_left_open(memit.value, memit_own.value, d.memit.value.given())))
     return replace(opts, rome=rome, memit=memit)
+
+
+def _left_open(chosen: ValueParams, own: ValueParams, named: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `named` (a model file's value settings) that `chosen` still holds at factpatch's
+    own value (`own`): those a caller set otherwise are theirs to keep."""
+    return {k: v for k, v in named.items() if getattr(chosen, k) == getattr(own, k)}
 
 
 def _settings_record(loaded: Loaded, method: str) -> dict[str, Any] | None:
