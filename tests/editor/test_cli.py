@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from factpatch.cli import _register_subcommands, app
 from factpatch.core.patchfile import read
+from factpatch.editor.pipeline import answers_already
 
 from .conftest import fixture_edits, rome_layer
 
@@ -50,16 +51,22 @@ def test_edit_show_eval(tmp_path, fixture_dir, world, loaded):
     assert report["passed"] and report["patch"] == digest
     assert {"efficacy", "generalization", "neighbours_unchanged", "ppl_drift", "kl_unrelated"} <= set(report["metrics"])
 
-    # Asked of an edit it does not hold, eval names it and what the model answers instead.
-    extra = fixture_edits(world, 4, seed=21)
+    # Asked of an edit it does not hold, eval names it and what the model answers instead. The edit is one
+    # the patched model still answers the old way on this build: a patch can move another subject's answer,
+    # which is eval's to measure (on seed 3's build, Leo Krudrustax's flute → trumpet moves David Brufemu,
+    # who plays the trumpet, to the drums).
+    extra = fixture_edits(world, 12, seed=21)
     assert extra[:3] == edits
+    as_before = answers_already(loaded, [e.model_copy(update={"target_new": e.target_old}) for e in extra[3:]], patch)
+    assert as_before.any()
+    outsider = extra[3 + int(as_before.float().argmax())]
     spec4 = tmp_path / "spec4.yaml"
-    spec4.write_text(yaml.safe_dump({"edits": [e.model_dump(exclude_defaults=True) for e in extra]}))
+    spec4.write_text(yaml.safe_dump({"edits": [e.model_dump(exclude_defaults=True) for e in [*edits, outsider]]}))
     res = runner.invoke(app, ["eval", "--model", str(fixture_dir), "--patch", str(out), "--spec", str(spec4), "--json",
                               str(tmp_path / "eval4.json"), "--min-efficacy", "0"], env=env)
     missed = json.loads((tmp_path / "eval4.json").read_text())["metrics"]["edits_not_taken"]
-    assert extra[3].subject in [x["subject"] for x in missed] and "not taken" in res.output, res.output
-    assert extra[3].subject in res.output and next(x for x in missed if x["edit"] == 3)["answer"] == extra[3].target_old
+    assert outsider.subject in [x["subject"] for x in missed] and "not taken" in res.output, res.output
+    assert outsider.subject in res.output and next(x for x in missed if x["edit"] == 3)["answer"] == outsider.target_old
 
     # A gate the patch cannot meet fails the command.
     res = runner.invoke(app, ["eval", "--model", str(fixture_dir), "--patch", str(out), "--min-efficacy", "1.01"], env=env)
