@@ -12,7 +12,12 @@ One batch of distinct-subject edits, one phrasing each (`editor_scale.chain_edit
 - the keys: cosine of a subject's keys in its prompt and its held-out phrasings, raw and whitened by
   the corpus covariance (kᵀC⁻¹k'), of different subjects' keys, and kᵀC⁻¹k;
 - the written ΔW scaled by each α after the solve: `factpatch eval`'s efficacy, held-out phrasings and
-  neighbours, for each method: how much more of each δ buys, and what it costs.
+  neighbours, for each method: how much more of each δ buys, and what it costs;
+- how much of the values the solve can write, whatever their arrangement: the share of a pattern of
+  values across the edits that Δ = R Kᵀ(λC + KKᵀ)⁻¹ delivers at their keys is set by the eigenvalues of
+  G(λI + G)⁻¹, G = KᵀC⁻¹K over the batch's key rows. Values aligned with the keys' structure (EAMET,
+  Dai et al. 2025) gain only where that spectrum is spread: its mean is what unaligned values get, its
+  top what the best arrangement could.
 
 Writes bench/results/memit_delivery.json.
 """
@@ -147,6 +152,43 @@ def values_against_patch(loaded, edits, covs, result, values) -> dict:
     }
 
 
+def delivery_spectrum(loaded, edits, cov: torch.Tensor, layer: int, deltas: torch.Tensor, lams: list[float]) -> dict:
+    """The share of the values plain MEMIT's solve writes at their own keys, per λ: for the values found
+    (each edit's δ on all of its key rows), and the range over every arrangement of values across the
+    edits (the eigenvalues of the edit-level delivery operator); with how the values' cosines follow
+    the keys' (what EAMET aligns)."""
+    from factpatch.editor.keys import keys_of_rows, written_rows
+    from factpatch.editor.memit import MemitParams
+    from factpatch.editor.prompts import context_prefixes
+
+    prefixes = context_prefixes(loaded.adapter.model, loaded.tok, MemitParams().n_prefixes, seed=0)
+    rows, owner = written_rows(loaded.tok, edits, prefixes)
+    keys = keys_of_rows(loaded.adapter, loaded.tok, layer, rows)
+    gram = keys @ torch.linalg.solve(cov.to(torch.float64), keys.T)  # KᵀC⁻¹K over the key rows
+    # each edit's δ is the same on all of its rows: P spreads an edit-level pattern over them, unit norm
+    spread = torch.zeros(len(rows), len(edits), dtype=torch.float64)
+    spread[torch.arange(len(rows)), owner] = 1.0
+    spread = spread / spread.sum(0).sqrt()
+    values = spread @ deltas.to(torch.float64)
+    out: dict = {"key_rows": len(rows)}
+    for lam in lams:
+        rows_delivered = gram @ torch.linalg.inv(gram + lam * torch.eye(len(rows), dtype=torch.float64))
+        per_edit = spread.T @ rows_delivered @ spread
+        eig = torch.linalg.eigvalsh((per_edit + per_edit.T) / 2).flip(0)
+        found = torch.trace(values.T @ rows_delivered @ values) / torch.trace(values.T @ values)
+        out[f"lambda_{lam:g}"] = {"values_found": round(float(found), 3),
+                                  "any_arrangement": {"mean": round(float(eig.mean()), 3), "median": round(float(eig.median()), 3),
+                                                      "top_10": round(float(eig[:10].mean()), 3), "max": round(float(eig[0]), 3),
+                                                      "min": round(float(eig[-1]), 4)}}
+    mean_keys = torch.nn.functional.normalize(spread.T @ keys / spread.sum(0)[:, None], dim=-1)
+    unit_values = torch.nn.functional.normalize(deltas.to(torch.float64), dim=-1)
+    off = ~torch.eye(len(edits), dtype=torch.bool)
+    key_cos, value_cos = (mean_keys @ mean_keys.T)[off], (unit_values @ unit_values.T)[off]
+    out["cosines"] = {"keys_raw": round(float(key_cos.mean()), 3), "values": round(float(value_cos.mean()), 3),
+                      "correlation": round(float(torch.corrcoef(torch.stack([key_cos, value_cos]))[0, 1]), 3)}
+    return out
+
+
 def scaled_updates(loaded, edits, method: str, result, seconds: float, alphas: list[float]) -> dict:
     from factpatch.editor.pipeline import evaluate_patch, heldout_texts
 
@@ -168,6 +210,7 @@ def main() -> None:
     ap.add_argument("--alphas", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0, 3.0])
     args = ap.parse_args()
 
+    from factpatch.editor.memit import MemitParams
     from factpatch.editor.pipeline import corpus_for, load
     from factpatch.editor.stats import second_moments
     from factpatch.fixture.build import ensure_fixture
@@ -190,6 +233,10 @@ def main() -> None:
                                   fingerprint=loaded.identity)
             out["values_against_patch"] = values_against_patch(loaded, edits, covs, result, values)
             print(f"  values against patch: {out['values_against_patch']}", flush=True)
+            layer, deltas = values[0]
+            out["delivery_spectrum"] = delivery_spectrum(loaded, edits, covs[layer], layer, deltas,
+                                                         [MemitParams().mom2_weight, 3000.0, 1000.0])
+            print(f"  delivery spectrum: {out['delivery_spectrum']}", flush=True)
         out["scaled_updates"].append(scaled_updates(loaded, edits, method, result, seconds, args.alphas))
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {RESULTS}")
