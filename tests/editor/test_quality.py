@@ -51,8 +51,10 @@ def _assert_targets(m: dict, efficacy: float, paraphrase: float, neighbours: flo
     "the fixture's ROME settings (the last-token fallback, an edit whose bare prompt misses retried, keep prompts "
     "weighed 1.0, the prompt's rows counted as 4 paraphrases) the default recipe's seed build (18e178ee) gives "
     "1.00 / 0.96 / 0.990, seed 1's (b937934a) 1.00 / 0.92 / 0.986, seed 2's (7c79a807) 1.00 / 0.91 / 0.980; on "
-    "seed 3's (bb5dab35) the held-out phrasings stay under theirs (1.00 / 0.81 / 0.9955). Non-strict because the "
-    "builds that meet the target must stay green; figures in the README."))
+    "seed 3's (bb5dab35) the held-out phrasings stay under theirs (1.00 / 0.81 / 0.9955). The value's weight decay "
+    "holds seed 3 short, and no decay serves all four: 0.02 gives seed 3 1.00 / 0.91 / 0.9846 and seed 2's "
+    "neighbours 0.9707. Non-strict because the builds that meet the target must stay green; figures in the README "
+    "and bench/results/editor_tuning.md."))
 def test_rome_single_edits_meet_the_targets(loaded, world):
     # Each edit keeps its subject's other facts (in another phrasing than the one evaluated) and is written
     # in its relation's other trained phrasings; paraphrases are evaluated on the held-out phrasings.
