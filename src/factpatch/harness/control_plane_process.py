@@ -46,6 +46,7 @@ class ControlPlaneProcess:
         for d in base_dirs:
             self.argv += ["--base-dir", str(d)]
         self.agent_token = agent_token
+        self.gateway = gateway
         self.file_size_limit = file_size_limit  # RLIMIT_FSIZE: how tests make the disk "full"
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
@@ -86,6 +87,9 @@ class ControlPlaneProcess:
                 self.port = int(port_file.read_text())
                 if gw_file.exists() and gw_file.read_text():
                     self.gateway_port = int(gw_file.read_text())
+                elif self.gateway:  # serve writes the gateway's port after the control plane's: not up yet
+                    time.sleep(0.2)
+                    continue
                 with grpc.insecure_channel(self.target) as ch:
                     st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status
                 if st == health_pb2.HealthCheckResponse.SERVING:
