@@ -83,20 +83,18 @@ class ControlPlaneProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve exited {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
-            if port_file.exists() and port_file.read_text():
-                self.port = int(port_file.read_text())
-                if gw_file.exists() and gw_file.read_text():
-                    self.gateway_port = int(gw_file.read_text())
-                elif self.gateway:  # serve writes the gateway's port after the control plane's: not up yet
-                    time.sleep(0.2)
-                    continue
-                with grpc.insecure_channel(self.target) as ch:
-                    st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status
-                if st == health_pb2.HealthCheckResponse.SERVING:
-                    return self
+            # serve writes the gateway's port after the control plane's: up once every port it serves is known
+            self.port, self.gateway_port = _port_in(port_file), _port_in(gw_file)
+            if self.port is not None and (self.gateway_port is not None or not self.gateway) and self._serving():
+                return self
             time.sleep(0.2)
         self.stop()
         raise RuntimeError("serve did not come up")
+
+    def _serving(self) -> bool:
+        with grpc.insecure_channel(self.target) as ch:
+            st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        return st == health_pb2.HealthCheckResponse.SERVING
 
     def kill9(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
@@ -105,3 +103,9 @@ class ControlPlaneProcess:
 
     def stop(self) -> None:
         stop_group(self.proc, getattr(self, "_log", None))
+
+
+def _port_in(path: Path) -> int | None:
+    """The port a port file names; None until it is written."""
+    text = path.read_text() if path.exists() else ""
+    return int(text) if text.strip() else None
