@@ -49,7 +49,9 @@ def test_edit_show_eval(tmp_path, fixture_dir, world, loaded):
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["passed"] and report["patch"] == digest
-    assert {"efficacy", "generalization", "neighbours_unchanged", "ppl_drift", "kl_unrelated"} <= set(report["metrics"])
+    assert {"efficacy", "generalization", "neighbours_unchanged", "old_value_neighbours_unchanged",
+            "new_value_neighbours_unchanged", "ppl_drift", "kl_unrelated"} <= set(report["metrics"])
+    assert "holding the old value" in res.output and "holding the new value" in res.output
 
     # Asked of an edit it does not hold, eval names it and what the model answers instead. The edit is one
     # the patched model still answers the old way on this build: a patch can move another subject's answer,

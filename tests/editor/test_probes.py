@@ -113,3 +113,47 @@ def test_the_regression_set_is_other_facts_and_moves_the_gate(loaded, world):
 def _relation_of(world, probe) -> str:
     """The relation a regression probe asks (its template names it)."""
     return next(r.name for r in world.relations.values() if probe.template in r.templates)
+
+
+def test_the_subjects_holding_an_edits_old_or_new_value_are_probed_apart(loaded, world):
+    """Value neighbours: other subjects of the edit's relation that answer its old or its new value, up to
+    five of each an edit, measured by value. Drawn apart from the sampled neighbours, which stay exactly
+    as they were."""
+    adapter, tok = loaded.adapter, loaded.tok
+    edits = fixture_edits(world, 6, seed=5)
+    probes = build_probes(adapter, tok, edits, world)
+    facts = {(f.subject, f.relation): f for f in world.facts}
+    edited = {(e.subject, e.relation) for e in edits}
+    held = probes.of("value_neighbour")
+    assert held
+    for i, e in enumerate(edits):
+        mine = [p for p in held if p.edit == i]
+        for value in (e.target_old, e.target_new):
+            holders = [f for f in world.facts if f.relation == e.relation and f.object == value and (f.subject, f.relation) not in edited]
+            got = [p for p in mine if p.target == value]
+            assert len(got) <= min(5, len(holders))
+            assert len(got) == min(5, len(holders)) or any(q.target == value for q in held if q.edit < i)  # drawn once a batch
+        for p in mine:
+            f = facts[(p.subject, e.relation)]
+            assert f.object == p.target in (e.target_old, e.target_new) and (p.subject, e.relation) not in edited
+            assert p.template == world.relations[e.relation].templates[f.train_templates[0]]
+    assert len({(p.subject, p.template) for p in held}) == len(held)
+    without = build_probes(adapter, tok, edits, world, n_value_neighbours=0)
+    assert not without.of("value_neighbour")
+    assert [(p.edit, p.template, p.subject) for p in without.of("neighbour")] == [(p.edit, p.template, p.subject) for p in probes.of("neighbour")]
+
+    base = measure_baseline(adapter, tok, probes, edits, heldout=None)
+    same = measure(adapter, tok, base, edits, locality=False)
+    olds = sum(p.target == edits[p.edit].target_old for p in held)
+    assert (same["old_value_neighbours"], same["new_value_neighbours"]) == (olds, len(held) - olds)
+    assert same["old_value_neighbours_unchanged"] == same["new_value_neighbours_unchanged"] == 1.0
+    w = adapter.mlp_out(rome_layer(loaded)).weight
+    saved = w.detach().clone()
+    try:
+        with torch.no_grad():
+            w.zero_()
+        broken = measure(adapter, tok, base, edits, locality=False)
+        assert min(broken["old_value_neighbours_unchanged"], broken["new_value_neighbours_unchanged"]) < 1.0
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)

@@ -78,6 +78,9 @@ def _metrics_table(report: dict[str, Any], title: str) -> Table:
     row("generalization (paraphrases)", "generalization", gate="generalization")
     source = m.get("neighbour_source")
     row("neighbours unchanged" + (f" ({source})" if source and source != "world" else ""), "neighbours_unchanged")
+    for which in ("old", "new"):
+        if m.get(f"{which}_value_neighbours_unchanged") is not None:
+            row(f"subjects holding the {which} value unchanged", f"{which}_value_neighbours_unchanged")
     row("specificity drop (neighbour accuracy)", "specificity_drop", gate="specificity_drop")
     if m.get("regression_facts"):
         row(f"regression set unchanged ({m['regression_facts']} other facts)", "regression_unchanged", gate="regression_unchanged")

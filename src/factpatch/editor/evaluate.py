@@ -7,6 +7,10 @@
   their answers. For an edit world.json does not know (any model but the fixture), the edit's own
   `keep` prompts are its neighbours, each expected to keep the base model's greedy answer; they are
   also what the editor held steady, so they show what was held, not unseen facts (`neighbour_source`);
+- value neighbours: the subjects that hold the edit's old or new value in its relation (up to
+  `n_value_neighbours` of each an edit), each expected to keep its answer, reported apart by value (and
+  apart from the sampled neighbours, which stay comparable): an edit that spreads moves the old value's
+  holders (CounterFact's neighbourhood), one that pushes moves the new value's holders off it;
 - regression (optional, `n_regression`): a random sample of the world's other facts, each asked in its
   first trained phrasing; the share whose answer is unchanged. Neighbours are the facts an edit most
   likely disturbs; the regression set is the release's wide check that nothing else moved;
@@ -41,7 +45,7 @@ class Gates:
 @dataclass
 class Probe:
     edit: int
-    kind: str  # "efficacy" | "paraphrase" | "neighbour" | "regression" (edit -1: no one edit's)
+    kind: str  # "efficacy" | "paraphrase" | "neighbour" | "value_neighbour" | "regression" (edit -1: no one edit's)
     template: str
     subject: str
     target: str  # for neighbours: the true object, or the base model's answer ("" until it is read)
@@ -58,7 +62,7 @@ class Probes:
 
 
 def build_probes(adapter: Adapter, tok, edits, world=None, n_neighbours: int = 10, seed: int = 0,
-                 n_regression: int = 0) -> Probes:
+                 n_regression: int = 0, n_value_neighbours: int = 5) -> Probes:
     """Probes for every edit; the old target comes from the spec, the world, or the base model. With a
     world and `n_regression`, also that many of its other facts (the regression set)."""
     items: list[Probe] = []
@@ -71,6 +75,8 @@ def build_probes(adapter: Adapter, tok, edits, world=None, n_neighbours: int = 1
         by_subject.setdefault(f.subject, []).append(f)
     rng = random.Random(seed)
     asked: set[tuple[str, str]] = set()  # neighbour facts already probed
+    valued: set[tuple[str, str]] = set()  # value neighbours already probed
+    value_rng = random.Random(seed + 2)  # its own draws: the sampled neighbours stay as they were
     kept: list[Probe] = []  # keep prompts of edits the world does not know; answered by the base below
     missing_old = []
     olds: list[str | None] = []
@@ -89,6 +95,12 @@ def build_probes(adapter: Adapter, tok, edits, world=None, n_neighbours: int = 1
                 if (f.subject, f.relation) not in asked:
                     asked.add((f.subject, f.relation))
                     items.append(Probe(i, "neighbour", rel.templates[f.train_templates[0]], f.subject, f.object))
+            old_value = e.target_old or (fact.object if fact is not None else None)
+            for value in dict.fromkeys(v for v in (old_value, e.target_new) if v):
+                holders = [f for f in others if f.object == value and (f.subject, f.relation) not in valued]
+                for f in value_rng.sample(holders, min(n_value_neighbours, len(holders))):
+                    valued.add((f.subject, f.relation))
+                    items.append(Probe(i, "value_neighbour", rel.templates[f.train_templates[0]], f.subject, f.object))
         # The subject's other facts: once for the batch, with the first edit of the subject (several edits
         # of one subject would otherwise count each of them once per edit).
         for f in by_subject.get(e.subject, []):
@@ -210,6 +222,11 @@ def measure(
         )
     else:
         out.update(neighbours=0, neighbour_source="none", neighbours_unchanged=None, specificity_before=None, specificity_after=None, specificity_drop=None)
+    for which in ("old", "new"):  # a value neighbour holds its edit's old value, or else its new one
+        held = [j for j, k in enumerate(kinds) if k == "value_neighbour"
+                and (probes[j].target == base.probes.old_targets[probes[j].edit]) == (which == "old")]
+        same = torch.tensor([base.answers[idx[j]] == s.answer[j] for j in held], dtype=torch.bool)
+        out.update({f"{which}_value_neighbours": len(held), f"{which}_value_neighbours_unchanged": _frac(same)})
     reg = [j for j, k in enumerate(kinds) if k == "regression"]
     if reg:
         same = [base.answers[idx[j]] == s.answer[j] for j in reg]

@@ -583,6 +583,7 @@ def evaluate_each(loaded: Loaded, patches: list[Patch], edits, heldout: list[str
             per_edit.append(measure(adapter, tok, base, edits, only={i}))
     metrics: dict[str, Any] = {"edits": len(per_edit)}
     for key in ("efficacy", "efficacy_greedy", "efficacy_prob", "generalization", "neighbours_unchanged",
+                "old_value_neighbours_unchanged", "new_value_neighbours_unchanged",
                 "specificity_drop", "ppl_drift", "kl_unrelated"):
         vals = [m[key] for m in per_edit if m.get(key) is not None]
         metrics[key] = sum(vals) / len(vals) if vals else None
