@@ -3,6 +3,8 @@ model without one (where specificity would otherwise go unmeasured and its gate 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from factpatch.editor.evaluate import Gates, apply_gates, build_probes, measure, measure_baseline
@@ -32,15 +34,8 @@ def test_without_a_world_the_keep_prompts_are_the_neighbours(loaded, world):
 
     # Removing the MLP output of the layer where this build's causal trace found its facts moves them,
     # and the specificity gate sees it.
-    w = adapter.mlp_out(rome_layer(loaded)).weight
-    saved = w.detach().clone()
-    try:
-        with torch.no_grad():
-            w.zero_()
+    with _peak_mlp_removed(loaded):
         broken = measure(adapter, tok, base, edits, locality=False)
-    finally:
-        with torch.no_grad():
-            w.copy_(saved)
     assert broken["neighbours_unchanged"] < 1.0
     passed, rows = apply_gates(broken, Gates(min_efficacy=0.0, min_generalization=0.0))
     assert not passed
@@ -110,6 +105,20 @@ def test_the_regression_set_is_other_facts_and_moves_the_gate(loaded, world):
     assert gate["passed"] is False and not passed
 
 
+@contextlib.contextmanager
+def _peak_mlp_removed(loaded):
+    """The MLP output of the layer where this build's causal trace found its facts, zeroed for the block."""
+    w = loaded.adapter.mlp_out(rome_layer(loaded)).weight
+    saved = w.detach().clone()
+    try:
+        with torch.no_grad():
+            w.zero_()
+        yield
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+
+
 def _relation_of(world, probe) -> str:
     """The relation a regression probe asks (its template names it)."""
     return next(r.name for r in world.relations.values() if probe.template in r.templates)
@@ -147,13 +156,6 @@ def test_the_subjects_holding_an_edits_old_or_new_value_are_probed_apart(loaded,
     olds = sum(p.target == edits[p.edit].target_old for p in held)
     assert (same["old_value_neighbours"], same["new_value_neighbours"]) == (olds, len(held) - olds)
     assert same["old_value_neighbours_unchanged"] == same["new_value_neighbours_unchanged"] == 1.0
-    w = adapter.mlp_out(rome_layer(loaded)).weight
-    saved = w.detach().clone()
-    try:
-        with torch.no_grad():
-            w.zero_()
+    with _peak_mlp_removed(loaded):
         broken = measure(adapter, tok, base, edits, locality=False)
-        assert min(broken["old_value_neighbours_unchanged"], broken["new_value_neighbours_unchanged"]) < 1.0
-    finally:
-        with torch.no_grad():
-            w.copy_(saved)
+    assert min(broken["old_value_neighbours_unchanged"], broken["new_value_neighbours_unchanged"]) < 1.0
