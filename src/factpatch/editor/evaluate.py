@@ -89,14 +89,14 @@ def build_probes(adapter: Adapter, tok, edits, world=None, n_neighbours: int = 1
             paraphrases += [t for t in world.heldout_paraphrases(e.subject, e.relation) if t != e.prompt]
         for t in dict.fromkeys(paraphrases):
             items.append(Probe(i, "paraphrase", t, e.subject, e.target_new))
+        old = e.target_old or (fact.object if fact is not None else None)
         if rel is not None:
             others = [f for f in by_relation.get(e.relation, []) if (f.subject, f.relation) not in edited]
             for f in rng.sample(others, min(n_neighbours, len(others))):
                 if (f.subject, f.relation) not in asked:
                     asked.add((f.subject, f.relation))
                     items.append(Probe(i, "neighbour", rel.templates[f.train_templates[0]], f.subject, f.object))
-            old_value = e.target_old or (fact.object if fact is not None else None)
-            for value in dict.fromkeys(v for v in (old_value, e.target_new) if v):
+            for value in dict.fromkeys(v for v in (old, e.target_new) if v):
                 holders = [f for f in others if f.object == value and (f.subject, f.relation) not in valued]
                 for f in value_rng.sample(holders, min(n_value_neighbours, len(holders))):
                     valued.add((f.subject, f.relation))
@@ -110,7 +110,6 @@ def build_probes(adapter: Adapter, tok, edits, world=None, n_neighbours: int = 1
                 items.append(Probe(i, "neighbour", t, f.subject, f.object))
         if fact is None:
             kept.extend(Probe(i, "neighbour", k, e.subject, "") for k in dict.fromkeys(e.keep))
-        old = e.target_old or (fact.object if fact is not None else None)
         if old is None:
             missing_old.append(i)
         olds.append(old)
